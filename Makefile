@@ -1,0 +1,79 @@
+# LAA-Net: make targets per dataset stage. Everything runs inside the project virtual environment (.venv),
+# which `make install` creates from requirements.txt (pinned versions tested together).
+#
+#   make install                               create .venv and install pinned dependencies
+#   make test                                  run the test suite (CPU, a few minutes)
+#   make frames    DATASET=ffpp SPLIT=train    sample frames, detect faces, write HDF5 shards
+#   make landmarks DATASET=ffpp SPLIT=train    add dlib 68-point landmarks to those shards
+#   make prep      DATASET=ffpp SPLIT=train    both stages
+#   make verify    DATASET=ffpp SPLIT=train    check the shards
+#   make train     CONFIG=configs/laanet_sbi.yaml
+#   make evaluate  CKPT=runs/x/best.pt DATASET=cdf2 SPLIT=test
+#   make demo                                  the whole path on the embedded sample, on CPU
+#   make bench                                 benchmarks (slow; print measured figures and baselines)
+
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+
+DATASET    ?= sample
+SPLIT      ?= train
+SHARDS     ?= shards
+WORKERS    ?=
+SCHEDULER  ?=
+CONFIG     ?= configs/laanet_sbi.yaml
+CKPT       ?=
+DEMO_OUT   ?= out/demo
+
+DASK_OPTS  := $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+
+export HF_HUB_OFFLINE ?= 0
+
+.PHONY: install test frames landmarks prep verify inspect train evaluate demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# retinaface-pytorch pins torch 1.9 in its metadata; its code runs on current torch.
+	$(PY) -m pip install --quiet --no-deps retinaface-pytorch==0.0.8
+	touch $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+frames: $(STAMP)
+	$(PY) -m pipeline extract-frames --dataset $(DATASET) --split $(SPLIT) --out $(SHARDS) $(DASK_OPTS)
+
+landmarks: $(STAMP)
+	$(PY) -m pipeline cache-landmarks --dataset $(DATASET) --split $(SPLIT) --out $(SHARDS) $(DASK_OPTS)
+
+prep: frames landmarks
+
+verify: $(STAMP)
+	$(PY) -m pipeline verify $(SHARDS)/$(DATASET)/$(SPLIT)
+
+inspect: $(STAMP)
+	$(PY) -m pipeline inspect $(SHARDS)/$(DATASET)/$(SPLIT)
+
+train: $(STAMP)
+	$(PY) train.py --config $(CONFIG)
+
+evaluate: $(STAMP)
+	$(PY) evaluate.py --checkpoint $(CKPT) --dataset $(DATASET) --split $(SPLIT) --shards-root $(SHARDS)
+
+demo: $(STAMP)
+	$(PY) -m pipeline extract-frames --dataset sample --split train --out $(DEMO_OUT)/shards
+	$(PY) -m pipeline cache-landmarks --dataset sample --split train --out $(DEMO_OUT)/shards
+	$(PY) -m pipeline extract-frames --dataset sample --split test --out $(DEMO_OUT)/shards
+	$(PY) -m pipeline cache-landmarks --dataset sample --split test --out $(DEMO_OUT)/shards
+	$(PY) -m pipeline inspect $(DEMO_OUT)/shards/sample/train --png $(DEMO_OUT)/sample_train.png
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf out runs .pytest_cache
