@@ -28,7 +28,6 @@ DEMO_OUT   ?= out/demo
 
 DASK_OPTS  := $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
-export HF_HUB_OFFLINE ?= 0
 
 .PHONY: install test frames landmarks prep verify inspect train evaluate demo bench clean
 
