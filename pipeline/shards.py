@@ -1,0 +1,500 @@
+"""HDF5 shards: the storage contract between the preprocessing pipeline and everything that reads faces.
+
+One shard holds the face crops of a group of videos. It is written by one process to ``<name>.h5.tmp`` and
+finished by an atomic rename to ``<name>.h5``; a file without the ``.tmp`` suffix is therefore always
+complete. A split folder ends with ``index.json``, written last, listing the finished shards.
+
+Schema (``SCHEMA_VERSION = 1``; N faces, V videos, S crop side, K frames without a face):
+
+=================  ======================  ===============================================================
+dataset            dtype, shape            meaning
+=================  ======================  ===============================================================
+``faces``          uint8 (N, S, S, 3)      RGB square crops, chunked one face per chunk, lossless
+``boxes``          float32 (N, 4)          detector box x1, y1, x2, y2 in source-frame pixels
+``scores``         float32 (N,)            detector confidence
+``kps5``           float32 (N, 5, 2)       detector keypoints (eyes, nose, mouth corners), source pixels
+``crop_boxes``     float32 (N, 4)          the square crop x1, y1, x2, y2 in source pixels
+``frame_index``    int32 (N,)              index of the frame in its video (0-based, decode order)
+``video``          int32 (N,)              row of the ``videos`` table
+``landmarks``      float32 (N, 68, 2)      dlib 68 points in crop pixels, NaN where none (landmark stage)
+``landmark_ok``    bool (N,)               True where dlib found a face in the crop (landmark stage)
+``videos``         variable-length str     one JSON object per video (keys in ``VIDEO_KEYS``)
+``no_face``        int32 (K, 2)            (video row, frame_index) of sampled frames with no face
+=================  ======================  ===============================================================
+
+File attributes: ``schema_version``, ``crop_scale``, ``crop_size``, ``detector``, ``detector_weights_sha256``,
+``landmark_model_sha256``, ``created``, ``package_version``, ``manifest_hash``, ``compression``,
+``landmarks_done``.
+
+Everything above is readable with plain ``h5py`` (``json.loads`` on each ``videos`` row). Only shards written
+with a ``blosc`` compression need ``import hdf5plugin`` first; the default (``DEFAULT_COMPRESSION``) is
+built into h5py.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+INDEX_NAME = "index.json"
+FAILURES_NAME = "failures.jsonl"
+TMP_SUFFIX = ".tmp"
+N_LANDMARKS = 68
+
+VIDEO_KEYS = ("id", "path", "label", "method", "source", "target", "fps", "n_frames", "width", "height",
+              "split", "dataset")
+
+# Chosen by bench/bench_pipeline.py (read speed first, then size); lzf ships with h5py, so plain h5py reads it.
+DEFAULT_COMPRESSION = "lzf"
+COMPRESSIONS = ("none", "lzf", "gzip", "blosc-lz4", "blosc-zstd")
+
+REQUIRED_ATTRS = ("schema_version", "crop_scale", "crop_size", "detector", "created")
+PER_FACE = ("faces", "boxes", "scores", "kps5", "crop_boxes", "frame_index", "video")
+
+
+class ShardError(Exception):
+    """A shard or split folder is missing, unfinished or does not follow the schema (message names the file)."""
+
+
+def tmp_path(path: Path) -> Path:
+    """The in-progress name of shard ``path`` (``shard-00000.h5`` -> ``shard-00000.h5.tmp``)."""
+    path = Path(path)
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def _compression_kwargs(compression: str) -> dict[str, Any]:
+    """h5py ``create_dataset`` keyword arguments for a compression name in ``COMPRESSIONS``."""
+    if compression == "none":
+        return {}
+    if compression == "lzf":
+        return {"compression": "lzf"}
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 4}
+    if compression.startswith("blosc-"):
+        import hdf5plugin  # registers the Blosc filter with HDF5; only needed for this choice
+
+        cname = compression.split("-", 1)[1]
+        return dict(hdf5plugin.Blosc(cname=cname, clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    raise ValueError(f"unknown shard compression {compression!r}; expected one of {', '.join(COMPRESSIONS)}")
+
+
+def _ensure_filters_for(path: Path, f: h5py.File) -> None:
+    """Register hdf5plugin filters when a shard was written with Blosc (plain h5py lacks them)."""
+    if str(f.attrs.get("compression", "")).startswith("blosc"):
+        import hdf5plugin  # noqa: F401  (import registers the filters)
+
+
+def _check_video_row(row: dict, where: str) -> dict:
+    missing = [k for k in VIDEO_KEYS if k not in row]
+    if missing:
+        raise ShardError(f"{where}: video row {row.get('id', '?')!r} lacks keys {missing}; expected {VIDEO_KEYS}")
+    if row["label"] not in (0, 1):
+        raise ShardError(f"{where}: video {row['id']!r} label must be 0 (real) or 1 (fake), got {row['label']!r}")
+    return {k: row[k] for k in row}
+
+
+class ShardWriter:
+    """Appends the faces of one video at a time into ``<path>.tmp``; ``finish()`` renames it to ``path``.
+
+    Peak memory is one video's crops, whatever the shard size. Use as a context manager: leaving the block
+    with an exception closes the temporary file and leaves it on disk (a rerun sees it as unfinished and
+    redoes the shard), leaving it normally finishes the shard.
+
+    Args:
+        path: final shard path, e.g. ``shards/ffpp/train/shard-00000.h5``.
+        crop_size: S, the side of the square crops.
+        attrs: file attributes (see module docstring); ``schema_version`` and ``created`` are filled in.
+        compression: one of ``COMPRESSIONS``.
+    """
+
+    def __init__(self, path: str | os.PathLike, crop_size: int, attrs: dict | None = None,
+                 compression: str = DEFAULT_COMPRESSION):
+        self.path = Path(path)
+        self.tmp = tmp_path(self.path)
+        self.crop_size = int(crop_size)
+        self.videos: list[dict] = []
+        self.no_face: list[tuple[int, int]] = []
+        self.n = 0
+        self._finished = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        s = self.crop_size
+        comp = _compression_kwargs(compression)
+        self._f = h5py.File(self.tmp, "w")
+        f = self._f
+        f.create_dataset("faces", shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
+                         chunks=(1, s, s, 3), **comp)
+        # Small per-face arrays: one chunk of many rows keeps random reads cheap.
+        for name, tail, dtype in (("boxes", (4,), np.float32), ("scores", (), np.float32),
+                                  ("kps5", (5, 2), np.float32), ("crop_boxes", (4,), np.float32),
+                                  ("frame_index", (), np.int32), ("video", (), np.int32)):
+            f.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                             chunks=(4096, *tail))
+        base = {"schema_version": SCHEMA_VERSION, "crop_scale": 1.25, "crop_size": s, "detector": "unknown",
+                "detector_weights_sha256": "", "landmark_model_sha256": "", "package_version": _package_version(),
+                "manifest_hash": "", "landmarks_done": False}
+        base.update(attrs or {})
+        base["crop_size"] = s
+        base["compression"] = compression
+        base["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for k, v in base.items():
+            f.attrs[k] = v
+
+    def add_video(self, row: dict, faces: np.ndarray, frame_index: np.ndarray, boxes: np.ndarray,
+                  scores: np.ndarray, kps5: np.ndarray, crop_boxes: np.ndarray,
+                  no_face_frames: Iterable[int] = ()) -> int:
+        """Append one video's faces; returns its row in the ``videos`` table.
+
+        Args:
+            row: the video's table row (keys ``VIDEO_KEYS``).
+            faces: (n, S, S, 3) uint8 RGB crops (n may be 0 when no sampled frame had a face).
+            frame_index: (n,) frame index of each crop. boxes, crop_boxes: (n, 4); scores: (n,); kps5: (n, 5, 2).
+            no_face_frames: sampled frame indices of this video where no face was found.
+        """
+        row = _check_video_row(row, str(self.path))
+        s = self.crop_size
+        faces = np.asarray(faces, dtype=np.uint8)
+        n = len(faces)
+        if faces.shape[1:] != (s, s, 3):
+            raise ShardError(f"{self.path}: faces of video {row['id']!r} have shape {faces.shape}, expected (n, {s}, {s}, 3)")
+        vid = len(self.videos)
+        self._append({"faces": faces, "boxes": np.asarray(boxes, np.float32).reshape(n, 4),
+                      "scores": np.asarray(scores, np.float32).reshape(n),
+                      "kps5": np.asarray(kps5, np.float32).reshape(n, 5, 2),
+                      "crop_boxes": np.asarray(crop_boxes, np.float32).reshape(n, 4),
+                      "frame_index": np.asarray(frame_index, np.int32).reshape(n),
+                      "video": np.full(n, vid, np.int32)})
+        self.videos.append(row)
+        self.no_face.extend((vid, int(i)) for i in no_face_frames)
+        return vid
+
+    def _append(self, arrays: dict[str, np.ndarray]) -> None:
+        """Append equal-length per-face arrays (keys ``PER_FACE``) at the end of the shard."""
+        n = len(arrays["faces"])
+        if n == 0:
+            return
+        for name in PER_FACE:
+            ds = self._f[name]
+            ds.resize(self.n + n, axis=0)
+            ds[self.n:self.n + n] = arrays[name]
+        self.n += n
+
+    def finish(self, landmarks: np.ndarray | None = None, landmark_ok: np.ndarray | None = None) -> Path:
+        """Write the tables, close and atomically rename ``.tmp`` -> final path. Returns the final path.
+
+        Args:
+            landmarks: optional (N, 68, 2) float32 in crop pixels (NaN where none) to store right away.
+            landmark_ok: (N,) bool, required with ``landmarks``.
+        """
+        f = self._f
+        f.create_dataset("videos", data=np.array([json.dumps(r, sort_keys=True) for r in self.videos], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("no_face", data=np.array(self.no_face, dtype=np.int32).reshape(-1, 2))
+        if landmarks is not None:
+            _write_landmarks(f, self.path, landmarks, landmark_ok, self.n)
+        f.close()
+        os.replace(self.tmp, self.path)
+        self._finished = True
+        return self.path
+
+    def abort(self) -> None:
+        """Close the temporary file without finishing; the ``.tmp`` stays and marks the shard unfinished."""
+        if self._f.id.valid:
+            self._f.close()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self._finished:
+            self.finish()
+        elif exc_type is not None:
+            self.abort()
+
+
+def _write_landmarks(f: h5py.File, path: Path, landmarks: np.ndarray, landmark_ok: np.ndarray | None, n: int) -> None:
+    landmarks = np.asarray(landmarks, np.float32)
+    if landmarks.shape != (n, N_LANDMARKS, 2):
+        raise ShardError(f"{path}: landmarks shape {landmarks.shape}, expected ({n}, {N_LANDMARKS}, 2)")
+    if landmark_ok is None:
+        raise ShardError(f"{path}: landmark_ok is required with landmarks")
+    landmark_ok = np.asarray(landmark_ok, bool).reshape(n)
+    for name in ("landmarks", "landmark_ok"):
+        if name in f:
+            del f[name]
+    f.create_dataset("landmarks", data=landmarks, chunks=(max(1, min(n, 4096)), N_LANDMARKS, 2) if n else None)
+    f.create_dataset("landmark_ok", data=landmark_ok)
+    f.attrs["landmarks_done"] = True
+
+
+def add_landmarks(path: str | os.PathLike, landmarks: np.ndarray, landmark_ok: np.ndarray,
+                  landmark_model_sha256: str = "") -> Path:
+    """Store landmarks in a finished shard without ever leaving it half-written.
+
+    The shard is copied to ``<path>.tmp``, the landmark datasets are added to the copy, and the copy
+    replaces the original by an atomic rename (readers holding the old file keep a complete view).
+
+    Args:
+        landmarks: (N, 68, 2) float32 crop pixels, NaN where none. landmark_ok: (N,) bool.
+    """
+    import shutil
+
+    path = Path(path)
+    tmp = tmp_path(path)
+    shutil.copyfile(path, tmp)
+    with h5py.File(tmp, "r+") as f:
+        _write_landmarks(f, path, landmarks, landmark_ok, f["faces"].shape[0])
+        f.attrs["landmark_model_sha256"] = landmark_model_sha256
+    os.replace(tmp, path)
+    return path
+
+
+def write_shard(path: str | os.PathLike, faces: np.ndarray, videos: Sequence[dict] | None = None,
+                video: np.ndarray | None = None, frame_index: np.ndarray | None = None,
+                landmarks: np.ndarray | None = None, landmark_ok: np.ndarray | None = None,
+                boxes: np.ndarray | None = None, scores: np.ndarray | None = None, kps5: np.ndarray | None = None,
+                crop_boxes: np.ndarray | None = None, no_face: np.ndarray | None = None,
+                attrs: dict | None = None, compression: str = DEFAULT_COMPRESSION) -> Path:
+    """Write a complete shard from in-memory arrays (for tests and small tools); atomic like the pipeline.
+
+    Only ``faces`` is required; everything else gets a plausible default so tests can build a shard in one
+    line: one real video named ``synthetic/000`` holding every face, frame indices 0..N-1, detector boxes
+    and crop boxes equal to the whole crop, scores 1, kps5 at fixed relative positions, no landmarks unless
+    given (``landmark_ok`` defaults to "landmarks are finite").
+
+    Args:
+        path: final shard path (parent folders are created).
+        faces: (N, S, S, 3) uint8 RGB.
+        videos: table rows; missing keys are filled (``id`` "synthetic/<row>", ``label`` 0, ...).
+        video: (N,) int row into ``videos`` (default all 0). frame_index: (N,) int (default arange).
+        landmarks: (N, 68, 2) float32 crop pixels or None. landmark_ok: (N,) bool or None.
+        boxes, crop_boxes: (N, 4); scores: (N,); kps5: (N, 5, 2); no_face: (K, 2) int (video row, frame).
+        attrs: extra file attributes (e.g. ``{"detector": "synthetic"}``).
+
+    Example::
+
+        write_shard(d / "shard-00000.h5", faces, videos=[{"id": "a", "label": 0}, {"id": "b", "label": 1}],
+                    video=np.repeat([0, 1], 4), landmarks=lms)
+        write_index(d, dataset="toy", split="train")
+    """
+    faces = np.asarray(faces, np.uint8)
+    if faces.ndim != 4 or faces.shape[3] != 3 or faces.shape[1] != faces.shape[2]:
+        raise ShardError(f"{path}: faces shape {faces.shape}, expected (N, S, S, 3)")
+    n, s = faces.shape[0], faces.shape[1]
+    video = np.zeros(n, np.int32) if video is None else np.asarray(video, np.int32)
+    n_videos = int(video.max()) + 1 if n else 0
+    videos = list(videos) if videos is not None else [{} for _ in range(max(n_videos, 1))]
+    if n and n_videos > len(videos):
+        raise ShardError(f"{path}: video rows reference row {n_videos - 1} but only {len(videos)} videos given")
+    frame_index = np.arange(n, dtype=np.int32) if frame_index is None else np.asarray(frame_index, np.int32)
+    whole = np.tile(np.array([0, 0, s, s], np.float32), (n, 1))
+    boxes = whole if boxes is None else np.asarray(boxes, np.float32)
+    crop_boxes = whole if crop_boxes is None else np.asarray(crop_boxes, np.float32)
+    scores = np.ones(n, np.float32) if scores is None else np.asarray(scores, np.float32)
+    if kps5 is None:
+        rel = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]], np.float32)
+        kps5 = np.tile(rel * s, (n, 1, 1))
+    kps5 = np.asarray(kps5, np.float32)
+    no_face = np.zeros((0, 2), np.int32) if no_face is None else np.asarray(no_face, np.int32).reshape(-1, 2)
+    if landmarks is not None and landmark_ok is None:
+        landmark_ok = np.isfinite(np.asarray(landmarks, np.float32)).all(axis=(1, 2))
+    base_attrs = {"detector": "synthetic"}
+    base_attrs.update(attrs or {})
+    writer = ShardWriter(path, s, base_attrs, compression)
+    try:
+        for v, row in enumerate(videos):
+            full = {"id": f"synthetic/{v:03d}", "path": f"synthetic/{v:03d}.mp4", "label": 0, "method": "original",
+                    "source": "", "target": "", "fps": 25.0, "n_frames": int((video == v).sum()), "width": s,
+                    "height": s, "split": "train", "dataset": "synthetic"}
+            full.update(row)
+            writer.videos.append(_check_video_row(full, str(path)))
+        writer.no_face.extend((int(v), int(i)) for v, i in no_face)
+        # Keep the caller's face order (row i of every array is face i), unlike add_video's per-video blocks.
+        writer._append({"faces": faces, "boxes": boxes.reshape(n, 4), "scores": scores.reshape(n),
+                        "kps5": kps5.reshape(n, 5, 2), "crop_boxes": crop_boxes.reshape(n, 4),
+                        "frame_index": frame_index.reshape(n), "video": video.reshape(n)})
+        return writer.finish(landmarks, landmark_ok)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def read_videos_table(f: h5py.File) -> list[dict]:
+    """Rows of the ``videos`` dataset of an open shard as dicts."""
+    return [json.loads(r.decode() if isinstance(r, bytes) else r) for r in f["videos"][()]]
+
+
+class ShardReader:
+    """Read-only access to one shard; the HDF5 handle is opened lazily per process (safe across fork).
+
+    Small per-face arrays are loaded in ``__init__`` (the file is opened and closed again); the crop
+    and landmark datasets are opened on the first ``face()``/``landmarks()`` call in the calling process,
+    so a reader built before DataLoader workers fork is safe to use inside them.
+
+    Attributes:
+        path: the shard file. videos: the videos table, rows as dicts. video: (N,) int32 row into videos.
+        frame_index: (N,) int32. landmark_ok: (N,) bool (all False before the landmark stage).
+        attrs: file attributes as a plain dict. crop_size: S.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            hint = " (an unfinished .tmp exists: rerun the pipeline to finish it)" if tmp_path(self.path).exists() else ""
+            raise ShardError(f"{self.path}: shard not found{hint}")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise ShardError(f"{self.path}: not a readable HDF5 file ({e})") from e
+        with f:
+            _ensure_filters_for(self.path, f)
+            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            for k in REQUIRED_ATTRS:
+                if k not in self.attrs:
+                    raise ShardError(f"{self.path}: missing attribute {k!r}; not a pipeline shard")
+            if int(self.attrs["schema_version"]) != SCHEMA_VERSION:
+                raise ShardError(f"{self.path}: schema_version {self.attrs['schema_version']}, this code reads "
+                                 f"{SCHEMA_VERSION}")
+            for name in PER_FACE + ("videos",):
+                if name not in f:
+                    raise ShardError(f"{self.path}: missing dataset {name!r}")
+            self.videos = read_videos_table(f)
+            self.video = f["video"][()].astype(np.int32)
+            self.frame_index = f["frame_index"][()].astype(np.int32)
+            self.has_landmarks = bool(self.attrs.get("landmarks_done", False)) and "landmarks" in f
+            n = len(self.video)
+            self.landmark_ok = f["landmark_ok"][()].astype(bool) if self.has_landmarks else np.zeros(n, bool)
+            self.no_face = f["no_face"][()].astype(np.int32) if "no_face" in f else np.zeros((0, 2), np.int32)
+            self.crop_size = int(f["faces"].shape[1])
+        self._f: h5py.File | None = None
+        self._pid: int | None = None
+
+    def _file(self) -> h5py.File:
+        # A handle inherited through fork shares HDF5 state with the parent: reopen in each process.
+        if self._f is None or self._pid != os.getpid():
+            self._f = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._f
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    def face(self, i: int) -> np.ndarray:
+        """(S, S, 3) uint8 RGB crop ``i``."""
+        return self._file()["faces"][int(i)]
+
+    def landmarks(self, i: int) -> np.ndarray:
+        """(68, 2) float32 landmarks of crop ``i`` in crop pixels; all NaN if none or not cached yet."""
+        if not self.has_landmarks:
+            return np.full((N_LANDMARKS, 2), np.nan, np.float32)
+        return self._file()["landmarks"][int(i)]
+
+    def read(self, name: str, i: int | slice | np.ndarray | None = None) -> np.ndarray:
+        """Any per-face dataset (e.g. ``boxes``, ``crop_boxes``, ``kps5``, ``scores``) at rows ``i`` (all if None)."""
+        ds = self._file()[name]
+        return ds[()] if i is None else ds[i]
+
+    def video_row(self, i: int) -> dict:
+        """The videos-table row of crop ``i``."""
+        return self.videos[int(self.video[int(i)])]
+
+    def close(self) -> None:
+        if self._f is not None and self._pid == os.getpid():
+            self._f.close()
+        self._f = None
+        self._pid = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_f"] = None
+        state["_pid"] = None
+        return state
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: h5py may already be torn down; nothing to release
+            return
+
+
+def load_index(split_dir: str | os.PathLike) -> dict:
+    """Parsed ``<split_dir>/index.json``; raises ``ShardError`` naming the folder if absent or malformed."""
+    split_dir = Path(split_dir)
+    p = split_dir / INDEX_NAME
+    if not p.is_file():
+        raise ShardError(f"{split_dir}: no {INDEX_NAME}; the split was not prepared or its run did not finish "
+                         f"(run `python -m pipeline extract-frames` for it)")
+    try:
+        index = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{p}: not valid JSON ({e})") from e
+    for k in ("schema", "shards", "n_faces", "n_videos"):
+        if k not in index:
+            raise ShardError(f"{p}: missing key {k!r}")
+    if int(index["schema"]) != SCHEMA_VERSION:
+        raise ShardError(f"{p}: schema {index['schema']}, this code reads {SCHEMA_VERSION}")
+    return index
+
+
+def shard_paths(split_dir: str | os.PathLike) -> list[Path]:
+    """Finished shards listed by ``index.json`` of ``split_dir``, in index order."""
+    split_dir = Path(split_dir)
+    return [split_dir / s["file"] for s in load_index(split_dir)["shards"]]
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """Counts of one finished shard, as listed in index.json."""
+    file: str
+    n_faces: int
+    n_videos: int
+    landmarks: bool
+
+
+def summarize_shard(path: Path) -> ShardSummary:
+    with h5py.File(path, "r") as f:
+        return ShardSummary(file=path.name, n_faces=int(f["faces"].shape[0]), n_videos=int(f["videos"].shape[0]),
+                            landmarks=bool(f.attrs.get("landmarks_done", False)))
+
+
+def write_index(split_dir: str | os.PathLike, dataset: str, split: str,
+                shards: Sequence[str | os.PathLike] | None = None, extra: dict | None = None) -> Path:
+    """Write ``index.json`` for the finished shards of ``split_dir`` (all ``*.h5`` when ``shards`` is None).
+
+    Written to a temporary name and renamed, so a reader never sees half an index.
+    """
+    split_dir = Path(split_dir)
+    files = sorted(split_dir.glob("*.h5")) if shards is None else [split_dir / Path(s).name for s in shards]
+    summaries = [summarize_shard(p) for p in files]
+    index = {"schema": SCHEMA_VERSION, "dataset": dataset, "split": split,
+             "shards": [s.__dict__ for s in summaries],
+             "n_faces": sum(s.n_faces for s in summaries), "n_videos": sum(s.n_videos for s in summaries),
+             "failures": FAILURES_NAME,
+             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    index.update(extra or {})
+    out = split_dir / INDEX_NAME
+    tmp = out.with_name(out.name + TMP_SUFFIX)
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, out)
+    return out
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("laanet")
+    except PackageNotFoundError:
+        return "0.1.0+source"

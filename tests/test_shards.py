@@ -1,0 +1,159 @@
+"""Shard contract: write-then-read round trip, schema, atomic finish, index, fork-safe lazy reader."""
+import json
+import multiprocessing as mp
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.shards import (SCHEMA_VERSION, VIDEO_KEYS, ShardError, ShardReader, ShardWriter, add_landmarks,
+                             load_index, shard_paths, write_index, write_shard)
+from pipeline.shards import tmp_path as shard_tmp_path
+
+
+def _arrays(n=6, s=32, seed=0):
+    rng = np.random.default_rng(seed)
+    faces = rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)
+    lms = rng.uniform(0, s, (n, 68, 2)).astype(np.float32)
+    lms[1] = np.nan
+    return faces, lms
+
+
+@pytest.mark.parametrize("compression", ["lzf", "gzip", "none", "blosc-lz4"])
+def test_round_trip(tmp_path, compression):
+    faces, lms = _arrays()
+    videos = [{"id": "a", "label": 0}, {"id": "b", "label": 1, "method": "Deepfakes"}]
+    video = np.array([0, 1, 0, 1, 1, 0])
+    p = write_shard(tmp_path / "s" / "shard-00000.h5", faces, videos=videos, video=video,
+                    frame_index=np.array([0, 0, 5, 5, 9, 9]), landmarks=lms, compression=compression)
+    r = ShardReader(p)
+    assert len(r) == 6 and r.crop_size == 32
+    for i in range(6):
+        np.testing.assert_array_equal(r.face(i), faces[i])
+    np.testing.assert_array_equal(r.landmarks(2), lms[2])
+    assert np.isnan(r.landmarks(1)).all()
+    np.testing.assert_array_equal(r.landmark_ok, [True, False, True, True, True, True])
+    np.testing.assert_array_equal(r.video, video)
+    np.testing.assert_array_equal(r.frame_index, [0, 0, 5, 5, 9, 9])
+    assert [v["id"] for v in r.videos] == ["a", "b"]
+    assert r.video_row(1)["method"] == "Deepfakes" and r.video_row(1)["label"] == 1
+    assert set(VIDEO_KEYS) <= set(r.videos[0])
+    assert r.attrs["schema_version"] == SCHEMA_VERSION and r.attrs["landmarks_done"] is True
+    assert r.attrs["compression"] == compression
+    assert r.read("boxes").shape == (6, 4)
+    r.close()
+    assert not tmp_path.joinpath("s", "shard-00000.h5.tmp").exists()
+
+
+def test_plain_h5py_schema(tmp_path):
+    """Someone who never saw this code reads a shard with h5py alone."""
+    faces, lms = _arrays(n=3, s=16)
+    p = write_shard(tmp_path / "x.h5", faces, landmarks=lms, no_face=np.array([[0, 7]]))
+    with h5py.File(p, "r") as f:
+        assert f["faces"].dtype == np.uint8 and f["faces"].shape == (3, 16, 16, 3)
+        assert f["faces"].chunks == (1, 16, 16, 3) and f["faces"].compression == "lzf"
+        for name, shape, dt in [("boxes", (3, 4), np.float32), ("scores", (3,), np.float32),
+                                ("kps5", (3, 5, 2), np.float32), ("crop_boxes", (3, 4), np.float32),
+                                ("frame_index", (3,), np.int32), ("video", (3,), np.int32),
+                                ("landmarks", (3, 68, 2), np.float32), ("landmark_ok", (3,), bool),
+                                ("no_face", (1, 2), np.int32)]:
+            assert f[name].shape == shape and f[name].dtype == dt, name
+        row = json.loads(f["videos"][0])
+        assert set(row) >= set(VIDEO_KEYS)
+        for k in ("schema_version", "crop_scale", "crop_size", "detector", "detector_weights_sha256",
+                  "landmark_model_sha256", "created", "package_version", "manifest_hash"):
+            assert k in f.attrs, k
+
+
+def test_writer_per_video_and_interrupted_tmp(tmp_path):
+    p = tmp_path / "shard-00001.h5"
+    faces, _ = _arrays(n=4, s=16)
+    row = {k: "" for k in VIDEO_KEYS} | {"id": "v", "label": 1, "fps": 25.0, "n_frames": 10, "width": 64,
+                                        "height": 48}
+    with pytest.raises(RuntimeError):
+        with ShardWriter(p, 16) as w:
+            w.add_video(row, faces[:2], [0, 3], np.zeros((2, 4)), [0.9, 0.8], np.zeros((2, 5, 2)), np.zeros((2, 4)))
+            raise RuntimeError("killed mid-write")
+    # an interrupted writer leaves only the .tmp: the final name never holds a partial shard
+    assert tmp_path_exists(p) and not p.exists()
+    with pytest.raises(ShardError, match="unfinished .tmp"):
+        ShardReader(p)
+    with ShardWriter(p, 16) as w:
+        w.add_video(row, faces[:2], [0, 3], np.zeros((2, 4)), [0.9, 0.8], np.zeros((2, 5, 2)), np.zeros((2, 4)),
+                    no_face_frames=[6])
+        w.add_video(row | {"id": "w"}, faces[:0], [], np.zeros((0, 4)), [], np.zeros((0, 5, 2)), np.zeros((0, 4)),
+                    no_face_frames=[0, 5])
+    assert p.exists() and not tmp_path_exists(p)
+    r = ShardReader(p)
+    assert len(r) == 2 and len(r.videos) == 2
+    np.testing.assert_array_equal(r.no_face, [[0, 6], [1, 0], [1, 5]])
+    assert not r.landmark_ok.any() and np.isnan(r.landmarks(0)).all()
+
+
+def tmp_path_exists(p):
+    return shard_tmp_path(p).exists()
+
+
+def test_add_landmarks_atomic(tmp_path):
+    faces, lms = _arrays(n=3, s=16)
+    p = write_shard(tmp_path / "a.h5", faces)
+    assert ShardReader(p).attrs["landmarks_done"] is False
+    add_landmarks(p, lms[:3], np.array([True, False, True]), "abc")
+    r = ShardReader(p)
+    assert r.attrs["landmarks_done"] is True and r.attrs["landmark_model_sha256"] == "abc"
+    np.testing.assert_array_equal(r.landmarks(0), lms[0])
+    np.testing.assert_array_equal(r.face(2), faces[2])
+    assert not tmp_path_exists(p)
+    with pytest.raises(ShardError, match="landmarks shape"):
+        add_landmarks(p, lms[:2], np.ones(2, bool))
+
+
+def test_schema_errors(tmp_path):
+    with pytest.raises(ShardError, match="faces shape"):
+        write_shard(tmp_path / "b.h5", np.zeros((2, 8, 9, 3), np.uint8))
+    with pytest.raises(ShardError, match="label must be 0"):
+        write_shard(tmp_path / "c.h5", np.zeros((1, 8, 8, 3), np.uint8), videos=[{"label": 3}])
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ShardError, match="junk.h5: not a readable HDF5"):
+        ShardReader(tmp_path / "junk.h5")
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.attrs.update({"schema_version": 99, "crop_scale": 1.25, "crop_size": 8, "detector": "x", "created": ""})
+    with pytest.raises(ShardError, match="schema_version 99"):
+        ShardReader(tmp_path / "old.h5")
+    with pytest.raises(ShardError, match="shard not found"):
+        ShardReader(tmp_path / "missing.h5")
+
+
+def test_index(tmp_path):
+    d = tmp_path / "toy" / "train"
+    faces, lms = _arrays(n=4, s=16)
+    write_shard(d / "shard-00000.h5", faces, landmarks=lms)
+    write_shard(d / "shard-00001.h5", faces[:2], videos=[{"id": "q"}, {"id": "r"}], video=[0, 1])
+    tmp_path_obj = d / "shard-00002.h5.tmp"
+    tmp_path_obj.write_bytes(b"partial")  # unfinished shards are not listed
+    with pytest.raises(ShardError, match="no index.json"):
+        load_index(d)
+    write_index(d, "toy", "train")
+    idx = load_index(d)
+    assert idx["n_faces"] == 6 and idx["n_videos"] == 3 and idx["failures"] == "failures.jsonl"
+    assert idx["shards"][0] == {"file": "shard-00000.h5", "n_faces": 4, "n_videos": 1, "landmarks": True}
+    assert idx["shards"][1]["landmarks"] is False
+    assert shard_paths(d) == [d / "shard-00000.h5", d / "shard-00001.h5"]
+
+
+def _child_read(reader, q):
+    q.put(int(reader.face(1).sum()))
+
+
+def test_reader_lazy_and_fork_safe(tmp_path):
+    faces, _ = _arrays(n=3, s=16)
+    p = write_shard(tmp_path / "f.h5", faces)
+    r = ShardReader(p)
+    assert r._f is None  # nothing held open after construction
+    assert int(r.face(0).sum()) == int(faces[0].sum())  # parent opens a handle before the fork
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_child_read, args=(r, q))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 0 and q.get(timeout=5) == int(faces[1].sum())
