@@ -1,0 +1,332 @@
+"""Typed training configuration: dataclasses with defaults, YAML files, ``key.sub=value`` overrides.
+
+A run is described by one :class:`Config` composed of the model, loss and data configs of their own
+modules plus the optimiser, training-loop and validation settings defined here. ``load_config`` starts
+from the dataclass defaults, applies a YAML file, then command-line overrides, and rejects any key that
+does not exist and any value whose type does not match the field, naming the dotted key. The resolved
+config travels as a plain dict (``config_to_dict``) into the run folder and into every checkpoint, and
+``config_from_dict`` rebuilds it (used by ``--resume``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from model.data import DataConfig
+from model.laanet import ModelConfig
+from model.losses import LossConfig
+
+
+class ConfigError(ValueError):
+    """An unknown key, a wrong type or an invalid combination in a training config."""
+
+
+@dataclass
+class OptimConfig:
+    """SAM over Adam with the paper's warm-up-then-linear-decay learning rate.
+
+    The LR rises linearly from ``lr_start`` to ``lr_peak`` over the first ``warmup_fraction`` of all
+    optimiser steps, then falls linearly to 0 at the last step.
+    """
+
+    lr_start: float = 5e-5
+    lr_peak: float = 2e-4
+    warmup_fraction: float = 0.25
+    weight_decay: float = 1e-4  # Adam's L2 term (added to the gradient), as in the paper's recipe
+    betas: tuple[float, float] = (0.9, 0.999)
+    sam: bool = True
+    sam_rho: float = 0.05
+    sam_adaptive: bool = False  # ASAM: perturbation scaled by |w|
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+    accum_steps: int = 1  # split each loader batch into this many micro-batches (small GPUs)
+
+
+@dataclass
+class TrainConfig:
+    """Training loop: epochs, batch, freezing, precision, workers, logging and output."""
+
+    epochs: int = 100
+    batch_pairs: int = 8  # frames per batch; each gives a (real, fake) pair, so 2x images per step
+    freeze_backbone_epochs: int = 6  # backbone frozen (weights and BN statistics) for epochs < this
+    freeze_bn: bool = True
+    max_steps_per_epoch: int = 0  # 0 = the whole epoch; >0 caps it (demo, benchmarks)
+    num_workers: int = 4
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16 + scaler) on CUDA, off on CPU
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cuDNN deterministic
+    seed: int = 0
+    out_dir: str = "runs"
+    run_name: str = ""  # empty: <config file stem>-<UTC timestamp>
+    log_every: int = 10  # optimiser steps between scalar logs
+    check_replicas: bool = True  # DDP: verify all ranks hold identical weights after each epoch
+
+
+@dataclass
+class ValConfig:
+    """Validation each epoch; video-level AUC selects ``best.pt``.
+
+    If any video in ``shards`` is labelled fake, validation uses those real fakes. Otherwise the real
+    validation faces get SBI pseudo-fakes (``synthetic_fakes``), so a run without fake videos still
+    has a model-selection signal. The run log states which of the two was used.
+    """
+
+    shards: list[str] = field(default_factory=list)
+    frames_per_video: int = 8
+    batch_size: int = 32
+    num_workers: int = 2
+    every: int = 1  # epochs between validations; 0 disables validation
+    synthetic_fakes: Literal["sbi", "bi"] = "sbi"
+    max_videos: int = 0  # 0 = all; >0 keeps the first N videos (quick demos)
+
+
+@dataclass
+class Config:
+    """Everything one training run needs; see the module docstring for how it is resolved."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` checked (and minimally converted) against annotation ``tp``, or raise.
+
+    Conversions allowed: int -> float, list -> tuple. Nothing else (no str -> int, no int -> bool):
+    a YAML typo should fail loudly rather than become a surprising value.
+    """
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in args:
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected None, got {value!r}")
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected bool, got {value!r} ({type(value).__name__})")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected int, got {value!r} ({type(value).__name__})")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected float, got {value!r} ({type(value).__name__})")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected str, got {value!r} ({type(value).__name__})")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
+        k_tp, v_tp = args if args else (Any, Any)
+        return {_coerce(k, k_tp, f"{key} key"): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")
+
+
+def _apply(obj: Any, updates: dict, prefix: str) -> None:
+    """Apply a nested mapping of updates to dataclass ``obj`` in place, checking keys and types."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {updates!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown config key {key!r} (valid keys here: {', '.join(sorted(names))})")
+        tp = hints[name]
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current) and not isinstance(value, type(current)):
+            _apply(current, value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, tp, key))
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr_peak=3e-4"`` -> (["optim", "lr_peak"], 0.0003). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    # YAML reads "5e-5" as a string (no dot); accept it as the number the user meant.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def _fix_yaml_floats(node: Any) -> Any:
+    """YAML 1.1 reads ``5e-5`` (no dot) as a string; turn such strings into floats."""
+    if isinstance(node, dict):
+        return {k: _fix_yaml_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fix_yaml_floats(v) for v in node]
+    if isinstance(node, str):
+        try:
+            if "e" in node.lower() and not node.lower().startswith(("e", "-e", "+e")):
+                return float(node)
+        except ValueError:
+            return node
+    return node
+
+
+def validate_config(cfg: Config) -> None:
+    """Reject values that type-check but cannot work together, naming the keys.
+
+    Sub-configs with their own ``__post_init__`` checks (e.g. ModelConfig's decoder names) are rebuilt
+    so those checks see the final values, not only the defaults.
+    """
+    for name in ("model", "loss", "data", "optim", "train", "val"):
+        sub = getattr(cfg, name)
+        try:
+            setattr(cfg, name, dataclasses.replace(sub))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{name}: {err}") from None
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
+    if cfg.train.batch_pairs < 1:
+        raise ConfigError(f"train.batch_pairs must be >= 1, got {cfg.train.batch_pairs}")
+    if cfg.optim.accum_steps < 1 or cfg.train.batch_pairs % cfg.optim.accum_steps:
+        raise ConfigError(
+            f"optim.accum_steps ({cfg.optim.accum_steps}) must be >= 1 and divide train.batch_pairs "
+            f"({cfg.train.batch_pairs}): each micro-batch holds whole (real, fake) pairs"
+        )
+    if not 0.0 <= cfg.optim.warmup_fraction < 1.0:
+        raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {cfg.optim.warmup_fraction}")
+    if cfg.optim.sam and cfg.optim.sam_rho <= 0:
+        raise ConfigError(f"optim.sam_rho must be > 0 when optim.sam is true, got {cfg.optim.sam_rho}")
+    if cfg.train.freeze_backbone_epochs < 0:
+        raise ConfigError(f"train.freeze_backbone_epochs must be >= 0, got {cfg.train.freeze_backbone_epochs}")
+    if cfg.data.image_size != cfg.model.input_size:
+        raise ConfigError(
+            f"data.image_size ({cfg.data.image_size}) must equal model.input_size ({cfg.model.input_size})"
+        )
+
+
+def _yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """[(file, mapping)] from the root ``base`` to ``path``: a YAML may name ``base: other.yaml``
+    (relative to its own folder) and then only lists what it changes (the ablation configs do)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: circular 'base' chain")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return [(path, data)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a path string, got {base!r}")
+    return _yaml_chain(path.parent / base, seen + (path.resolve(),)) + [(path, data)]
+
+
+def load_config(yaml_path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (if given, after its ``base`` chain), then ``key.sub=value``
+    overrides; validated.
+
+    Raises :class:`ConfigError` naming the key for an unknown key, a wrong type or a bad combination.
+    """
+    cfg = Config()
+    if yaml_path is not None:
+        for path, data in _yaml_chain(Path(yaml_path)):
+            try:
+                _apply(cfg, _fix_yaml_floats(data), "")
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from None
+    for text in overrides:
+        key_path, value = _parse_override(text)
+        _apply(cfg, _nest(key_path, value), "")
+    validate_config(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The plain nested dict of ``cfg`` (tuples become lists) for YAML, JSON and checkpoints."""
+
+    def plain(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: plain(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [plain(v) for v in node]
+        return node
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a checkpoint's), with overrides."""
+    cfg = Config()
+    _apply(cfg, data, "")
+    for text in overrides:
+        key_path, value = _parse_override(text)
+        _apply(cfg, _nest(key_path, value), "")
+    validate_config(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (readable, and loadable again with :func:`load_config`)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

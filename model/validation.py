@@ -1,0 +1,100 @@
+"""Per-epoch validation for the trainer: video-level AUC of the classification head.
+
+Two modes, chosen from the validation shards themselves:
+- ``real fakes``: some validation video is labelled fake (e.g. FF++ val: originals and the four
+  manipulations); the score is the video-level AUC over those real and fake videos (the paper's
+  model-selection signal).
+- ``SBI pseudo-fakes`` (or BI): every validation video is real; each real face also gets a synthetic
+  fake made from it (``EvalDataset(..., synthetic_fakes=...)``), so the AUC measures how well the model
+  separates real faces from blends of unseen people. It is an optimistic proxy, not a deepfake AUC.
+Scoring follows the evaluation protocol: cls logit per frame, video score = sigmoid(mean frame logit).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from model.data import EvalDataset, collate_eval
+from model.metrics import aggregate_videos, roc_auc
+from pipeline.shards import ShardReader, shard_paths
+
+
+def has_fake_videos(split_dirs: list[str]) -> bool:
+    """True if any video row of any finished shard in ``split_dirs`` has label 1."""
+    for d in split_dirs:
+        for path in shard_paths(d):
+            reader = ShardReader(path)
+            try:
+                if any(int(row["label"]) == 1 for row in reader.videos):
+                    return True
+            finally:
+                reader.close()
+    return False
+
+
+def build_val_loader(cfg) -> tuple[DataLoader | None, str]:
+    """(loader, mode description) for ``cfg.val`` (a :class:`model.config.Config`); (None, "off")
+    when no validation shards are configured."""
+    if not cfg.val.shards or cfg.val.every <= 0:
+        return None, "off (no val.shards)"
+    if has_fake_videos(cfg.val.shards):
+        dataset = EvalDataset(cfg.val.shards, cfg.data.image_size, frames_per_video=cfg.val.frames_per_video)
+        mode = "real fakes from " + ", ".join(cfg.val.shards)
+    else:
+        dataset = EvalDataset(cfg.val.shards, cfg.data.image_size, frames_per_video=cfg.val.frames_per_video,
+                              synthetic_fakes=cfg.val.synthetic_fakes)
+        mode = f"{cfg.val.synthetic_fakes.upper()} pseudo-fakes of the real videos in " + ", ".join(cfg.val.shards)
+    if cfg.val.max_videos > 0:
+        dataset = first_videos(dataset, cfg.val.max_videos)
+    loader = DataLoader(dataset, batch_size=cfg.val.batch_size, shuffle=False, num_workers=cfg.val.num_workers,
+                        collate_fn=collate_eval)
+    return loader, mode
+
+
+def first_videos(dataset: EvalDataset, max_videos: int) -> Subset:
+    """Keep the items of the first ``max_videos`` real videos and their fakes (by ``video_id``)."""
+    keep_ids: list[str] = []
+    indices = []
+    for i in range(len(dataset)):
+        vid = dataset.item_video_id(i)
+        if vid not in keep_ids:
+            if len(keep_ids) >= max_videos:
+                continue
+            keep_ids.append(vid)
+        indices.append(i)
+    return Subset(dataset, indices)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
+             channels_last: bool = False) -> dict[str, float]:
+    """Score every validation frame; returns ``auc_video``, ``auc_frame``, ``n_videos``, ``n_frames``.
+
+    The model is left in eval mode; the caller puts it back in train mode.
+    """
+    model.eval()
+    logits, labels, vids, methods = [], [], [], []
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    for batch in loader:
+        x = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with ctx:
+            out = model(x)["cls"]
+        logits.append(out.float().flatten().cpu().numpy())
+        labels.append(np.asarray(batch["label"]).reshape(-1))
+        vids.extend(batch["video_id"])
+        methods.extend(batch["method"])
+    frame_logits = np.concatenate(logits)
+    frame_labels = np.concatenate(labels).astype(np.int64)
+    videos = aggregate_videos(vids, methods, frame_labels, frame_logits)
+    return {
+        "auc_video": roc_auc(videos.label, videos.score),
+        "auc_frame": roc_auc(frame_labels, frame_logits),
+        "n_videos": float(len(videos.label)),
+        "n_frames": float(len(frame_logits)),
+    }
