@@ -1,0 +1,178 @@
+"""EfficientNet endpoints for LAA-Net, built with timm.
+
+The network needs four maps from the backbone (SPEC names, EfficientNet-B4 at 384 x 384):
+    x1  output of the 1x1 head conv + BN + SiLU   (B, 1792, H/32, W/32)
+    x2  last block output, stride 32              (B,  448, H/32, W/32)
+    x3  stride-16 stage output                    (B,  160, H/16, W/16)
+    x4  stride-8 stage output                     (B,   56, H/8,  W/8)
+Channels and strides are read from timm's ``feature_info``, so any timm EfficientNet works
+(tests use ``tf_efficientnet_b0`` at small inputs).
+
+Reference padding: the reference implementation computes TF-"same" padding once, statically, for the
+image size its EfficientNet variant was published at (380 for B4), and keeps those pads whatever the
+real input size. timm pads dynamically from the actual input. At 384 the two differ in exactly one
+conv (the first 5x5 stride-2 depthwise conv of the stride-8 stage: (2, 2) vs (1, 2)).
+``reference_padding=True`` replaces every dynamically padded strided conv with one that pads what the
+reference pads, so checkpoints converted from the reference reproduce its outputs.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Image size at which the reference's EfficientNet (lukemelas layout) fixes its static padding.
+REFERENCE_PAD_IMAGE_SIZE = {
+    "tf_efficientnet_b0": 224,
+    "tf_efficientnet_b1": 240,
+    "tf_efficientnet_b2": 260,
+    "tf_efficientnet_b3": 300,
+    "tf_efficientnet_b4": 380,
+    "tf_efficientnet_b5": 456,
+    "tf_efficientnet_b6": 528,
+    "tf_efficientnet_b7": 600,
+}
+
+# The paper uses the AdvProp ImageNet weights; timm's default tag for B4 is a different (JFT) one.
+DEFAULT_PRETRAINED_TAG = {"tf_efficientnet_b4": "ap_in1k"}
+
+# Strides of the maps the decoder fuses, deepest first: x2, x3, x4.
+SKIP_REDUCTIONS = (32, 16, 8)
+
+
+class StaticPadConv2d(nn.Conv2d):
+    """A Conv2d that zero-pads by a fixed (left, right, top, bottom) amount before convolving.
+
+    Keeps the parameter names of ``nn.Conv2d`` (``weight``, ``bias``), so state dicts are unchanged.
+    """
+
+    def __init__(self, conv: nn.Conv2d, pad: tuple[int, int, int, int]):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                         conv.dilation, conv.groups, conv.bias is not None)
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.fixed_pad = tuple(int(p) for p in pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, self.fixed_pad)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", fixed_pad={self.fixed_pad}"
+
+
+def tf_same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF "same" padding (before, after) of one spatial side of ``size`` pixels."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def apply_reference_padding(body: nn.Module, image_size: int) -> int:
+    """Fix the padding of every strided conv of ``body`` to what a static TF-"same" padding computed
+    for an ``image_size`` input gives (the reference implementation's behaviour).
+
+    Walks the convs in registration order, which is forward order for timm EfficientNets (stem, then
+    each block's expand, depthwise, SE and projection convs). Returns the number of convs replaced.
+    """
+    size = image_size
+    replaced = 0
+    for parent_name, parent in list(body.named_modules()):
+        for child_name, conv in list(parent.named_children()):
+            if not isinstance(conv, nn.Conv2d) or isinstance(conv, StaticPadConv2d):
+                continue
+            if child_name.startswith("conv_reduce") or child_name.startswith("conv_expand"):
+                continue  # squeeze-excite convs run on a 1x1 pooled map
+            stride, kernel, dil = conv.stride[0], conv.kernel_size[0], conv.dilation[0]
+            if stride == 1:
+                continue  # stride-1 odd kernels pad symmetrically in both implementations
+            ph = tf_same_pad(size, kernel, stride, dil)
+            setattr(parent, child_name, StaticPadConv2d(conv, (ph[0], ph[1], ph[0], ph[1])))
+            size = math.ceil(size / stride)
+            replaced += 1
+    return replaced
+
+
+def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
+    """Load a local backbone weights file (timm layout, or the lukemelas layout the reference used)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: backbone weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if "_conv_stem.weight" in state:  # lukemelas / reference layout
+        from model.convert import map_efficientnet_keys
+
+        state = map_efficientnet_keys(state, body, path)
+    # The ImageNet classifier is not part of the backbone.
+    state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "_fc."))}
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: does not match the backbone: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+
+
+def _create_body(name: str, pretrained: bool, weights: str | Path | None) -> nn.Module:
+    import timm
+
+    if weights is not None:
+        body = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+        _load_backbone_weights(body, weights)
+        return body
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+    arch, _, tag = name.partition(".")
+    full = f"{arch}.{tag or DEFAULT_PRETRAINED_TAG.get(arch, '')}".rstrip(".")
+    try:
+        return timm.create_model(full, pretrained=True, num_classes=0, global_pool="")
+    except OSError as err:  # offline hub, no cache, no connection
+        raise RuntimeError(
+            f"pretrained weights for '{full}' are not available offline ({type(err).__name__}). "
+            f"Provide them as a local file with backbone_weights=PATH (--backbone-weights PATH): "
+            f"model.safetensors from the Hugging Face repo 'timm/{full}', or the reference's "
+            f"lukemelas-style .pth; or set pretrained=False.") from err
+
+
+class Backbone(nn.Module):
+    """timm EfficientNet returning the endpoints (x1, x2, x3, x4) LAA-Net decodes.
+
+    Attributes:
+        channels: dict ``{"x1": C1, "x2": C2, "x3": C3, "x4": C4}`` (B4: 1792, 448, 160, 56).
+    """
+
+    def __init__(self, name: str = "tf_efficientnet_b4", pretrained: bool = False,
+                 weights: str | Path | None = None, reference_padding: bool = False):
+        super().__init__()
+        self.body = _create_body(name, pretrained, weights)
+        info = self.body.feature_info
+        by_reduction = {f["reduction"]: (i, f["num_chs"]) for i, f in enumerate(info)}
+        missing = [r for r in SKIP_REDUCTIONS if r not in by_reduction]
+        if missing:
+            raise ValueError(f"backbone '{name}' has no feature maps at reductions {missing}")
+        self.take_indices = [by_reduction[r][0] for r in reversed(SKIP_REDUCTIONS)]  # x4, x3, x2
+        self.channels = {"x1": self.body.num_features,
+                         "x2": by_reduction[32][1], "x3": by_reduction[16][1], "x4": by_reduction[8][1]}
+        if reference_padding:
+            arch = name.partition(".")[0]
+            if arch not in REFERENCE_PAD_IMAGE_SIZE:
+                raise ValueError(f"reference_padding is defined for {sorted(REFERENCE_PAD_IMAGE_SIZE)}, "
+                                 f"not '{name}'")
+            apply_reference_padding(self.body, REFERENCE_PAD_IMAGE_SIZE[arch])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) in [-1, 1] -> (x1, x2, x3, x4) at strides 32, 32, 16, 8."""
+        x1, (x4, x3, x2) = self.body.forward_intermediates(x, indices=self.take_indices)
+        return x1, x2, x3, x4

@@ -1,0 +1,248 @@
+"""Convert a checkpoint of the reference LAA-Net implementation into this project's format.
+
+    python -m model.convert REFERENCE.pth OUT.pt [--trust-pickle]
+
+The reference stores a lukemelas-style EfficientNet (``_conv_stem``, ``_blocks.N._depthwise_conv``,
+``_bn0``, ``_conv_head``...), decoder stages ``deconv_1..4`` (its Inception block appears twice, as
+``inception_block.*`` and ``deconv_4.0.*``: one module under two names) and heads ``hm``, ``cls``,
+``cstency``. Files may wrap the state dict (``{'state_dict': ...}``) and prefix keys with ``module.``
+(DataParallel). The output is a checkpoint that ``model.load_checkpoint`` rebuilds, with
+``reference_padding=True`` so the network pads exactly like the reference and gives its outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+# lukemelas block-level names -> timm names, per timm block type.
+_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                      "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+                      "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+                        "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_STEM_HEAD = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+              "_fc": "classifier"}
+
+# Reference decoder/head prefixes -> ours (first match wins).
+DECODER_PREFIXES = (
+    ("deconv_1.0.", "decoder.levels.0.transform.0."),
+    ("deconv_2.0.", "decoder.levels.1.transform.0."),
+    ("deconv_2.1.", "decoder.levels.1.transform.1."),
+    ("deconv_2.2.", "decoder.levels.1.transform.2."),
+    ("deconv_3.0.", "decoder.levels.2.transform.0."),
+    ("deconv_3.1.", "decoder.levels.2.transform.1."),
+    ("deconv_3.2.", "decoder.levels.2.transform.2."),
+    ("deconv_4.0.pw_block.", "decoder.levels.3.transform.0.pw."),
+    ("deconv_4.0.conv3_block.", "decoder.levels.3.transform.0.conv3."),
+    ("deconv_4.0.conv5_block.", "decoder.levels.3.transform.0.conv5."),
+    ("deconv_4.1.", "decoder.levels.3.transform.1."),
+    ("deconv_4.2.", "decoder.levels.3.transform.2."),
+    ("hm.0.", "heads.hm.conv.0."), ("hm.1.", "heads.hm.conv.1."), ("hm.3.", "heads.hm.out."),
+    ("cls.0.", "heads.cls.conv.0."), ("cls.1.", "heads.cls.conv.1."), ("cls.5.", "heads.cls.out."),
+    ("cstency.0.", "heads.cstency.conv.0."), ("cstency.1.", "heads.cstency.conv.1."),
+    ("cstency.3.", "heads.cstency.out."),
+)
+# The second name of the reference's shared Inception module.
+INCEPTION_ALIAS = ("inception_block.", "deconv_4.0.")
+
+# (stem channels, number of blocks, head channels) of the lukemelas EfficientNets -> timm model.
+EFFICIENTNET_BY_SHAPE = {
+    (32, 16, 1280): "tf_efficientnet_b0", (32, 23, 1280): "tf_efficientnet_b1",
+    (32, 23, 1408): "tf_efficientnet_b2", (40, 26, 1536): "tf_efficientnet_b3",
+    (48, 32, 1792): "tf_efficientnet_b4", (48, 39, 2048): "tf_efficientnet_b5",
+    (56, 45, 2304): "tf_efficientnet_b6", (64, 55, 2560): "tf_efficientnet_b7",
+}
+
+
+def map_efficientnet_keys(state: Mapping[str, torch.Tensor], body: nn.Module,
+                          source: str | Path = "<state dict>") -> dict[str, torch.Tensor]:
+    """Rename lukemelas EfficientNet keys (``_blocks.N._bn1.weight``...) to those of a timm
+    EfficientNet ``body`` (``blocks.s.i.bn2.weight``...). Keys not starting with ``_`` are dropped.
+
+    Block N of the flat lukemelas list is the N-th block of timm's stages in order; the block type
+    (depthwise-separable or inverted-residual) is read from ``body``.
+    """
+    flat = [(s, i, blk) for s, stage in enumerate(body.blocks) for i, blk in enumerate(stage)]
+    out = {}
+    for key, value in state.items():
+        if not key.startswith("_"):
+            continue
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            n = int(parts[1])
+            if n >= len(flat):
+                raise ValueError(f"{source}: key {key} refers to block {n}, the backbone has {len(flat)}")
+            s, i, blk = flat[n]
+            table = _INVERTED_RESIDUAL if hasattr(blk, "conv_pwl") else _DEPTHWISE_SEPARABLE
+            if parts[2] not in table:
+                raise ValueError(f"{source}: unknown EfficientNet block key {key}")
+            out[f"blocks.{s}.{i}.{table[parts[2]]}.{'.'.join(parts[3:])}"] = value
+        elif parts[0] in _STEM_HEAD:
+            out[".".join([_STEM_HEAD[parts[0]], *parts[1:]])] = value
+        else:
+            raise ValueError(f"{source}: unknown EfficientNet key {key}")
+    return out
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        keys = list(obj)[:6]
+        return f"a {type(obj).__name__} with {len(obj)} keys, first {keys}"
+    return f"a {type(obj).__name__}"
+
+
+def unwrap_reference_state(obj: Any, source: str | Path) -> dict[str, torch.Tensor]:
+    """The reference state dict inside a loaded file: unwraps ``{'state_dict': ...}`` (also ``model``,
+    ``net``) and strips ``module.`` prefixes; raises naming what was found if it is not one."""
+    found = obj
+    for _ in range(3):
+        if isinstance(obj, Mapping) and "_conv_stem.weight" not in obj and not any(
+                isinstance(k, str) and k.endswith("_conv_stem.weight") for k in obj):
+            inner = next((obj[k] for k in ("state_dict", "model", "net") if isinstance(obj.get(k), Mapping)),
+                         None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{source}: not an LAA-Net reference checkpoint: found {_describe(found)}")
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
+            raise ValueError(f"{source}: not an LAA-Net reference checkpoint: found {_describe(found)} "
+                             f"with a non-tensor entry {key!r}")
+        while key.startswith("module."):
+            key = key[len("module."):]
+        state[key] = value
+    needed = ("_conv_stem.weight", "_conv_head.weight", "deconv_1.0.0.weight", "deconv_4.1.weight")
+    absent = [k for k in needed if k not in state]
+    if absent:
+        raise ValueError(f"{source}: not an LAA-Net reference checkpoint (missing {absent}): "
+                         f"found {_describe(found)}")
+    return state
+
+
+def infer_model_config(state: Mapping[str, torch.Tensor], source: str | Path = "<state dict>"):
+    """The ModelConfig of a reference state dict (backbone variant, heads, skip levels)."""
+    from model.laanet import ModelConfig
+
+    n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    shape = (state["_conv_stem.weight"].shape[0], n_blocks, state["_conv_head.weight"].shape[0])
+    if shape not in EFFICIENTNET_BY_SHAPE:
+        raise ValueError(f"{source}: unknown EfficientNet (stem {shape[0]}, {shape[1]} blocks, head {shape[2]})")
+    heads = {}
+    for name, out_key in (("cls", "cls.5.weight"), ("hm", "hm.3.weight"), ("cstency", "cstency.3.weight")):
+        if out_key in state:
+            heads[name] = int(state[out_key].shape[0])
+    if not heads:
+        raise ValueError(f"{source}: no cls/hm/cstency head found")
+    head_conv = int(state[f"{next(iter(heads))}.0.weight"].shape[0])
+    # A fused level doubles the next conv's input channels (decoder width == skip width).
+    skip_levels = []
+    for level, (conv_key, width_key) in enumerate((("deconv_2.0.0.weight", "deconv_1.0.0.weight"),
+                                                   ("deconv_3.0.0.weight", "deconv_2.0.0.weight"),
+                                                   ("deconv_4.0.pw_block.0.weight", "deconv_3.0.0.weight")),
+                                                  start=1):
+        if state[conv_key].shape[1] == 2 * state[width_key].shape[0]:
+            skip_levels.append(level)
+    return ModelConfig(backbone=EFFICIENTNET_BY_SHAPE[shape], pretrained=False, decoder="efpn",
+                       skip_levels=tuple(skip_levels), heads=heads, head_conv=head_conv,
+                       reference_padding=True)
+
+
+def convert_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module,
+                       source: str | Path = "<state dict>") -> dict[str, torch.Tensor]:
+    """Map an unwrapped reference state dict onto ``model``'s keys; checks names and shapes, casts
+    floating tensors to the model's dtype (the reference trained in float64)."""
+    # The shared Inception module is stored under both names; both copies must agree.
+    alias_from, alias_to = INCEPTION_ALIAS
+    rest = {}
+    for key, value in state.items():
+        if key.startswith(alias_from):
+            twin = alias_to + key[len(alias_from):]
+            if twin in state and not torch.equal(state[twin], value):
+                raise ValueError(f"{source}: {key} and {twin} differ, but they are one module in the reference")
+            continue
+        rest[key] = value
+    out = {f"backbone.body.{k}": v for k, v in map_efficientnet_keys(rest, model.backbone.body, source).items()}
+    for key, value in rest.items():
+        if key.startswith("_"):
+            continue
+        target = next((new + key[len(old):] for old, new in DECODER_PREFIXES if key.startswith(old)), None)
+        if target is None:
+            raise ValueError(f"{source}: unexpected key {key}")
+        out[target] = value
+    out = {k: v for k, v in out.items() if not k.startswith("backbone.body.classifier.")}
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(out))
+    unexpected = sorted(set(out) - set(ours))
+    if missing or unexpected:
+        raise ValueError(f"{source}: keys do not match the network: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for key, value in out.items():
+        if tuple(value.shape) != tuple(ours[key].shape):
+            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the network expects "
+                             f"{tuple(ours[key].shape)}")
+        if value.is_floating_point():
+            out[key] = value.to(ours[key].dtype)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert_reference(src: str | Path, dst: str | Path, trust_pickle: bool = False) -> Path:
+    """Read a reference checkpoint ``src``, write an LAA-Net checkpoint ``dst``; returns ``dst``."""
+    from model.checkpoint import save_checkpoint
+    from model.laanet import build_model
+
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: file not found")
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name and the reason
+        hint = "" if trust_pickle else " (if it holds non-tensor objects and you trust it: --trust-pickle)"
+        raise ValueError(f"{src}: cannot be read by torch.load: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}{hint}") from err
+    state = unwrap_reference_state(obj, src)
+    cfg = infer_model_config(state, src)
+    model = build_model(cfg)
+    weights = convert_state_dict(state, model, src)
+    model.load_state_dict(weights, strict=True)
+    epoch = obj.get("epoch") if isinstance(obj, Mapping) and isinstance(obj.get("epoch"), int) else None
+    return save_checkpoint(dst, {
+        "model": model.state_dict(),
+        "config": {"model": cfg.to_dict()},
+        "epoch": epoch,  # None: unknown
+        "step": None,
+        "converted_from": {"file": src.name, "sha256": _sha256(src)},
+    })
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m model.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("reference", type=Path, help="reference checkpoint (.pth)")
+    parser.add_argument("out", type=Path, help="output checkpoint (.pt)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow arbitrary pickled objects in the input (only for files you trust)")
+    args = parser.parse_args(argv)
+    try:
+        out = convert_reference(args.reference, args.out, args.trust_pickle)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"wrote {out} (load with model.load_checkpoint)")
+
+
+if __name__ == "__main__":
+    main()

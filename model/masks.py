@@ -1,0 +1,150 @@
+"""Face masks from 68 dlib landmarks: the four hull types of the SBI recipe, a forehead extension, and the
+landmark index map of a horizontal flip.
+
+Landmarks are (68, 2) float arrays of (x, y) in pixel coordinates (pixel centres at integers), in the iBUG
+300-W / dlib order: 0-16 jaw (from the image-left side), 17-21 and 22-26 brows, 27-30 nose bridge,
+31-35 nostrils, 36-41 and 42-47 eyes, 48-59 outer lips, 60-67 inner lips.
+Masks are uint8 (H, W) with values 0/1. Everything here is a pure function of its arguments.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+MASK_KINDS = ("hull", "dfl_full", "extended", "components")
+
+# Sub-pixel precision for cv2.fillConvexPoly (coordinates in 1/16 pixel).
+_SHIFT = 4
+
+JAW = np.arange(0, 17)
+BROWS = np.arange(17, 27)
+NOSE = np.arange(27, 36)
+EYE_A = np.arange(36, 42)   # image-left eye of an upright frontal face
+EYE_B = np.arange(42, 48)
+MOUTH = np.arange(48, 68)
+
+
+def _flip_index() -> np.ndarray:
+    """Index map of a horizontal flip: point i of the flipped face is point FLIP_INDEX[i] of the original."""
+    pairs = [(i, 16 - i) for i in range(17)]                                     # jaw
+    pairs += [(17 + i, 26 - i) for i in range(10)]                               # brows
+    pairs += [(27, 27), (28, 28), (29, 29), (30, 30)]                            # nose bridge
+    pairs += [(31, 35), (32, 34), (33, 33), (34, 32), (35, 31)]                  # nostrils
+    eye = {36: 45, 37: 44, 38: 43, 39: 42, 40: 47, 41: 46}
+    eye.update({v: k for k, v in eye.items()})
+    pairs += sorted(eye.items())
+    outer = {48: 54, 49: 53, 50: 52, 51: 51, 55: 59, 56: 58, 57: 57}
+    outer.update({v: k for k, v in outer.items()})
+    pairs += sorted(outer.items())
+    inner = {60: 64, 61: 63, 62: 62, 65: 67, 66: 66}
+    inner.update({v: k for k, v in inner.items()})
+    pairs += sorted(inner.items())
+    idx = np.full(68, -1, dtype=np.int64)
+    for a, b in pairs:
+        idx[a] = b
+    assert (idx >= 0).all() and (idx[idx] == np.arange(68)).all()
+    return idx
+
+
+FLIP_INDEX = _flip_index()
+
+
+def flip_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
+    """Landmarks of the horizontally mirrored image of width `width`.
+
+    x -> width - 1 - x (pixel-centre convention, matching cv2.flip), then the indices are remapped so that
+    point i keeps its anatomical meaning (e.g. the image-left eye corner 36 of the flipped face comes from the
+    original point 45). (68, 2) -> (68, 2), same dtype.
+    """
+    out = landmarks[FLIP_INDEX].copy()
+    out[:, 0] = (width - 1) - out[:, 0]
+    return out
+
+
+def forehead_points(landmarks: np.ndarray, height_ratio: float = 0.9, n: int = 9) -> np.ndarray:
+    """Points on an upper half-ellipse over the brows, standing in for the forehead points of an 81-point model.
+
+    Frame of the face: v = unit vector from the image-left eye centre to the other eye centre, u = v rotated
+    to point up the face. The ellipse is centred on the mean of the 10 brow points, its half-width is half the
+    jaw-to-jaw distance (points 0 and 16) along v, and its height is `height_ratio` times the nose length
+    (nasion 27 to subnasale 33, along u): a forehead is about one nose length high. Rotation-aware, so tilted
+    faces get a tilted forehead. (68, 2) -> (n, 2) float32, ordered from one temple to the other.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    v = lm[EYE_B].mean(0) - lm[EYE_A].mean(0)
+    v /= max(np.linalg.norm(v), 1e-6)
+    u = np.array([v[1], -v[0]])  # up: for v = (1, 0), u = (0, -1), i.e. towards smaller y
+    centre = lm[BROWS].mean(0)
+    half_width = 0.5 * abs(float(np.dot(lm[16] - lm[0], v)))
+    height = height_ratio * abs(float(np.dot(lm[27] - lm[33], u)))
+    t = np.linspace(-1.0, 1.0, n)
+    pts = centre + np.outer(t * half_width, v) + np.outer(np.sqrt(np.clip(1.0 - t * t, 0.0, None)) * height, u)
+    return pts.astype(np.float32)
+
+
+def _fill_hulls(shape: tuple[int, int], parts: list[np.ndarray]) -> np.ndarray:
+    """Union of the filled convex hulls of each (k, 2) point set, as a uint8 (H, W) 0/1 mask."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    for pts in parts:
+        hull = cv2.convexHull(np.round(pts * (1 << _SHIFT)).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    return mask
+
+
+def hull_parts(landmarks: np.ndarray, kind: str, forehead: bool = False) -> list[np.ndarray]:
+    """Point sets whose convex hulls make up a mask of type `kind` (their union).
+
+    - "hull": one hull of all 68 points.
+    - "dfl_full": union of three hulls: jaw + mouth, nose (bridge, nostrils and the mouth), brows + eyes.
+    - "extended": one hull of all points with each brow point raised (along the face's up direction) by half
+      the distance between the brow centre and the eye centre on its side.
+    - "components": union of 8 part hulls: two jaw halves (each with the outer brow point of its side), two
+      cheeks (jaw, eye and nostril corner), the nose, two eye+brow regions and the mouth.
+    With `forehead`, the points of `forehead_points` join every hull that contains brow points (all of
+    "hull" and "extended", the brows+eyes hull of "dfl_full", the eye+brow parts of "components" split by
+    side), so every type reaches the upper forehead.
+    """
+    lm = np.asarray(landmarks, dtype=np.float32)
+    fh = forehead_points(lm) if forehead else np.zeros((0, 2), np.float32)
+    half = len(fh) // 2
+    fh_a, fh_b = fh[: half + 1], fh[half:]  # image-left and image-right halves (share the middle point)
+    if kind == "hull":
+        return [np.concatenate([lm, fh])]
+    if kind == "dfl_full":
+        return [
+            np.concatenate([lm[JAW], lm[MOUTH]]),
+            np.concatenate([lm[NOSE], lm[MOUTH]]),
+            np.concatenate([lm[BROWS], lm[EYE_A], lm[EYE_B], fh]),
+        ]
+    if kind == "extended":
+        raised = lm.copy()
+        eye_a, eye_b = lm[EYE_A].mean(0), lm[EYE_B].mean(0)
+        brow_a, brow_b = lm[17:22].mean(0), lm[22:27].mean(0)
+        raised[17:22] += 0.5 * (brow_a - eye_a)
+        raised[22:27] += 0.5 * (brow_b - eye_b)
+        return [np.concatenate([raised, fh])]
+    if kind == "components":
+        return [
+            np.concatenate([lm[0:9], lm[[17]]]),
+            np.concatenate([lm[8:17], lm[[26]]]),
+            lm[[1, 2, 3, 4, 5, 31, 36, 39, 41, 48]],
+            lm[[11, 12, 13, 14, 15, 35, 42, 45, 46, 54]],
+            lm[NOSE],
+            np.concatenate([lm[17:22], lm[EYE_A], fh_a]),
+            np.concatenate([lm[22:27], lm[EYE_B], fh_b]),
+            lm[48:60],
+        ]
+    raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
+
+
+def hull_mask(landmarks: np.ndarray, shape: tuple[int, int], kind: str = "hull",
+              forehead: bool = False) -> np.ndarray:
+    """uint8 (H, W) 0/1 mask of type `kind` (see `hull_parts`) for landmarks given in the pixels of `shape`."""
+    return _fill_hulls(shape, hull_parts(landmarks, kind, forehead))
+
+
+def random_hull_mask(landmarks: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
+                     forehead: bool = False) -> tuple[np.ndarray, str]:
+    """A hull mask of a uniformly drawn kind (the SBI recipe's step 2). Returns (uint8 (H, W) mask, kind)."""
+    kind = MASK_KINDS[int(rng.integers(len(MASK_KINDS)))]
+    return hull_mask(landmarks, shape, kind, forehead), kind

@@ -1,0 +1,197 @@
+"""Evaluation report: markdown tables, ROC / PR curves, robustness plot and heatmap overlays.
+
+Pure presentation: every function takes numbers or images that the evaluator already computed and writes
+text or PNG files. Matplotlib runs on the non-interactive Agg backend (no display needed).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from model import metrics
+
+# Columns of the main table: (key in the metrics dict, header, is a percentage).
+METRIC_COLUMNS = (
+    ("auc", "AUC", True),
+    ("ap", "AP", True),
+    ("eer", "EER", True),
+    ("acc", "Acc@0.5", True),
+    ("ar", "AR", True),
+    ("mf1", "mF1", True),
+    ("f1", "F1", True),
+    ("frame_auc", "frame AUC", True),
+    ("frame_ap", "frame AP", True),
+)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fmt(value, percent: bool = True) -> str:
+    """A metric as text: percentages with two decimals, NaN as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.2f}" if percent else str(value)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table from a header and rows of strings."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def metrics_table(entries: list[dict]) -> str:
+    """Main results table, one row per (dataset, subset).
+
+    Each entry: ``{"name": str, "metrics": {auc, ap, ...}, "n_videos": int, "n_real": int, "n_fake": int}``.
+    Metrics are video-level except the two frame-level columns; values are in percent.
+    """
+    header = ["test set", "videos (real/fake)"] + [h + " %" for _, h, _ in METRIC_COLUMNS]
+    rows = []
+    for e in entries:
+        m = e["metrics"]
+        rows.append(
+            [e["name"], f"{e['n_videos']} ({e['n_real']}/{e['n_fake']})"]
+            + [fmt(m.get(k), pct) for k, _, pct in METRIC_COLUMNS]
+        )
+    return markdown_table(header, rows)
+
+
+def protocol_table(protocols: dict[str, dict]) -> str:
+    """One row per test set with every protocol field that its numbers depend on."""
+    keys: list[str] = []
+    for p in protocols.values():
+        keys += [k for k in p if k not in keys]
+    rows = [[name] + [str(p.get(k, "-")) for k in keys] for name, p in protocols.items()]
+    return markdown_table(["test set"] + keys, rows)
+
+
+def robustness_table(robustness: dict[str, dict]) -> str:
+    """Video AUC (%) per perturbation (rows) and level (columns), with the clean AUC and the row mean.
+
+    ``robustness``: ``{test set: {"clean": auc, "perturbations": {name: [auc level1..5]}}}``.
+    """
+    from model import perturb
+
+    header = ["test set", "perturbation", "clean"] + [f"level {lv}" for lv in perturb.LEVELS] + ["mean"]
+    rows = []
+    for dataset, r in robustness.items():
+        for name, aucs in r["perturbations"].items():
+            mean = float(np.nanmean(aucs)) if len(aucs) else float("nan")
+            rows.append(
+                [dataset, perturb.LABELS.get(name, name), fmt(r["clean"])] + [fmt(a) for a in aucs] + [fmt(mean)]
+            )
+    return markdown_table(header, rows)
+
+
+def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], roc_path: Path, pr_path: Path) -> None:
+    """ROC and precision-recall curves (video level), one line per test set.
+
+    ``curves``: ``{name: (labels (V,), fake probabilities (V,))}``; sets with one class only are skipped.
+    """
+    plt = _pyplot()
+    fig_roc, ax_roc = plt.subplots(figsize=(5, 5))
+    fig_pr, ax_pr = plt.subplots(figsize=(5, 5))
+    for name, (labels, scores) in curves.items():
+        labels = np.asarray(labels)
+        if labels.min() == labels.max():
+            continue
+        fpr, tpr, _ = metrics.roc_curve(labels, scores)
+        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {100 * metrics.roc_auc(labels, scores):.2f})")
+        precision, recall, _ = metrics.precision_recall_curve(labels, scores)
+        # Start the step plot at recall 0 with the first precision, as AP integrates it.
+        ax_pr.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre",
+                   label=f"{name} (AP {100 * metrics.average_precision(labels, scores):.2f})")
+    ax_roc.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax_roc.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
+               title="ROC, video level", xlim=(0, 1), ylim=(0, 1.01))
+    ax_pr.set(xlabel="recall (fake)", ylabel="precision (fake)", title="Precision-recall, video level",
+              xlim=(0, 1), ylim=(0, 1.01))
+    for fig, ax, path in ((fig_roc, ax_roc, roc_path), (fig_pr, ax_pr, pr_path)):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def plot_robustness(robustness: dict[str, dict], path: Path) -> None:
+    """Video AUC against perturbation level, one panel per test set, one line per perturbation type.
+
+    Level 0 is the clean AUC, so every line starts from the same point.
+    """
+    from model import perturb
+
+    plt = _pyplot()
+    n = max(1, len(robustness))
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
+    for ax, (dataset, r) in zip(axes[0], robustness.items()):
+        for name, aucs in r["perturbations"].items():
+            ax.plot(range(len(aucs) + 1), 100 * np.r_[r["clean"], aucs], marker="o",
+                    label=perturb.LABELS.get(name, name))
+        ax.set(xlabel="severity level (0 = clean)", ylabel="video AUC %", title=f"Robustness: {dataset}")
+        ax.set_xticks(range(len(perturb.LEVELS) + 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def heatmap_overlay(face: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Predicted heatmap drawn over the face.
+
+    face: (S, S, 3) uint8 RGB; heatmap: (h, w) probabilities in [0, 1] (sigmoid of the hm head), upsampled
+    bilinearly to S x S and coloured with the JET map (red = likely blending artefact).
+    Returns (S, S, 3) uint8 RGB.
+    """
+    s_h, s_w = face.shape[:2]
+    hm = cv2.resize(np.clip(heatmap, 0, 1).astype(np.float32), (s_w, s_h), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.cvtColor(cv2.applyColorMap(np.rint(255 * hm).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    # Weight the colour by the absolute heatmap (full weight from 0.5 up), so cold regions keep the face
+    # visible and an uninformative flat map stays faint instead of being stretched to look confident.
+    w = (alpha * np.clip(2.0 * hm, 0, 1))[..., None]
+    return np.clip(face * (1 - w) + colour * w, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class OverlayItem:
+    """One panel of an overlay sheet: the face crop, its predicted heatmap and a caption."""
+
+    face: np.ndarray  # (S, S, 3) uint8 RGB
+    heatmap: np.ndarray  # (h, w) float in [0, 1]
+    caption: str
+
+
+def save_overlay_sheet(items: list[OverlayItem], path: Path, title: str, columns: int = 4) -> None:
+    """A grid of face / heatmap-overlay pairs with captions, saved as one PNG."""
+    plt = _pyplot()
+    if not items:
+        raise ValueError(f"no faces to draw for {path}")
+    cols = min(columns, len(items))
+    rows = math.ceil(len(items) / cols)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.3 * 2 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, item in enumerate(items):
+        r, c = divmod(i, cols)
+        axes[r, 2 * c].imshow(item.face)
+        axes[r, 2 * c + 1].imshow(heatmap_overlay(item.face, item.heatmap))
+        axes[r, 2 * c].set_title(item.caption, fontsize=7, loc="left")
+        axes[r, 2 * c + 1].set_title(f"hm max {float(item.heatmap.max()):.2f}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,394 @@
+"""Pseudo-fakes from real faces: self-blended images (SBI) and blended images (BI, Face X-ray style).
+
+A pseudo-fake is I_M = M * I_F + (1 - M) * I_B (blend of a foreground face I_F into a background face I_B
+through a soft mask M in [0, 1]). Every function is pure: it takes numpy arrays and an np.random.Generator
+and returns new arrays; the same generator state gives the same sample.
+
+Resolutions. Faces are uint8 RGB (S, S, 3) crops (S = 384 in our shards). The recipe's geometric parameters
+(elastic alpha/sigma, blur kernels, margins) are pixel values defined on 256 x 256 crops, so the mask is
+built and deformed on a `grid` x `grid` raster (default 256) and only the final soft mask is resampled to
+S for blending. That keeps the recipe's mask distribution independent of S, and is also where most of the
+speed comes from: no full-resolution float mask processing, and the source face is only warped, colour-
+transformed and blended inside the mask's bounding box.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from model.masks import MASK_KINDS, flip_landmarks, hull_mask
+
+BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SBIConfig:
+    """Parameters of the SBI recipe. Pixel values refer to the `grid` raster (the recipe's 256 crops)."""
+
+    grid: int = 256
+    flip_p: float = 0.5
+    forehead: bool = False
+    translate: tuple[float, float] = (0.03, 0.015)       # max |shift| as a fraction of width, height
+    scale: tuple[float, float] = (0.95, 1 / 0.95)
+    elastic_alpha: float = 50.0
+    elastic_sigma: float = 7.0
+    resize_range: tuple[float, float] = (0.8, 1.25)       # per side, before the two blurs
+    blur1_kernels: tuple[int, int] = (5, 25)              # odd sizes, inclusive
+    blur2_kernels: tuple[int, int] = (5, 25)
+    blur2_sigma: tuple[int, int] = (5, 45)                # integer sigma, inclusive
+    blend_ratios: tuple[float, ...] = BLEND_RATIOS
+    margin: tuple[int, int] = (5, 24)                     # random crop margin per side, inclusive
+    rgb_shift_p: float = 0.3
+
+
+@dataclass
+class SyntheticPair:
+    """One (real, fake) pair before training augmentation.
+
+    real, fake: uint8 (S, S, 3); the fake differs from the real only where `mask` (resampled to S) > 0.
+    mask: float32 (grid, grid) soft blend mask M in [0, 1], max 1 (the targets use M, not ratio * M).
+    ratio: blend ratio r; the fake is r*M*src + (1 - r*M)*real.
+    crop: (x0, y0, x1, y1) margin crop as fractions of the side, to apply to real, fake and mask alike.
+    kind: mask type; flipped: whether the frame was mirrored first.
+    """
+
+    real: np.ndarray
+    fake: np.ndarray
+    mask: np.ndarray
+    ratio: float
+    crop: tuple[float, float, float, float]
+    kind: str
+    flipped: bool
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+def affine_about_centre(scale: float, tx: float, ty: float) -> np.ndarray:
+    """(3, 3) map in normalised coordinates ([0, 1]^2, pixel edges): scale about the centre, then shift."""
+    return np.array([[scale, 0.0, 0.5 - 0.5 * scale + tx],
+                     [0.0, scale, 0.5 - 0.5 * scale + ty],
+                     [0.0, 0.0, 1.0]])
+
+
+def to_pixels(norm: np.ndarray, n_in: int, n_out: int) -> np.ndarray:
+    """Turn a (3, 3) map between normalised square coordinates into the (2, 3) pixel matrix for cv2.warpAffine
+    from an n_in x n_in image to an n_out x n_out one (pixel centres at integers: u = (x + 0.5) / n)."""
+    a = np.array([[1.0 / n_in, 0, 0.5 / n_in], [0, 1.0 / n_in, 0.5 / n_in], [0, 0, 1]])
+    b = np.array([[n_out, 0, -0.5], [0, n_out, -0.5], [0, 0, 1]])
+    return (b @ norm @ a)[:2]
+
+
+def resample_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a float (g, g) mask to (size, size) with the same normalised geometry."""
+    if mask.shape[0] == size:
+        return mask
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def flip_face(face: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror an (H, W, 3) face and remap its (68, 2) landmarks so that each index keeps its meaning."""
+    return cv2.flip(face, 1), flip_landmarks(landmarks, face.shape[1])
+
+
+# ----------------------------------------------------------------------------------- source transforms
+def _lut3(tables: list[np.ndarray]) -> np.ndarray:
+    return np.stack([np.clip(t, 0, 255) for t in tables], -1).astype(np.uint8).reshape(256, 1, 3)
+
+
+def source_colour_transform(img: np.ndarray, rng: np.random.Generator, rgb_shift_p: float = 0.3) -> np.ndarray:
+    """Step 3 of SBI: RGB shift +-20 (p=0.3), hue/sat/value +-0.3, brightness/contrast +-0.1, then one of
+    {down-up scale by 2 or 4, sharpen}. uint8 (h, w, 3) -> uint8 (h, w, 3).
+
+    Semantics follow the recipe's uint8 transforms: shifts are added through lookup tables and truncated
+    to integers (so hue/sat/value +-0.3 of 180/255 levels amount to an HSV round trip plus a -1 level
+    shift for negative draws); contrast scales intensities (out = in * (1 + c) + 255 * b). Down-up scaling
+    samples with nearest neighbour at 1/2 or 1/4 of this image's own resolution and restores it
+    bilinearly; sharpening blends identity with a Laplacian-type kernel (alpha 0.2..0.5, lightness 0.5..1).
+    """
+    levels = np.arange(256, dtype=np.float64)
+    out = img
+    if rng.random() < rgb_shift_p:
+        s = rng.uniform(-20, 20, 3)
+        out = cv2.LUT(out, _lut3([np.trunc(levels + s[c]) for c in range(3)]))
+    hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
+    h, s, v = rng.uniform(-0.3, 0.3, 3)
+    hsv_lut = _lut3([np.mod(np.trunc(levels + h), 180), np.trunc(levels + s), np.trunc(levels + v)])
+    out = cv2.cvtColor(cv2.LUT(hsv, hsv_lut), cv2.COLOR_HSV2RGB)
+    b, c = rng.uniform(-0.1, 0.1, 2)
+    lut = np.clip(levels * (1.0 + c) + 255.0 * b, 0, 255).astype(np.uint8)
+    out = cv2.LUT(out, lut)
+    if rng.random() < 0.5:
+        r = (2, 4)[int(rng.integers(2))]
+        hh, ww = out.shape[:2]
+        small = cv2.resize(out, (max(1, ww // r), max(1, hh // r)), interpolation=cv2.INTER_NEAREST)
+        out = cv2.resize(small, (ww, hh), interpolation=cv2.INTER_LINEAR)
+    else:
+        alpha = rng.uniform(0.2, 0.5)
+        lightness = rng.uniform(0.5, 1.0)
+        k = -np.ones((3, 3), np.float32)
+        k[1, 1] = 8.0 + lightness
+        kernel = (1.0 - alpha) * np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32) + alpha * k
+        out = cv2.filter2D(out, -1, kernel)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- mask steps
+def elastic_warp(mask: np.ndarray, rng: np.random.Generator, alpha: float = 50.0, sigma: float = 7.0) -> np.ndarray:
+    """Elastic deformation of an (h, w) mask: displacement fields = alpha * Gaussian(sigma)-smoothed uniform
+    noise in [-1, 1] (one per axis), applied with bilinear remapping (edges replicated)."""
+    h, w = mask.shape
+    noise = rng.random((2, h, w), dtype=np.float32) * 2.0 - 1.0
+    dx = cv2.GaussianBlur(noise[0], (0, 0), sigma) * alpha
+    dy = cv2.GaussianBlur(noise[1], (0, 0), sigma) * alpha
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(mask, gx + dx, gy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _odd(rng: np.random.Generator, lo: int, hi: int) -> int:
+    return int(lo + 2 * rng.integers((hi - lo) // 2 + 1))
+
+
+def soften_mask(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = SBIConfig()) -> np.ndarray:
+    """Step 5 of SBI: uint8 0/1 (g, g) mask -> float32 (g, g) soft mask M in [0, 1] with max 1.
+
+    Resize by 0.8..1.25 per side; Gaussian blur with an odd kernel 5..25 and keep only the pixels that
+    are 1 after max-normalising (the recipe blurs the 0/1 mask as uint8, so those are the pixels whose
+    blurred value rounds to 1: a shape-smoothing step that also removes thin slivers); blur again (odd
+    kernel 5..25, sigma 5..45), max-normalise and resize back.
+    """
+    g_h, g_w = mask.shape
+    fx, fy = rng.uniform(*cfg.resize_range, 2)
+    size = (max(8, int(round(g_w * fx))), max(8, int(round(g_h * fy))))
+    m = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
+    k1 = _odd(rng, *cfg.blur1_kernels)
+    m = cv2.GaussianBlur(m, (k1, k1), 0)       # uint8 0/1 in, rounded 0/1 out
+    k2 = _odd(rng, *cfg.blur2_kernels)
+    sigma2 = float(rng.integers(cfg.blur2_sigma[0], cfg.blur2_sigma[1] + 1))
+    m = cv2.GaussianBlur(m.astype(np.float32), (k2, k2), sigma2)
+    peak = float(m.max())
+    if peak <= 0:
+        raise ValueError("mask vanished while softening (empty or sub-kernel-sized hull)")
+    m *= 1.0 / peak
+    return cv2.resize(m, (g_w, g_h), interpolation=cv2.INTER_LINEAR)
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) exclusive bounds of mask > 0, or None if empty."""
+    rows = np.flatnonzero(mask.any(1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _roi_at(box_grid: tuple[int, int, int, int], grid: int, size: int, pad: int = 2,
+            align: int = 1) -> tuple[int, int, int, int]:
+    """Map a grid-pixel box to a padded, clipped box at `size` whose origin is a multiple of `align`."""
+    f = size / grid
+    x0 = max(0, int(np.floor(box_grid[0] * f)) - pad)
+    y0 = max(0, int(np.floor(box_grid[1] * f)) - pad)
+    x0 -= x0 % align
+    y0 -= y0 % align
+    x1 = min(size, int(np.ceil(box_grid[2] * f)) + pad)
+    y1 = min(size, int(np.ceil(box_grid[3] * f)) + pad)
+    return x0, y0, x1, y1
+
+
+def _warp_roi(img: np.ndarray, mat: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
+    """The part `roi` of cv2.warpAffine(img, mat) (same result, only those output pixels computed)."""
+    x0, y0, x1, y1 = roi
+    m = mat.copy()
+    m[:, 2] -= (x0, y0)
+    return cv2.warpAffine(img, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def _preimage_box(mat: np.ndarray, roi: tuple[int, int, int, int], size: int, pad: int, align: int):
+    """Clipped, aligned box of input pixels that cv2.warpAffine(., mat) reads for the output box `roi`."""
+    inv = cv2.invertAffineTransform(mat)
+    x0, y0, x1, y1 = roi
+    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64)
+    pts = corners @ inv.T
+    bx0 = max(0, int(np.floor(pts[:, 0].min())) - pad)
+    by0 = max(0, int(np.floor(pts[:, 1].min())) - pad)
+    bx0 -= bx0 % align
+    by0 -= by0 % align
+    bx1 = min(size, int(np.ceil(pts[:, 0].max())) + pad)
+    by1 = min(size, int(np.ceil(pts[:, 1].max())) + pad)
+    return bx0, by0, bx1, by1
+
+
+def _blend_roi(fg: np.ndarray, bg: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """uint8 weight*fg + (1-weight)*bg (rounded) for uint8 (h, w, 3) images and float32 (h, w) weights."""
+    return cv2.blendLinear(fg, bg, weight, 1.0 - weight)
+
+
+def random_margin(rng: np.random.Generator, cfg: SBIConfig = SBIConfig()) -> tuple[float, float, float, float]:
+    """Step 7 of SBI: crop box (x0, y0, x1, y1) as fractions of the side, each side cut by 5..24 grid px."""
+    m = rng.integers(cfg.margin[0], cfg.margin[1] + 1, 4) / cfg.grid
+    return float(m[0]), float(m[1]), float(1.0 - m[2]), float(1.0 - m[3])
+
+
+# ------------------------------------------------------------------------------------------------- SBI
+def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+        cfg: SBIConfig = SBIConfig(), kind: str | None = None, flip: bool | None = None,
+        augment_source: bool | None = None) -> SyntheticPair:
+    """Self-blended image from one real face (steps 1-7 of the recipe; step 7 is returned as `crop`).
+
+    face: uint8 (S, S, 3) RGB; landmarks: (68, 2) crop pixels. `kind` / `flip` force a mask type / flip
+    decision and `augment_source` which side gets the colour transform (None draws them: the source or
+    the background, which is also the returned real, p = 0.5 each; the draw is made either way so that
+    forcing it leaves every other random choice unchanged). The source and mask get the same random scale/translation; the mask
+    alone is then elastically warped and softened; r is drawn from {0.25, 0.5, 0.75, 1, 1, 1}.
+    """
+    if face.ndim != 3 or face.shape[0] != face.shape[1] or face.shape[2] != 3 or face.dtype != np.uint8:
+        raise ValueError(f"sbi: expected a square uint8 (S, S, 3) face, got {face.dtype} {face.shape}")
+    lm = np.asarray(landmarks, dtype=np.float32)
+    if lm.shape != (68, 2) or not np.isfinite(lm).all():
+        raise ValueError(f"sbi: expected finite (68, 2) landmarks, got shape {lm.shape}")
+    size, g = face.shape[0], cfg.grid
+
+    flipped = bool(rng.random() < cfg.flip_p) if flip is None else bool(flip)
+    if flipped:
+        face, lm = flip_face(face, lm)
+    if kind is None:
+        kind = MASK_KINDS[int(rng.integers(len(MASK_KINDS)))]
+    mask = hull_mask((lm + 0.5) * (g / size) - 0.5, (g, g), kind, cfg.forehead)
+
+    side = bool(rng.random() < 0.5)
+    augment_source = side if augment_source is None else bool(augment_source)
+    colour_rng = rng.spawn(1)[0]           # drawn now, used on the source box or the whole real below
+    real = face if augment_source else source_colour_transform(face, colour_rng, cfg.rgb_shift_p)
+
+    scale = rng.uniform(*cfg.scale)
+    tx, ty = rng.uniform(-cfg.translate[0], cfg.translate[0]), rng.uniform(-cfg.translate[1], cfg.translate[1])
+    geo = affine_about_centre(scale, tx, ty)
+    mask = cv2.warpAffine(mask.astype(np.float32), to_pixels(geo, g, g), (g, g), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT)
+    mask = elastic_warp(mask, rng, cfg.elastic_alpha, cfg.elastic_sigma)
+    mask_u8 = (mask >= 0.5).astype(np.uint8)   # the recipe keeps the deformed mask binary (uint8)
+    if not mask_u8.any():
+        raise ValueError("sbi: the landmark hull is empty at the mask resolution")
+    soft = soften_mask(mask_u8, rng, cfg)
+    ratio = float(cfg.blend_ratios[int(rng.integers(len(cfg.blend_ratios)))])
+    crop = random_margin(rng, cfg)
+
+    box = _bbox(soft)
+    roi = _roi_at(box, g, size)
+    x0, y0, x1, y1 = roi
+    mat = to_pixels(geo, size, size)
+    if augment_source:
+        # Only the pixels the warp reads for the mask's box are transformed; the box origin is a multiple
+        # of 4 so that down-up scaling samples the same pixel grid as on the whole face.
+        bx0, by0, bx1, by1 = _preimage_box(mat, roi, size, pad=8, align=4)
+        src_part = source_colour_transform(face[by0:by1, bx0:bx1], colour_rng, cfg.rgb_shift_p)
+        mat_part = mat.copy()
+        mat_part[:, 2] += mat[:, :2] @ np.array([bx0, by0], np.float64)
+        src = _warp_roi(src_part, mat_part, roi)
+    else:
+        src = _warp_roi(face, mat, roi)
+    weight = resample_mask(soft, size)[y0:y1, x0:x1] * np.float32(ratio)
+    fake = real.copy()
+    fake[y0:y1, x0:x1] = _blend_roi(src, real[y0:y1, x0:x1], weight)
+    return SyntheticPair(real=np.ascontiguousarray(real), fake=fake, mask=soft, ratio=ratio, crop=crop,
+                         kind=kind, flipped=flipped)
+
+
+def sbi_fake_for_eval(face: np.ndarray, landmarks: np.ndarray, seed: int | np.random.SeedSequence,
+                      forehead: bool = False) -> np.ndarray:
+    """A deterministic SBI fake of `face` for evaluation demos: same geometry as the face (no flip, no
+    margin crop), background left untouched so it equals the input outside the mask.
+    uint8 (S, S, 3) -> uint8 (S, S, 3); the same seed always gives the same fake."""
+    rng = np.random.default_rng(seed)
+    return sbi(face, landmarks, rng, SBIConfig(flip_p=0.0, forehead=forehead), augment_source=True).fake
+
+
+# -------------------------------------------------------------------------------------------------- BI
+@dataclass(frozen=True)
+class BIConfig:
+    """Parameters of BI (blended images). Pixel values refer to the `grid` raster."""
+
+    grid: int = 256
+    forehead: bool = False
+    grid_cells: int = 4                                  # piecewise-affine control grid (cells per side)
+    jitter: float = 0.03                                 # control point jitter, fraction of the side
+    morph_kernels: tuple[int, int] = (3, 15)             # odd erode/dilate kernel sizes
+    feather_kernels: tuple[int, int] = (5, 25)           # odd Gaussian kernel for the final feathering
+
+
+def piecewise_affine_warp(mask: np.ndarray, rng: np.random.Generator, cells: int = 4,
+                          jitter: float = 0.03) -> np.ndarray:
+    """Piecewise-affine deformation of a float32 (g, g) mask.
+
+    A (cells+1)^2 regular control grid is split into two triangles per cell; interior control points are
+    moved by uniform noise of +-jitter * g. Each output pixel takes the mask value at the barycentric image
+    of its triangle in the moved grid (an affine map per triangle, continuous across edges).
+    """
+    g = mask.shape[0]
+    step = (g - 1) / cells
+    n = cells + 1
+    ctrl = np.stack(np.meshgrid(np.arange(n) * step, np.arange(n) * step), -1)   # (n, n, 2) x, y
+    moved = ctrl.copy()
+    moved[1:-1, 1:-1] += rng.uniform(-jitter * g, jitter * g, (n - 2, n - 2, 2))
+    ys, xs = np.mgrid[0:g, 0:g].astype(np.float64)
+    cx = np.minimum((xs / step).astype(np.int64), cells - 1)
+    cy = np.minimum((ys / step).astype(np.int64), cells - 1)
+    fx = xs / step - cx
+    fy = ys / step - cy
+    upper = fx + fy <= 1.0
+    p00 = moved[cy, cx]
+    p10 = moved[cy, cx + 1]
+    p01 = moved[cy + 1, cx]
+    p11 = moved[cy + 1, cx + 1]
+    # Upper triangle (p00, p10, p01): p00 + fx (p10 - p00) + fy (p01 - p00).
+    # Lower triangle (p11, p01, p10): p11 + (1 - fx) (p01 - p11) + (1 - fy) (p10 - p11).
+    fxu, fyu = fx[..., None], fy[..., None]
+    up = p00 + fxu * (p10 - p00) + fyu * (p01 - p00)
+    lo = p11 + (1 - fxu) * (p01 - p11) + (1 - fyu) * (p10 - p11)
+    src = np.where(upper[..., None], up, lo).astype(np.float32)
+    return cv2.remap(mask, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+
+def align_donor(donor: np.ndarray, donor_lm: np.ndarray, target_lm: np.ndarray, size: int) -> np.ndarray:
+    """Warp a donor face onto the target's landmarks with the least-squares similarity transform
+    (rotation, uniform scale, translation). uint8 (S', S', 3) -> uint8 (size, size, 3)."""
+    mat, _ = cv2.estimateAffinePartial2D(donor_lm.astype(np.float32), target_lm.astype(np.float32))
+    if mat is None:
+        raise ValueError("align_donor: could not fit a similarity between the two landmark sets")
+    return cv2.warpAffine(donor, mat, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def bi(target: np.ndarray, target_lm: np.ndarray, donor: np.ndarray, donor_lm: np.ndarray,
+       rng: np.random.Generator, cfg: BIConfig = BIConfig(), kind: str | None = None) -> SyntheticPair:
+    """Blended image: the donor's face (another video, similar landmarks) inside the target's face.
+
+    The mask comes from the target's landmarks (a random hull type), deformed piecewise-affinely, eroded or
+    dilated (random odd kernel), then feathered with a Gaussian and max-normalised. The donor is aligned to
+    the target's landmarks, its masked mean colour matched to the target's (per RGB channel), and blended:
+    fake = M * donor + (1 - M) * target. The real is the target; ratio is 1; crop is the whole face.
+    """
+    size, g = target.shape[0], cfg.grid
+    t_lm = np.asarray(target_lm, np.float32)
+    if kind is None:
+        kind = MASK_KINDS[int(rng.integers(len(MASK_KINDS)))]
+    mask = hull_mask((t_lm + 0.5) * (g / size) - 0.5, (g, g), kind, cfg.forehead).astype(np.float32)
+    mask = piecewise_affine_warp(mask, rng, cfg.grid_cells, cfg.jitter)
+    k = _odd(rng, *cfg.morph_kernels)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    mask = (cv2.erode if rng.random() < 0.5 else cv2.dilate)(mask, kernel)
+    kf = _odd(rng, *cfg.feather_kernels)
+    mask = cv2.GaussianBlur(mask, (kf, kf), 0)
+    peak = float(mask.max())
+    if peak <= 0:
+        raise ValueError("bi: the mask vanished (hull too small for the erosion)")
+    mask *= 1.0 / peak
+    aligned = align_donor(donor, np.asarray(donor_lm, np.float32), t_lm, size)
+    weight = resample_mask(mask, size)
+    inside = weight > 0.5
+    if inside.sum() < 16:
+        raise ValueError("bi: fewer than 16 mask pixels above 0.5")
+    shift = target[inside].mean(0) - aligned[inside].mean(0)
+    fg = np.clip(aligned.astype(np.float32) + shift.astype(np.float32), 0, 255).astype(np.uint8)
+    fake = _blend_roi(fg, target, weight)
+    return SyntheticPair(real=target, fake=fake, mask=mask, ratio=1.0, crop=(0.0, 0.0, 1.0, 1.0),
+                         kind=kind, flipped=False)
