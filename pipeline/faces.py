@@ -1,0 +1,343 @@
+"""Face detection with RetinaFace (batched) and the 1.25x square face crop.
+
+Backends (``FaceDetector(backend=...)``):
+
+* ``mobilenet0.25`` (default): RetinaFace MobileNet-0.25 as ONNX, run with onnxruntime. Weights ship with
+  the project in ``weights/retinaface_mobilenet0.25.onnx`` (MIT, see ``weights/NOTICE``). Input: BGR float
+  minus the per-channel mean (104, 117, 127).
+* ``resnet50``: the paper's RetinaFace ResNet-50, network from the ``retinaface-pytorch`` package, run with
+  torch. Its published weights are downloaded on first use when online, or given with ``weights=PATH``.
+  Input: RGB normalised with ImageNet mean/std.
+
+Both share the anchor layout (min sizes [[16, 32], [64, 128], [256, 512]] at strides 8/16/32) and the box
+and keypoint encoding (variances 0.1 / 0.2); anchors, decoding and NMS below are this project's own numpy code.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+STEPS = (8, 16, 32)
+VARIANCES = (0.1, 0.2)
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+MOBILENET_ONNX = WEIGHTS_DIR / "retinaface_mobilenet0.25.onnx"
+RESNET50_URL = ("https://github.com/ternaus/retinaface/releases/download/0.01/"
+                "retinaface_resnet50_2020-07-20-f168fae3c.zip")
+BACKENDS = ("mobilenet0.25", "resnet50")
+
+
+class DetectorWeightsError(Exception):
+    """Detector weights are missing or unusable; the message says how to get them."""
+
+
+@dataclass
+class Detections:
+    """Faces found in one frame, best first (by ``FaceDetector.keep``).
+
+    boxes: (k, 4) float32 x1, y1, x2, y2 in frame pixels; scores: (k,) float32; kps5: (k, 5, 2) float32
+    (left eye, right eye, nose, left and right mouth corners) in frame pixels.
+    """
+    boxes: np.ndarray
+    scores: np.ndarray
+    kps5: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class DetectorConfig:
+    """Settings of ``FaceDetector``; the defaults are the pipeline's."""
+    backend: str = "mobilenet0.25"
+    weights: str | None = None           # path; None = shipped MobileNet ONNX / published ResNet-50 URL
+    score_threshold: float = 0.5
+    nms_iou: float = 0.4
+    max_faces: int = 1                   # faces kept per frame
+    keep: str = "score"                  # order used to keep faces: "score" | "area"
+    max_side: int | None = 1280          # frames with a longer side are downscaled for detection
+    batch_size: int = 8
+    threads: int = 1                     # intra-op threads (one worker process per core)
+    device: str = "cpu"                  # resnet50 only
+    extra: dict = field(default_factory=dict)
+
+
+def prior_boxes(height: int, width: int) -> np.ndarray:
+    """RetinaFace anchors for an input of ``height`` x ``width``.
+
+    Returns:
+        (P, 4) float32 (cx, cy, w, h) as fractions of the input size, in the order the network emits them
+        (stride level, then row, column, then anchor size).
+    """
+    out = []
+    for sizes, step in zip(MIN_SIZES, STEPS):
+        fh, fw = int(np.ceil(height / step)), int(np.ceil(width / step))
+        cy, cx = np.meshgrid((np.arange(fh) + 0.5) * step / height, (np.arange(fw) + 0.5) * step / width,
+                             indexing="ij")
+        level = np.empty((fh, fw, len(sizes), 4), np.float32)
+        for a, s in enumerate(sizes):
+            level[:, :, a, 0] = cx
+            level[:, :, a, 1] = cy
+            level[:, :, a, 2] = s / width
+            level[:, :, a, 3] = s / height
+        out.append(level.reshape(-1, 4))
+    return np.concatenate(out)
+
+
+def decode(loc: np.ndarray, kps: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Network offsets -> boxes and keypoints as fractions of the input size.
+
+    Args:
+        loc: (P, 4) box regression; kps: (P, 10) keypoint regression; priors: (P, 4) from ``prior_boxes``.
+    Returns:
+        boxes (P, 4) x1, y1, x2, y2; kps5 (P, 5, 2) x, y.
+    """
+    v0, v1 = VARIANCES
+    centre = priors[:, :2] + loc[:, :2] * v0 * priors[:, 2:]
+    size = priors[:, 2:] * np.exp(loc[:, 2:] * v1)
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    k = kps.reshape(-1, 5, 2)
+    kps5 = priors[:, None, :2] + k * v0 * priors[:, None, 2:]
+    return boxes, kps5
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression. boxes (k, 4), scores (k,); returns kept indices, best first."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, np.int64)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (recorded in shard attributes to tie crops to exact weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _OnnxMobileNet:
+    name = "retinaface_mobilenet0.25"
+
+    def __init__(self, cfg: DetectorConfig):
+        import onnxruntime as ort
+
+        path = Path(cfg.weights) if cfg.weights else MOBILENET_ONNX
+        if not path.is_file():
+            raise DetectorWeightsError(f"{path}: RetinaFace MobileNet-0.25 ONNX weights not found (they ship in "
+                                       f"the project's weights/ folder; pass --detector-weights PATH)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.weights_path = path
+        self.mean = np.array([104.0, 117.0, 127.0], np.float32)  # BGR order, as the exported graph expects
+
+    def __call__(self, batch_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """batch_rgb (B, H, W, 3) uint8 -> loc (B, P, 4), face probability (B, P), kps (B, P, 10)."""
+        x = batch_rgb[..., ::-1].astype(np.float32) - self.mean
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        loc, conf, kps = self.session.run(["loc", "conf", "landmarks"], {"input": x})
+        return loc, conf[..., 1], kps
+
+
+class _TorchResNet50:
+    name = "retinaface_resnet50"
+
+    def __init__(self, cfg: DetectorConfig):
+        import torch
+        from retinaface.network import RetinaFace  # network definition only; decoding is ours
+
+        self.torch = torch
+        torch.set_num_threads(cfg.threads)
+        self.device = torch.device(cfg.device)
+        self.net = RetinaFace(name="Resnet50", pretrained=False, in_channels=256, out_channels=256,
+                              return_layers={"layer2": 1, "layer3": 2, "layer4": 3})
+        state, self.weights_path = _resnet50_state_dict(cfg.weights)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        self.net.load_state_dict(state)
+        self.net.eval().to(self.device)
+        self.mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
+        self.std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+    def __call__(self, batch_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        torch = self.torch
+        x = (batch_rgb.astype(np.float32) - self.mean) / self.std
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.device)
+            loc, conf, kps = self.net(t)
+            prob = torch.softmax(conf, dim=-1)[..., 1]
+        return loc.cpu().numpy(), prob.cpu().numpy(), kps.cpu().numpy()
+
+
+def _resnet50_state_dict(weights: str | None) -> tuple[dict, Path]:
+    """Load the ResNet-50 RetinaFace state dict from ``weights`` or the published URL (cached by torch.hub)."""
+    import torch
+
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise DetectorWeightsError(f"{path}: RetinaFace ResNet-50 weights file not found")
+        if path.suffix == ".zip":
+            import zipfile
+
+            with zipfile.ZipFile(path) as z:
+                member = next(n for n in z.namelist() if not n.endswith("/"))
+                cache = Path(torch.hub.get_dir()) / "checkpoints"
+                cache.mkdir(parents=True, exist_ok=True)
+                z.extract(member, cache)
+                path = cache / member
+        return torch.load(path, map_location="cpu", weights_only=True), path
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = cache / Path(RESNET50_URL).with_suffix(".pth").name
+    try:
+        state = torch.hub.load_state_dict_from_url(RESNET50_URL, map_location="cpu", progress=True,
+                                                   weights_only=True)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; offline machines land here
+        raise DetectorWeightsError(
+            f"RetinaFace ResNet-50 weights are not cached ({cached}) and could not be downloaded ({e}). "
+            f"On a machine with internet, download {RESNET50_URL}, copy it here and pass "
+            f"--detector-weights PATH (the .zip or the .pth inside it)") from e
+    return state, cached
+
+
+class FaceDetector:
+    """Batched RetinaFace: ``detect(frames)`` -> one ``Detections`` per frame.
+
+    Build once per process (it loads the network); frames of one call may differ in size (they are run in
+    batches of equal size). Frames whose longer side exceeds ``max_side`` are downscaled for the network and
+    the results mapped back to the original pixels.
+    """
+
+    def __init__(self, cfg: DetectorConfig | None = None, **overrides):
+        cfg = cfg or DetectorConfig()
+        for k, v in overrides.items():
+            if not hasattr(cfg, k):
+                raise TypeError(f"unknown detector option {k!r}")
+            setattr(cfg, k, v)
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"unknown detector backend {cfg.backend!r}; expected one of {', '.join(BACKENDS)}")
+        if cfg.keep not in ("score", "area"):
+            raise ValueError(f"detector keep must be 'score' or 'area', got {cfg.keep!r}")
+        self.cfg = cfg
+        self.net = _OnnxMobileNet(cfg) if cfg.backend == "mobilenet0.25" else _TorchResNet50(cfg)
+        self.name = self.net.name
+        self.weights_sha256 = file_sha256(self.net.weights_path)
+        self._priors: dict[tuple[int, int], np.ndarray] = {}
+
+    def _priors_for(self, h: int, w: int) -> np.ndarray:
+        if (h, w) not in self._priors:
+            self._priors[(h, w)] = prior_boxes(h, w)
+        return self._priors[(h, w)]
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect faces in RGB uint8 frames, each (H, W, 3). Returns one ``Detections`` per frame, in order."""
+        cfg = self.cfg
+        out: list[Detections | None] = [None] * len(frames)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, f in enumerate(frames):
+            if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+                raise ValueError(f"frame {i}: expected (H, W, 3) uint8 RGB, got {f.shape} {f.dtype}")
+            by_shape.setdefault(f.shape, []).append(i)
+        for shape, ids in by_shape.items():
+            h, w = shape[:2]
+            scale = 1.0
+            if cfg.max_side and max(h, w) > cfg.max_side:
+                scale = cfg.max_side / max(h, w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            priors = self._priors_for(nh, nw)
+            for start in range(0, len(ids), cfg.batch_size):
+                chunk = ids[start:start + cfg.batch_size]
+                batch = np.stack([frames[i] if scale == 1.0 else
+                                  cv2.resize(frames[i], (nw, nh), interpolation=cv2.INTER_AREA) for i in chunk])
+                loc, prob, kps = self.net(batch)
+                for b, i in enumerate(chunk):
+                    out[i] = self._postprocess(loc[b], prob[b], kps[b], priors, nw / scale, nh / scale)
+        return out  # type: ignore[return-value]
+
+    def _postprocess(self, loc, prob, kps, priors, width: float, height: float) -> Detections:
+        cfg = self.cfg
+        sel = np.flatnonzero(prob > cfg.score_threshold)
+        if sel.size == 0:
+            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+        boxes, kps5 = decode(loc[sel], kps[sel], priors[sel])
+        scores = prob[sel]
+        keep = nms(boxes, scores, cfg.nms_iou)
+        boxes, kps5, scores = boxes[keep], kps5[keep], scores[keep]
+        boxes = boxes * np.array([width, height, width, height], np.float32)
+        kps5 = kps5 * np.array([width, height], np.float32)
+        if cfg.keep == "area":
+            order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
+        else:
+            order = np.arange(len(scores))  # nms already returns best score first
+        order = order[:cfg.max_faces]
+        return Detections(boxes[order].astype(np.float32), scores[order].astype(np.float32),
+                          kps5[order].astype(np.float32))
+
+
+def square_crop_box(box: np.ndarray, scale: float = 1.25) -> np.ndarray:
+    """The square crop around a detector box: side = ``scale`` x the larger box side, same centre.
+
+    Args:
+        box: (4,) x1, y1, x2, y2 in frame pixels.
+    Returns:
+        (4,) float32 x1, y1, x2, y2 on whole pixels (the exact region ``crop_face`` takes).
+    """
+    x1, y1, x2, y2 = [float(v) for v in box]
+    side = max(1, int(round(scale * max(x2 - x1, y2 - y1))))
+    left = int(round((x1 + x2) / 2 - side / 2))
+    top = int(round((y1 + y2) / 2 - side / 2))
+    return np.array([left, top, left + side, top + side], np.float32)
+
+
+def crop_face(frame: np.ndarray, box: np.ndarray, scale: float = 1.25, size: int = 384
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Square crop of ``scale`` x the larger side of ``box``, resized to ``size``; black outside the frame.
+
+    Args:
+        frame: (H, W, 3) uint8 RGB. box: (4,) x1, y1, x2, y2 frame pixels.
+    Returns:
+        crop (size, size, 3) uint8 RGB; crop_box (4,) float32 the square region in frame pixels
+        (a crop pixel (u, v) maps to frame pixel crop_box[:2] + (u, v) * side / size).
+    """
+    cb = square_crop_box(box, scale)
+    left, top, right, bottom = (int(v) for v in cb)
+    side = right - left
+    h, w = frame.shape[:2]
+    canvas = np.zeros((side, side, 3), np.uint8)
+    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
+    if sx2 > sx1 and sy2 > sy1:
+        canvas[sy1 - top:sy2 - top, sx1 - left:sx2 - left] = frame[sy1:sy2, sx1:sx2]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    crop = cv2.resize(canvas, (size, size), interpolation=interp) if side != size else canvas
+    return crop, cb
+
+
+def crop_to_frame(points: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:
+    """Map (..., 2) crop-pixel points of a ``size`` crop back to frame pixels using its ``crop_box``."""
+    side = float(crop_box[2] - crop_box[0])
+    return points * (side / size) + crop_box[:2]
+
+
+def frame_to_crop(points: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:
+    """Map (..., 2) frame-pixel points into the pixels of a ``size`` crop taken at ``crop_box``."""
+    side = float(crop_box[2] - crop_box[0])
+    return (points - crop_box[:2]) * (size / side)
