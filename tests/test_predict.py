@@ -1,0 +1,93 @@
+"""One-command prediction on a raw video or image, and the flip-test scoring it shares with evaluate.py."""
+import numpy as np
+import pytest
+import torch
+
+from model import build_model, predict
+from model.checkpoint import save_checkpoint
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return build_model({"backbone": "test_efficientnet", "input_size": 64, "head_conv": 8}).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    model = _tiny_model()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "config": {"model": model.config.to_dict()},
+                           "epoch": 0, "step": 0})
+    return path
+
+
+def test_flip_test_averages_logits_of_image_and_mirror():
+    model = _tiny_model()
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        plain = model(x)
+        mirrored = model(x.flip(-1))
+    cls, hm = predict.score_faces(model, x, flip=True, want_heatmap=True)
+    torch.testing.assert_close(cls, (plain["cls"][:, 0] + mirrored["cls"][:, 0]) / 2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hm, (plain["hm"] + mirrored["hm"].flip(-1)) / 2, rtol=1e-5, atol=1e-5)
+    cls_noflip, hm_none = predict.score_faces(model, x, flip=False)
+    torch.testing.assert_close(cls_noflip, plain["cls"][:, 0], rtol=1e-5, atol=1e-5)
+    assert hm_none is None
+    # A mirror-symmetric input gives the same logit with and without the flip test.
+    sym = torch.cat([x[:, :, :, :32], x[:, :, :, :32].flip(-1)], dim=-1)
+    torch.testing.assert_close(predict.score_faces(model, sym, flip=True)[0],
+                               predict.score_faces(model, sym, flip=False)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_to_model_input_range():
+    crops = np.array([[[[0, 255, 128]]]], np.uint8)
+    x = predict.to_model_input(crops)
+    assert x.shape == (1, 3, 1, 1)
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]))
+
+
+def test_predict_on_sample_video(tiny_checkpoint, sample_videos_dir, tmp_path, capsys):
+    video = sample_videos_dir / "carphone_pristine.mp4"
+    if not video.is_file():
+        pytest.skip(f"{video} not present")
+    overlay = tmp_path / "overlay.png"
+    rc = predict.main([str(video), "--checkpoint", str(tiny_checkpoint), "--frames", "3", "--overlay", str(overlay),
+                       "--json"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    import json
+
+    result = json.loads(out)
+    assert 0.0 <= result["probability"] <= 1.0
+    assert result["n_sampled"] == 3
+    assert len(result["face_logits"]) + len(result["no_face_frames"]) == 3
+    assert overlay.is_file() and overlay.stat().st_size > 1000
+
+
+def test_no_face_is_reported_not_guessed(tiny_checkpoint, tmp_path, capsys):
+    import cv2
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 90, np.uint8))
+    rc = predict.main([str(blank), "--checkpoint", str(tiny_checkpoint), "--overlay", str(tmp_path / "o.png")])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "no face found" in err and "blank.png" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_refuses_without_checkpoint(tmp_path, capsys):
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    assert predict.main([str(img)]) == 2
+    assert "refusing to score with untrained weights" in capsys.readouterr().err
+    assert predict.main([str(img), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_unreadable_input_gives_one_line_error(tiny_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    assert predict.main([str(bad), "--checkpoint", str(tiny_checkpoint)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "broken.mp4" in err and len(err.splitlines()) == 1
