@@ -95,11 +95,14 @@ def hull_parts(landmarks: np.ndarray, kind: str, forehead: bool = False) -> list
     """Point sets whose convex hulls make up a mask of type `kind` (their union).
 
     - "hull": one hull of all 68 points.
-    - "dfl_full": union of three hulls: jaw + mouth, nose (bridge, nostrils and the mouth), brows + eyes.
+    - "dfl_full": union of three hulls: jaw + mouth, nose (bridge, nostrils and the mouth), brows + eyes
+      (with the two upper jaw points 0 and 16, so that it meets the jaw hull without a gap).
     - "extended": one hull of all points with each brow point raised (along the face's up direction) by half
       the distance between the brow centre and the eye centre on its side.
-    - "components": union of 8 part hulls: two jaw halves (each with the outer brow point of its side), two
-      cheeks (jaw, eye and nostril corner), the nose, two eye+brow regions and the mouth.
+    - "components": union of 8 part hulls, all but the nose anchored on the chin (point 8) so that the union
+      has no holes: two jaw halves (each with the outer brow point of its side), two outer cheek wedges
+      (outer brow points + chin), a central wedge (inner brow points + chin), two eye regions (brow, nasion,
+      nostrils, chin) and the nose (bridge + nostrils).
     With `forehead`, the points of `forehead_points` join every hull that contains brow points (all of
     "hull" and "extended", the brows+eyes hull of "dfl_full", the eye+brow parts of "components" split by
     side), so every type reaches the upper forehead.
@@ -114,7 +117,7 @@ def hull_parts(landmarks: np.ndarray, kind: str, forehead: bool = False) -> list
         return [
             np.concatenate([lm[JAW], lm[MOUTH]]),
             np.concatenate([lm[NOSE], lm[MOUTH]]),
-            np.concatenate([lm[BROWS], lm[EYE_A], lm[EYE_B], fh]),
+            np.concatenate([lm[BROWS], lm[EYE_A], lm[EYE_B], lm[[0, 16]], fh]),
         ]
     if kind == "extended":
         raised = lm.copy()
@@ -124,15 +127,16 @@ def hull_parts(landmarks: np.ndarray, kind: str, forehead: bool = False) -> list
         raised[22:27] += 0.5 * (brow_b - eye_b)
         return [np.concatenate([raised, fh])]
     if kind == "components":
+        chin = lm[[8]]
         return [
             np.concatenate([lm[0:9], lm[[17]]]),
             np.concatenate([lm[8:17], lm[[26]]]),
-            lm[[1, 2, 3, 4, 5, 31, 36, 39, 41, 48]],
-            lm[[11, 12, 13, 14, 15, 35, 42, 45, 46, 54]],
-            lm[NOSE],
-            np.concatenate([lm[17:22], lm[EYE_A], fh_a]),
-            np.concatenate([lm[22:27], lm[EYE_B], fh_b]),
-            lm[48:60],
+            np.concatenate([lm[17:20], chin, fh_a[:3]]),
+            np.concatenate([lm[24:27], chin, fh_b[-3:]]),
+            np.concatenate([lm[19:25], chin, fh[max(0, half - 2):half + 3]]),
+            np.concatenate([lm[17:22], lm[[27]], lm[31:36], chin, fh_a]),
+            np.concatenate([lm[22:27], lm[[27]], lm[31:36], chin, fh_b]),
+            lm[27:36],
         ]
     raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
 
