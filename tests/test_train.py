@@ -1,0 +1,310 @@
+"""Trainer: LR/freeze schedule, SAM, one step and 30 steps on a fixed batch, resume equivalence,
+non-finite loss stop, and an end-to-end CLI run with validation and checkpoints.
+
+Everything runs on CPU with a tiny EfficientNet-B0 at 64 x 64 on synthetic shards written with the
+pipeline's shard writer (smooth textures with a face-like 68-point layout, enough for SBI blending).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from model.config import load_config
+from model.sam import SAM, bn_running_stats_frozen
+from model.schedule import WarmupLinearSchedule, backbone_frozen, warmup_linear_lr
+from pipeline.shards import write_index, write_shard
+
+DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml")
+CROP = 96
+SIZE = 64
+
+
+def face_landmarks(side: int, rng: np.random.Generator) -> np.ndarray:
+    """A plausible frontal 68-point layout (dlib order) in an ``side`` x ``side`` crop, jittered. (68, 2)."""
+    t = np.linspace(0, np.pi, 17)
+    jaw = np.stack([0.5 - 0.38 * np.cos(t), 0.4 + 0.45 * np.sin(t)], 1)
+    brow_l = np.stack([np.linspace(0.2, 0.42, 5), 0.3 - 0.03 * np.sin(np.linspace(0, np.pi, 5))], 1)
+    brow_r = brow_l * [-1, 1] + [1, 0]
+    nose_bridge = np.stack([np.full(4, 0.5), np.linspace(0.36, 0.55, 4)], 1)
+    nostrils = np.stack([np.linspace(0.43, 0.57, 5), np.full(5, 0.6)], 1)
+
+    def ring(cx, cy, rx, ry, n):
+        a = np.linspace(np.pi, 3 * np.pi, n, endpoint=False)
+        return np.stack([cx + rx * np.cos(a), cy + ry * np.sin(a)], 1)
+
+    eye_l, eye_r = ring(0.32, 0.4, 0.06, 0.025, 6), ring(0.68, 0.4, 0.06, 0.025, 6)
+    mouth_o, mouth_i = ring(0.5, 0.72, 0.12, 0.05, 12), ring(0.5, 0.72, 0.08, 0.02, 8)
+    pts = np.concatenate([jaw, brow_l, brow_r[::-1], nose_bridge, nostrils, eye_l, eye_r, mouth_o, mouth_i])
+    pts = pts * side + rng.normal(0, 0.01 * side, pts.shape)
+    return pts.astype(np.float32)
+
+
+def face_image(side: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random texture with a lighter face ellipse: (side, side, 3) uint8."""
+    low = rng.uniform(40, 200, (6, 6, 3))
+    ys, xs = np.linspace(0, 5, side), np.linspace(0, 5, side)
+    img = np.stack([np.array([np.interp(xs, np.arange(6), row) for row in
+                              np.array([np.interp(ys, np.arange(6), low[:, j, c]) for j in range(6)]).T])
+                    for c in range(3)], -1)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    face = ((xx - 0.5) / 0.38) ** 2 + ((yy - 0.55) / 0.45) ** 2 < 1
+    img[face] = 0.5 * img[face] + 0.5 * rng.uniform(150, 230, 3)
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def write_split(split_dir: Path, n_videos: int, frames: int, seed: int, fake_videos: int = 0) -> Path:
+    """One synthetic shard (+ index) of ``n_videos`` real and ``fake_videos`` fake videos."""
+    rng = np.random.default_rng(seed)
+    n_all = n_videos + fake_videos
+    faces = np.stack([face_image(CROP, rng) for _ in range(n_all * frames)])
+    lms = np.stack([face_landmarks(CROP, rng) for _ in range(n_all * frames)])
+    videos = [{"id": f"v{v:02d}", "label": int(v >= n_videos),
+               "method": "original" if v < n_videos else "Synthetic"} for v in range(n_all)]
+    write_shard(split_dir / "shard-00000.h5", faces, videos=videos, video=np.repeat(np.arange(n_all), frames),
+                frame_index=np.tile(np.arange(frames), n_all), landmarks=lms)
+    write_index(split_dir, dataset="toy", split=split_dir.name)
+    return split_dir
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("shards")
+    return {"train": write_split(root / "toy" / "train", n_videos=4, frames=6, seed=0),
+            "val": write_split(root / "toy" / "val", n_videos=2, frames=3, seed=1, fake_videos=2)}
+
+
+def tiny_overrides(shards: dict[str, Path], out_dir: Path, *extra: str) -> list[str]:
+    return [f"data.shards=[{shards['train']}]", "model.backbone=tf_efficientnet_b0", "model.pretrained=false",
+            f"model.input_size={SIZE}", f"data.image_size={SIZE}", "model.head_conv=16", "model.dropout=0.0",
+            "train.device=cpu", "train.num_workers=0", "train.batch_pairs=2", "train.channels_last=false",
+            "train.log_every=1", f"train.out_dir={out_dir}", "val.every=0", *extra]
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_lr_warms_up_over_the_first_quarter_then_decays_to_zero():
+    lr = [warmup_linear_lr(s, 100, 5e-5, 2e-4, 0.25) for s in range(101)]
+    assert lr[0] == pytest.approx(5e-5)
+    assert lr[25] == pytest.approx(2e-4) and max(lr) == pytest.approx(2e-4)
+    assert lr[12] == pytest.approx(5e-5 + 1.5e-4 * 12 / 25)
+    assert lr[100] == 0.0 and lr[99] == pytest.approx(2e-4 / 75)
+    assert all(a <= b for a, b in zip(lr[:25], lr[1:26])) and all(a >= b for a, b in zip(lr[25:], lr[26:]))
+
+
+def test_schedule_sets_lr_and_resumes_from_its_state():
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupLinearSchedule(opt, 40, 5e-5, 2e-4, 0.25)
+    for _ in range(13):
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(warmup_linear_lr(13, 40, 5e-5, 2e-4, 0.25))
+    opt2 = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched2 = WarmupLinearSchedule(opt2, 40, 5e-5, 2e-4, 0.25)
+    sched2.load_state_dict(sched.state_dict())
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    with pytest.raises(ValueError, match="40 steps"):
+        WarmupLinearSchedule(opt2, 41, 5e-5, 2e-4, 0.25).load_state_dict(sched.state_dict())
+
+
+def test_backbone_frozen_for_the_first_epochs_only():
+    assert [backbone_frozen(e, 6) for e in range(8)] == [True] * 6 + [False] * 2
+    assert not backbone_frozen(0, 0)
+
+
+# --------------------------------------------------------------------------- SAM
+
+
+def test_sam_update_matches_the_two_pass_formula():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5), torch.randn(16, 1)
+    lin = nn.Linear(5, 1)
+    w0 = [p.detach().clone() for p in lin.parameters()]
+    sam = SAM(torch.optim.SGD(lin.parameters(), lr=0.1), rho=0.05)
+
+    nn.functional.mse_loss(lin(x), y).backward()
+    g1 = [p.grad.clone() for p in lin.parameters()]
+    assert sam.perturb()
+    moved = torch.cat([(p.detach() - w).flatten() for p, w in zip(lin.parameters(), w0)])
+    assert moved.norm().item() == pytest.approx(0.05, rel=1e-5)
+    norm = torch.cat([g.flatten() for g in g1]).norm()
+    for p, w, g in zip(lin.parameters(), w0, g1):
+        torch.testing.assert_close(p.detach(), w + 0.05 * g / norm)
+    sam.zero_grad()
+    nn.functional.mse_loss(lin(x), y).backward()
+    g2 = [p.grad.clone() for p in lin.parameters()]
+    sam.restore()
+    for p, w in zip(lin.parameters(), w0):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-7)
+    sam.base.step()
+    for p, w, g in zip(lin.parameters(), w0, g2):  # the step uses the gradient at w + e, applied at w
+        torch.testing.assert_close(p.detach(), w - 0.1 * g, rtol=0, atol=1e-6)
+    assert not torch.allclose(g1[0], g2[0])
+
+
+def test_sam_skips_perturbation_on_non_finite_gradients():
+    p = nn.Parameter(torch.ones(3))
+    p.grad = torch.tensor([1.0, float("inf"), 0.0])
+    sam = SAM(torch.optim.SGD([p], lr=0.1))
+    assert not sam.perturb()
+    assert torch.equal(p.detach(), torch.ones(3))
+
+
+def test_second_pass_does_not_touch_bn_running_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    bn = net[1]
+    x = torch.randn(4, 3, 8, 8)
+    net(x)  # first pass updates the statistics once
+    mean, var, tracked = bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()
+    with bn_running_stats_frozen(net):
+        out_frozen = net(x * 3 + 1)
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    assert torch.equal(bn.num_batches_tracked, tracked) and bn.momentum == 0.1
+    # the forward itself still normalises with batch statistics (train mode), as without the context
+    torch.testing.assert_close(out_frozen, net(x * 3 + 1))
+    assert not torch.equal(bn.running_mean, mean)
+
+
+# --------------------------------------------------------------------------- training steps (real model and data)
+
+
+def test_split_pairs_keeps_whole_pairs():
+    from train import split_pairs
+
+    batch = {"label": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1.0]), "image": torch.arange(8.0),
+             "video_id": list("abcdABCD")}
+    parts = split_pairs(batch, 2)
+    assert [p["video_id"] for p in parts] == [["a", "b", "A", "B"], ["c", "d", "C", "D"]]
+    assert torch.equal(parts[1]["image"], torch.tensor([2.0, 3, 6, 7]))
+
+
+def fixed_batch_trainer(shards, tmp_path, *extra):
+    from train import build_trainer
+
+    cfg = load_config(None, tiny_overrides(shards, tmp_path, "train.freeze_backbone_epochs=0",
+                                           "train.epochs=100", "optim.lr_start=1e-3", "optim.lr_peak=1e-3",
+                                           "optim.warmup_fraction=0.0", *extra))
+    t, dataset, sampler, loader = build_trainer(cfg, tmp_path)
+    dataset.set_epoch(0)
+    batch = next(iter(loader))
+    return t, batch
+
+
+def batch_loss(t, batch) -> float:
+    from train import forward_loss, to_device
+
+    t.net = t.net or t.model
+    with torch.no_grad():
+        total, _ = forward_loss(t, to_device(batch, t.device, False))
+    return float(total)
+
+
+def test_one_step_on_a_fixed_batch_lowers_the_loss(shards, tmp_path):
+    from train import apply_freeze, train_step
+
+    t, batch = fixed_batch_trainer(shards, tmp_path)
+    apply_freeze(t, 0)
+    before = batch_loss(t, batch)
+    terms = train_step(t, batch)
+    assert terms["loss"] == pytest.approx(before, rel=1e-4)  # first pass sees the same weights
+    assert set(terms) >= {"loss", "loss_cls", "loss_hm", "loss_cstency", "lr"}
+    assert batch_loss(t, batch) < before
+    assert t.step == 1
+
+
+def test_thirty_steps_overfit_a_tiny_batch(shards, tmp_path):
+    from train import apply_freeze, train_step
+
+    t, batch = fixed_batch_trainer(shards, tmp_path)
+    apply_freeze(t, 0)
+    first = batch_loss(t, batch)
+    losses = [train_step(t, batch)["loss"] for _ in range(30)]
+    last = batch_loss(t, batch)
+    assert all(math.isfinite(v) for v in losses)
+    assert last < 0.5 * first, (first, last, losses[::5])
+
+
+def test_non_finite_loss_stops_with_batch_ids_and_terms(shards, tmp_path):
+    from train import NonFiniteLossError, apply_freeze, train_step
+
+    t, batch = fixed_batch_trainer(shards, tmp_path)
+    apply_freeze(t, 0)
+    batch["image"][0] = float("nan")
+    with pytest.raises(NonFiniteLossError) as err:
+        train_step(t, batch)
+    msg = str(err.value)
+    assert "non-finite loss" in msg and "cls=" in msg and "hm=" in msg
+    assert batch["video_id"][0] in msg
+
+
+def test_backbone_frozen_then_trained_at_the_configured_epoch(shards, tmp_path):
+    from train import build_trainer, train_one_epoch
+
+    cfg = load_config(None, tiny_overrides(shards, tmp_path, "train.epochs=3", "train.freeze_backbone_epochs=2",
+                                           "train.max_steps_per_epoch=1"))
+    t, dataset, sampler, loader = build_trainer(cfg, tmp_path)
+    backbone = lambda: torch.cat([p.detach().flatten().clone() for p in t.model.backbone.parameters()])  # noqa: E731
+    bn_stats = lambda: torch.cat([b.detach().flatten().clone() for n, b in t.model.backbone.named_buffers()  # noqa: E731
+                                  if "running" in n])
+    head = lambda: torch.cat([p.detach().flatten().clone() for p in t.model.heads.parameters()])  # noqa: E731
+    lrs = []
+    for epoch in range(3):
+        t.epoch = epoch
+        w, s, h = backbone(), bn_stats(), head()
+        lrs.append(t.schedule.get_last_lr())
+        train_one_epoch(t, loader, dataset, sampler)
+        frozen = epoch < 2
+        assert torch.equal(backbone(), w) == frozen, epoch
+        assert torch.equal(bn_stats(), s) == frozen, epoch
+        assert not torch.equal(head(), h)
+        assert all(p.requires_grad != frozen for p in t.model.backbone.parameters())
+    assert lrs == pytest.approx([warmup_linear_lr(s, 3, 5e-5, 2e-4, 0.25) for s in range(3)])
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def run_cli(argv: list[str]) -> Path:
+    from train import get_args_parser, main
+
+    return main(get_args_parser().parse_args(argv))
+
+
+def test_cli_run_validates_checkpoints_and_resumes_exactly(shards, tmp_path):
+    """Uninterrupted 3-epoch run vs. 1 epoch + --resume for 2 more: same losses, same weights."""
+    common = tiny_overrides(shards, tmp_path, "train.epochs=3", "train.freeze_backbone_epochs=1",
+                            "train.max_steps_per_epoch=2", "model.dropout=0.3", "train.deterministic=true",
+                            f"val.shards=[{shards['val']}]", "val.every=1", "val.num_workers=0")
+    full = run_cli(["--config", DEMO_CONFIG, *common, "train.run_name=full"])
+    part = run_cli(["--config", DEMO_CONFIG, "--stop-after-epochs", "1", *common, "train.run_name=part"])
+    assert json.loads((part / "history.json").read_text())[-1]["epoch"] == 1
+    run_cli(["--resume", str(part)])
+
+    h_full = json.loads((full / "history.json").read_text())
+    h_part = json.loads((part / "history.json").read_text())
+    assert [h["epoch"] for h in h_part] == [1, 2, 3]
+    for a, b in zip(h_full, h_part):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-9), (a, b)
+        assert a["val_auc_video"] == pytest.approx(b["val_auc_video"])
+    s_full = torch.load(full / "last.pt", weights_only=False)
+    s_part = torch.load(part / "last.pt", weights_only=False)
+    for k, v in s_full["model"].items():
+        torch.testing.assert_close(v, s_part["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+    assert s_full["step"] == s_part["step"] == 6 and s_full["epoch"] == 3
+
+    # the run folder holds what the docs promise
+    for name in ("config.yaml", "train.log", "metrics.csv", "curves.png", "last.pt", "best.pt", "history.json"):
+        assert (full / name).is_file(), name
+    assert "real fakes" in (full / "train.log").read_text()
+    assert s_full["config"]["train"]["epochs"] == 3 and "rng" in s_full and "optimizer" in s_full
+    from model.checkpoint import load_checkpoint
+
+    net = load_checkpoint(full / "best.pt")
+    assert not net.training
+    assert set(net(torch.zeros(1, 3, SIZE, SIZE))) == {"cls", "hm", "cstency"}
