@@ -1,0 +1,490 @@
+"""Run the stages over many videos: one task per group of videos writes one shard; Dask spreads the tasks.
+
+* ``run_extract``: frames -> RetinaFace -> 1.25x crops -> ``shard-NNNNN.h5`` per group of videos.
+* ``run_landmarks``: dlib 68 points for every crop of every finished shard (shard replaced atomically).
+
+Both resume: a finished shard is skipped, an unfinished one (``.tmp`` left by a killed run) is redone.
+Every failure (unreadable video, frame without a face, crop without landmarks, a task that crashed) is a
+row of ``failures.jsonl`` with file, stage and reason, and a one-line message on the console; the rest of the
+run goes on (``on_error="raise"`` stops at the first unreadable video instead). ``index.json`` is written last.
+
+Workers: ``workers=0`` runs in this process (debugging, tests); otherwise a Dask ``LocalCluster`` with
+``workers`` single-threaded processes (default: one per core), or an existing cluster via ``scheduler``.
+Detector and landmark predictor are built once per worker process (``_detector``/``_predictor`` caches),
+never shipped through the task graph.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pipeline.faces import DetectorConfig, FaceDetector, crop_face
+from pipeline.landmarks import LandmarkPredictor
+from pipeline.manifest import VideoItem
+from pipeline.shards import (DEFAULT_COMPRESSION, FAILURES_NAME, INDEX_NAME, ShardReader, ShardWriter,
+                             add_landmarks, load_index, tmp_path, write_index)
+from pipeline.video import VideoError, iter_frames, probe, sample_indices
+
+PROGRESS_TOPIC = "laanet-pipeline-progress"
+ProgressFn = Callable[[dict], None]
+
+
+class PipelineError(Exception):
+    """A run cannot go on (``on_error="raise"`` and a video failed, or no task could finish)."""
+
+
+@dataclass
+class ExtractConfig:
+    """Settings of the frames stage (the CLI fills it from options and the manifest)."""
+    crop_scale: float = 1.25
+    crop_size: int = 384
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    compression: str = DEFAULT_COMPRESSION
+    on_error: str = "skip"              # "skip": log and go on; "raise": stop at the first failed video
+    manifest_hash: str = ""
+    source_root: str = ""
+
+
+@dataclass
+class LandmarkConfig:
+    """Settings of the landmark stage."""
+    model_path: str | None = None
+    upsample: int = 0
+    block: int = 64                     # crops read from the shard at a time (bounds memory)
+
+
+@dataclass
+class ShardJob:
+    """One task: ``items`` go into ``split_dir/name``."""
+    name: str
+    items: list[VideoItem]
+
+
+@dataclass
+class TaskResult:
+    """What a task reports back to the client (small: no arrays)."""
+    file: str
+    n_faces: int = 0
+    n_videos: int = 0
+    n_frames: int = 0
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: bool = False
+
+
+@dataclass
+class RunSummary:
+    split_dir: Path
+    shards: list[str]
+    n_faces: int
+    n_videos: int
+    n_frames: int
+    n_failures: int
+    failed_shards: list[str]
+    seconds: float
+    skipped: int
+
+
+def plan_shards(items: Sequence[VideoItem], videos_per_shard: int) -> list[ShardJob]:
+    """Split items (in their given order) into consecutive groups; shard names are stable across reruns."""
+    if videos_per_shard < 1:
+        raise ValueError("videos_per_shard must be >= 1")
+    return [ShardJob(f"shard-{k:05d}.h5", list(items[i:i + videos_per_shard]))
+            for k, i in enumerate(range(0, len(items), videos_per_shard))]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def failure(file: str, stage: str, reason: str, frame_index: int | None = None) -> dict:
+    """A failures.jsonl row."""
+    row = {"file": file, "stage": stage, "reason": reason, "time": _now()}
+    if frame_index is not None:
+        row["frame_index"] = int(frame_index)
+    return row
+
+
+@lru_cache(maxsize=2)
+def _detector(cfg_json: str) -> FaceDetector:
+    """One detector per worker process and configuration (the cache key is the config as JSON)."""
+    return FaceDetector(DetectorConfig(**json.loads(cfg_json)))
+
+
+@lru_cache(maxsize=2)
+def _predictor(model_path: str | None, upsample: int) -> LandmarkPredictor:
+    return LandmarkPredictor(model_path, upsample)
+
+
+def _limit_threads() -> None:
+    # One worker process per core: keep OpenCV from starting its own thread pool in each.
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+@dataclass
+class VideoFaces:
+    """Output of ``extract_video``: the crops of one video and what went wrong. Arrays have n rows."""
+    row: dict | None
+    faces: np.ndarray
+    frame_index: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    kps5: np.ndarray
+    crop_boxes: np.ndarray
+    no_face: list[int]
+    n_decoded: int
+    failures: list[dict]
+
+
+def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1.25, crop_size: int = 384
+                  ) -> VideoFaces:
+    """Sample, detect and crop one video; never raises for a bad video (it returns failures instead).
+
+    Frames stream from ffmpeg in detector-sized batches, so memory holds one batch of frames plus the crops.
+    ``row`` is None when the video could not be read at all.
+    """
+    s = crop_size
+    faces, fidx, boxes, scores, kps, cboxes, no_face, fails = [], [], [], [], [], [], [], []
+    try:
+        info = probe(item.path)
+    except VideoError as e:
+        return VideoFaces(None, np.zeros((0, s, s, 3), np.uint8), np.zeros(0, np.int32), np.zeros((0, 4)),
+                          np.zeros(0), np.zeros((0, 5, 2)), np.zeros((0, 4)), [], 0,
+                          [failure(item.path, "decode", str(e).split(": ", 1)[-1])])
+    row = {"id": item.id, "path": item.rel_path, "label": item.label, "method": item.method,
+           "source": item.source, "target": item.target, "fps": info.fps, "n_frames": info.n_frames,
+           "width": info.width, "height": info.height, "split": item.split, "dataset": item.dataset}
+    wanted = sample_indices(info.n_frames, item.n_frames, item.segment)
+    batch_idx: list[int] = []
+    batch: list[np.ndarray] = []
+    n_decoded = 0
+
+    def flush() -> None:
+        for i, frame, det in zip(batch_idx, batch, detector.detect(batch)):
+            if len(det) == 0:
+                no_face.append(i)
+                fails.append(failure(item.path, "faces", "no face detected", i))
+                continue
+            for k in range(len(det)):
+                crop, cb = crop_face(frame, det.boxes[k], crop_scale, s)
+                faces.append(crop)
+                fidx.append(i)
+                boxes.append(det.boxes[k])
+                scores.append(det.scores[k])
+                kps.append(det.kps5[k])
+                cboxes.append(cb)
+        batch_idx.clear()
+        batch.clear()
+
+    try:
+        for i, frame in iter_frames(item.path, wanted, info):
+            n_decoded += 1
+            batch_idx.append(i)
+            batch.append(frame)
+            if len(batch) == detector.cfg.batch_size:
+                flush()
+    except VideoError as e:
+        fails.append(failure(item.path, "decode", str(e).split(": ", 1)[-1]))
+    if batch:
+        flush()
+    n = len(faces)
+    return VideoFaces(row=row,
+                      faces=np.stack(faces) if n else np.zeros((0, s, s, 3), np.uint8),
+                      frame_index=np.asarray(fidx, np.int32), boxes=np.asarray(boxes, np.float32).reshape(n, 4),
+                      scores=np.asarray(scores, np.float32), kps5=np.asarray(kps, np.float32).reshape(n, 5, 2),
+                      crop_boxes=np.asarray(cboxes, np.float32).reshape(n, 4), no_face=no_face,
+                      n_decoded=n_decoded, failures=fails)
+
+
+def extract_shard(job: ShardJob, split_dir: str, cfg: ExtractConfig, progress: ProgressFn | None = None
+                  ) -> TaskResult:
+    """Task body of the frames stage: write ``split_dir/job.name`` from ``job.items``; skip if finished."""
+    t0 = time.perf_counter()
+    path = Path(split_dir) / job.name
+    if path.exists():
+        return TaskResult(file=job.name, skipped=True)
+    _limit_threads()
+    detector = _detector(json.dumps(asdict(cfg.detector), sort_keys=True))
+    attrs = {"crop_scale": cfg.crop_scale, "detector": detector.name,
+             "detector_weights_sha256": detector.weights_sha256, "manifest_hash": cfg.manifest_hash,
+             "source_root": cfg.source_root, "detector_score_threshold": cfg.detector.score_threshold,
+             "detector_max_faces": cfg.detector.max_faces}
+    result = TaskResult(file=job.name)
+    # A .tmp from a killed run is overwritten: ShardWriter opens it with mode "w".
+    with ShardWriter(path, cfg.crop_size, attrs, cfg.compression) as w:
+        for item in job.items:
+            v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size)
+            result.failures += v.failures
+            if v.row is None and cfg.on_error == "raise":
+                raise PipelineError(f"{item.path}: {v.failures[0]['reason']}")
+            if v.row is not None:
+                w.add_video(v.row, v.faces, v.frame_index, v.boxes, v.scores, v.kps5, v.crop_boxes, v.no_face)
+                result.n_videos += 1
+                result.n_faces += len(v.faces)
+            result.n_frames += v.n_decoded
+            if progress:
+                progress({"videos": 1, "frames": v.n_decoded, "faces": len(v.faces),
+                          "messages": _video_messages(item.path, v)})
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _video_messages(path: str, v: VideoFaces) -> list[str]:
+    """One console line per problem of a video (per-frame failures summarised)."""
+    msgs = [f"{f['file']}: {f['stage']}: {f['reason']}" for f in v.failures if "frame_index" not in f]
+    if v.no_face:
+        shown = ", ".join(str(i) for i in v.no_face[:8]) + (", ..." if len(v.no_face) > 8 else "")
+        msgs.append(f"{path}: faces: no face in {len(v.no_face)} of {v.n_decoded} sampled frames (frames {shown})")
+    return msgs
+
+
+def landmark_shard(shard: str, cfg: LandmarkConfig, progress: ProgressFn | None = None) -> TaskResult:
+    """Task body of the landmark stage: add landmarks to a finished shard; skip if already done."""
+    t0 = time.perf_counter()
+    path = Path(shard)
+    reader = ShardReader(path)
+    if reader.has_landmarks:
+        return TaskResult(file=path.name, skipped=True)
+    _limit_threads()
+    pred = _predictor(cfg.model_path, cfg.upsample)
+    n = len(reader)
+    pts = np.full((n, 68, 2), np.nan, np.float32)
+    ok = np.zeros(n, bool)
+    root = str(reader.attrs.get("source_root", ""))
+    result = TaskResult(file=path.name, n_faces=n, n_videos=len(reader.videos))
+    # Progress counts a video as done once the block holding its last crop is processed.
+    last_row = np.full(len(reader.videos), -1)
+    if n:
+        last_row[reader.video] = np.arange(n)  # later rows overwrite earlier: the last crop of each video
+    for start in range(0, n, cfg.block):
+        stop = min(n, start + cfg.block)
+        crops = reader.read("faces", slice(start, stop))  # one block in memory at a time
+        p, o = pred.predict_batch(crops)
+        pts[start:stop], ok[start:stop] = p, o
+        for j in np.flatnonzero(~o):
+            row = reader.video_row(start + j)
+            result.failures.append(failure(os.path.join(root, row["path"]) if root else row["path"], "landmarks",
+                                           "dlib found no face in the crop", int(reader.frame_index[start + j])))
+        if progress:
+            finished = int(((last_row >= start) & (last_row < stop)).sum())
+            progress({"videos": finished, "frames": stop - start, "faces": stop - start, "messages": []})
+    reader.close()
+    add_landmarks(path, pts, ok, pred.model_sha256)
+    result.n_frames = n
+    result.seconds = time.perf_counter() - t0
+    if progress:
+        bad = int((~ok).sum())
+        progress({"videos": int((last_row < 0).sum()), "frames": 0, "faces": 0,  # videos without any crop
+                  "messages": [f"{path}: landmarks: dlib found no face in {bad} of {n} crops"] if bad else []})
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Client side: scheduling, progress, failures log, index.
+
+
+class _ProgressBar:
+    """tqdm over videos with frames/s in the postfix; fed by task events (thread-safe)."""
+
+    def __init__(self, total: int, desc: str, unit_frames: str = "frames"):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="video", dynamic_ncols=True)
+        self.frames = 0
+        self.faces = 0
+        self.t0 = time.perf_counter()
+        self.unit_frames = unit_frames
+        self.lock = threading.Lock()
+
+    def __call__(self, ev: dict) -> None:
+        with self.lock:
+            for m in ev.get("messages", []):
+                self.bar.write(m)
+            self.frames += ev.get("frames", 0)
+            self.faces += ev.get("faces", 0)
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix_str(f"{self.frames / dt:.1f} {self.unit_frames}/s, {self.faces} faces", refresh=False)
+            self.bar.update(min(ev.get("videos", 0), self.bar.total - self.bar.n))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def append_failures(split_dir: Path, rows: list[dict]) -> None:
+    """Append rows to ``split_dir/failures.jsonl`` (written by the client only: one writer)."""
+    if not rows:
+        return
+    with open(split_dir / FAILURES_NAME, "a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def _worker_progress(ev: dict) -> None:
+    from distributed import get_worker
+
+    get_worker().log_event(PROGRESS_TOPIC, ev)
+
+
+def _extract_task(job: ShardJob, split_dir: str, cfg: ExtractConfig) -> TaskResult:
+    return extract_shard(job, split_dir, cfg, _worker_progress)
+
+
+def _landmark_task(shard: str, cfg: LandmarkConfig) -> TaskResult:
+    return landmark_shard(shard, cfg, _worker_progress)
+
+
+def make_client(workers: int | None, scheduler: str | None):
+    """A Dask client: an existing cluster at ``scheduler``, or a LocalCluster of single-threaded processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        n = workers or os.cpu_count() or 1
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=40)
+        client = Client(cluster)
+    link = client.dashboard_link
+    try:
+        import bokeh  # noqa: F401  (the dashboard is served only when bokeh is installed)
+        note = ""
+    except ImportError:
+        note = " (install bokeh>=3.1 for the web page)"
+    n_workers = len(client.scheduler_info().get("workers", {}))
+    print(f"Dask: {n_workers} workers, dashboard {link}{note}", flush=True)
+    return client
+
+
+def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], names: list[str],
+               bar: _ProgressBar, split_dir: Path, workers: int | None, scheduler: str | None,
+               on_error: str) -> tuple[list[TaskResult], list[str]]:
+    """Run one task per args tuple in-process (workers=0) or on Dask; returns results and failed names."""
+    results: list[TaskResult] = []
+    failed: list[str] = []
+
+    def handle(name: str, res: TaskResult | None, exc: BaseException | None) -> None:
+        if exc is not None:
+            if on_error == "raise":
+                raise exc
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            bar.bar.write(f"{split_dir / name}: shard: task failed ({reason})")
+            append_failures(split_dir, [failure(str(split_dir / name), "shard", reason)])
+            failed.append(name)
+            return
+        append_failures(split_dir, res.failures)
+        results.append(res)
+
+    if workers == 0 and not scheduler:
+        for name, args in zip(names, args_list):
+            try:
+                res = fn_local(*args, bar)
+            except PipelineError:
+                raise
+            except Exception as e:  # noqa: BLE001  (a crashed task is logged as data; the run goes on)
+                handle(name, None, e)
+                continue
+            handle(name, res, None)
+        return results, failed
+
+    from distributed import as_completed
+
+    client = make_client(workers, scheduler)
+    try:
+        client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar(event[1]))
+        futures = {client.submit(fn_remote, *args, key=f"{fn_remote.__name__}-{split_dir.name}-{name}-"
+                                 f"{time.time_ns()}", retries=1, pure=False): name
+                   for name, args in zip(names, args_list)}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            if fut.status == "error":
+                exc = fut.exception()
+                if isinstance(exc, PipelineError):
+                    raise exc
+                handle(name, None, exc)
+            else:
+                handle(name, fut.result(), None)
+        client.unsubscribe_topic(PROGRESS_TOPIC)
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None and not scheduler:
+            cluster.close()
+    return results, failed
+
+
+def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, dataset: str, split: str,
+                cfg: ExtractConfig, videos_per_shard: int = 16, workers: int | None = None,
+                scheduler: str | None = None) -> RunSummary:
+    """Frames stage over ``items`` into ``split_dir``; resumes; writes failures.jsonl and index.json."""
+    t0 = time.perf_counter()
+    split_dir = Path(split_dir)
+    split_dir.mkdir(parents=True, exist_ok=True)
+    jobs = plan_shards(items, videos_per_shard)
+    todo = [j for j in jobs if not (split_dir / j.name).exists()]
+    skipped = len(jobs) - len(todo)
+    stale = [j.name for j in todo if tmp_path(split_dir / j.name).exists()]
+    if skipped or stale:
+        print(f"resume: {skipped} finished shards kept, {len(stale)} unfinished redone, "
+              f"{len(todo) - len(stale)} new", flush=True)
+    index_path = split_dir / INDEX_NAME
+    if index_path.exists() and todo:
+        index_path.unlink()  # the index is written last: its absence marks a run in progress
+    bar = _ProgressBar(sum(len(j.items) for j in todo), f"extract-frames {dataset}/{split}")
+    try:
+        results, failed = _run_tasks(
+            lambda job, sd, c, b: extract_shard(job, sd, c, b), _extract_task,
+            [(j, str(split_dir), cfg) for j in todo], [j.name for j in todo], bar, split_dir, workers,
+            scheduler, cfg.on_error)
+    finally:
+        bar.close()
+    return _finish(split_dir, dataset, split, [j.name for j in jobs], results, failed, skipped, t0)
+
+
+def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
+                  scheduler: str | None = None, on_error: str = "skip") -> RunSummary:
+    """Landmark stage over every finished shard of ``split_dir``; resumes; rewrites index.json last."""
+    t0 = time.perf_counter()
+    split_dir = Path(split_dir)
+    try:
+        index = load_index(split_dir)
+    except Exception as e:
+        raise PipelineError(f"{split_dir}: run extract-frames first ({e})") from e
+    names = [s["file"] for s in index["shards"]]
+    todo = [n for n in names if not ShardReader(split_dir / n).has_landmarks]
+    skipped = len(names) - len(todo)
+    if skipped:
+        print(f"resume: {skipped} shards already have landmarks, {len(todo)} to do", flush=True)
+    total_videos = sum(s["n_videos"] for s in index["shards"] if s["file"] in todo)
+    bar = _ProgressBar(total_videos, f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops")
+    try:
+        results, failed = _run_tasks(
+            lambda shard, c, b: landmark_shard(shard, c, b), _landmark_task,
+            [(str(split_dir / n), cfg) for n in todo], todo, bar, split_dir, workers, scheduler, on_error)
+    finally:
+        bar.close()
+    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results, failed, skipped, t0)
+
+
+def _finish(split_dir: Path, dataset: str, split: str, names: list[str], results: list[TaskResult],
+            failed: list[str], skipped: int, t0: float) -> RunSummary:
+    done = [n for n in names if (split_dir / n).exists()]
+    write_index(split_dir, dataset, split, done)
+    index = load_index(split_dir)
+    n_fail = sum(len(r.failures) for r in results) + len(failed)
+    summary = RunSummary(split_dir=split_dir, shards=done, n_faces=index["n_faces"], n_videos=index["n_videos"],
+                         n_frames=sum(r.n_frames for r in results), n_failures=n_fail, failed_shards=failed,
+                         seconds=time.perf_counter() - t0, skipped=skipped)
+    print(f"{split_dir}: {len(done)}/{len(names)} shards, {summary.n_videos} videos, {summary.n_faces} faces; "
+          f"{n_fail} new failures logged in {split_dir / FAILURES_NAME}; {summary.seconds:.1f} s", flush=True)
+    return summary

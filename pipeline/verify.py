@@ -1,0 +1,100 @@
+"""``verify``: check that a folder of shards is complete and readable before anyone trains on it."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.shards import (FAILURES_NAME, PER_FACE, TMP_SUFFIX, VIDEO_KEYS, ShardError, ShardReader,
+                             load_index)
+
+
+def verify_shard(path: Path, expected: dict | None = None, deep: bool = True) -> list[str]:
+    """Problems of one shard (empty list = fine), each a line naming the file.
+
+    Checks: schema (``ShardReader``), equal per-face lengths, video rows complete and referenced rows valid,
+    counts against the index entry ``expected``, finite boxes/scores/keypoints, landmarks finite exactly where
+    ``landmark_ok``, and with ``deep`` every crop chunk decompressed.
+    """
+    try:
+        r = ShardReader(path)
+    except ShardError as e:
+        return [str(e)]
+    out = []
+    n = len(r)
+    with h5py.File(path, "r") as f:
+        for name in PER_FACE:
+            if f[name].shape[0] != n:
+                out.append(f"{path}: {name} has {f[name].shape[0]} rows, expected {n}")
+        s = r.crop_size
+        if f["faces"].shape[1:] != (s, s, 3) or f["faces"].dtype != np.uint8:
+            out.append(f"{path}: faces {f['faces'].shape} {f['faces'].dtype}, expected (N, S, S, 3) uint8")
+        for name in ("boxes", "scores", "kps5", "crop_boxes"):
+            if not np.isfinite(f[name][()]).all():
+                out.append(f"{path}: {name} has non-finite values")
+        if r.has_landmarks:
+            lm = f["landmarks"][()]
+            finite = np.isfinite(lm).all(axis=(1, 2))
+            if (finite != r.landmark_ok).any():
+                out.append(f"{path}: landmarks finite at {int((finite != r.landmark_ok).sum())} rows that "
+                           f"landmark_ok does not match")
+        if deep:
+            for i in range(n):
+                try:
+                    f["faces"][i]
+                except OSError as e:
+                    out.append(f"{path}: crop {i} unreadable ({e})")
+                    break
+    for row in r.videos:
+        missing = [k for k in VIDEO_KEYS if k not in row]
+        if missing:
+            out.append(f"{path}: video {row.get('id')!r} lacks {missing}")
+    if n and (r.video.min() < 0 or r.video.max() >= len(r.videos)):
+        out.append(f"{path}: video column refers to rows outside the videos table")
+    if expected is not None:
+        if expected.get("n_faces") != n or expected.get("n_videos") != len(r.videos):
+            out.append(f"{path}: index says {expected.get('n_faces')} faces / {expected.get('n_videos')} videos, "
+                       f"shard has {n} / {len(r.videos)}")
+        if bool(expected.get("landmarks")) != r.has_landmarks:
+            out.append(f"{path}: index landmarks={expected.get('landmarks')} but shard has_landmarks="
+                       f"{r.has_landmarks}")
+    r.close()
+    return out
+
+
+def verify_split(split_dir: str | os.PathLike, deep: bool = True) -> list[str]:
+    """Problems of a split folder: its index, every listed shard, leftover .tmp files, unlisted shards."""
+    split_dir = Path(split_dir)
+    try:
+        index = load_index(split_dir)
+    except ShardError as e:
+        return [str(e)]
+    out = []
+    listed = {s["file"] for s in index["shards"]}
+    for s in index["shards"]:
+        p = split_dir / s["file"]
+        if not p.is_file():
+            out.append(f"{p}: listed in index.json but missing")
+            continue
+        out += verify_shard(p, s, deep)
+    for p in sorted(split_dir.glob("*.h5")):
+        if p.name not in listed:
+            out.append(f"{p}: shard not listed in index.json (rerun the stage to rebuild the index)")
+    for p in sorted(split_dir.glob("*" + TMP_SUFFIX)):
+        out.append(f"{p}: unfinished file left by an interrupted run (rerun the stage to finish it)")
+    if sum(s["n_faces"] for s in index["shards"]) != index["n_faces"]:
+        out.append(f"{split_dir / 'index.json'}: n_faces does not equal the sum over shards")
+    fails = split_dir / index.get("failures", FAILURES_NAME)
+    if fails.exists():
+        for k, line in enumerate(fails.read_text().splitlines(), 1):
+            try:
+                row = json.loads(line)
+                if not {"file", "stage", "reason"} <= set(row):
+                    raise ValueError("missing keys")
+            except ValueError as e:
+                out.append(f"{fails}:{k}: malformed failure row ({e})")
+                break
+    return out
