@@ -118,11 +118,15 @@ def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
         state = map_efficientnet_keys(state, body, path)
     # The ImageNet classifier is not part of the backbone.
     state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "_fc."))}
-    missing, unexpected = body.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: does not match the backbone: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''}")
+    ours = body.state_dict()
+    missing = sorted(set(ours) - set(state))
+    unexpected = sorted(set(state) - set(ours))
+    wrong = [k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{path}: does not match the backbone: {len(missing)} missing {missing[:3]}, "
+                         f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of another shape "
+                         f"{sorted(wrong)[:3]}")
+    body.load_state_dict(state, strict=True)
 
 
 def _create_body(name: str, pretrained: bool, weights: str | Path | None) -> nn.Module:
