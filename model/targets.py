@@ -1,0 +1,170 @@
+"""Training targets from a blend mask: the boundary map, the vulnerable-point heatmap and the consistency map.
+
+B = 4 M (1 - M) is 1 where the blend mask M crosses 0.5 (the blending boundary, where artefacts live) and 0
+where M is 0 or 1 (paper eq. 2). Its maxima are the "vulnerable points" P (eq. 3); the heatmap H puts an
+unnormalised Gaussian on each (eq. 4) and the consistency map C = 1 - |b_anchor - B| (eq. 7) says how much
+each pixel resembles the anchor's blending state. Real images have B = 0 and all-zero targets.
+All maps are (H, W) float32 at heatmap resolution (96 x 96 for a 384 input).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MIN_OVERLAP = 0.7
+# Reference mode reads B on a uint8 scale; this tolerance makes an input already quantised to k/255 (a float32
+# that can land a hair below k/255) map back to level k exactly.
+_QUANT_EPS = 1e-3
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """B = 4 M (1 - M) for a soft mask M in [0, 1]; any shape, float32 out, values in [0, 1]."""
+    m = np.asarray(mask, np.float32)
+    return np.clip(4.0 * m * (1.0 - m), 0.0, 1.0)
+
+
+def boundary_u8(mask: np.ndarray) -> np.ndarray:
+    """The boundary stored as the reference implementation stores it: floor(255 * B) as uint8."""
+    return np.floor(255.0 * boundary(mask)).astype(np.uint8)
+
+
+def gaussian_radius(height: float, width: float, min_overlap: float = MIN_OVERLAP) -> float:
+    """CornerNet's Gaussian radius for a box of (height, width): the smallest of its three corner-shift
+    cases (both corners in, both out, one each) that keeps IoU >= min_overlap, in the form the CornerNet and
+    CenterNet code computes it (each root taken as (b + sqrt(b^2 - 4ac)) / 2). Returns a float >= 0."""
+    h, w, m = float(height), float(width), float(min_overlap)
+    b1 = h + w
+    c1 = w * h * (1 - m) / (1 + m)
+    r1 = (b1 + math.sqrt(max(b1 * b1 - 4 * c1, 0.0))) / 2
+    b2 = 2 * (h + w)
+    c2 = (1 - m) * w * h
+    r2 = (b2 + math.sqrt(max(b2 * b2 - 16 * c2, 0.0))) / 2
+    a3 = 4 * m
+    b3 = -2 * m * (h + w)
+    c3 = (m - 1) * w * h
+    r3 = (b3 + math.sqrt(max(b3 * b3 - 4 * a3 * c3, 0.0))) / 2
+    return max(0.0, min(r1, r2, r3))
+
+
+def run_lengths(above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths of the horizontal and vertical runs of True through every pixel of a bool (H, W) map.
+
+    Runs stop at the map's edges (no wrap-around to the next row or column). Pixels that are False get 0.
+    Returns (row_runs, col_runs), int32 (H, W) each.
+    """
+    def along_rows(a: np.ndarray) -> np.ndarray:
+        w = a.shape[1]
+        idx = np.arange(w)
+        last_false_left = np.maximum.accumulate(np.where(a, -1, idx), axis=1)
+        left = idx - last_false_left                                       # run length ending here
+        rev = a[:, ::-1]
+        last_false_right = np.maximum.accumulate(np.where(rev, -1, idx), axis=1)
+        right = (idx - last_false_right)[:, ::-1]                          # run length starting here
+        return np.where(a, left + right - 1, 0).astype(np.int32)
+
+    return along_rows(above), along_rows(above.T).T
+
+
+def draw_gaussian(heatmap: np.ndarray, x: int, y: int, sigma: float) -> None:
+    """heatmap = max(heatmap, exp(-((u-x)^2 + (v-y)^2) / (2 sigma^2))) in place, centred exactly on pixel
+    (x, y) (value 1 there), truncated at 3 sigma and at the map's edges. sigma <= 0 sets only (x, y)."""
+    h, w = heatmap.shape
+    if sigma <= 1e-6:
+        heatmap[y, x] = 1.0
+        return
+    r = int(math.ceil(3.0 * sigma))
+    y0, y1, x0, x1 = max(0, y - r), min(h, y + r + 1), max(0, x - r), min(w, x + r + 1)
+    dy = (np.arange(y0, y1) - y)[:, None].astype(np.float32)
+    dx = (np.arange(x0, x1) - x)[None, :].astype(np.float32)
+    g = np.exp(-(dx * dx + dy * dy) / np.float32(2.0 * sigma * sigma))
+    np.maximum(heatmap[y0:y1, x0:x1], g, out=heatmap[y0:y1, x0:x1])
+
+
+def point_sigmas(b: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """sigma = r / 3 per point, r = gaussian_radius of the box (column run, row run) of B > 0.5 through it."""
+    row_runs, col_runs = run_lengths(b > 0.5)
+    return np.array([gaussian_radius(col_runs[y, x], row_runs[y, x]) / 3.0 for y, x in zip(ys, xs)],
+                    dtype=np.float64)
+
+
+def reference_points(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vulnerable points of the reference mode.
+
+    b: float (H, W) boundary in [0, 1]; it is read on the uint8 scale q = floor(255 b) (the reference stores
+    B that way, so its maxima saturate and tie). The map is split into four quadrants (rows [0, H//2) and
+    [H//2, H), columns likewise); in each quadrant whose max q is > 0, every pixel equal to that max is a
+    point (ties kept). Returns (ys, xs, has_peak) with has_peak a bool (2, 2) per quadrant.
+    """
+    q = np.floor(255.0 * b.astype(np.float64) + _QUANT_EPS).astype(np.int32)
+    h, w = q.shape
+    hh, hw = h // 2, w // 2
+    ys, xs = [], []
+    has_peak = np.zeros((2, 2), bool)
+    for qi, (r0, r1) in enumerate(((0, hh), (hh, h))):
+        for qj, (c0, c1) in enumerate(((0, hw), (hw, w))):
+            block = q[r0:r1, c0:c1]
+            top = block.max() if block.size else 0
+            if top <= 0:
+                continue
+            has_peak[qi, qj] = True
+            yy, xx = np.nonzero(block == top)
+            ys.append(yy + r0)
+            xs.append(xx + c0)
+    if not ys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), has_peak
+    return np.concatenate(ys), np.concatenate(xs), has_peak
+
+
+def make_targets(boundary: np.ndarray, mode: str = "reference",
+                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmap and consistency targets from a boundary map.
+
+    boundary: float (H, W) B = 4M(1-M) at heatmap resolution, values in [0, 1] (all zero for a real image).
+    mode "reference" (default; what produced the paper's numbers, with two bugs fixed):
+      - points P: per-quadrant maxima of floor(255 B) with ties (see `reference_points`);
+      - each p gets exp(-d^2 / (2 sigma^2)), sigma = r / 3, r = gaussian_radius(h, w, 0.7) where w and h are the
+        lengths of the row and column runs of B > 0.5 through p (runs end at the map edges: no wrap-around);
+        the Gaussian is centred exactly on p, so H(p) = 1; H is the element-wise max over P;
+      - C = 1 - |b_max - B| inside the quadrants that have a point and 0 in the others, b_max = max of B
+        (on the same uint8 scale, divided by 255).
+    mode "paper":
+      - P = every pixel equal to the global max of B (float comparison); H as above over P;
+      - one anchor p^s drawn from P with `rng` (np.random.default_rng(0) if None); C = 1 - |B(p^s) - B| over
+        the whole map. B(p^s) is the global max whichever anchor is drawn, so C does not depend on the draw.
+    Returns (heatmap, consistency), float32 (H, W) each; zeros for an all-zero boundary.
+    """
+    b = np.asarray(boundary, np.float32)
+    if b.ndim != 2:
+        raise ValueError(f"make_targets: boundary must be (H, W), got shape {b.shape}")
+    if not np.isfinite(b).all() or b.min() < 0.0 or b.max() > 1.0 + 1e-6:
+        raise ValueError("make_targets: boundary must be finite and in [0, 1]")
+    heatmap = np.zeros(b.shape, np.float32)
+    consistency = np.zeros(b.shape, np.float32)
+    if mode == "reference":
+        ys, xs, has_peak = reference_points(b)
+        if ys.size == 0:
+            return heatmap, consistency
+        bq = np.floor(255.0 * b.astype(np.float64) + _QUANT_EPS).astype(np.float32) / 255.0
+        for y, x, s in zip(ys, xs, point_sigmas(bq, ys, xs)):
+            draw_gaussian(heatmap, int(x), int(y), float(s))
+        c = 1.0 - np.abs(bq.max() - bq)
+        h, w = b.shape
+        hh, hw = h // 2, w // 2
+        for qi, (r0, r1) in enumerate(((0, hh), (hh, h))):
+            for qj, (c0, c1) in enumerate(((0, hw), (hw, w))):
+                if has_peak[qi, qj]:
+                    consistency[r0:r1, c0:c1] = c[r0:r1, c0:c1]
+        return heatmap, consistency
+    if mode == "paper":
+        top = float(b.max())
+        if top <= 0.0:
+            return heatmap, consistency
+        ys, xs = np.nonzero(b == top)
+        for y, x, s in zip(ys, xs, point_sigmas(b, ys, xs)):
+            draw_gaussian(heatmap, int(x), int(y), float(s))
+        rng = np.random.default_rng(0) if rng is None else rng
+        k = int(rng.integers(len(ys)))
+        consistency[:] = 1.0 - np.abs(b[ys[k], xs[k]] - b)
+        return heatmap, consistency
+    raise ValueError(f"make_targets: unknown mode {mode!r}; expected 'reference' or 'paper'")
