@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -169,9 +170,12 @@ class _TorchResNet50:
         self.torch = torch
         torch.set_num_threads(cfg.threads)
         self.device = torch.device(cfg.device)
-        self.net = RetinaFace(name="Resnet50", pretrained=False, in_channels=256, out_channels=256,
-                              return_layers={"layer2": 1, "layer3": 2, "layer4": 3})
-        state, self.weights_path = _resnet50_state_dict(cfg.weights)
+        state, self.weights_path = _resnet50_state_dict(cfg.weights)  # first: a missing file fails fast
+        with warnings.catch_warnings():
+            # the package passes torchvision's deprecated `pretrained=False`; the weights come from `state`
+            warnings.simplefilter("ignore", UserWarning)
+            self.net = RetinaFace(name="Resnet50", pretrained=False, in_channels=256, out_channels=256,
+                                  return_layers={"layer2": 1, "layer3": 2, "layer4": 3})
         state = {k.removeprefix("module."): v for k, v in state.items()}
         self.net.load_state_dict(state)
         self.net.eval().to(self.device)
@@ -207,7 +211,7 @@ def _resnet50_state_dict(weights: str | None) -> tuple[dict, Path]:
                 path = cache / member
         return torch.load(path, map_location="cpu", weights_only=True), path
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    cached = cache / Path(RESNET50_URL).with_suffix(".pth").name
+    cached = cache / Path(RESNET50_URL).name
     try:
         state = torch.hub.load_state_dict_from_url(RESNET50_URL, map_location="cpu", progress=True,
                                                    weights_only=True)

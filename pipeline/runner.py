@@ -165,6 +165,10 @@ def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1
     row = {"id": item.id, "path": item.rel_path, "label": item.label, "method": item.method,
            "source": item.source, "target": item.target, "fps": info.fps, "n_frames": info.n_frames,
            "width": info.width, "height": info.height, "split": item.split, "dataset": item.dataset}
+    if info.damage:
+        # Frames are sampled among those that can be read; the damage is logged, not hidden.
+        fails.append(failure(item.path, "decode", f"damaged or truncated stream, {info.n_frames} readable frames "
+                                                  f"({info.damage})"))
     wanted = sample_indices(info.n_frames, item.n_frames, item.segment)
     batch_idx: list[int] = []
     batch: list[np.ndarray] = []

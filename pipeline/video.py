@@ -55,6 +55,7 @@ class VideoInfo:
     duration: float
     rotation: int
     codec: str
+    damage: str = ""   # non-empty when ffmpeg reported a truncated or corrupt stream (its message)
 
 
 _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<codec>\w+).*?, (?P<w>\d{2,5})x(?P<h>\d{2,5})[, \[]")
@@ -62,6 +63,8 @@ _FPS_RE = re.compile(r"(?P<fps>[\d.]+) (fps|tbr)")
 _DUR_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 _ROT_RE = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
 _FRAMES_RE = re.compile(r"frame=\s*(\d+)")
+_DAMAGE_RE = re.compile(r"^.*(partial file|corrupt input packet|Truncating packet|moov atom not found|"
+                        r"Invalid data found).*$", re.MULTILINE)
 
 
 def _last_error_line(stderr: str) -> str:
@@ -98,8 +101,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         w, h = h, w
     if n_frames == 0:
         raise VideoError(f"{path}: video stream has no frames")
+    dmg = _DAMAGE_RE.search(err)
+    damage = re.sub(r"^\[[^]]*\]\s*", "", dmg.group(0).strip()) if dmg else ""
     return VideoInfo(path=path, width=w, height=h, fps=fps, n_frames=n_frames, duration=duration,
-                     rotation=rotation, codec=m.group("codec"))
+                     rotation=rotation, codec=m.group("codec"), damage=damage)
 
 
 def sample_indices(n_frames: int, n: int, segment: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:

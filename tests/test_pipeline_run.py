@@ -1,0 +1,243 @@
+"""The stages end to end: sample videos, bad inputs, resume after a kill, the CLI, Dask."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.faces import DetectorConfig
+from pipeline.manifest import list_videos, load_manifest
+from pipeline.runner import ExtractConfig, LandmarkConfig, run_extract, run_landmarks
+from pipeline.shards import ShardReader, load_index, shard_paths
+from pipeline.verify import verify_split
+from pipeline.video import ffmpeg_exe
+
+REPO = Path(__file__).resolve().parents[1]
+CROP = 128
+
+
+def _cfg(**kw):
+    return ExtractConfig(crop_size=CROP, detector=DetectorConfig(batch_size=4), **kw)
+
+
+def _failures(split_dir):
+    p = Path(split_dir) / "failures.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+@pytest.fixture(scope="module")
+def bad_dir(tmp_path_factory, sample_videos_dir):
+    """A folder with one good clip and every kind of bad input."""
+    d = tmp_path_factory.mktemp("bad")
+    shutil.copy(sample_videos_dir / "carphone_pristine.mp4", d / "good.mp4")
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("this is not a video\n")
+    data = (sample_videos_dir / "carphone_pristine.mp4").read_bytes()
+    (d / "cut.mp4").write_bytes(data[: len(data) // 2])  # index at the end: nothing readable
+    ff = ffmpeg_exe()
+    # Index at the front, then cut: the first half of the frames stays readable.
+    subprocess.run([ff, "-v", "error", "-y", "-i", str(d / "good.mp4"), "-c", "copy", "-movflags", "+faststart",
+                    str(d / "fs.mp4")], check=True)
+    fs = (d / "fs.mp4").read_bytes()
+    (d / "halfcut.mp4").write_bytes(fs[: len(fs) // 2])
+    (d / "fs.mp4").unlink()
+    subprocess.run([ff, "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=160x120:d=1:r=25", "-vf",
+                    "noise=alls=100:allf=t", "-pix_fmt", "yuv420p", str(d / "noise.mp4")], check=True)
+    return d
+
+
+def _list_manifest(path, root, videos, frames=4, vps=1):
+    doc = {"version": 1, "defaults": {"frames": {"train": frames, "test": frames}, "crop": {"size": CROP}},
+           "datasets": {"mine": {"kind": "list", "root": str(root), "videos_per_shard": vps,
+                                 "videos": [{"path": v, "label": 0} for v in videos]}}}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_sample_end_to_end(tmp_path, repo_root):
+    m = load_manifest(repo_root / "data_manifest.yaml")
+    out = {}
+    for split in ("train", "test"):
+        items = [type(it)(**{**it.__dict__, "n_frames": 6}) for it in list_videos(m, "sample", split)]
+        d = tmp_path / split
+        s = run_extract(items, d, "sample", split, _cfg(), videos_per_shard=1, workers=0)
+        assert s.n_videos == 2 and not s.failed_shards
+        run_landmarks(d, LandmarkConfig(), workers=0)
+        assert verify_split(d) == []
+        out[split] = d
+    frames = {}
+    for split, d in out.items():
+        idx = load_index(d)
+        assert idx["dataset"] == "sample" and all(s["landmarks"] for s in idx["shards"])
+        for p in shard_paths(d):
+            r = ShardReader(p)
+            row = r.videos[0]
+            frames[(split, row["id"])] = set(r.frame_index.tolist())
+            if row["id"] == "carphone_pristine":
+                assert len(r) == 6 and len(r.no_face) == 0  # small face found in every sampled frame
+                assert r.landmark_ok.sum() >= 5
+                # landmarks lie inside the face crop, in crop pixels
+                lm = np.stack([r.landmarks(i) for i in np.flatnonzero(r.landmark_ok)])
+                assert lm.min() > 0 and lm.max() < CROP
+            assert r.face(0).shape == (CROP, CROP, 3) and r.attrs["crop_size"] == CROP
+            assert r.attrs["detector"] == "retinaface_mobilenet0.25" and len(r.attrs["detector_weights_sha256"]) == 64
+            # every crop box is square and 1.25x the larger detector-box side
+            cb, b = r.read("crop_boxes"), r.read("boxes")
+            np.testing.assert_allclose(cb[:, 2] - cb[:, 0], cb[:, 3] - cb[:, 1])
+            np.testing.assert_allclose(cb[:, 2] - cb[:, 0],
+                                       np.round(1.25 * np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])), atol=1)
+    for vid in ("carphone_pristine", "short_hamilton_clip"):  # train and test never share a frame
+        assert not frames[("train", vid)] & frames[("test", vid)]
+
+
+def test_bad_inputs_logged_and_rest_completes(tmp_path, bad_dir, capsys):
+    names = ["good.mp4", "zero.mp4", "text.mp4", "cut.mp4", "halfcut.mp4", "noise.mp4", "missing.mp4"]
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, names))
+    items = list_videos(m, "mine", "train")
+    d = tmp_path / "out"
+    s = run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=2, workers=0)
+    err = capsys.readouterr().out + capsys.readouterr().err
+    fails = _failures(d)
+    by_file = {}
+    for f in fails:
+        by_file.setdefault(Path(f["file"]).name, []).append(f)
+    assert by_file["zero.mp4"][0]["reason"] == "empty file (0 bytes)"
+    assert "not a readable video" in by_file["text.mp4"][0]["reason"]
+    assert "not a readable video" in by_file["cut.mp4"][0]["reason"]
+    assert "no such file" in by_file["missing.mp4"][0]["reason"]
+    assert "truncated" in by_file["halfcut.mp4"][0]["reason"]
+    noise = by_file["noise.mp4"]
+    assert len(noise) == 4 and all(f["stage"] == "faces" and "frame_index" in f for f in noise)
+    assert "good.mp4" not in by_file
+    for f in fails:
+        assert set(f) >= {"file", "stage", "reason", "time"}
+    # one line per bad video on the console, naming the file
+    for name in ("zero.mp4", "text.mp4", "cut.mp4", "missing.mp4", "noise.mp4"):
+        assert any(name in line for line in err.splitlines()), name
+    # the readable videos are all in the shards; the noise video is there with its frames recorded as no-face
+    rows = {}
+    for p in shard_paths(d):
+        r = ShardReader(p)
+        for v, row in enumerate(r.videos):
+            rows[row["id"]] = (int((r.video == v).sum()), r.no_face[r.no_face[:, 0] == v, 1].tolist())
+    assert rows["good"][0] == 4 and rows["halfcut"][0] == 4 and rows["noise"] == (0, sorted(f["frame_index"]
+                                                                                            for f in noise))
+    assert set(rows) == {"good", "halfcut", "noise"} and s.n_faces == 8 and not s.failed_shards
+    assert verify_split(d) == []
+
+
+def _run_cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
+                          **kw)
+
+
+def _shard_content(d):
+    out = {}
+    for p in sorted(Path(d).glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            out[p.name] = {k: f[k][()] for k in ("faces", "boxes", "frame_index", "video", "no_face", "videos")}
+    return out
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, sample_videos_dir):
+    vids = []
+    for k in range(4):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
+        vids.append(f"v{k}.mp4")
+    man = _list_manifest(tmp_path / "m.yaml", tmp_path, vids, frames=24)
+    args = ["extract-frames", "--manifest", str(man), "--dataset", "mine", "--split", "train", "--workers", "0"]
+    full = _run_cli(args + ["--out", str(tmp_path / "full")], timeout=120)
+    assert full.returncode == 0, full.stderr
+    # Kill a run while its second shard is being written (a .tmp on disk), then rerun it.
+    d = tmp_path / "killed" / "mine" / "train"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--out", str(tmp_path / "killed")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (d / "shard-00001.h5.tmp").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (d / "shard-00000.h5").exists() and not (d / "shard-00003.h5").exists()
+    assert not (d / "index.json").exists()
+    assert verify_split(d)  # an interrupted split does not pass verification
+    again = _run_cli(args + ["--out", str(tmp_path / "killed")], timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "resume:" in again.stdout and not list(d.glob("*.tmp"))
+    a, b = _shard_content(tmp_path / "full" / "mine" / "train"), _shard_content(d)
+    assert a.keys() == b.keys() and len(a) == 4
+    for name in a:
+        for k in a[name]:
+            np.testing.assert_array_equal(a[name][k], b[name][k], err_msg=f"{name}/{k}")
+    assert load_index(d)["n_faces"] == load_index(tmp_path / "full" / "mine" / "train")["n_faces"]
+
+
+def test_leftover_tmp_is_redone_and_landmarks_resume(tmp_path, sample_videos_dir):
+    shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / "a.mp4")
+    shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / "b.mp4")
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["a.mp4", "b.mp4"]))
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "shard-00000.h5.tmp").write_bytes(b"half a shard")
+    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    assert not list(d.glob("*.tmp")) and ShardReader(d / "shard-00000.h5").videos[0]["id"] == "a"
+    # landmarks for one shard only, then a full run: the done shard is kept as is
+    from pipeline.runner import landmark_shard
+
+    landmark_shard(str(d / "shard-00000.h5"), LandmarkConfig())
+    before = (d / "shard-00000.h5").stat().st_mtime_ns
+    s = run_landmarks(d, LandmarkConfig(), workers=0)
+    assert s.skipped == 1 and (d / "shard-00000.h5").stat().st_mtime_ns == before
+    assert all(x["landmarks"] for x in load_index(d)["shards"]) and verify_split(d) == []
+
+
+def test_cli_adhoc_verify_inspect_and_errors(tmp_path, sample_videos_dir):
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    shutil.copy(sample_videos_dir / "carphone_pristine.mp4", vids / "clip.mp4")
+    out = tmp_path / "mine"
+    r = _run_cli(["extract-frames", "--input", str(vids / "*.mp4"), "--label", "fake", "--out", str(out),
+                  "--frames", "3", "--crop-size", "96", "--workers", "0"])
+    assert r.returncode == 0, r.stderr
+    r = _run_cli(["cache-landmarks", "--out", str(out), "--workers", "0"])
+    assert r.returncode == 0, r.stderr
+    row = ShardReader(out / "shard-00000.h5").videos[0]
+    assert row["label"] == 1 and row["id"] == "clip" and row["dataset"] == "adhoc"
+    assert _run_cli(["verify", str(out)]).returncode == 0
+    r = _run_cli(["inspect", str(out), "--png", str(tmp_path / "sheet.png")])
+    assert r.returncode == 0 and "3 faces" in r.stdout and (tmp_path / "sheet.png").stat().st_size > 1000
+    # wrong usage fails before any work, naming what is wrong
+    r = _run_cli(["extract-frames", "--input", str(vids / "*.mp4"), "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "--label" in r.stderr and not (tmp_path / "x").exists()
+    r = _run_cli(["extract-frames", "--dataset", "nosuch", "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "datasets.nosuch" in r.stderr
+    r = _run_cli(["extract-frames", "--dataset", "ffpp", "--out", str(tmp_path / "x")],
+                 env={**os.environ, "FFPP_ROOT": str(tmp_path / "absent")})
+    assert r.returncode == 2 and "datasets.ffpp.root" in r.stderr and not (tmp_path / "x").exists()
+    r = _run_cli(["extract-frames", "--input", str(vids / "*.mp4"), "--label", "real", "--detector", "resnet50",
+                  "--detector-weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "none.pth" in r.stderr
+    r = _run_cli(["cache-landmarks", "--out", str(tmp_path / "empty")])
+    assert r.returncode == 2 and "index.json" in r.stderr
+    help_text = _run_cli(["extract-frames", "--help"]).stdout
+    for opt in ("--dataset", "--input", "--label", "--workers", "--scheduler", "--detector-weights", "--frames"):
+        assert opt in help_text
+
+
+def test_dask_local_cluster_two_workers(tmp_path, sample_videos_dir):
+    for k in range(2):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v1.mp4", "nope.mp4"], frames=3))
+    d = tmp_path / "out"
+    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=2)
+    assert s.n_videos == 2 and s.n_faces == 6 and len(s.shards) == 3
+    assert [f["stage"] for f in _failures(d)] == ["decode"]
+    s = run_landmarks(d, LandmarkConfig(), workers=2)
+    assert all(x["landmarks"] for x in load_index(d)["shards"]) and verify_split(d) == []

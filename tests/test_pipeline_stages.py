@@ -1,0 +1,187 @@
+"""Stage functions on their own: frame sampling/decoding, RetinaFace decoding and crops, dlib landmarks."""
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.faces import (FaceDetector, crop_face, crop_to_frame, decode, frame_to_crop, nms, prior_boxes,
+                            square_crop_box)
+from pipeline.landmarks import LandmarkPredictor
+from pipeline.video import VideoError, iter_frames, probe, read_frames, sample_frames, sample_indices, select_expr
+
+DLIB = Path(__file__).parent / "data" / "dlib_examples"
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector(max_faces=1)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return LandmarkPredictor()
+
+
+def test_sample_indices():
+    idx = sample_indices(275, 32)
+    assert len(idx) == 32 and idx[0] >= 0 and idx[-1] < 275 and np.all(np.diff(idx) > 0)
+    assert np.ptp(np.diff(idx)) <= 1  # evenly spaced up to rounding
+    assert list(sample_indices(5, 32)) == [0, 1, 2, 3, 4]
+    train, test = sample_indices(120, 64, (0.0, 0.7)), sample_indices(120, 64, (0.7, 1.0))
+    assert train.max() < 84 <= test.min() and not set(train) & set(test)
+    with pytest.raises(ValueError):
+        sample_indices(10, 3, (0.5, 0.5))
+
+
+def test_select_expr_balanced():
+    e = select_expr(range(300))
+    depth = deepest = 0
+    for c in e:
+        depth += (c == "(") - (c == ")")
+        deepest = max(deepest, depth)
+    # ffmpeg's parser fails on deep nesting; depth grows with log2 of the number of frames
+    assert e.count("eq(") == 300 and deepest <= 8
+
+
+def test_probe_and_decode_match_opencv(sample_videos_dir):
+    p = sample_videos_dir / "carphone_pristine.mp4"
+    info = probe(p)
+    assert (info.width, info.height, info.n_frames) == (176, 144, 120) and abs(info.fps - 29.97) < 0.01
+    idx, frames = sample_frames(p, 5)
+    assert frames.shape == (5, 144, 176, 3) and frames.dtype == np.uint8
+    cap = cv2.VideoCapture(str(p))
+    ref = []
+    for _ in range(idx[-1] + 1):
+        ok, f = cap.read()
+        ref.append(f[:, :, ::-1])
+    for i, f in zip(idx, frames):  # the same frame, decoded by another decoder
+        assert np.abs(ref[i].astype(int) - f).mean() < 2.0
+    assert [i for i, _ in iter_frames(p, [7, 3, 3])] == [3, 7]
+
+
+def test_probe_errors(tmp_path):
+    with pytest.raises(VideoError, match="no such file"):
+        probe(tmp_path / "nope.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoError, match="empty.mp4: empty file"):
+        probe(tmp_path / "empty.mp4")
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    with pytest.raises(VideoError, match="text.mp4: not a readable video"):
+        read_frames(tmp_path / "text.mp4", [0])
+
+
+def test_priors_and_decode_roundtrip():
+    pri = prior_boxes(64, 96)
+    assert pri.shape == ((8 * 12 + 4 * 6 + 2 * 3) * 2, 4)
+    # zero offsets decode to the anchors themselves
+    boxes, kps = decode(np.zeros((len(pri), 4), np.float32), np.zeros((len(pri), 10), np.float32), pri)
+    np.testing.assert_allclose((boxes[:, :2] + boxes[:, 2:]) / 2, pri[:, :2], atol=1e-6)
+    np.testing.assert_allclose(boxes[:, 2:] - boxes[:, :2], pri[:, 2:], atol=1e-6)
+    np.testing.assert_allclose(kps[:, 0], pri[:, :2], atol=1e-6)
+
+
+def test_nms():
+    b = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
+    s = np.array([0.9, 0.95, 0.5], np.float32)
+    assert list(nms(b, s, 0.4)) == [1, 2]
+    assert list(nms(b, s, 0.9)) == [1, 0, 2]
+
+
+def test_crop_geometry_and_padding():
+    frame = np.full((100, 200, 3), 200, np.uint8)
+    box = np.array([-10, 10, 30, 50], np.float32)  # 40x40 box hanging off the left edge
+    cb = square_crop_box(box, 1.25)
+    assert cb[2] - cb[0] == cb[3] - cb[1] == 50 and (cb[0] + cb[2]) / 2 == 10 and (cb[1] + cb[3]) / 2 == 30
+    crop, cb2 = crop_face(frame, box, 1.25, 100)
+    np.testing.assert_array_equal(cb, cb2)
+    assert crop.shape == (100, 100, 3)
+    assert crop[:, :25].max() == 0 and crop[5:95, 35:].min() == 200  # black outside the frame, pixels inside
+    pts = np.array([[0.0, 0.0], [50.0, 100.0]])
+    np.testing.assert_allclose(frame_to_crop(crop_to_frame(pts, cb, 100), cb, 100), pts)
+
+
+def test_detector_on_sample_clips(detector, sample_videos_dir):
+    # The small-face clip: a face in every sampled frame, inside the frame, with 5 keypoints inside the box.
+    _, frames = sample_frames(sample_videos_dir / "carphone_pristine.mp4", 12)
+    dets = detector.detect(list(frames))
+    assert all(len(d) == 1 for d in dets)
+    for d in dets:
+        x1, y1, x2, y2 = d.boxes[0]
+        assert 30 < x2 - x1 < 90 and 0 <= x1 < x2 <= 176 and d.scores[0] > 0.9
+        assert np.all((d.kps5[0] >= d.boxes[0, :2] - 2) & (d.kps5[0] <= d.boxes[0, 2:] + 2))
+    # The speaker clip's audience cut-aways hold several faces per frame.
+    many = FaceDetector(max_faces=10)
+    _, frames = sample_frames(sample_videos_dir / "short_hamilton_clip.mp4", 8, (0.75, 1.0))
+    assert max(len(d) for d in many.detect(list(frames))) >= 3
+    # Batching does not change results; a frame of noise has no face.
+    one = [detector.detect([f])[0] for f in frames[:3]]
+    batched = detector.detect(list(frames[:3]))
+    for a, b in zip(one, batched):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    noise = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    assert len(detector.detect([noise])[0]) == 0
+
+
+def test_detector_downscales_large_frames(detector, sample_videos_dir):
+    _, frames = sample_frames(sample_videos_dir / "carphone_pristine.mp4", 1)
+    big = cv2.resize(frames[0], (176 * 4, 144 * 4), interpolation=cv2.INTER_CUBIC)
+    small = FaceDetector(max_side=176).detect([big])[0]
+    ref = detector.detect([frames[0]])[0]
+    np.testing.assert_allclose(small.boxes[0] / 4, ref.boxes[0], atol=3)
+
+
+def test_resnet50_offline_error(tmp_path):
+    from pipeline.faces import DetectorWeightsError
+
+    with pytest.raises(DetectorWeightsError, match="weights file not found"):
+        FaceDetector(backend="resnet50", weights=str(tmp_path / "missing.pth"))
+
+
+def _dlib_faces():
+    root = ET.parse(DLIB / "faces_with_landmarks.xml").getroot()
+    for im in root.iter("image"):
+        img = cv2.imread(str(DLIB / im.get("file")))[:, :, ::-1].copy()
+        for b in im.iter("box"):
+            t, l, w, h = (int(b.get(k)) for k in ("top", "left", "width", "height"))
+            ref = np.array([[int(p.get("x")), int(p.get("y"))] for p in b.iter("part")], np.float32)
+            yield img, np.array([l, t, l + w - 1, t + h - 1], np.float32), ref
+
+
+def test_landmarks_regression_dlib_examples(predictor):
+    faces = list(_dlib_faces())
+    assert len(faces) == 8
+    for img, box, ref in faces:
+        assert ref.shape == (68, 2)
+        # Same model, same box as dlib's own example output: agreement to rounding.
+        assert np.abs(predictor.predict_in_box(img, box) - ref).mean() < 0.3
+        # The pipeline path: 1.25x crop, dlib's detector inside the crop, points mapped back to the image.
+        crop, cb = crop_face(img, box, 1.25, 256)
+        res = predictor.predict(crop)
+        assert res.ok
+        assert np.abs(crop_to_frame(res.points, cb, 256) - ref).mean() < 1.5
+
+
+def test_landmarks_none_is_nan(predictor):
+    res = predictor.predict(np.zeros((128, 128, 3), np.uint8))
+    assert not res.ok and np.isnan(res.points).all() and res.points.shape == (68, 2)
+    pts, ok = predictor.predict_batch(np.zeros((2, 64, 64, 3), np.uint8))
+    assert pts.shape == (2, 68, 2) and not ok.any()
+
+
+def test_resnet50_loads_state_dict_by_path(tmp_path):
+    """The paper backend's loading path, with a state dict of the same network (its weights are not shippable)."""
+    import warnings
+
+    import torch
+    from retinaface.network import RetinaFace
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        net = RetinaFace(name="Resnet50", pretrained=False, in_channels=256, out_channels=256,
+                         return_layers={"layer2": 1, "layer3": 2, "layer4": 3})
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, tmp_path / "r50.pth")
+    det = FaceDetector(backend="resnet50", weights=str(tmp_path / "r50.pth"), score_threshold=0.999)
+    out = det.detect([np.zeros((64, 80, 3), np.uint8)] * 2)
+    assert det.name == "retinaface_resnet50" and len(out) == 2 and len(det.weights_sha256) == 64
