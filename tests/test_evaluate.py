@@ -1,0 +1,157 @@
+"""End-to-end evaluation of a tiny checkpoint on small shards, and the evaluator's building blocks."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+from model import build_model
+from model.checkpoint import save_checkpoint
+from pipeline.shards import write_index, write_shard
+
+# Two originals and, under two manipulation methods, fakes that share the same name (as FF++ does).
+VIDEOS = [
+    {"id": "000", "method": "original", "label": 0, "path": "original/c23/000.mp4"},
+    {"id": "001", "method": "original", "label": 0, "path": "original/c23/001.mp4"},
+    {"id": "000_001", "method": "Deepfakes", "label": 1, "path": "Deepfakes/c23/000_001.mp4"},
+    {"id": "001_000", "method": "Deepfakes", "label": 1, "path": "Deepfakes/c23/001_000.mp4"},
+    {"id": "000_001", "method": "Face2Face", "label": 1, "path": "Face2Face/c23/000_001.mp4"},
+    {"id": "001_000", "method": "Face2Face", "label": 1, "path": "Face2Face/c23/001_000.mp4"},
+]
+FACES_PER_VIDEO = 3
+SIZE = 64
+
+
+def _make_split(root, dataset, videos, seed):
+    rng = np.random.default_rng(seed)
+    n = len(videos) * FACES_PER_VIDEO
+    faces = rng.integers(0, 256, size=(n, SIZE, SIZE, 3), dtype=np.uint8)
+    d = root / dataset / "test"
+    rows = [dict(v, split="test", dataset=dataset) for v in videos]
+    write_shard(d / "shard-00000.h5", faces, videos=rows, video=np.repeat(np.arange(len(videos)), FACES_PER_VIDEO),
+                frame_index=np.tile(np.arange(FACES_PER_VIDEO) * 10, len(videos)))
+    write_index(d, dataset=dataset, split="test")
+    return d
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    _make_split(root, "toy", VIDEOS, seed=0)
+    _make_split(root, "other", VIDEOS[:4], seed=1)
+    torch.manual_seed(0)
+    model = build_model({"backbone": "test_efficientnet", "input_size": SIZE, "head_conv": 8})
+    ckpt = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": {"model": model.config.to_dict()},
+                           "epoch": 0, "step": 0})
+    return root, ckpt
+
+
+def _args(*argv):
+    return evaluate.get_args_parser().parse_args(list(argv))
+
+
+def test_end_to_end_writes_every_output(setup, tmp_path):
+    root, ckpt = setup
+    out = tmp_path / "eval"
+    summary = evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "toy", "--shards-root", str(root),
+                                  "--frames", "2", "--perturb", "jpeg", "--overlays", "2",
+                                  "--workers", "0", "--batch-size", "4", "--out", str(out)))
+    for name in ("metrics.json", "scores.csv", "frame_scores.csv", "report.md", "roc.png", "pr.png",
+                 "robustness.png", "overlays/toy_test_confident_fakes.png", "overlays/toy_test_confident_reals.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    res = metrics["test_sets"]["toy/test"]
+    p = res["protocol"]
+    assert p["frames_per_video"] == 2 and p["flip_test"] is True and p["aggregation"] == "logit-mean"
+    assert p["compression"] == "c23" and p["checkpoint_sha256"] == summary["test_sets"]["toy/test"]["protocol"][
+        "checkpoint_sha256"] and len(p["checkpoint_sha256"]) == 64
+    v = res["video"]
+    assert v["n_videos"] == 6 and v["n_real"] == 2 and v["n_fake"] == 4 and v["n_faces"] == 12
+    for k in ("auc", "ap", "eer", "acc", "ar", "mf1", "f1", "frame_auc", "frame_ap"):
+        assert v[k] is None or 0.0 <= v[k] <= 1.0, k
+    assert set(res["per_method"]) == {"Deepfakes", "Face2Face"}
+    assert res["per_method"]["Deepfakes"]["n_videos"] == 4
+    rob = res["robustness"]["perturbations"]
+    assert set(rob) == {"jpeg"} and all(len(a) == 5 for a in rob.values())
+
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    # Same-named fakes under two methods stay two videos.
+    assert len({(r["method"], r["video_id"]) for r in rows}) == 6
+    assert all(int(r["n_frames"]) == 2 for r in rows)
+    assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
+
+    report = (out / "report.md").read_text()
+    assert "toy/test / Deepfakes" in report and "Robustness" in report and "c23" in report
+
+
+def test_several_datasets_one_table_and_consistent_scores(setup, tmp_path):
+    root, ckpt = setup
+    out = tmp_path / "eval2"
+    evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "toy", "other", "--shards-root", str(root),
+                        "--frames", "0", "--no-flip", "--aggregate", "prob-mean", "--overlays", "0",
+                        "--workers", "0", "--out", str(out)))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["test_sets"]) == ["toy/test", "other/test"]
+    assert metrics["test_sets"]["other/test"]["protocol"]["flip_test"] is False
+    report = (out / "report.md").read_text()
+    table = report.split("## Results")[1].split("##")[0]
+    assert "| toy/test |" in table and "| other/test |" in table
+    # The video score is the mean of the per-face probabilities written in frame_scores.csv.
+    with open(out / "frame_scores.csv") as f:
+        frames = [r for r in csv.DictReader(f) if r["test_set"] == "toy/test"]
+    with open(out / "scores.csv") as f:
+        videos = [r for r in csv.DictReader(f) if r["test_set"] == "toy/test"]
+    assert len(frames) == len(VIDEOS) * FACES_PER_VIDEO
+    for v in videos:
+        logits = np.array([float(r["logit"]) for r in frames
+                           if r["video_id"] == v["video_id"] and r["method"] == v["method"]])
+        assert len(logits) == FACES_PER_VIDEO
+        assert float(v["score"]) == pytest.approx(float(np.mean(1 / (1 + np.exp(-logits)))), abs=1e-5)
+
+
+def test_perturb_collate_is_independent_of_batching():
+    from model import perturb
+
+    def item(i):
+        g = torch.Generator().manual_seed(i)
+        return {"image": torch.rand(3, 32, 32, generator=g) * 2 - 1, "video_id": f"v{i}", "frame_index": i}
+
+    stack = lambda items: torch.stack([it["image"] for it in items])  # noqa: E731
+    collate = evaluate.PerturbCollate("noise", 3, stack)
+    together = collate([item(0), item(1), item(2)])
+    apart = torch.cat([collate([item(0)]), collate([item(1), item(2)])])
+    torch.testing.assert_close(together, apart)
+    img = evaluate.tensor_to_uint8(item(1)["image"])
+    expected = perturb.apply(img, "noise", 3, seed=perturb.perturbation_seed("v1:1", "noise", 3))
+    np.testing.assert_array_equal(evaluate.tensor_to_uint8(together[1]), expected)
+
+
+def test_tensor_to_uint8_inverts_normalisation():
+    u8 = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    x = torch.from_numpy(u8).permute(2, 0, 1).float() / 127.5 - 1
+    np.testing.assert_array_equal(evaluate.tensor_to_uint8(x), u8)
+
+
+def test_infer_compression():
+    assert evaluate.infer_compression(["a/c23/x.mp4", "b/c23/y.mp4"]) == "c23"
+    assert evaluate.infer_compression(["a/c23/x.mp4", "b/c40/y.mp4"]).startswith("mixed")
+    assert evaluate.infer_compression(["celeb/id0_0001.mp4"]).startswith("as stored")
+
+
+def test_clear_errors_before_any_work(setup, tmp_path):
+    root, ckpt = setup
+    with pytest.raises(ValueError, match="rain"):
+        evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "toy", "--shards-root", str(root),
+                            "--perturb", "rain", "--out", str(tmp_path / "x")))
+    with pytest.raises(Exception, match="index.json"):
+        evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "missing", "--shards-root", str(root),
+                            "--out", str(tmp_path / "y")))
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        evaluate.main(_args("--checkpoint", str(tmp_path / "nope.pt"), "--dataset", "toy", "--shards-root",
+                            str(root), "--out", str(tmp_path / "z")))
