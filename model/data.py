@@ -132,6 +132,11 @@ class TrainPairDataset(Dataset):
         self.bi_cfg = bi_cfg or BIConfig(forehead=cfg.forehead)
         self.augment_cfg = (augment_cfg or AugmentConfig()) if cfg.augment else None
         self.shards = _Shards(cfg.shards)
+        # All landmarks in memory (544 bytes a face, 50 MB for FF++'s 92k training frames): one HDF5 read per
+        # item instead of two. Read with short-lived handles so nothing is open when workers fork.
+        self.landmarks = [r.read("landmarks") if r.has_landmarks else None for r in self.shards.readers]
+        for r in self.shards.readers:
+            r.close()
         self.skipped = {"frames_without_landmarks": 0, "videos_without_landmarks": 0, "fake_videos": 0}
         # One entry per usable video: (video key, shard number, rows with landmarks sorted by frame index).
         self.videos: list[tuple[str, int, np.ndarray]] = []
@@ -176,12 +181,9 @@ class TrainPairDataset(Dataset):
         """(faces (F, 2) shard/row of every usable frame, donors (F, k) indices into faces)."""
         faces, lms, vids = [], [], []
         for v, (_, si, rows) in enumerate(self.videos):
-            all_lm = self.shards.readers[si].read("landmarks")
             faces.append(np.stack([np.full(len(rows), si), rows], 1))
-            lms.append(all_lm[rows])
+            lms.append(self.landmarks[si][rows])
             vids.append(np.full(len(rows), v))
-        for r in self.shards.readers:
-            r.close()
         faces_arr = np.concatenate(faces)
         table = build_donor_table(np.concatenate(lms), np.concatenate(vids), k=self.cfg.bi_neighbours,
                                   rng=np.random.default_rng([self.cfg.seed, 2]))
@@ -201,7 +203,7 @@ class TrainPairDataset(Dataset):
     # ------------------------------------------------------------------------------------------ items
     def _read(self, si: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         reader = self.shards.readers[si]
-        face, lm = reader.face(row), reader.landmarks(row)
+        face, lm = reader.face(row), self.landmarks[si][row]
         if not np.isfinite(lm).all():
             raise ValueError(f"{reader.path}: face {row} is marked landmark_ok but its landmarks are not finite")
         return fit_face(face, lm, self.cfg.image_size)

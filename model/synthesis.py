@@ -134,15 +134,41 @@ def source_colour_transform(img: np.ndarray, rng: np.random.Generator, rgb_shift
 
 
 # -------------------------------------------------------------------------------------------- mask steps
-def elastic_warp(mask: np.ndarray, rng: np.random.Generator, alpha: float = 50.0, sigma: float = 7.0) -> np.ndarray:
-    """Elastic deformation of an (h, w) mask: displacement fields = alpha * Gaussian(sigma)-smoothed uniform
-    noise in [-1, 1] (one per axis), applied with bilinear remapping (edges replicated)."""
+def elastic_field(shape: tuple[int, int], rng: np.random.Generator, alpha: float = 50.0, sigma: float = 7.0,
+                  coarse: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Displacement fields (dx, dy), float32 (h, w) each: alpha * (uniform noise in [-1, 1] smoothed by a
+    Gaussian of std sigma px), as in the recipe's elastic transform.
+
+    Speed: the noise is drawn on a grid `coarse` times sparser, smoothed there with sigma / coarse and
+    interpolated back. For sigma >> coarse this is the same random field: white noise of variance v on a grid
+    of spacing c smoothed by a Gaussian of std s (in fine pixels) has std sqrt(v) / (2 sqrt(pi) s / c), so
+    the coarse field is scaled by 1 / coarse to keep the fine-grid variance, and its spectrum (Gaussian,
+    std 1 / (2 pi sigma) cycles/px) lies far below the coarse Nyquist frequency 1 / (2 coarse).
+    `coarse=1` draws at full resolution.
+    """
+    h, w = shape
+    ch, cw = -(-h // coarse), -(-w // coarse)
+    noise = rng.random((2, ch, cw), dtype=np.float32) * 2.0 - 1.0
+    gain = np.float32(alpha / coarse)
+    fields = []
+    for k in range(2):
+        f = cv2.GaussianBlur(noise[k], (0, 0), sigma / coarse, borderType=cv2.BORDER_REFLECT_101) * gain
+        if coarse > 1:
+            # Coarse sample j sits at fine coordinate coarse * j + (coarse - 1) / 2 (cell centres).
+            f = cv2.resize(f, (cw * coarse, ch * coarse), interpolation=cv2.INTER_LINEAR)[:h, :w]
+        fields.append(f)
+    return fields[0], fields[1]
+
+
+def elastic_warp(mask: np.ndarray, rng: np.random.Generator, alpha: float = 50.0, sigma: float = 7.0,
+                 coarse: int = 4) -> np.ndarray:
+    """Elastic deformation of a float32 (h, w) mask by `elastic_field` displacements, bilinear remapping
+    (edges replicated)."""
     h, w = mask.shape
-    noise = rng.random((2, h, w), dtype=np.float32) * 2.0 - 1.0
-    dx = cv2.GaussianBlur(noise[0], (0, 0), sigma) * alpha
-    dy = cv2.GaussianBlur(noise[1], (0, 0), sigma) * alpha
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(mask, gx + dx, gy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    dx, dy = elastic_field((h, w), rng, alpha, sigma, coarse)
+    gx = np.arange(w, dtype=np.float32)[None, :] + dx
+    gy = np.arange(h, dtype=np.float32)[:, None] + dy
+    return cv2.remap(mask, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _odd(rng: np.random.Generator, lo: int, hi: int) -> int:
@@ -253,7 +279,6 @@ def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
         face, lm = flip_face(face, lm)
     if kind is None:
         kind = MASK_KINDS[int(rng.integers(len(MASK_KINDS)))]
-    mask = hull_mask((lm + 0.5) * (g / size) - 0.5, (g, g), kind, cfg.forehead)
 
     side = bool(rng.random() < 0.5)
     augment_source = side if augment_source is None else bool(augment_source)
@@ -263,8 +288,11 @@ def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     scale = rng.uniform(*cfg.scale)
     tx, ty = rng.uniform(-cfg.translate[0], cfg.translate[0]), rng.uniform(-cfg.translate[1], cfg.translate[1])
     geo = affine_about_centre(scale, tx, ty)
-    mask = cv2.warpAffine(mask.astype(np.float32), to_pixels(geo, g, g), (g, g), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT)
+    # Warping a filled convex hull = filling the hull of the warped points (an affine map keeps convexity),
+    # so the mask is drawn directly in the deformed position instead of being resampled.
+    lm_grid = (lm + 0.5) * (g / size) - 0.5
+    lm_grid = lm_grid @ to_pixels(geo, g, g)[:, :2].T.astype(np.float32) + to_pixels(geo, g, g)[:, 2].astype(np.float32)
+    mask = hull_mask(lm_grid, (g, g), kind, cfg.forehead).astype(np.float32)
     mask = elastic_warp(mask, rng, cfg.elastic_alpha, cfg.elastic_sigma)
     mask_u8 = (mask >= 0.5).astype(np.uint8)   # the recipe keeps the deformed mask binary (uint8)
     if not mask_u8.any():
