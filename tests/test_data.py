@@ -1,0 +1,187 @@
+"""Training pairs and evaluation items over real shards written with pipeline.shards."""
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from model.data import (DataConfig, EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main,
+                        video_key)
+from pipeline.shards import write_index, write_shard
+
+FIXTURES = Path(__file__).parent / "data" / "dlib_examples"
+CROP = 160     # stored crop side
+SIZE = 96      # network input in these tests (targets 24 x 24)
+
+
+def load_faces(size: int = CROP) -> list[tuple[np.ndarray, np.ndarray]]:
+    """1.25x-ish square crops around the dlib example faces with their 68 landmarks (crop pixels)."""
+    out = []
+    root = ET.parse(FIXTURES / "faces_with_landmarks.xml").getroot()
+    for image in root.iter("image"):
+        img = cv2.cvtColor(cv2.imread(str(FIXTURES / image.get("file"))), cv2.COLOR_BGR2RGB)
+        for box in image.iter("box"):
+            lm = np.array([[float(p.get("x")), float(p.get("y"))] for p in box.iter("part")], np.float32)
+            side = 1.6 * max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1]))
+            x0, y0 = lm[:, 0].mean() - side / 2, lm[:, 1].mean() - side / 2
+            f = size / side
+            mat = np.float32([[f, 0, -x0 * f], [0, f, -y0 * f]])
+            out.append((cv2.warpAffine(img, mat, (size, size), borderMode=cv2.BORDER_REFLECT_101),
+                        ((lm - (x0, y0)) * f).astype(np.float32)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory) -> Path:
+    """Two shards: 3 real videos of 4 frames (one frame without landmarks) and 1 fake video; plus a second
+    real "method" whose video id repeats one of the first shard's ids."""
+    faces = load_faces()
+    d = tmp_path_factory.mktemp("shards") / "toy" / "train"
+    imgs, lms, video, frame = [], [], [], []
+    for v in range(4):
+        for k in range(4):
+            face, lm = faces[(v * 2 + k) % len(faces)]
+            imgs.append(np.roll(face, k, axis=1))            # distinct frames of one "video"
+            lms.append(lm + (k, 0))
+            video.append(v)
+            frame.append(10 * k)
+    lms = np.stack(lms)
+    lms[5] = np.nan                                          # video 1, frame 10: dlib found no face
+    videos = [{"id": "000", "label": 0, "method": "original", "dataset": "toy"},
+              {"id": "001", "label": 0, "method": "original", "dataset": "toy"},
+              {"id": "002", "label": 0, "method": "original", "dataset": "toy"},
+              {"id": "Deepfakes/000_001", "label": 1, "method": "Deepfakes", "dataset": "toy"}]
+    write_shard(d / "shard-00000.h5", np.stack(imgs), videos=videos, video=np.array(video),
+                frame_index=np.array(frame), landmarks=lms)
+    write_shard(d / "shard-00001.h5", np.stack(imgs[:4]), videos=[{"id": "000", "label": 0, "method": "other",
+                                                                    "dataset": "toy"}],
+                video=np.zeros(4, int), frame_index=np.arange(4) * 10, landmarks=np.stack(lms[:4]))
+    write_index(d, dataset="toy", split="train")
+    return d
+
+
+def make_dataset(split_dir, **kw) -> TrainPairDataset:
+    cfg = DataConfig(shards=[str(split_dir)], image_size=SIZE, frames_per_video=kw.pop("frames_per_video", 2), **kw)
+    with pytest.warns(UserWarning, match="left out"):
+        return TrainPairDataset(cfg)
+
+
+def test_frames_without_landmarks_and_fake_videos_are_skipped_and_counted(split_dir):
+    ds = make_dataset(split_dir, frames_per_video=8)
+    assert ds.skipped == {"frames_without_landmarks": 1, "videos_without_landmarks": 0, "fake_videos": 1}
+    assert len(ds.videos) == 4 and len(ds) == 4 + 3 + 4 + 4      # every usable frame once
+    assert all(not (si == 0 and row == 5) for _, si, row in ds.items)
+    assert len({key for key, _, _ in ds.videos}) == 4
+
+
+def test_pairs_have_the_contract_shapes_and_are_reproducible(split_dir):
+    ds = make_dataset(split_dir)
+    item = ds[0]
+    assert item["real"].shape == item["fake"].shape == (SIZE, SIZE, 3) and item["real"].dtype == np.uint8
+    for k in ("heatmap", "consistency", "boundary", "mask"):
+        assert item[k].shape == (SIZE // 4, SIZE // 4) and item[k].dtype == np.float32
+    assert item["heatmap"].max() == 1.0 and 0 <= item["boundary"].min() and item["boundary"].max() <= 1
+    again = make_dataset(split_dir)[0]
+    for k in ("real", "fake", "heatmap", "consistency"):
+        np.testing.assert_array_equal(item[k], again[k])
+    other = make_dataset(split_dir, seed=1)[0]
+    assert not np.array_equal(item["fake"], other["fake"])
+
+
+def test_collate_gives_2n_normalised_images_with_zero_targets_for_reals(split_dir):
+    ds = make_dataset(split_dir)
+    batch = collate_pairs([ds[i] for i in range(3)])
+    assert batch["image"].shape == (6, 3, SIZE, SIZE) and batch["image"].dtype == torch.float32
+    assert -1.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
+    assert batch["label"].tolist() == [0, 0, 0, 1, 1, 1] and batch["label"].dtype == torch.float32
+    assert batch["heatmap"].shape == (6, 1, SIZE // 4, SIZE // 4)
+    assert batch["consistency"].shape == (6, SIZE // 4, SIZE // 4)
+    assert not batch["heatmap"][:3].any() and not batch["consistency"][:3].any()
+    assert all(float(batch["heatmap"][i].max()) == 1.0 for i in range(3, 6))
+    assert batch["video_id"][:3] == batch["video_id"][3:] and batch["frame_index"].dtype == torch.int64
+    real0 = ds[0]["real"]
+    np.testing.assert_allclose(batch["image"][0].permute(1, 2, 0).numpy(), real0 / 127.5 - 1.0, atol=1e-6)
+
+
+def test_frames_are_redrawn_every_epoch(split_dir):
+    ds = make_dataset(split_dir, frames_per_video=1)
+    draws = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        assert len(ds) == 4
+        draws.add(tuple(row for _, _, row in ds.items))
+    assert len(draws) > 1
+    ds.set_epoch(2)
+    first = list(ds.items)
+    ds.set_epoch(3)
+    ds.set_epoch(2)
+    assert ds.items == first
+
+
+def test_same_batches_with_any_number_of_workers(split_dir):
+    ds = make_dataset(split_dir)
+    ds.set_epoch(1)
+    plain = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate_pairs, num_workers=0)))
+    forked = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate_pairs, num_workers=2)))
+    assert torch.equal(plain["image"], forked["image"]) and torch.equal(plain["heatmap"], forked["heatmap"])
+
+
+def test_bi_pairs_take_donors_from_other_videos(split_dir):
+    ds = make_dataset(split_dir, synthesis="bi", bi_neighbours=3)
+    faces, table = ds.donors
+    own = {tuple(f): v for v, (_, si, rows) in enumerate(ds.videos) for f in [(si, r) for r in rows]}
+    for i, donors in enumerate(table):
+        assert all(own[tuple(faces[d])] != own[tuple(faces[i])] for d in donors if d >= 0)
+    item = ds[0]
+    assert item["heatmap"].max() == 1.0 and not np.array_equal(item["real"], item["fake"])
+
+
+def test_eval_dataset_ids_are_unique_across_methods(split_dir):
+    ds = EvalDataset([str(split_dir)], SIZE)
+    ids = {ds.item_video_id(i) for i in range(len(ds))}
+    assert ids == {"toy/original/000", "toy/original/001", "toy/original/002", "toy/Deepfakes/000_001",
+                   "toy/other/000"}
+    assert len(ds) == 20
+    item = ds[0]
+    assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
+    assert set(item) == {"image", "label", "video_id", "method", "frame_index", "shard", "row"}
+    labels = {ds[i]["video_id"]: ds[i]["label"] for i in range(len(ds))}
+    assert labels["toy/Deepfakes/000_001"] == 1 and labels["toy/original/000"] == 0
+    batch = collate_eval([ds[i] for i in range(5)])
+    assert batch["image"].shape == (5, 3, SIZE, SIZE) and batch["label"].dtype == torch.int64
+
+
+def test_eval_frames_per_video_are_evenly_spaced(split_dir):
+    ds = EvalDataset([str(split_dir)], SIZE, frames_per_video=2)
+    frames = sorted(ds[i]["frame_index"] for i in range(len(ds)) if ds.item_video_id(i) == "toy/original/000")
+    assert frames == [0, 30]
+
+
+def test_eval_synthetic_sbi_fakes_are_deterministic_and_skip_frames_without_landmarks(split_dir):
+    with pytest.warns(UserWarning, match="no landmarks"):
+        ds = EvalDataset([str(split_dir)], SIZE, synthetic_fakes="sbi")
+    assert ds.skipped["frames_without_landmarks"] == 1
+    fake_idx = [i for i in range(len(ds)) if ds.item_video_id(i).endswith("/sbi")]
+    assert len(fake_idx) == 16 - 1 and len(ds) == 20 + 15     # every real frame with landmarks, not the fake video
+    a, b = ds[fake_idx[0]], ds[fake_idx[0]]
+    assert a["label"] == 1 and a["method"] == "sbi" and torch.equal(a["image"], b["image"])
+    real = next(ds[i] for i in range(len(ds)) if ds.item_video_id(i) + "/sbi" == a["video_id"]
+                and ds[i]["frame_index"] == a["frame_index"])
+    assert not torch.equal(real["image"], a["image"])
+
+
+def test_video_key_does_not_repeat_the_method():
+    assert video_key({"dataset": "ffpp", "method": "Deepfakes", "id": "Deepfakes/000_003"}) == "ffpp/Deepfakes/000_003"
+    assert video_key({"dataset": "ffpp", "method": "Face2Face", "id": "000_003"}) == "ffpp/Face2Face/000_003"
+
+
+def test_preview_command_writes_a_png(split_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    with pytest.warns(UserWarning):
+        assert main(["preview", "--shards", str(split_dir), "--out", str(out), "-n", "2",
+                     "--image-size", str(SIZE)]) == 0
+    grid = cv2.imread(str(out))
+    assert grid is not None and grid.shape[1] == 6 * 192 and grid.shape[0] > 2 * 192
