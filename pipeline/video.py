@@ -72,11 +72,40 @@ def _last_error_line(stderr: str) -> str:
     return lines[-1] if lines else "ffmpeg gave no message"
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def image_sequence(folder: str | os.PathLike) -> list[Path]:
+    """Frame images of a folder (datasets shipped as images, e.g. WildDeepfake), in natural name order."""
+    def key(p: Path):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=key)
+
+
+def _read_image(p: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is None:
+        raise VideoError(f"{p}: not a readable image")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
-    """Stream facts of the first video stream of ``path``; raises ``VideoError`` (file and reason) if unreadable."""
+    """Stream facts of the first video stream of ``path``; raises ``VideoError`` (file and reason) if unreadable.
+
+    A folder is treated as an image sequence (one frame per image, name order; fps 0).
+    """
     path = str(path)
     if not os.path.exists(path):
         raise VideoError(f"{path}: no such file")
+    if os.path.isdir(path):
+        frames = image_sequence(path)
+        if not frames:
+            raise VideoError(f"{path}: folder holds no {'/'.join(IMAGE_SUFFIXES)} images")
+        h, w = _read_image(frames[0]).shape[:2]
+        return VideoInfo(path=path, width=w, height=h, fps=0.0, n_frames=len(frames), duration=0.0, rotation=0,
+                         codec="images")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     # One ffmpeg call prints the header (codec, size, fps, rotation) and counts packets by stream copy.
@@ -156,6 +185,11 @@ def iter_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo
     info = info or probe(path)
     idx = sorted({int(i) for i in indices})
     if not idx:
+        return
+    if info.codec == "images":
+        files = image_sequence(path)
+        for i in idx:
+            yield i, _read_image(files[i])
         return
     expr = select_expr(idx)
     stream = (ffmpeg.input(path)

@@ -185,3 +185,19 @@ def test_resnet50_loads_state_dict_by_path(tmp_path):
     det = FaceDetector(backend="resnet50", weights=str(tmp_path / "r50.pth"), score_threshold=0.999)
     out = det.detect([np.zeros((64, 80, 3), np.uint8)] * 2)
     assert det.name == "retinaface_resnet50" and len(out) == 2 and len(det.weights_sha256) == 64
+
+
+def test_image_sequence_folder(tmp_path, sample_videos_dir):
+    """Datasets shipped as face images (WildDeepfake): a folder of frames is read like a video."""
+    _, frames = sample_frames(sample_videos_dir / "carphone_pristine.mp4", 3)
+    for k, f in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"{k * 5}.png"), f[:, :, ::-1])  # 0, 5, 10: natural order, not 0, 10, 5
+    info = probe(tmp_path)
+    assert (info.n_frames, info.width, info.height, info.codec) == (3, 176, 144, "images")
+    got = read_frames(tmp_path, [0, 1, 2], info)
+    np.testing.assert_array_equal(got, frames)
+    (tmp_path / "x.txt").write_text("ignored")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VideoError, match="holds no"):
+        probe(empty)

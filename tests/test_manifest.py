@@ -1,0 +1,178 @@
+"""data_manifest.yaml: validation errors name the key and the expected form; each dataset kind lists its splits."""
+import json
+
+import pytest
+import yaml
+
+from pipeline.manifest import ManifestError, adhoc_items, list_videos, load_manifest
+
+
+def _write(tmp_path, datasets, defaults=None, name="m.yaml"):
+    doc = {"version": 1, "datasets": datasets}
+    if defaults is not None:
+        doc["defaults"] = defaults
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def test_project_manifest_is_valid(repo_root):
+    m = load_manifest(repo_root / "data_manifest.yaml")
+    assert {"ffpp", "cdf2", "dfd", "dfdc", "dfdcp", "dfw", "sample"} <= set(m.datasets)
+    assert m.entry("ffpp").frames == {"train": 128, "val": 32, "test": 32}
+    assert m.entry("ffpp").crop.size == 384 and m.entry("ffpp").crop.scale == 1.25
+    train = list_videos(m, "sample", "train")
+    test = list_videos(m, "sample", "test")
+    assert [it.segment for it in train] == [(0.0, 0.7)] * 2 and [it.segment for it in test] == [(0.7, 1.0)] * 2
+
+
+@pytest.mark.parametrize("entry, key, form", [
+    ({"kind": "ffpp", "root": "x", "compression": "c32", "methods": ["Deepfakes"], "splits": {"train": "t.json"}},
+     "datasets.d.compression", "one of raw, c23, c40"),
+    ({"kind": "ffpp", "root": "x", "compression": "c23", "methods": ["DeepFake"], "splits": {}},
+     "datasets.d.methods", "a non-empty list from"),
+    ({"kind": "ffpp", "root": "x", "compression": "c23", "splits": {}}, "datasets.d.methods", "a list from"),
+    ({"kind": "videos", "root": "x"}, "datasets.d.kind", "one of ffpp, celebdf"),
+    ({"kind": "celebdf", "root": "x", "test_list": "l.txt", "frames": {"train": 0}}, "datasets.d.frames.train",
+     "a positive integer"),
+    ({"kind": "celebdf", "root": "x", "test_list": "l.txt", "crop": {"scale": 0.8}}, "datasets.d.crop.scale",
+     "a number >= 1.0"),
+    ({"kind": "celebdf", "root": "x", "test_list": "l.txt", "colour": 1}, "datasets.d", "only keys"),
+    ({"kind": "celebdf", "test_list": "l.txt"}, "datasets.d.root", "a path string"),
+    ({"kind": "list", "root": "x", "videos": [{"path": "a.mp4", "label": "fake"}]}, "datasets.d.videos[0]",
+     "label: 0 or 1"),
+    ({"kind": "list", "root": "x", "videos": [{"path": "a.mp4", "label": 0}], "segments": {"test": [0.7, 0.2]}},
+     "datasets.d.segments.test", "0 <= start < end <= 1"),
+])
+def test_validation_errors_name_key_and_form(tmp_path, entry, key, form):
+    with pytest.raises(ManifestError) as e:
+        load_manifest(_write(tmp_path, {"d": entry}))
+    msg = str(e.value)
+    assert key in msg and form in msg and "m.yaml" in msg and "\n" not in msg
+
+
+def test_top_level_and_env_errors(tmp_path, monkeypatch):
+    with pytest.raises(ManifestError, match="manifest not found"):
+        load_manifest(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("version: 1\ndatasets: [a\n")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        load_manifest(tmp_path / "bad.yaml")
+    (tmp_path / "v2.yaml").write_text("version: 2\ndatasets: {}\n")
+    with pytest.raises(ManifestError, match="version: expected 1"):
+        load_manifest(tmp_path / "v2.yaml")
+    monkeypatch.delenv("NO_SUCH_ROOT_VAR", raising=False)
+    p = _write(tmp_path, {"d": {"kind": "list", "root": "${NO_SUCH_ROOT_VAR}",
+                                "videos": [{"path": "a.mp4", "label": 0}]}})
+    with pytest.raises(ManifestError, match=r"datasets.d.root: environment variable NO_SUCH_ROOT_VAR is not set"):
+        load_manifest(p)
+    monkeypatch.setenv("NO_SUCH_ROOT_VAR", str(tmp_path / "vids"))
+    m = load_manifest(p)
+    assert m.entry("d").root == tmp_path / "vids"
+    with pytest.raises(ManifestError, match=r"datasets.d.root: folder .*vids does not exist"):
+        list_videos(m, "d", "train")
+    with pytest.raises(ManifestError, match="datasets.zz: no such dataset"):
+        m.entry("zz")
+    (tmp_path / "vids").mkdir()
+    with pytest.raises(ManifestError, match="split 'dev'"):
+        list_videos(m, "d", "dev")
+
+
+def test_ffpp_official_pairs(tmp_path):
+    root = tmp_path / "ffpp"
+    (root / "splits").mkdir(parents=True)
+    (root / "splits" / "train.json").write_text(json.dumps([["071", "054"], ["000", "003"]]))
+    (root / "splits" / "test.json").write_text(json.dumps([["953", "974"]]))
+    p = _write(tmp_path, {"ffpp": {"kind": "ffpp", "root": str(root), "compression": "c40",
+                                   "methods": ["Deepfakes", "FaceSwap"],
+                                   "splits": {"train": "splits/train.json", "test": "splits/test.json"}}})
+    m = load_manifest(p)
+    train = list_videos(m, "ffpp", "train")
+    ids = {it.id for it in train}
+    assert {"original/000", "original/003", "original/054", "original/071"} <= ids
+    assert {"Deepfakes/071_054", "Deepfakes/054_071", "FaceSwap/000_003", "FaceSwap/003_000"} <= ids
+    assert len(train) == 4 + 2 * 2 * 2 and not any("953" in i for i in ids)
+    fake = next(it for it in train if it.id == "Deepfakes/071_054")
+    assert fake.label == 1 and fake.rel_path == "manipulated_sequences/Deepfakes/c40/videos/071_054.mp4"
+    assert fake.target == "071" and fake.source == "054" and fake.n_frames == 128
+    real = next(it for it in train if it.id == "original/000")
+    assert real.label == 0 and real.rel_path == "original_sequences/youtube/c40/videos/000.mp4"
+    assert len(list_videos(m, "ffpp", "test")) == 2 + 4
+    with pytest.raises(ManifestError, match=r"datasets.ffpp.splits.val: not defined"):
+        list_videos(m, "ffpp", "val")
+    (root / "splits" / "train.json").write_text('{"a": 1}')
+    with pytest.raises(ManifestError, match="list of \\[id, id\\] pairs"):
+        list_videos(m, "ffpp", "train")
+
+
+def test_celebdf_list_without_header(tmp_path):
+    root = tmp_path / "cdf"
+    for rel in ("Celeb-real/id0_0000.mp4", "Celeb-real/id0_0001.mp4", "YouTube-real/00000.mp4",
+                "Celeb-synthesis/id0_id1_0000.mp4", "Celeb-synthesis/id1_id0_0002.mp4"):
+        _touch(root / rel)
+    (root / "List_of_testing_videos.txt").write_text("1 Celeb-real/id0_0001.mp4\n0 Celeb-synthesis/id1_id0_0002.mp4\n")
+    m = load_manifest(_write(tmp_path, {"cdf2": {"kind": "celebdf", "root": str(root),
+                                                 "test_list": "List_of_testing_videos.txt"}}))
+    test = {it.id: it for it in list_videos(m, "cdf2", "test")}
+    assert set(test) == {"Celeb-real/id0_0001", "Celeb-synthesis/id1_id0_0002"}  # first line is data, not header
+    assert test["Celeb-real/id0_0001"].label == 0 and test["Celeb-synthesis/id1_id0_0002"].label == 1
+    assert test["Celeb-synthesis/id1_id0_0002"].target == "id1" and test["Celeb-real/id0_0001"].n_frames == 32
+    train = {it.id: it.label for it in list_videos(m, "cdf2", "train")}
+    assert train == {"Celeb-real/id0_0000": 0, "YouTube-real/00000": 0, "Celeb-synthesis/id0_id1_0000": 1}
+    (root / "List_of_testing_videos.txt").write_text("label path\n")
+    with pytest.raises(ManifestError, match=r"List_of_testing_videos.txt:1: datasets.cdf2.test_list"):
+        list_videos(m, "cdf2", "test")
+
+
+def test_dfd_dfdc_dfdcp_wilddeepfake(tmp_path):
+    dfd = tmp_path / "dfd"
+    _touch(dfd / "original_sequences/actors/c23/videos/01__walk.mp4")
+    _touch(dfd / "manipulated_sequences/DeepFakeDetection/c23/videos/01_02__walk__X.mp4")
+    dfdc = tmp_path / "dfdc"
+    _touch(dfdc / "test/videos/aaa.mp4")
+    _touch(dfdc / "test/videos/bbb.mp4")
+    (dfdc / "test/labels.csv").write_text("filename,label\naaa.mp4,1\nbbb.mp4,0\n")
+    dfdcp = tmp_path / "dfdcp"
+    dfdcp.mkdir()
+    (dfdcp / "dataset.json").write_text(json.dumps({
+        "method_A/1/1_A/00196.mp4": {"label": "fake", "set": "test", "target_id": 1, "source_id": 2},
+        "original_videos/2/00001.mp4": {"label": "real", "set": "test"},
+        "original_videos/3/00002.mp4": {"label": "real", "set": "train"}}))
+    dfw = tmp_path / "dfw"
+    _touch(dfw / "real_test/10/real/0/0.png")
+    _touch(dfw / "real_test/10/real/0/1.png")
+    _touch(dfw / "fake_test/7/fake/3/0.png")
+    m = load_manifest(_write(tmp_path, {
+        "dfd": {"kind": "dfd", "root": str(dfd), "compression": "c23"},
+        "dfdc": {"kind": "dfdc", "root": str(dfdc), "videos": "test/videos", "labels": "test/labels.csv"},
+        "dfdcp": {"kind": "dfdcp", "root": str(dfdcp), "metadata": "dataset.json"},
+        "dfw": {"kind": "wilddeepfake", "root": str(dfw),
+                "layout": {"test": {"real": "real_test", "fake": "fake_test"}}}}))
+    assert {(it.id, it.label) for it in list_videos(m, "dfd", "test")} == {
+        ("original/01__walk", 0), ("DeepFakeDetection/01_02__walk__X", 1)}
+    assert {(it.id, it.label) for it in list_videos(m, "dfdc", "test")} == {("aaa", 1), ("bbb", 0)}
+    p = {(it.id, it.label, it.method) for it in list_videos(m, "dfdcp", "test")}
+    assert p == {("method_A/1/1_A/00196", 1, "method_A"), ("original_videos/2/00001", 0, "original")}
+    assert len(list_videos(m, "dfdcp", "train")) == 1
+    w = {(it.id, it.label, it.rel_path) for it in list_videos(m, "dfw", "test")}
+    assert w == {("real/10/real/0", 0, "real_test/10/real/0"), ("fake/7/fake/3", 1, "fake_test/7/fake/3")}
+    with pytest.raises(ManifestError, match="has no videos"):
+        list_videos(m, "dfd", "train")
+    (dfdc / "test/labels.csv").write_text("name,fake\n")
+    with pytest.raises(ManifestError, match="expected CSV columns filename,label"):
+        list_videos(m, "dfdc", "test")
+
+
+def test_adhoc_items(tmp_path):
+    for rel in ("a/x.mp4", "b/x.mp4", "b/y.mp4"):
+        _touch(tmp_path / rel)
+    items = adhoc_items(str(tmp_path / "*" / "*.mp4"), 1, 8)
+    assert [it.id for it in items] == ["a/x", "b/x", "b/y"] and all(it.label == 1 for it in items)
+    assert items[0].rel_path == "a/x.mp4" and items[0].n_frames == 8
+    with pytest.raises(ManifestError, match="no file matches"):
+        adhoc_items(str(tmp_path / "*.avi"), 0, 8)
+    assert adhoc_items(str(tmp_path / "missing.mp4"), 0, 8)[0].id == "missing"
