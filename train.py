@@ -81,7 +81,7 @@ def main(args: argparse.Namespace) -> Path:
             ckpt_path = args.resume / "last.pt"
             if not ckpt_path.is_file():
                 raise SystemExit(f"train.py: {ckpt_path}: no last.pt to resume from")
-            resume_state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            resume_state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             cfg = config_from_dict(resume_state["config"], args.overrides)
             run_dir = args.resume
         else:
@@ -347,7 +347,7 @@ def check_finite(total: torch.Tensor, terms: dict[str, torch.Tensor], batch: dic
     pairs = sorted(set(zip(batch.get("video_id", []), [int(i) for i in batch.get("frame_index", [])])))
     term_text = ", ".join(f"{k}={float(v):.6g}" for k, v in terms.items())
     raise NonFiniteLossError(
-        f"non-finite loss {float(total)} at epoch {t.epoch} step {t.step} ({which}); terms: {term_text}; "
+        f"non-finite loss {float(total.detach())} at epoch {t.epoch} step {t.step} ({which}); terms: {term_text}; "
         f"batch (video_id, frame_index): {pairs}"
     )
 
@@ -366,7 +366,7 @@ def accumulate_gradients(t: Trainer, micro: list[dict], which: str) -> dict[str,
             check_finite(total, terms, mb, t, which)
             t.scaler.scale(total / len(micro)).backward()
         for k, v in {"loss": total, **{f"loss_{k}": v for k, v in terms.items()}}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) / len(micro)
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(micro)
     return sums
 
 
@@ -458,15 +458,23 @@ def check_replicas(t: Trainer) -> float:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, NumPy, torch (and CUDA) RNG states as tensors and plain lists, so checkpoints stay
+    loadable with ``torch.load(weights_only=True)``."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss], "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
+                                                             int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,7 +1,7 @@
 """Trainer: LR/freeze schedule, SAM, one step and 30 steps on a fixed batch, resume equivalence,
 non-finite loss stop, and an end-to-end CLI run with validation and checkpoints.
 
-Everything runs on CPU with a tiny EfficientNet-B0 at 64 x 64 on synthetic shards written with the
+Everything runs on CPU with timm's tiny ``test_efficientnet`` (0.5 M parameters) at 64 x 64 on synthetic shards written with the
 pipeline's shard writer (smooth textures with a face-like 68-point layout, enough for SBI blending).
 """
 from __future__ import annotations
@@ -72,6 +72,16 @@ def write_split(split_dir: Path, n_videos: int, frames: int, seed: int, fake_vid
     return split_dir
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU two spinning OpenMP
+    threads per op make a step ~50x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("shards")
@@ -80,7 +90,7 @@ def shards(tmp_path_factory) -> dict[str, Path]:
 
 
 def tiny_overrides(shards: dict[str, Path], out_dir: Path, *extra: str) -> list[str]:
-    return [f"data.shards=[{shards['train']}]", "model.backbone=tf_efficientnet_b0", "model.pretrained=false",
+    return [f"data.shards=[{shards['train']}]", "model.backbone=test_efficientnet", "model.pretrained=false",
             f"model.input_size={SIZE}", f"data.image_size={SIZE}", "model.head_conv=16", "model.dropout=0.0",
             "train.device=cpu", "train.num_workers=0", "train.batch_pairs=2", "train.channels_last=false",
             "train.log_every=1", f"train.out_dir={out_dir}", "val.every=0", *extra]
@@ -292,8 +302,8 @@ def test_cli_run_validates_checkpoints_and_resumes_exactly(shards, tmp_path):
     for a, b in zip(h_full, h_part):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-9), (a, b)
         assert a["val_auc_video"] == pytest.approx(b["val_auc_video"])
-    s_full = torch.load(full / "last.pt", weights_only=False)
-    s_part = torch.load(part / "last.pt", weights_only=False)
+    s_full = torch.load(full / "last.pt", weights_only=True)
+    s_part = torch.load(part / "last.pt", weights_only=True)
     for k, v in s_full["model"].items():
         torch.testing.assert_close(v, s_part["model"][k], rtol=1e-5, atol=1e-6, msg=k)
     assert s_full["step"] == s_part["step"] == 6 and s_full["epoch"] == 3
