@@ -46,7 +46,7 @@ def build_val_loader(cfg) -> tuple[DataLoader | None, str]:
         mode = "real fakes from " + ", ".join(cfg.val.shards)
     else:
         dataset = EvalDataset(cfg.val.shards, cfg.data.image_size, frames_per_video=cfg.val.frames_per_video,
-                              synthetic_fakes=cfg.val.synthetic_fakes)
+                              synthetic_fakes=cfg.val.synthetic_fakes, seed=cfg.data.seed)
         mode = f"{cfg.val.synthetic_fakes.upper()} pseudo-fakes of the real videos in " + ", ".join(cfg.val.shards)
     if cfg.val.max_videos > 0:
         dataset = first_videos(dataset, cfg.val.max_videos)
@@ -56,15 +56,18 @@ def build_val_loader(cfg) -> tuple[DataLoader | None, str]:
 
 
 def first_videos(dataset: EvalDataset, max_videos: int) -> Subset:
-    """Keep the items of the first ``max_videos`` real videos and their fakes (by ``video_id``)."""
-    keep_ids: list[str] = []
+    """Keep the items of the first ``max_videos`` videos, with the synthetic fakes made from them
+    (their id is the real video's id + "/sbi" or "/bi")."""
+    suffix = f"/{dataset.synthetic_fakes}" if dataset.synthetic_fakes else None
+    keep: list[str] = []
     indices = []
     for i in range(len(dataset)):
         vid = dataset.item_video_id(i)
-        if vid not in keep_ids:
-            if len(keep_ids) >= max_videos:
+        base = vid[: -len(suffix)] if suffix and vid.endswith(suffix) else vid
+        if base not in keep:
+            if len(keep) >= max_videos:
                 continue
-            keep_ids.append(vid)
+            keep.append(base)
         indices.append(i)
     return Subset(dataset, indices)
 

@@ -318,3 +318,15 @@ def test_cli_run_validates_checkpoints_and_resumes_exactly(shards, tmp_path):
     net = load_checkpoint(full / "best.pt")
     assert not net.training
     assert set(net(torch.zeros(1, 3, SIZE, SIZE))) == {"cls", "hm", "cstency"}
+
+
+def test_validation_falls_back_to_sbi_fakes_of_real_videos(shards, tmp_path):
+    run = run_cli(["--config", DEMO_CONFIG, *tiny_overrides(shards, tmp_path, "train.epochs=1",
+                                                            "train.max_steps_per_epoch=1", "train.run_name=sbi_val",
+                                                            f"val.shards=[{shards['train']}]", "val.every=1",
+                                                            "val.num_workers=0", "val.max_videos=3")])
+    log_text = (run / "train.log").read_text()
+    assert "SBI pseudo-fakes of the real videos" in log_text
+    last = json.loads((run / "history.json").read_text())[-1]
+    assert last["val_n_videos"] == 6.0  # 3 real videos + their 3 SBI fake videos
+    assert 0.0 <= last["val_auc_video"] <= 1.0
