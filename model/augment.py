@@ -14,6 +14,7 @@ Photometric steps run on uint8 with lookup tables where possible (these run once
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -84,32 +85,110 @@ def _colour_luts(rng: np.random.Generator, cfg: AugmentConfig, mean_level: float
     return rgb, hsv.astype(np.uint8).reshape(256, 1, 3)
 
 
-def photometric(images: list[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig) -> list[np.ndarray]:
-    """Colour jitter, blur, Gaussian noise and JPEG with ONE draw shared by all images (uint8 (S, S, 3) each).
+@lru_cache(maxsize=4)
+def noise_bank(size: int) -> np.ndarray:
+    """float32 (2 size, 2 size, 3) standard normal field, drawn once per process from a fixed seed.
 
-    Colour jitter: brightness and contrast through one lookup table (contrast around the mean level of the
-    first image, so every image gets the same table), saturation scale and hue shift through HSV tables.
-    Noise: one N(0, std^2) field added to every image. JPEG: each image encoded and decoded at the drawn
-    quality (OpenCV's codec).
+    Drawing 3 size^2 normals per noisy image costs more than everything else in the augmentation, so each
+    noisy image takes a window of this bank at a random offset (size^2 + 1 choices) and sign instead:
+    about 300k distinct fields at 384, identical in every worker and run.
     """
-    out = list(images)
+    return np.random.default_rng(20240601).standard_normal((2 * size, 2 * size, 3), dtype=np.float32)
+
+
+@dataclass
+class PhotometricDraw:
+    """One draw of the photometric augmentation (None = step not applied)."""
+
+    colour: tuple[np.ndarray, np.ndarray] | None
+    blur_sigma: float | None
+    noise: tuple[float, int, int] | None          # std (levels), bank row and column offsets (sign in std)
+    jpeg_quality: int | None
+
+
+def draw_photometric(rng: np.random.Generator, cfg: AugmentConfig, first: np.ndarray) -> PhotometricDraw:
+    """Draw colour jitter (contrast around the mean level of `first`), blur, noise and JPEG settings."""
+    colour = blur = noise = jpeg = None
     if rng.random() < cfg.colour_p:
-        mean_level = float(cv2.mean(cv2.cvtColor(out[0], cv2.COLOR_RGB2GRAY))[0])
-        rgb, hsv = _colour_luts(rng, cfg, mean_level)
-        out = [cv2.cvtColor(cv2.LUT(cv2.cvtColor(cv2.LUT(im, rgb), cv2.COLOR_RGB2HSV), hsv), cv2.COLOR_HSV2RGB)
-               for im in out]
+        mean_level = float(cv2.mean(cv2.cvtColor(first, cv2.COLOR_RGB2GRAY))[0])
+        colour = _colour_luts(rng, cfg, mean_level)
     if rng.random() < cfg.blur_p:
-        sigma = rng.uniform(*cfg.blur_sigma)
-        out = [cv2.GaussianBlur(im, (0, 0), sigma) for im in out]
+        blur = float(rng.uniform(*cfg.blur_sigma))
     if rng.random() < cfg.noise_p:
-        std = rng.uniform(*cfg.noise_std)
-        noise = rng.standard_normal(out[0].shape, dtype=np.float32)
-        noise *= np.float32(std)
-        out = [cv2.add(im, noise, dtype=cv2.CV_8U) for im in out]
+        std = float(rng.uniform(*cfg.noise_std)) * (1.0 if rng.random() < 0.5 else -1.0)
+        oy, ox = (int(v) for v in rng.integers(0, first.shape[0] + 1, 2))
+        noise = (std, oy, ox)
     if rng.random() < cfg.jpeg_p:
-        q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
-        out = [_jpeg(im, q) for im in out]
+        jpeg = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+    return PhotometricDraw(colour, blur, noise, jpeg)
+
+
+def apply_photometric(img: np.ndarray, draw: PhotometricDraw, full_size: int | None = None,
+                      origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Apply a draw to a uint8 (h, w, 3) image that is the window at `origin` (x, y) of a full_size image.
+
+    Colour jitter (brightness/contrast lookup table, then saturation/hue through HSV tables), Gaussian
+    blur, the bank noise (the window's own part of the full image's field), JPEG (OpenCV's codec).
+    """
+    out = img
+    if draw.colour is not None:
+        rgb, hsv = draw.colour
+        out = cv2.cvtColor(cv2.LUT(cv2.cvtColor(cv2.LUT(out, rgb), cv2.COLOR_RGB2HSV), hsv), cv2.COLOR_HSV2RGB)
+    if draw.blur_sigma is not None:
+        out = cv2.GaussianBlur(out, (0, 0), draw.blur_sigma)
+    if draw.noise is not None:
+        std, oy, ox = draw.noise
+        h, w = out.shape[:2]
+        bank = noise_bank(full_size or h)
+        y, x = oy + origin[1], ox + origin[0]
+        out = cv2.addWeighted(out, 1.0, bank[y:y + h, x:x + w], std, 0.0, dtype=cv2.CV_8U)
+    if draw.jpeg_quality is not None:
+        out = _jpeg(out, draw.jpeg_quality)
     return out
+
+
+# JPEG works on 16-px blocks (8-px DCT blocks, chroma subsampled 2x2); blur reaches < 16 px (3 sigma <= 4.5).
+_GRID = 16
+
+
+def _grow_aligned(box: tuple[int, int, int, int], grow: int, size: int,
+                  grid: int = _GRID) -> tuple[int, int, int, int]:
+    """Grow a box by `grow` px, snap it outwards to a `grid`-px grid, clip to [0, size]."""
+    x0, y0, x1, y1 = box
+    return (max(0, (x0 - grow) // grid * grid), max(0, (y0 - grow) // grid * grid),
+            min(size, -(-(x1 + grow) // grid) * grid), min(size, -(-(y1 + grow) // grid) * grid))
+
+
+def photometric(images: list[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig) -> list[np.ndarray]:
+    """Colour jitter, blur, Gaussian noise and JPEG with ONE draw shared by all images (uint8 (S, S, 3))."""
+    draw = draw_photometric(rng, cfg, images[0])
+    return [apply_photometric(im, draw) for im in images]
+
+
+def photometric_pair(real: np.ndarray, fake: np.ndarray, box: tuple[int, int, int, int],
+                     rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`photometric` for a pair whose fake equals the real outside `box` (x0, y0, x1, y1).
+
+    The real is processed whole; the fake only near the box. Each step is pixel-wise (colour, noise), local
+    (blur, reach <= 3 sigma < 16 px) or per 16-px JPEG block (identical blocks give identical codes; chroma
+    upsampling reads one neighbouring sample). So outside the box grown by one block and snapped to the
+    block grid, the processed fake equals the processed real; inside that region it is computed from a
+    window one block larger still. The result equals processing the whole fake (checked in tests).
+    """
+    size = real.shape[0]
+    draw = draw_photometric(rng, cfg, real)
+    real_out = apply_photometric(real, draw)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return real_out, real_out.copy()
+    x0, y0, x1, y1 = _grow_aligned(box, _GRID, size)               # where the processed fake may differ
+    # What those pixels depend on; columns snapped to 64 px so that OpenCV's vectorised loops split every row
+    # of the window into the same chunks as the whole image (colour conversions round differently in
+    # vector and scalar code, so a window with a different tail would not be bit-identical).
+    wx0, wy0, wx1, wy1 = _grow_aligned((x0, y0, x1, y1), _GRID, size, 64)
+    part = apply_photometric(np.ascontiguousarray(fake[wy0:wy1, wx0:wx1]), draw, size, (wx0, wy0))
+    fake_out = real_out.copy()
+    fake_out[y0:y1, x0:x1] = part[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+    return real_out, fake_out
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -117,6 +196,32 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     if not ok:
         raise RuntimeError(f"JPEG encoding failed at quality {quality}")
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def warp_box(box: tuple[int, int, int, int], geo: np.ndarray, n_in: int, n_out: int,
+             pad: int = 3) -> tuple[int, int, int, int]:
+    """Pixel box of an n_in image -> padded, clipped pixel box of the n_out image under the normalised map
+    `geo` (so that output pixels outside it only sample input pixels outside `box`)."""
+    x0, y0, x1, y1 = box
+    mat = to_pixels(geo, n_in, n_out)
+    pts = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64) @ mat.T
+    return (max(0, int(np.floor(pts[:, 0].min())) - pad), max(0, int(np.floor(pts[:, 1].min())) - pad),
+            min(n_out, int(np.ceil(pts[:, 0].max())) + pad), min(n_out, int(np.ceil(pts[:, 1].max())) + pad))
+
+
+def warp_pair(real: np.ndarray, fake: np.ndarray, box: tuple[int, int, int, int], geo: np.ndarray,
+              out_size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """warp() of a pair whose fake equals the real outside `box`: the fake is only resampled inside the
+    mapped box. Returns (real, fake, box in output pixels)."""
+    real_out = warp(real, geo, out_size)
+    ob = warp_box(box, geo, real.shape[0], out_size)
+    fake_out = real_out.copy()
+    if ob[2] > ob[0] and ob[3] > ob[1]:
+        mat = to_pixels(geo, real.shape[0], out_size)
+        mat[:, 2] -= (ob[0], ob[1])
+        fake_out[ob[1]:ob[3], ob[0]:ob[2]] = cv2.warpAffine(
+            fake, mat, (ob[2] - ob[0], ob[3] - ob[1]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return real_out, fake_out, ob
 
 
 def random_erase(images: list[np.ndarray], maps: list[np.ndarray], rng: np.random.Generator,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.augment import AugmentConfig, photometric, random_erase, sample_geometry, warp
+from model.augment import AugmentConfig, photometric_pair, random_erase, sample_geometry, warp, warp_pair
 from model.bi_index import build_donor_table
 from model.synthesis import BIConfig, SBIConfig, bi, sbi, sbi_fake_for_eval
 from model.targets import boundary, boundary_u8, make_targets
@@ -224,7 +224,8 @@ class TrainPairDataset(Dataset):
         out = self.cfg.image_size
         hm_size = out // HEATMAP_STRIDE
         geo, _ = sample_geometry(rng, self.augment_cfg, pair.crop)
-        real, fake = warp(pair.real, geo, out), warp(pair.fake, geo, out)
+        # The fake equals the real outside pair.box: only that part of it is resampled and augmented.
+        real, fake, box = warp_pair(pair.real, pair.fake, pair.box, geo, out)
         mask = warp(pair.mask, geo, hm_size)
         if self.cfg.target_mode == "reference":
             # The reference stores B as floor(255 B) and resamples that uint8 map to heatmap size.
@@ -232,7 +233,7 @@ class TrainPairDataset(Dataset):
         else:
             b = warp(boundary(pair.mask), geo, hm_size)
         if self.augment_cfg is not None:
-            real, fake = photometric([real, fake], rng, self.augment_cfg)
+            real, fake = photometric_pair(real, fake, box, rng, self.augment_cfg)
             (real, fake), (b, mask) = random_erase([real, fake], [b, mask], rng, self.augment_cfg)
         heatmap, consistency = make_targets(np.clip(b, 0.0, 1.0), self.cfg.target_mode, rng)
         reader = self.shards.readers[si]

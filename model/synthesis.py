@@ -52,6 +52,7 @@ class SyntheticPair:
     ratio: blend ratio r; the fake is r*M*src + (1 - r*M)*real.
     crop: (x0, y0, x1, y1) margin crop as fractions of the side, to apply to real, fake and mask alike.
     kind: mask type; flipped: whether the frame was mirrored first.
+    box: (x0, y0, x1, y1) pixel box of the face (exclusive ends) outside which fake == real.
     """
 
     real: np.ndarray
@@ -61,6 +62,7 @@ class SyntheticPair:
     crop: tuple[float, float, float, float]
     kind: str
     flipped: bool
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -319,7 +321,7 @@ def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     fake = real.copy()
     fake[y0:y1, x0:x1] = _blend_roi(src, real[y0:y1, x0:x1], weight)
     return SyntheticPair(real=np.ascontiguousarray(real), fake=fake, mask=soft, ratio=ratio, crop=crop,
-                         kind=kind, flipped=flipped)
+                         kind=kind, flipped=flipped, box=roi)
 
 
 def sbi_fake_for_eval(face: np.ndarray, landmarks: np.ndarray, seed: int | np.random.SeedSequence,
@@ -419,4 +421,4 @@ def bi(target: np.ndarray, target_lm: np.ndarray, donor: np.ndarray, donor_lm: n
     fg = np.clip(aligned.astype(np.float32) + shift.astype(np.float32), 0, 255).astype(np.uint8)
     fake = _blend_roi(fg, target, weight)
     return SyntheticPair(real=target, fake=fake, mask=mask, ratio=1.0, crop=(0.0, 0.0, 1.0, 1.0),
-                         kind=kind, flipped=False)
+                         kind=kind, flipped=False, box=_roi_at(_bbox(mask), g, size))

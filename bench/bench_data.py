@@ -1,0 +1,324 @@
+"""Training-pair throughput on ONE core, against a straightforward full-resolution implementation of the recipe.
+
+    python bench/bench_data.py                      # shard built from the shipped dlib example faces (384 crops)
+    python bench/bench_data.py --shards DIR         # a prepared split folder (real pipeline shards)
+    python bench/bench_data.py --donor-table 92000  # also time the BI donor table on N synthetic faces
+    python bench/bench_data.py forehead             # mask coverage with and without the forehead extension
+
+A "pair" is what TrainPairDataset + collate_pairs deliver: a (real, SBI fake) pair read from a shard, with
+training augmentation, as float tensors at --size plus size/4 targets. The baseline does the same work the
+way the recipe is usually written: masks, warps, blurs and the blend at full crop resolution in float, the
+source transforms and the training augmentation through albumentations (same transform types and ranges),
+targets from the full-resolution boundary. Both run in this process with one thread (cv2, torch).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "data" / "dlib_examples"
+
+
+def fixture_faces(size: int, xml: Path = FIXTURES / "faces_with_landmarks.xml") -> list[tuple[np.ndarray, np.ndarray]]:
+    """1.25x square crops (of dlib's face box, like the pipeline's crops of the detector box) resized to size."""
+    out = []
+    for image in ET.parse(xml).getroot().iter("image"):
+        img = cv2.imread(str(xml.parent / image.get("file")))
+        if img is None:
+            continue
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        for box in image.iter("box"):
+            lm = np.array([[float(p.get("x")), float(p.get("y"))] for p in box.iter("part")], np.float32)
+            if len(lm) != 68:
+                continue
+            bx, by, bw, bh = (float(box.get(k)) for k in ("left", "top", "width", "height"))
+            side = 1.25 * max(bw, bh)
+            x0, y0 = bx + bw / 2 - side / 2, by + bh / 2 - side / 2
+            f = size / side
+            mat = np.float32([[f, 0, -x0 * f], [0, f, -y0 * f]])
+            crop = cv2.warpAffine(img, mat, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
+            out.append((crop, ((lm + 0.5 - (x0, y0)) * f - 0.5).astype(np.float32)))
+    return out
+
+
+def build_shard(root: Path, size: int, frames: int = 16) -> Path:
+    """A split folder with one video per fixture face, `frames` slightly shifted frames each."""
+    from pipeline.shards import write_index, write_shard
+
+    faces = fixture_faces(size)
+    imgs, lms, video = [], [], []
+    for v, (face, lm) in enumerate(faces):
+        for k in range(frames):
+            dx = k % 5 - 2
+            imgs.append(np.roll(face, dx, axis=1))
+            lms.append(lm + (dx, 0))
+            video.append(v)
+    split = root / "bench" / "train"
+    write_shard(split / "shard-00000.h5", np.stack(imgs), videos=[{"id": f"{v:03d}"} for v in range(len(faces))],
+                video=np.array(video), landmarks=np.stack(lms))
+    write_index(split, dataset="bench", split="train")
+    return split
+
+
+# ------------------------------------------------------------------------------------------------ baseline
+class Baseline:
+    """The recipe written plainly: full-resolution float masks and blend, albumentations transforms."""
+
+    def __init__(self, split: Path, size: int, seed: int = 0):
+        import albumentations as A
+
+        from pipeline.shards import ShardReader, shard_paths
+
+        self.reader = ShardReader(shard_paths(split)[0])
+        self.ok = np.flatnonzero(self.reader.landmark_ok)
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+        self.source_tf = A.Compose([
+            A.RGBShift((-20, 20), (-20, 20), (-20, 20), p=0.3),
+            A.HueSaturationValue((-0.3, 0.3), (-0.3, 0.3), (-0.3, 0.3), p=1),
+            A.RandomBrightnessContrast((-0.1, 0.1), (-0.1, 0.1), p=1),
+            A.OneOf([A.Downscale(scale_range=(0.25, 0.5), p=1), A.Sharpen((0.2, 0.5), (0.5, 1.0), p=1)], p=1),
+        ], seed=seed)
+        self.aug = A.Compose([
+            A.HorizontalFlip(p=0.5),
+            A.RandomResizedCrop((size, size), scale=(0.75, 1.0), ratio=(1.0, 1.0), p=1),
+            A.ColorJitter(0.2, 0.2, 0.2, 0.02, p=0.5),
+            A.GaussianBlur(sigma_limit=(0.3, 1.5), p=0.2),
+            A.GaussNoise(std_range=(2 / 255, 10 / 255), p=0.2),
+            A.ImageCompression(quality_range=(40, 100), p=0.5),
+            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.1, 0.35), hole_width_range=(0.1, 0.35),
+                            p=0.3),
+        ], additional_targets={"image1": "image", "mask1": "mask"}, seed=seed)
+
+    def pair(self, i: int):
+        import torch
+
+        from model.masks import MASK_KINDS, hull_mask
+        from model.synthesis import affine_about_centre, elastic_warp, flip_face, to_pixels
+        from model.targets import make_targets
+
+        rng = self.rng
+        row = int(self.ok[i % len(self.ok)])
+        face, lm = self.reader.face(row), self.reader.landmarks(row)
+        s = face.shape[0]
+        if rng.random() < 0.5:
+            face, lm = flip_face(face, lm)
+        mask = hull_mask(lm, (s, s), MASK_KINDS[int(rng.integers(4))]).astype(np.float32)
+        src, tgt = face.copy(), face.copy()
+        if rng.random() < 0.5:
+            src = self.source_tf(image=src)["image"]
+        else:
+            tgt = self.source_tf(image=tgt)["image"]
+        mat = to_pixels(affine_about_centre(rng.uniform(0.95, 1 / 0.95), rng.uniform(-0.03, 0.03),
+                                            rng.uniform(-0.015, 0.015)), s, s)
+        src = cv2.warpAffine(src, mat, (s, s), borderMode=cv2.BORDER_REFLECT_101)
+        mask = cv2.warpAffine(mask, mat, (s, s))
+        mask = elastic_warp(mask, rng, 50.0, 7.0 * s / 256, coarse=1)
+        # Blur at full resolution (kernels scaled to this crop size so the masks match the 256-px recipe).
+        f = s / 256
+        h2, w2 = (max(8, int(s * rng.uniform(0.8, 1.25))) for _ in range(2))
+        m = cv2.resize((mask >= 0.5).astype(np.float32), (w2, h2))
+        k1 = 2 * int(f * rng.integers(2, 13)) + 1
+        m = cv2.GaussianBlur(m, (k1, k1), 0)
+        m = (m / m.max() >= 0.5).astype(np.float32)
+        k2 = 2 * int(f * rng.integers(2, 13)) + 1
+        m = cv2.GaussianBlur(m, (k2, k2), float(rng.integers(5, 46)) * f)
+        m = cv2.resize(m / m.max(), (s, s))
+        r = [0.25, 0.5, 0.75, 1, 1, 1][int(rng.integers(6))]
+        w = (r * m)[..., None]
+        fake = (w * src.astype(np.float32) + (1 - w) * tgt.astype(np.float32)).round().astype(np.uint8)
+        c = rng.integers(5, 25, 4) * s // 256
+        crop = (slice(c[1], s - c[3]), slice(c[0], s - c[2]))
+        b = (np.floor(255 * 4 * m * (1 - m))).astype(np.uint8)
+        out = self.aug(image=tgt[crop], image1=fake[crop], mask=b[crop], mask1=m[crop])
+        b96 = cv2.resize(out["mask"], (self.size // 4, self.size // 4), interpolation=cv2.INTER_LINEAR)
+        hm, cons = make_targets(b96.astype(np.float32) / 255.0)
+        real_t = torch.from_numpy(out["image"]).permute(2, 0, 1).float() / 127.5 - 1
+        fake_t = torch.from_numpy(out["image1"]).permute(2, 0, 1).float() / 127.5 - 1
+        return real_t, fake_t, torch.from_numpy(hm), torch.from_numpy(cons)
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def time_loop(fn, n: int, warmup: int = 5) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call. On a shared machine the CPU time is the better
+    estimate of the single-core cost; the wall time includes waiting for the CPU."""
+    for i in range(warmup):
+        fn(i)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(n):
+        fn(i)
+    return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+
+
+def throughput(args) -> None:
+    import torch
+
+    from model.data import DataConfig, TrainPairDataset, collate_pairs
+    from model.synthesis import sbi
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        split = Path(args.shards) if args.shards else build_shard(Path(tmp), args.size)
+        ds = TrainPairDataset(DataConfig(shards=[str(split)], image_size=args.size, seed=0))
+        n_items = len(ds)
+        load0 = os.getloadavg()
+
+        def ours(i):
+            batch.append(ds[i % n_items])
+            if len(batch) == 8:
+                collate_pairs(batch)
+                batch.clear()
+
+        batch: list = []
+        t_ours, c_ours = time_loop(ours, args.n)
+        reader = ds.shards.readers[0]
+        rows = np.flatnonzero(reader.landmark_ok)
+        t_read, c_read = time_loop(lambda i: reader.face(int(rows[i % len(rows)])), args.n)
+        rng = np.random.default_rng(0)
+        lms = ds.landmarks[0]
+        faces = [reader.face(int(r)) for r in rows[:16]]
+        t_sbi, c_sbi = time_loop(lambda i: sbi(faces[i % 16], lms[int(rows[i % 16])], rng), args.n)
+        base = Baseline(split, args.size)
+        t_base, c_base = time_loop(base.pair, max(20, args.n // 3))
+        load1 = os.getloadavg()
+        crop = reader.crop_size
+        reader.close()
+
+    need = 16 / 2 / args.step_s      # pairs per second to feed one step of 16 images every step_s
+    print(f"bench_data: {1 / c_ours:.1f} pairs/s per core by CPU time ({1 / t_ours:.1f} by wall clock) "
+          f"(TrainPairDataset SBI + augmentation + collate, {crop}px shard crops -> {args.size}px images + "
+          f"{args.size // 4}px targets) vs baseline {1 / c_base:.1f} ({1 / t_base:.1f} wall) pairs/s "
+          f"(full-resolution float recipe + albumentations): x{c_base / c_ours:.2f}")
+    print(f"  CPU ms per pair: {1e3 * c_ours:.2f} = shard read {1e3 * c_read:.2f} + SBI synthesis {1e3 * c_sbi:.2f} "
+          f"+ augmentation/targets/collate {1e3 * (c_ours - c_read - c_sbi):.2f}; baseline {1e3 * c_base:.2f}")
+    print(f"  DataLoader workers to feed 16 images per {args.step_s:g} s step ({need:.0f} pairs/s): "
+          f"{math.ceil(need / (1 / c_ours))} at the CPU-time rate, {math.ceil(need / (1 / t_ours))} at the wall-clock "
+          f"rate (baseline: {math.ceil(need / (1 / c_base))})")
+    print(f"  loadavg before {tuple(round(x, 2) for x in load0)} after {tuple(round(x, 2) for x in load1)} "
+          f"on {os.cpu_count()} cpus; {args.n} pairs timed")
+    if args.donor_table:
+        donor_table_bench(args.donor_table)
+
+
+def donor_table_bench(n: int) -> None:
+    """Time build_donor_table on n synthetic faces in videos of 128 frames (FF++ train: 92k frames)."""
+    from model.bi_index import build_donor_table
+
+    rng = np.random.default_rng(0)
+    n_videos = max(2, n // 128)
+    base = rng.normal(size=(68, 2)) * 30 + 150
+    per_video = base + rng.normal(size=(n_videos, 1, 68, 2)) * 4
+    lm = (per_video + rng.normal(size=(n_videos, 128, 68, 2)) * 1.0).reshape(-1, 68, 2)[:n].astype(np.float32)
+    video = np.repeat(np.arange(n_videos), 128)[:n]
+    t0 = time.perf_counter()
+    table = build_donor_table(lm, video, k=30)
+    dt = time.perf_counter() - t0
+    print(f"bench_data: BI donor table for {n} faces / {n_videos} videos (k=30, 16384 candidates, shortlist 120): "
+          f"{dt:.1f} s, {table.shape}; loadavg {tuple(round(x, 2) for x in os.getloadavg())}")
+
+
+# ---------------------------------------------------------------------------------------------- forehead
+def skin_fraction(img: np.ndarray, region: np.ndarray, reference: np.ndarray) -> float:
+    """Fraction of `region` pixels whose YCrCb chroma is within the 90 % Mahalanobis radius of the
+    `reference` pixels' chroma (a per-face skin model)."""
+    ycc = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb).reshape(-1, 3)[:, 1:].astype(np.float64)
+    ref = ycc[reference.reshape(-1) > 0]
+    mean, cov = ref.mean(0), np.cov(ref.T) + np.eye(2)
+    inv = np.linalg.inv(cov)
+
+    def maha(x):
+        d = x - mean
+        return np.einsum("ij,jk,ik->i", d, inv, d)
+
+    thr = np.quantile(maha(ref), 0.9)
+    sel = ycc[region.reshape(-1) > 0]
+    return float((maha(sel) <= thr).mean()) if len(sel) else float("nan")
+
+
+def forehead_report(args) -> None:
+    from model.masks import BROWS, EYE_A, EYE_B, MASK_KINDS, hull_mask
+
+    size = 384
+    sources = [("tests/data dlib examples", FIXTURES / "faces_with_landmarks.xml")]
+    shared = REPO.parent / "shared" / "data" / "faces" / "dlib_examples"
+    for name in ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml"):
+        if (shared / name).is_file():
+            sources.append((f"../shared dlib examples {name.split('_')[0]}", shared / name))
+    faces = []
+    for _, xml in sources:
+        faces += fixture_faces(size, xml)
+    ratios = {k: [] for k in MASK_KINDS}
+    above_plain, above_ext, skin_added, skin_upper_face, fh_px = [], [], [], [], []
+    for img, lm in faces:
+        v = lm[EYE_B].mean(0) - lm[EYE_A].mean(0)
+        v /= np.linalg.norm(v)
+        u = np.array([v[1], -v[0]])
+        yy, xx = np.mgrid[0:size, 0:size]
+        height = (np.stack([xx, yy], -1) - lm[BROWS].mean(0)) @ u      # > 0: above the mean brow line
+        for k in MASK_KINDS:
+            plain = hull_mask(lm, (size, size), k)
+            ext = hull_mask(lm, (size, size), k, forehead=True)
+            ratios[k].append(ext.sum() / plain.sum())
+        plain = hull_mask(lm, (size, size), "hull")
+        ext = hull_mask(lm, (size, size), "hull", forehead=True)
+        above_plain.append(((plain > 0) & (height > 0)).sum() / plain.sum())
+        above_ext.append(((ext > 0) & (height > 0)).sum() / ext.sum())
+        added = (ext > 0) & (plain == 0)
+        # Skin model from the cheeks/nose: inside the 68-point hull, below the eyes, above the mouth.
+        ref = (plain > 0) & (height < (lm[[31, 35]].mean(0) - lm[BROWS].mean(0)) @ u) & \
+              (height > (lm[[48, 54]].mean(0) - lm[BROWS].mean(0)) @ u * 0.9)
+        if ref.sum() > 50:
+            skin_added.append(skin_fraction(img, added, ref))
+            skin_upper_face.append(skin_fraction(img, (plain > 0) & (height > -0.15 * size) & (height < 0), ref))
+        fh_px.append(added.sum() / size ** 2)
+    print(f"forehead extension on {len(faces)} real faces ({'; '.join(s for s, _ in sources)}), 384 px 1.25x crops:")
+    for k in MASK_KINDS:
+        print(f"  mask area with / without forehead, {k:10s}: mean x{np.mean(ratios[k]):.3f} "
+              f"(min x{np.min(ratios[k]):.3f}, max x{np.max(ratios[k]):.3f})")
+    print(f"  share of the full-hull mask above the mean brow line: {100 * np.mean(above_plain):.1f} % without, "
+          f"{100 * np.mean(above_ext):.1f} % with the forehead points")
+    print(f"  added area: {100 * np.mean(fh_px):.1f} % of the crop; skin-coloured (per-face cheek chroma model, 90 % "
+          f"radius): {100 * np.nanmean(skin_added):.1f} % of added pixels vs {100 * np.nanmean(skin_upper_face):.1f} % "
+          f"of the upper face inside the 68-point hull")
+    if args.png:
+        tiles = []
+        for img, lm in faces[: 8]:
+            plain = hull_mask(lm, (size, size), "hull")
+            ext = hull_mask(lm, (size, size), "hull", forehead=True)
+            t = img.copy()
+            t[plain > 0] = (0.6 * t[plain > 0] + (0, 100, 0)).astype(np.uint8)
+            t[(ext > 0) & (plain == 0)] = (0.6 * t[(ext > 0) & (plain == 0)] + (100, 0, 100)).astype(np.uint8)
+            tiles.append(cv2.resize(t, (192, 192), interpolation=cv2.INTER_AREA))
+        while len(tiles) % 4:
+            tiles.append(np.zeros_like(tiles[0]))
+        grid = np.concatenate([np.concatenate(tiles[i:i + 4], 1) for i in range(0, len(tiles), 4)], 0)
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(args.png, grid[..., ::-1])
+        print(f"  {args.png}: 68-point hull (green) and forehead extension (magenta)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", choices=("throughput", "forehead"), default="throughput")
+    parser.add_argument("--shards", help="split folder to read (default: a shard built from the fixtures)")
+    parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("-n", type=int, default=300, help="pairs to time")
+    parser.add_argument("--step-s", type=float, default=0.25, help="GPU step time for the worker estimate")
+    parser.add_argument("--donor-table", type=int, default=0, help="also time the BI donor table on N faces")
+    parser.add_argument("--png", default="out/bench/forehead.png", help="forehead mode: overlay grid")
+    args = parser.parse_args()
+    (forehead_report if args.mode == "forehead" else throughput)(args)
+
+
+if __name__ == "__main__":
+    main()
