@@ -62,7 +62,9 @@ train: $(STAMP)
 	$(PY) train.py --config $(CONFIG)
 
 evaluate: $(STAMP)
-	$(PY) evaluate.py --checkpoint $(CKPT) --dataset $(DATASET) --split $(SPLIT) --shards-root $(SHARDS)
+	@test -n "$(CKPT)" || { echo "make evaluate: set CKPT=path/to/checkpoint.pt"; exit 2; }
+	$(PY) evaluate.py --checkpoint $(CKPT) --dataset $(DATASET) --split $(SPLIT) --shards-root $(SHARDS) \
+		--out $(or $(EVAL_OUT),out/eval/$(DATASET)_$(SPLIT))
 
 demo: $(STAMP)
 	$(PY) -m pipeline extract-frames --dataset sample --split train --out $(DEMO_OUT)/shards
@@ -70,6 +72,11 @@ demo: $(STAMP)
 	$(PY) -m pipeline extract-frames --dataset sample --split test --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline cache-landmarks --dataset sample --split test --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline inspect $(DEMO_OUT)/shards/sample/train --png $(DEMO_OUT)/sample_train.png
+	$(PY) evaluate.py --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt --shards $(DEMO_OUT)/shards/sample/test \
+		--synthetic-fakes sbi --frames 8 --workers 1 --out $(DEMO_OUT)/eval
+	$(PY) -m model.predict data/sample/videos/carphone_pristine.mp4 --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt \
+		--frames 8 --overlay $(DEMO_OUT)/predict_carphone.png
+	@echo "demo evaluation report: $(DEMO_OUT)/eval/report.md (plots and overlays next to it)"
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -290,7 +290,9 @@ def pick_overlay_faces(frames: FrameResults, videos, k: int) -> dict[str, list[t
             # Most fake-looking face for a fake (or a real called fake), most real-looking otherwise.
             towards_fake = (sheet == "confident_fakes") or (sheet == "worst_mistakes" and videos.label[v] == 0)
             face = faces[int(np.argmax(logits) if towards_fake else np.argmin(logits))]
-            caption = (f"{videos.method[v]}/{videos.video_id[v].split('/')[-1]} f{frames.frame_index[face]}\n"
+            name = videos.video_id[v].split("/", 1)[-1]  # drop the dataset prefix
+            name = name if len(name) <= 30 else "..." + name[-27:]
+            caption = (f"{name} f{frames.frame_index[face]}\n"
                        f"label {'fake' if videos.label[v] else 'real'}, video p={videos.score[v]:.3f}")
             sheets[sheet].append((face, caption))
     return sheets
