@@ -242,3 +242,32 @@ def test_backbone_weights_from_local_file(small_model, tmp_path):
 
 def test_hf_offline_is_set_for_tests():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_backbone_weights_in_the_reference_layout(small_model, tmp_path):
+    """A lukemelas-style file (the reference's ImageNet weights layout) loads into the timm backbone."""
+    ds = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "se.conv_reduce": "_se_reduce",
+          "se.conv_expand": "_se_expand", "conv_pw": "_project_conv", "bn2": "_bn2"}
+    ir = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
+          "se.conv_reduce": "_se_reduce", "se.conv_expand": "_se_expand", "conv_pwl": "_project_conv",
+          "bn3": "_bn2"}
+    top = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
+    body = small_model.backbone.body
+    flat = [f"blocks.{s}.{i}." for s, stage in enumerate(body.blocks) for i in range(len(stage))]
+    state = {}
+    for key, value in body.state_dict().items():
+        if key.startswith("blocks."):
+            n = next(j for j, p in enumerate(flat) if key.startswith(p))
+            rest = key[len(flat[n]):]
+            table = ds if n == 0 else ir  # b0: only the first block has no expansion
+            module = next(m for m in sorted(table, key=len, reverse=True) if rest.startswith(m + "."))
+            state[f"_blocks.{n}.{table[module]}{rest[len(module):]}"] = value.clone()
+        else:
+            module, _, param = key.partition(".")
+            state[f"{top[module]}.{param}"] = value.clone()
+    state["_fc.weight"] = torch.zeros(1000, 1280)
+    path = tmp_path / "efficientnet-b0-lukemelas.pth"
+    torch.save(state, path)
+    model = build_model({**SMALL, "backbone_weights": str(path)})
+    for key, value in body.state_dict().items():
+        assert torch.equal(model.backbone.body.state_dict()[key], value), key
