@@ -246,55 +246,60 @@ def skin_fraction(img: np.ndarray, region: np.ndarray, reference: np.ndarray) ->
 
 
 def forehead_report(args) -> None:
-    from model.masks import BROWS, EYE_A, EYE_B, MASK_KINDS, hull_mask
+    from model.masks import BROWS, EYE_A, EYE_B, FOREHEAD_RATIO, MASK_KINDS, hull_mask
 
     size = 384
-    sources = [("tests/data dlib examples", FIXTURES / "faces_with_landmarks.xml")]
     shared = REPO.parent / "shared" / "data" / "faces" / "dlib_examples"
-    for name in ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml"):
-        if (shared / name).is_file():
-            sources.append((f"../shared dlib examples {name.split('_')[0]}", shared / name))
+    # The shared folder holds dlib's full example sets (the shipped fixtures are a subset of its testing set).
+    sources = [(f"dlib examples {n.split('_')[0]}", shared / n)
+               for n in ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml") if (shared / n).is_file()]
+    if not sources:
+        sources = [("shipped dlib example fixtures", FIXTURES / "faces_with_landmarks.xml")]
     faces = []
     for _, xml in sources:
         faces += fixture_faces(size, xml)
-    ratios = {k: [] for k in MASK_KINDS}
-    above_plain, above_ext, skin_added, skin_upper_face, fh_px = [], [], [], [], []
-    for img, lm in faces:
-        v = lm[EYE_B].mean(0) - lm[EYE_A].mean(0)
-        v /= np.linalg.norm(v)
-        u = np.array([v[1], -v[0]])
-        yy, xx = np.mgrid[0:size, 0:size]
-        height = (np.stack([xx, yy], -1) - lm[BROWS].mean(0)) @ u      # > 0: above the mean brow line
-        for k in MASK_KINDS:
-            plain = hull_mask(lm, (size, size), k)
-            ext = hull_mask(lm, (size, size), k, forehead=True)
-            ratios[k].append(ext.sum() / plain.sum())
-        plain = hull_mask(lm, (size, size), "hull")
-        ext = hull_mask(lm, (size, size), "hull", forehead=True)
-        above_plain.append(((plain > 0) & (height > 0)).sum() / plain.sum())
-        above_ext.append(((ext > 0) & (height > 0)).sum() / ext.sum())
-        added = (ext > 0) & (plain == 0)
-        # Skin model from the cheeks/nose: inside the 68-point hull, below the eyes, above the mouth.
-        ref = (plain > 0) & (height < (lm[[31, 35]].mean(0) - lm[BROWS].mean(0)) @ u) & \
-              (height > (lm[[48, 54]].mean(0) - lm[BROWS].mean(0)) @ u * 0.9)
-        if ref.sum() > 50:
-            skin_added.append(skin_fraction(img, added, ref))
-            skin_upper_face.append(skin_fraction(img, (plain > 0) & (height > -0.15 * size) & (height < 0), ref))
-        fh_px.append(added.sum() / size ** 2)
-    print(f"forehead extension on {len(faces)} real faces ({'; '.join(s for s, _ in sources)}), 384 px 1.25x crops:")
-    for k in MASK_KINDS:
-        print(f"  mask area with / without forehead, {k:10s}: mean x{np.mean(ratios[k]):.3f} "
-              f"(min x{np.min(ratios[k]):.3f}, max x{np.max(ratios[k]):.3f})")
-    print(f"  share of the full-hull mask above the mean brow line: {100 * np.mean(above_plain):.1f} % without, "
-          f"{100 * np.mean(above_ext):.1f} % with the forehead points")
-    print(f"  added area: {100 * np.mean(fh_px):.1f} % of the crop; skin-coloured (per-face cheek chroma model, 90 % "
-          f"radius): {100 * np.nanmean(skin_added):.1f} % of added pixels vs {100 * np.nanmean(skin_upper_face):.1f} % "
-          f"of the upper face inside the 68-point hull")
+    print(f"forehead extension on {len(faces)} real faces ({'; '.join(s for s, _ in sources)}), {size} px 1.25x crops "
+          f"(default height ratio {FOREHEAD_RATIO}):")
+    yy, xx = np.mgrid[0:size, 0:size]
+    per_ratio = {}
+    for ratio in args.ratios:
+        area = {k: [] for k in MASK_KINDS}
+        above, skin_added, skin_upper, added_px = [], [], [], []
+        above_plain = []
+        for img, lm in faces:
+            v = lm[EYE_B].mean(0) - lm[EYE_A].mean(0)
+            v /= np.linalg.norm(v)
+            u = np.array([v[1], -v[0]])
+            height = (np.stack([xx, yy], -1) - lm[BROWS].mean(0)) @ u      # > 0: above the mean brow line
+            for k in MASK_KINDS:
+                plain = hull_mask(lm, (size, size), k)
+                ext = hull_mask(lm, (size, size), k, True, ratio)
+                area[k].append(ext.sum() / plain.sum())
+            plain = hull_mask(lm, (size, size), "hull")
+            ext = hull_mask(lm, (size, size), "hull", True, ratio)
+            above_plain.append(((plain > 0) & (height > 0)).sum() / plain.sum())
+            above.append(((ext > 0) & (height > 0)).sum() / ext.sum())
+            added = (ext > 0) & (plain == 0)
+            added_px.append(added.sum() / size ** 2)
+            # Skin model from the cheeks and nose: inside the 68-point hull, between nostrils and mouth corners
+            # levels... i.e. below the nostrils' top and above the mouth corners.
+            nostril = (lm[[31, 35]].mean(0) - lm[BROWS].mean(0)) @ u
+            mouth = (lm[[48, 54]].mean(0) - lm[BROWS].mean(0)) @ u
+            ref = (plain > 0) & (height < nostril * 0.6) & (height > mouth)
+            if ref.sum() > 50 and added.any():
+                skin_added.append(skin_fraction(img, added, ref))
+                skin_upper.append(skin_fraction(img, (plain > 0) & (height < 0) & (height > nostril * 0.6), ref))
+        per_ratio[ratio] = area
+        kinds = ", ".join(f"{k} x{np.mean(area[k]):.2f}" for k in MASK_KINDS)
+        print(f"  height ratio {ratio:.2f}: mask area with/without forehead (mean) {kinds}; full-hull share above the "
+              f"brow line {100 * np.mean(above_plain):.1f} % -> {100 * np.mean(above):.1f} %; added area "
+              f"{100 * np.mean(added_px):.1f} % of the crop, {100 * np.nanmean(skin_added):.1f} % of it skin-coloured "
+              f"(eye band inside the 68-point hull: {100 * np.nanmean(skin_upper):.1f} %)")
     if args.png:
         tiles = []
-        for img, lm in faces[: 8]:
+        for img, lm in faces[:8]:
             plain = hull_mask(lm, (size, size), "hull")
-            ext = hull_mask(lm, (size, size), "hull", forehead=True)
+            ext = hull_mask(lm, (size, size), "hull", True)
             t = img.copy()
             t[plain > 0] = (0.6 * t[plain > 0] + (0, 100, 0)).astype(np.uint8)
             t[(ext > 0) & (plain == 0)] = (0.6 * t[(ext > 0) & (plain == 0)] + (100, 0, 100)).astype(np.uint8)
@@ -304,7 +309,7 @@ def forehead_report(args) -> None:
         grid = np.concatenate([np.concatenate(tiles[i:i + 4], 1) for i in range(0, len(tiles), 4)], 0)
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(args.png, grid[..., ::-1])
-        print(f"  {args.png}: 68-point hull (green) and forehead extension (magenta)")
+        print(f"  {args.png}: 68-point hull (green) and the default forehead extension (magenta)")
 
 
 def main() -> None:
@@ -316,6 +321,8 @@ def main() -> None:
     parser.add_argument("--step-s", type=float, default=0.25, help="GPU step time for the worker estimate")
     parser.add_argument("--donor-table", type=int, default=0, help="also time the BI donor table on N faces")
     parser.add_argument("--png", default="out/bench/forehead.png", help="forehead mode: overlay grid")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.7, 0.9],
+                        help="forehead mode: forehead heights (x nose length) to measure")
     args = parser.parse_args()
     (forehead_report if args.mode == "forehead" else throughput)(args)
 

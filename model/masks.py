@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 
 MASK_KINDS = ("hull", "dfl_full", "extended", "components")
+# Forehead height over nose length (see forehead_points); chosen with `python -m bench.bench_data forehead`.
+FOREHEAD_RATIO = 0.9
 
 # Sub-pixel precision for cv2.fillConvexPoly (coordinates in 1/16 pixel).
 _SHIFT = 4
@@ -61,21 +63,24 @@ def flip_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def forehead_points(landmarks: np.ndarray, height_ratio: float = 0.9, n: int = 9) -> np.ndarray:
+def forehead_points(landmarks: np.ndarray, height_ratio: float = FOREHEAD_RATIO, n: int = 9) -> np.ndarray:
     """Points on an upper half-ellipse over the brows, standing in for the forehead points of an 81-point model.
 
     Frame of the face: v = unit vector from the image-left eye centre to the other eye centre, u = v rotated
     to point up the face. The ellipse is centred on the mean of the 10 brow points, its half-width is half the
-    jaw-to-jaw distance (points 0 and 16) along v, and its height is `height_ratio` times the nose length
-    (nasion 27 to subnasale 33, along u): a forehead is about one nose length high. Rotation-aware, so tilted
-    faces get a tilted forehead. (68, 2) -> (n, 2) float32, ordered from one temple to the other.
+    distance between the outer brow ends (points 17 and 26) along v, and its height is `height_ratio` times
+    the nose length (nasion 27 to subnasale 33, along u): a forehead is about one nose length high. Measured
+    on dlib's example faces, this keeps the added area as skin-coloured as the eye band; an ellipse as wide
+    as the jaw (points 0-16) reached into hair at the temples (62 % skin-coloured instead of 75 %).
+    Rotation-aware, so tilted faces get a tilted forehead. (68, 2) -> (n, 2) float32, from one temple to
+    the other.
     """
     lm = np.asarray(landmarks, dtype=np.float64)
     v = lm[EYE_B].mean(0) - lm[EYE_A].mean(0)
     v /= max(np.linalg.norm(v), 1e-6)
     u = np.array([v[1], -v[0]])  # up: for v = (1, 0), u = (0, -1), i.e. towards smaller y
     centre = lm[BROWS].mean(0)
-    half_width = 0.5 * abs(float(np.dot(lm[16] - lm[0], v)))
+    half_width = 0.5 * abs(float(np.dot(lm[26] - lm[17], v)))
     height = height_ratio * abs(float(np.dot(lm[27] - lm[33], u)))
     t = np.linspace(-1.0, 1.0, n)
     pts = centre + np.outer(t * half_width, v) + np.outer(np.sqrt(np.clip(1.0 - t * t, 0.0, None)) * height, u)
@@ -91,7 +96,8 @@ def _fill_hulls(shape: tuple[int, int], parts: list[np.ndarray]) -> np.ndarray:
     return mask
 
 
-def hull_parts(landmarks: np.ndarray, kind: str, forehead: bool = False) -> list[np.ndarray]:
+def hull_parts(landmarks: np.ndarray, kind: str, forehead: bool = False,
+               forehead_ratio: float = FOREHEAD_RATIO) -> list[np.ndarray]:
     """Point sets whose convex hulls make up a mask of type `kind` (their union).
 
     - "hull": one hull of all 68 points.
@@ -108,7 +114,7 @@ def hull_parts(landmarks: np.ndarray, kind: str, forehead: bool = False) -> list
     side), so every type reaches the upper forehead.
     """
     lm = np.asarray(landmarks, dtype=np.float32)
-    fh = forehead_points(lm) if forehead else np.zeros((0, 2), np.float32)
+    fh = forehead_points(lm, forehead_ratio) if forehead else np.zeros((0, 2), np.float32)
     half = len(fh) // 2
     fh_a, fh_b = fh[: half + 1], fh[half:]  # image-left and image-right halves (share the middle point)
     if kind == "hull":
@@ -141,10 +147,10 @@ def hull_parts(landmarks: np.ndarray, kind: str, forehead: bool = False) -> list
     raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
 
 
-def hull_mask(landmarks: np.ndarray, shape: tuple[int, int], kind: str = "hull",
-              forehead: bool = False) -> np.ndarray:
+def hull_mask(landmarks: np.ndarray, shape: tuple[int, int], kind: str = "hull", forehead: bool = False,
+              forehead_ratio: float = FOREHEAD_RATIO) -> np.ndarray:
     """uint8 (H, W) 0/1 mask of type `kind` (see `hull_parts`) for landmarks given in the pixels of `shape`."""
-    return _fill_hulls(shape, hull_parts(landmarks, kind, forehead))
+    return _fill_hulls(shape, hull_parts(landmarks, kind, forehead, forehead_ratio))
 
 
 def random_hull_mask(landmarks: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
