@@ -61,7 +61,8 @@ def test_masks_are_inside_the_face_and_forehead_extends_upwards(faces):
             if kind != "extended":   # the extended type raises the brows above the 68-point hull
                 assert not (m & (1 - full)).any(), kind
             ext = hull_mask(lm, (SIZE, SIZE), kind, forehead=True)
-            assert ext.sum() > m.sum() and not (m & (1 - ext)).any(), kind
+            grown = cv2.dilate(ext, np.ones((3, 3), np.uint8))        # hull edges rasterise independently
+            assert ext.sum() > m.sum() and not (m & (1 - grown)).any(), kind
         fh = forehead_points(lm)
         assert (fh[:, 1].min() < lm[17:27, 1].min() - 2)      # upright faces: the forehead is above the brows
 
