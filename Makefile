@@ -7,7 +7,7 @@
 #   make landmarks DATASET=ffpp SPLIT=train    add dlib 68-point landmarks to those shards
 #   make prep      DATASET=ffpp SPLIT=train    both stages
 #   make verify    DATASET=ffpp SPLIT=train    check the shards
-#   make train     CONFIG=configs/laanet_sbi.yaml
+#   make train     CONFIG=configs/laanet_sbi.yaml [NPROC=4] [OVERRIDES="train.epochs=10 ..."]
 #   make evaluate  CKPT=runs/x/best.pt DATASET=cdf2 SPLIT=test
 #   make demo                                  the whole path on the embedded sample, on CPU
 #   make bench                                 benchmarks (slow; print measured figures and baselines)
@@ -59,7 +59,8 @@ inspect: $(STAMP)
 	$(PY) -m pipeline inspect $(SHARDS)/$(DATASET)/$(SPLIT)
 
 train: $(STAMP)
-	$(PY) train.py --config $(CONFIG)
+	$(if $(NPROC),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC),$(PY)) train.py \
+		--config $(CONFIG) $(OVERRIDES)
 
 evaluate: $(STAMP)
 	@test -n "$(CKPT)" || { echo "make evaluate: set CKPT=path/to/checkpoint.pt"; exit 2; }
@@ -72,6 +73,9 @@ demo: $(STAMP)
 	$(PY) -m pipeline extract-frames --dataset sample --split test --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline cache-landmarks --dataset sample --split test --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline inspect $(DEMO_OUT)/shards/sample/train --png $(DEMO_OUT)/sample_train.png
+	rm -rf $(DEMO_OUT)/runs/demo_cpu
+	$(PY) train.py --config configs/demo_cpu.yaml train.out_dir=$(DEMO_OUT)/runs \
+		data.shards=[$(DEMO_OUT)/shards/sample/train] val.shards=[$(DEMO_OUT)/shards/sample/test]
 	$(PY) evaluate.py --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt --shards $(DEMO_OUT)/shards/sample/test \
 		--synthetic-fakes sbi --frames 8 --workers 1 --out $(DEMO_OUT)/eval
 	$(PY) -m model.predict data/sample/videos/carphone_pristine.mp4 --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt \

@@ -87,6 +87,9 @@ def main(args: argparse.Namespace) -> Path:
         else:
             cfg = load_config(args.config, args.overrides)
             run_dir = make_run_dir(cfg, args.config, dist)
+            if (run_dir / "last.pt").exists():
+                raise SystemExit(f"train.py: {run_dir} already holds a run (last.pt); continue it with "
+                                 f"--resume {run_dir} or choose another train.run_name")
         train(cfg, run_dir, dist, resume_state=resume_state, stop_after_epochs=args.stop_after_epochs)
     finally:
         teardown_distributed(dist)
