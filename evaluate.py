@@ -84,16 +84,22 @@ class TestSet:
 
 def resolve_test_sets(args) -> list[TestSet]:
     """``--dataset`` names under ``--shards-root`` plus ``--shards`` folders; each must hold an index.json."""
-    from pipeline.shards import load_index
+    from pipeline.shards import ShardError, load_index
+
+    def index_of(d: Path) -> dict:
+        try:
+            return load_index(d)
+        except ShardError as e:
+            raise SystemExit(f"evaluate.py: {e}") from e
 
     sets = []
     for name in args.dataset:
         d = Path(args.shards_root) / name / args.split
-        index = load_index(d)
+        index = index_of(d)
         sets.append(TestSet(f"{name}/{args.split}", d, index.get("dataset", name), index.get("split", args.split)))
     for folder in args.shards:
         d = Path(folder)
-        index = load_index(d)
+        index = index_of(d)
         dataset, split = index.get("dataset", d.parent.name), index.get("split", d.name)
         sets.append(TestSet(f"{dataset}/{split}", d, dataset, split))
     names = [s.name for s in sets]
@@ -362,6 +368,54 @@ def protocol_line(p: dict) -> str:
             f"aggregation={p['aggregation']} fakes={p['fakes']} ckpt sha256={p['checkpoint_sha256'][:12]}")
 
 
+def build_protocol(ts: TestSet, args, image_size: int, sha: str, device) -> dict:
+    """Everything a test set's numbers depend on, stored and printed next to them."""
+    prep = shard_protocol(ts.split_dir)
+    return {
+        "dataset": ts.dataset,
+        "variant": DATASET_VARIANTS.get(ts.dataset.lower(), ts.dataset),
+        "split": ts.split,
+        "compression": args.compression or prep["compression"],
+        "frames_per_video": args.frames or "all stored",
+        "flip_test": bool(args.flip),
+        "aggregation": args.aggregate,
+        "score": "cls head",
+        "fakes": f"synthetic ({args.synthetic_fakes})" if args.synthetic_fakes else "dataset",
+        "input_size": image_size,
+        "crop_scale": prep["crop_scale"],
+        "detector": prep["detector"],
+        "precision": "bf16 autocast" if (args.amp and device.type == "cuda") else "float32",
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_sha256": sha,
+    }
+
+
+def run_robustness(model, dataset, perturbations: list[str], clean_auc: float, batch_size: int, device, args,
+                   name: str) -> dict:
+    """Video AUC of every perturbation type at every level: one full pass over ``dataset`` each.
+
+    Returns ``{"clean": auc, "perturbations": {type: [auc level 1..5]}, "details": {type: [per-level dicts]}}``.
+    """
+    from model import perturb
+    from model.data import collate_eval
+
+    out = {"clean": clean_auc, "perturbations": {}, "details": {}}
+    for kind in perturbations:
+        aucs, details = [], []
+        for level in perturb.LEVELS:
+            frames = run_inference(model, dataset, batch_size, device, args.flip,
+                                   PerturbCollate(kind, level, collate_eval), args.workers,
+                                   desc=f"{name} {kind} L{level}", amp=args.amp)
+            m, _, _ = compute_metrics(frames, args.aggregate)
+            aucs.append(m["auc"])
+            details.append({"level": level, "param": perturb.PARAMS[kind][level - 1], "auc": m["auc"],
+                            "ap": m["ap"], "acc": m["acc"], "frame_auc": m["frame_auc"]})
+        out["perturbations"][kind] = aucs
+        out["details"][kind] = details
+        print(f"{name} {kind}: video AUC by level " + " ".join(f"{100 * a:.2f}" for a in aucs))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main(args) -> dict:
     import torch
@@ -370,7 +424,10 @@ def main(args) -> dict:
     from model.data import EvalDataset, collate_eval
     from pipeline.faces import file_sha256
 
-    perturbations = perturb.parse_names(args.perturb)  # reject bad names before any work
+    try:  # reject bad names before any work
+        perturbations = perturb.parse_names(args.perturb)
+    except ValueError as e:
+        raise SystemExit(f"evaluate.py: --perturb: {e}") from e
     if args.frames < 0:
         raise SystemExit(f"evaluate.py: --frames must be >= 0, got {args.frames}")
     ckpt_path = Path(args.checkpoint)
@@ -393,24 +450,7 @@ def main(args) -> dict:
     for ts in test_sets:
         ds_kwargs = {"synthetic_fakes": args.synthetic_fakes} if args.synthetic_fakes else {}
         dataset = EvalDataset([ts.split_dir], image_size, frames_per_video=args.frames or None, **ds_kwargs)
-        prep = shard_protocol(ts.split_dir)
-        ts.protocol = {
-            "dataset": ts.dataset,
-            "variant": DATASET_VARIANTS.get(ts.dataset.lower(), ts.dataset),
-            "split": ts.split,
-            "compression": args.compression or prep["compression"],
-            "frames_per_video": args.frames or "all stored",
-            "flip_test": bool(args.flip),
-            "aggregation": args.aggregate,
-            "score": "cls head",
-            "fakes": f"synthetic ({args.synthetic_fakes})" if args.synthetic_fakes else "dataset",
-            "input_size": image_size,
-            "crop_scale": prep["crop_scale"],
-            "detector": prep["detector"],
-            "precision": "bf16 autocast" if (args.amp and device.type == "cuda") else "float32",
-            "checkpoint": str(ckpt_path),
-            "checkpoint_sha256": sha,
-        }
+        ts.protocol = build_protocol(ts, args, image_size, sha, device)
         print("protocol: " + protocol_line(ts.protocol), file=sys.stderr)
         t0 = time.perf_counter()
         frames = run_inference(model, dataset, batch_size, device, args.flip, collate_eval, args.workers,
@@ -431,20 +471,8 @@ def main(args) -> dict:
             overlay_paths += draw_overlays(model, dataset, frames, videos, args.overlays, device, args.flip,
                                            out / "overlays", prefix, amp=args.amp)
         if perturbations:
-            robustness[ts.name] = {"clean": video_metrics["auc"], "perturbations": {}, "details": {}}
-            for name in perturbations:
-                aucs, details = [], []
-                for level in perturb.LEVELS:
-                    pf = run_inference(model, dataset, batch_size, device, args.flip,
-                                       PerturbCollate(name, level, collate_eval), args.workers,
-                                       desc=f"{ts.name} {name} L{level}", amp=args.amp)
-                    m, _, _ = compute_metrics(pf, args.aggregate)
-                    aucs.append(m["auc"])
-                    details.append({"level": level, "param": perturb.PARAMS[name][level - 1],
-                                    "auc": m["auc"], "ap": m["ap"], "acc": m["acc"], "frame_auc": m["frame_auc"]})
-                robustness[ts.name]["perturbations"][name] = aucs
-                robustness[ts.name]["details"][name] = details
-                print(f"{ts.name} {name}: AUC by level " + " ".join(f"{100 * a:.2f}" for a in aucs))
+            robustness[ts.name] = run_robustness(model, dataset, perturbations, video_metrics["auc"], batch_size,
+                                                 device, args, ts.name)
             results[ts.name]["robustness"] = robustness[ts.name]
 
     # ---- files

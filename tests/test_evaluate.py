@@ -146,10 +146,10 @@ def test_infer_compression():
 
 def test_clear_errors_before_any_work(setup, tmp_path):
     root, ckpt = setup
-    with pytest.raises(ValueError, match="rain"):
+    with pytest.raises(SystemExit, match="rain"):
         evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "toy", "--shards-root", str(root),
                             "--perturb", "rain", "--out", str(tmp_path / "x")))
-    with pytest.raises(Exception, match="index.json"):
+    with pytest.raises(SystemExit, match="index.json"):
         evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "missing", "--shards-root", str(root),
                             "--out", str(tmp_path / "y")))
     with pytest.raises(SystemExit, match="checkpoint not found"):
