@@ -1,9 +1,9 @@
 """Training-pair throughput on ONE core, against a straightforward full-resolution implementation of the recipe.
 
-    python bench/bench_data.py                      # shard built from the shipped dlib example faces (384 crops)
-    python bench/bench_data.py --shards DIR         # a prepared split folder (real pipeline shards)
-    python bench/bench_data.py --donor-table 92000  # also time the BI donor table on N synthetic faces
-    python bench/bench_data.py forehead             # mask coverage with and without the forehead extension
+    python -m bench.bench_data                      # shard built from the shipped dlib example faces (384 crops)
+    python -m bench.bench_data --shards DIR         # a prepared split folder (real pipeline shards)
+    python -m bench.bench_data --donor-table 92000  # also time the BI donor table on N synthetic faces
+    python -m bench.bench_data forehead             # mask coverage with and without the forehead extension
 
 A "pair" is what TrainPairDataset + collate_pairs deliver: a (real, SBI fake) pair read from a shard, with
 training augmentation, as float tensors at --size plus size/4 targets. The baseline does the same work the

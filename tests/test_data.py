@@ -209,3 +209,13 @@ def test_pair_shortcuts_equal_processing_the_whole_fake():
         a, b = photometric_pair(real, fake, box, np.random.default_rng(100 + i), cfg)
         c, d = photometric([real, fake], np.random.default_rng(100 + i), cfg)
         assert np.array_equal(a, c) and np.array_equal(b, d)
+
+
+def test_eval_synthetic_bi_fakes_use_another_video(split_dir):
+    with pytest.warns(UserWarning, match="no landmarks"):
+        ds = EvalDataset([str(split_dir)], SIZE, synthetic_fakes="bi")
+    keys = {(si, row): key for si, row, _, key, _, synthetic in ds.items if not synthetic}
+    assert ds._donors and all(keys[t] != keys[d] for t, d in ds._donors.items())
+    i = next(i for i in range(len(ds)) if ds.item_video_id(i).endswith("/bi"))
+    a, b = ds[i], ds[i]
+    assert a["label"] == 1 and torch.equal(a["image"], b["image"])
