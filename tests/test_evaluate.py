@@ -155,3 +155,17 @@ def test_clear_errors_before_any_work(setup, tmp_path):
     with pytest.raises(SystemExit, match="checkpoint not found"):
         evaluate.main(_args("--checkpoint", str(tmp_path / "nope.pt"), "--dataset", "toy", "--shards-root",
                             str(root), "--out", str(tmp_path / "z")))
+
+
+def test_heatmap_overlay_leaves_cold_pixels_and_marks_hot_ones():
+    from model.report import heatmap_overlay
+
+    face = np.full((64, 64, 3), 120, np.uint8)
+    hm = np.zeros((16, 16), np.float32)
+    np.testing.assert_array_equal(heatmap_overlay(face, hm), face)
+    hm[4:8, 4:8] = 1.0
+    out = heatmap_overlay(face, hm)
+    assert out.shape == face.shape and out.dtype == np.uint8
+    hot, cold = out[24, 24].astype(int), out[56, 56].astype(int)
+    assert hot[0] > hot[1] + 40 and hot[0] > hot[2] + 40  # JET at 1.0 is (dark) red
+    np.testing.assert_array_equal(cold, [120, 120, 120])
