@@ -10,6 +10,7 @@ config travels as a plain dict (``config_to_dict``) into the run folder and into
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,25 @@ import yaml
 from model.data import DataConfig
 from model.laanet import ModelConfig
 from model.losses import LossConfig
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2-style scalars: only true/false are booleans (YAML 1.1 also reads on/off/yes/no, which
+    would turn ``train.amp=off`` into False) and ``5e-5`` is a float (YAML 1.1 needs ``5.0e-5``)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 -- a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -200,13 +220,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    # YAML reads "5e-5" as a string (no dot); accept it as the number the user meant.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in ".e") else value
-        except ValueError:
-            pass
+    value = _yaml_load(raw) if raw.strip() else ""
     return key.split("."), value
 
 
@@ -215,21 +229,6 @@ def _nest(path: list[str], value: Any) -> dict:
     for part in reversed(path):
         out = {part: out}
     return out
-
-
-def _fix_yaml_floats(node: Any) -> Any:
-    """YAML 1.1 reads ``5e-5`` (no dot) as a string; turn such strings into floats."""
-    if isinstance(node, dict):
-        return {k: _fix_yaml_floats(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_fix_yaml_floats(v) for v in node]
-    if isinstance(node, str):
-        try:
-            if "e" in node.lower() and not node.lower().startswith(("e", "-e", "+e")):
-                return float(node)
-        except ValueError:
-            return node
-    return node
 
 
 def validate_config(cfg: Config) -> None:
@@ -272,7 +271,7 @@ def _yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dic
         raise ConfigError(f"{path}: config file not found")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: circular 'base' chain")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _yaml_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("base", None)
@@ -293,7 +292,7 @@ def load_config(yaml_path: str | Path | None, overrides: list[str] | tuple[str, 
     if yaml_path is not None:
         for path, data in _yaml_chain(Path(yaml_path)):
             try:
-                _apply(cfg, _fix_yaml_floats(data), "")
+                _apply(cfg, data, "")
             except ConfigError as err:
                 raise ConfigError(f"{path}: {err}") from None
     for text in overrides:

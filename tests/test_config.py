@@ -91,3 +91,13 @@ def test_dict_round_trip(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["epochs"] == 3
+
+
+def test_yaml_12_scalars_off_stays_a_string_and_exponents_are_floats(tmp_path):
+    cfg = load_config(None, ["train.amp=off", "optim.lr_peak=3e-4", "val.shards=[on, no]"])
+    assert cfg.train.amp == "off" and cfg.optim.lr_peak == pytest.approx(3e-4)
+    assert cfg.val.shards == ["on", "no"]
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr_start: 1e-5\ntrain:\n  amp: off\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr_start == pytest.approx(1e-5) and cfg.train.amp == "off"
