@@ -111,11 +111,12 @@ def source_colour_transform(img: np.ndarray, rng: np.random.Generator, rgb_shift
     levels = np.arange(256, dtype=np.float64)
     out = img
     if rng.random() < rgb_shift_p:
-        s = rng.uniform(-20, 20, 3)
-        out = cv2.LUT(out, _lut3([np.trunc(levels + s[c]) for c in range(3)]))
+        # trunc(x + s) clipped to [0, 255] is x + floor(s) with saturation for integer x >= 0.
+        s = np.floor(rng.uniform(-20, 20, 3))
+        out = cv2.add(out, (float(s[0]), float(s[1]), float(s[2]), 0.0))
     hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
     h, s, v = rng.uniform(-0.3, 0.3, 3)
-    hsv_lut = _lut3([np.mod(np.trunc(levels + h), 180), np.trunc(levels + s), np.trunc(levels + v)])
+    hsv_lut = _lut3([np.trunc(np.mod(levels + h, 180)), np.trunc(levels + s), np.trunc(levels + v)])
     out = cv2.cvtColor(cv2.LUT(hsv, hsv_lut), cv2.COLOR_HSV2RGB)
     b, c = rng.uniform(-0.1, 0.1, 2)
     lut = np.clip(levels * (1.0 + c) + 255.0 * b, 0, 255).astype(np.uint8)
@@ -190,10 +191,20 @@ def soften_mask(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = SBI
     size = (max(8, int(round(g_w * fx))), max(8, int(round(g_h * fy))))
     m = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
     k1 = _odd(rng, *cfg.blur1_kernels)
-    m = cv2.GaussianBlur(m, (k1, k1), 0)       # uint8 0/1 in, rounded 0/1 out
     k2 = _odd(rng, *cfg.blur2_kernels)
     sigma2 = float(rng.integers(cfg.blur2_sigma[0], cfg.blur2_sigma[1] + 1))
-    m = cv2.GaussianBlur(m.astype(np.float32), (k2, k2), sigma2)
+    box = _bbox(m)
+    if box is None:
+        raise ValueError("mask is empty before softening")
+    # Both blurs only reach k1 // 2 + k2 // 2 px beyond the mask, so they run on its padded box: outside
+    # it the result is 0 either way, and a box edge on the image edge reflects like the whole image does.
+    pad = k1 // 2 + k2 // 2 + 2
+    x0, y0 = max(0, box[0] - pad), max(0, box[1] - pad)
+    x1, y1 = min(size[0], box[2] + pad), min(size[1], box[3] + pad)
+    part = cv2.GaussianBlur(m[y0:y1, x0:x1], (k1, k1), 0)       # uint8 0/1 in, rounded 0/1 out
+    part = cv2.GaussianBlur(part.astype(np.float32), (k2, k2), sigma2)
+    m = np.zeros(m.shape, np.float32)
+    m[y0:y1, x0:x1] = part
     peak = float(m.max())
     if peak <= 0:
         raise ValueError("mask vanished while softening (empty or sub-kernel-sized hull)")
