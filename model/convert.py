@@ -209,12 +209,16 @@ def convert_reference(src: str | Path, dst: str | Path, trust_pickle: bool = Fal
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: file not found")
+    with open(src, "rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive / legacy pickle
+        raise ValueError(f"{src}: not a PyTorch checkpoint (neither a torch.save archive nor a pickle; "
+                         f"starts with {head!r})")
     try:
         obj = torch.load(src, map_location="cpu", weights_only=not trust_pickle)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name and the reason
-        hint = "" if trust_pickle else " (if it holds non-tensor objects and you trust it: --trust-pickle)"
-        raise ValueError(f"{src}: cannot be read by torch.load: {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}{hint}") from err
+        hint = "" if trust_pickle else " (it may hold non-tensor objects: if you trust it, use --trust-pickle)"
+        raise ValueError(f"{src}: cannot be read by torch.load ({type(err).__name__}){hint}") from err
     state = unwrap_reference_state(obj, src)
     cfg = infer_model_config(state, src)
     model = build_model(cfg)

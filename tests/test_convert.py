@@ -184,8 +184,12 @@ def test_rejects_files_that_are_not_reference_checkpoints(tmp_path):
         convert_reference(tensor_file, tmp_path / "out.pt")
     text = tmp_path / "notes.pth"
     text.write_text("hello")
-    with pytest.raises(ValueError, match="notes.pth: cannot be read by torch.load"):
+    with pytest.raises(ValueError, match="notes.pth: not a PyTorch checkpoint"):
         convert_reference(text, tmp_path / "out.pt")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(not_ckpt.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated.pth: cannot be read by torch.load"):
+        convert_reference(truncated, tmp_path / "out.pt")
     with pytest.raises(SystemExit) as exc:
         main([str(text), str(tmp_path / "out.pt")])
     assert exc.value.code == 2
