@@ -134,6 +134,7 @@ class Baseline:
         m = cv2.GaussianBlur(m, (k2, k2), float(rng.integers(5, 46)) * f)
         m = cv2.resize(m / m.max(), (s, s))
         r = [0.25, 0.5, 0.75, 1, 1, 1][int(rng.integers(6))]
+        self.last = (m, r)
         w = (r * m)[..., None]
         fake = (w * src.astype(np.float32) + (1 - w) * tgt.astype(np.float32)).round().astype(np.uint8)
         c = rng.integers(5, 25, 4) * s // 256
@@ -157,6 +158,12 @@ def time_loop(fn, n: int, warmup: int = 5) -> tuple[float, float]:
     for i in range(n):
         fn(i)
     return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+
+
+def mask_stats(mask: np.ndarray, ratio: float) -> tuple[float, ...]:
+    """(area of M >= 0.5, area of B > 0.5, mean B, ratio == 1, ratio) for one soft mask, areas as fractions."""
+    b = 4 * mask * (1 - mask)
+    return float((mask >= 0.5).mean()), float((b > 0.5).mean()), float(b.mean()), float(ratio == 1.0), float(ratio)
 
 
 def throughput(args) -> None:
@@ -189,7 +196,17 @@ def throughput(args) -> None:
         faces = [reader.face(int(r)) for r in rows[:16]]
         t_sbi, c_sbi = time_loop(lambda i: sbi(faces[i % 16], lms[int(rows[i % 16])], rng), args.n)
         base = Baseline(split, args.size)
-        t_base, c_base = time_loop(base.pair, max(20, args.n // 3))
+        stats_base = []
+
+        def base_pair(i):
+            base.pair(i)
+            stats_base.append(mask_stats(*base.last))
+
+        t_base, c_base = time_loop(base_pair, max(20, args.n // 3))
+        stats_ours = []
+        for i in range(len(stats_base)):
+            p = sbi(faces[i % 16], lms[int(rows[i % 16])], rng)
+            stats_ours.append(mask_stats(p.mask, p.ratio))
         load1 = os.getloadavg()
         crop = reader.crop_size
         reader.close()
@@ -204,6 +221,12 @@ def throughput(args) -> None:
     print(f"  DataLoader workers to feed 16 images per {args.step_s:g} s step ({need:.0f} pairs/s): "
           f"{math.ceil(need / (1 / c_ours))} at the CPU-time rate, {math.ceil(need / (1 / t_ours))} at the wall-clock "
           f"rate (baseline: {math.ceil(need / (1 / c_base))})")
+    so, sb = np.array(stats_ours), np.array(stats_base)
+    print(f"  same recipe? over {len(so)} masks each, ours vs baseline: area M>=0.5 {100 * so[:, 0].mean():.1f} % vs "
+          f"{100 * sb[:, 0].mean():.1f} % of the crop; boundary B>0.5 {100 * so[:, 1].mean():.2f} % vs "
+          f"{100 * sb[:, 1].mean():.2f} %; mean B {so[:, 2].mean():.4f} vs {sb[:, 2].mean():.4f}; blend ratio 1 "
+          f"in {100 * so[:, 3].mean():.0f} % vs {100 * sb[:, 3].mean():.0f} %, mean r {so[:, 4].mean():.3f} vs "
+          f"{sb[:, 4].mean():.3f}")
     print(f"  loadavg before {tuple(round(x, 2) for x in load0)} after {tuple(round(x, 2) for x in load1)} "
           f"on {os.cpu_count()} cpus; {args.n} pairs timed")
     if args.donor_table:
