@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -63,7 +63,7 @@ class DetectorConfig:
     max_faces: int = 1                   # faces kept per frame
     keep: str = "score"                  # order used to keep faces: "score" | "area"
     max_side: int | None = 1280          # frames with a longer side are downscaled for detection
-    batch_size: int = 8
+    batch_size: int | None = None        # frames per network call; None: 1 on CPU, 16 on CUDA (see FaceDetector)
     threads: int = 1                     # intra-op threads (one worker process per core)
     device: str = "cpu"                  # resnet50 only
     extra: dict = field(default_factory=dict)
@@ -154,8 +154,10 @@ class _OnnxMobileNet:
 
     def __call__(self, batch_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """batch_rgb (B, H, W, 3) uint8 -> loc (B, P, 4), face probability (B, P), kps (B, P, 10)."""
-        x = batch_rgb[..., ::-1].astype(np.float32) - self.mean
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        # One C++ pass for RGB->BGR, mean subtraction and NCHW (numpy's three passes cost ~5 ms per 640x360
+        # frame, half the network's own time on one core). With swapRB the mean is given in BGR order.
+        x = cv2.dnn.blobFromImages(list(batch_rgb), 1.0, None, tuple(float(m) for m in self.mean), swapRB=True,
+                                   crop=False)
         loc, conf, kps = self.session.run(["loc", "conf", "landmarks"], {"input": x})
         return loc, conf[..., 1], kps
 
@@ -232,7 +234,7 @@ class FaceDetector:
     """
 
     def __init__(self, cfg: DetectorConfig | None = None, **overrides):
-        cfg = cfg or DetectorConfig()
+        cfg = replace(cfg) if cfg is not None else DetectorConfig()  # a copy: defaults get resolved below
         for k, v in overrides.items():
             if not hasattr(cfg, k):
                 raise TypeError(f"unknown detector option {k!r}")
@@ -241,6 +243,10 @@ class FaceDetector:
             raise ValueError(f"unknown detector backend {cfg.backend!r}; expected one of {', '.join(BACKENDS)}")
         if cfg.keep not in ("score", "area"):
             raise ValueError(f"detector keep must be 'score' or 'area', got {cfg.keep!r}")
+        if cfg.batch_size is None:
+            # Measured on one CPU core (onnxruntime, one thread, 640x360 frames): 8.6 ms/frame one at a time,
+            # 10-14 ms/frame in batches of 8 (cache pressure); batching pays off on a GPU.
+            cfg.batch_size = 16 if str(cfg.device).startswith("cuda") else 1
         self.cfg = cfg
         self.net = _OnnxMobileNet(cfg) if cfg.backend == "mobilenet0.25" else _TorchResNet50(cfg)
         self.name = self.net.name

@@ -52,6 +52,7 @@ class ExtractConfig:
     on_error: str = "skip"              # "skip": log and go on; "raise": stop at the first failed video
     manifest_hash: str = ""
     source_root: str = ""
+    decode_threads: int = 1             # ffmpeg threads per video (one worker process per core)
 
 
 @dataclass
@@ -125,6 +126,18 @@ def _predictor(model_path: str | None, upsample: int) -> LandmarkPredictor:
     return LandmarkPredictor(model_path, upsample)
 
 
+def preload_models(detector: DetectorConfig | None = None, landmarks: "LandmarkConfig | None" = None) -> int:
+    """Build this process's detector and/or predictor now (e.g. ``client.run(preload_models, ...)`` on workers).
+
+    Returns the process id (handy to see which worker did it).
+    """
+    if detector is not None:
+        _detector(json.dumps(asdict(detector), sort_keys=True))
+    if landmarks is not None:
+        _predictor(landmarks.model_path, landmarks.upsample)
+    return os.getpid()
+
+
 def _limit_threads() -> None:
     # One worker process per core: keep OpenCV from starting its own thread pool in each.
     import cv2
@@ -147,8 +160,8 @@ class VideoFaces:
     failures: list[dict]
 
 
-def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1.25, crop_size: int = 384
-                  ) -> VideoFaces:
+def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1.25, crop_size: int = 384,
+                  decode_threads: int | None = 1) -> VideoFaces:
     """Sample, detect and crop one video; never raises for a bad video (it returns failures instead).
 
     Frames stream from ffmpeg in detector-sized batches, so memory holds one batch of frames plus the crops.
@@ -192,7 +205,7 @@ def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1
         batch.clear()
 
     try:
-        for i, frame in iter_frames(item.path, wanted, info):
+        for i, frame in iter_frames(item.path, wanted, info, decode_threads):
             n_decoded += 1
             batch_idx.append(i)
             batch.append(frame)
@@ -228,7 +241,7 @@ def extract_shard(job: ShardJob, split_dir: str, cfg: ExtractConfig, progress: P
     # A .tmp from a killed run is overwritten: ShardWriter opens it with mode "w".
     with ShardWriter(path, cfg.crop_size, attrs, cfg.compression) as w:
         for item in job.items:
-            v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size)
+            v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size, cfg.decode_threads)
             result.failures += v.failures
             if v.row is None and cfg.on_error == "raise":
                 raise PipelineError(f"{item.path}: {v.failures[0]['reason']}")
@@ -372,8 +385,11 @@ def make_client(workers: int | None, scheduler: str | None):
 
 def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], names: list[str],
                bar: _ProgressBar, split_dir: Path, workers: int | None, scheduler: str | None,
-               on_error: str) -> tuple[list[TaskResult], list[str]]:
-    """Run one task per args tuple in-process (workers=0) or on Dask; returns results and failed names."""
+               on_error: str, client=None) -> tuple[list[TaskResult], list[str]]:
+    """Run one task per args tuple in-process (workers=0), on ``client``, or on a new Dask cluster.
+
+    Returns the results and the names of tasks that failed as a whole.
+    """
     results: list[TaskResult] = []
     failed: list[str] = []
 
@@ -389,7 +405,7 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
         append_failures(split_dir, res.failures)
         results.append(res)
 
-    if workers == 0 and not scheduler:
+    if workers == 0 and not scheduler and client is None:
         for name, args in zip(names, args_list):
             try:
                 res = fn_local(*args, bar)
@@ -403,7 +419,9 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
 
     from distributed import as_completed
 
-    client = make_client(workers, scheduler)
+    own = client is None
+    if own:
+        client = make_client(workers, scheduler)
     try:
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar(event[1]))
         futures = {client.submit(fn_remote, *args, key=f"{fn_remote.__name__}-{split_dir.name}-{name}-"
@@ -420,17 +438,21 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
                 handle(name, fut.result(), None)
         client.unsubscribe_topic(PROGRESS_TOPIC)
     finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None and not scheduler:
-            cluster.close()
+        if own:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None and not scheduler:
+                cluster.close()
     return results, failed
 
 
 def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, dataset: str, split: str,
                 cfg: ExtractConfig, videos_per_shard: int = 16, workers: int | None = None,
-                scheduler: str | None = None) -> RunSummary:
-    """Frames stage over ``items`` into ``split_dir``; resumes; writes failures.jsonl and index.json."""
+                scheduler: str | None = None, client=None) -> RunSummary:
+    """Frames stage over ``items`` into ``split_dir``; resumes; writes failures.jsonl and index.json.
+
+    ``workers=0`` runs in this process; ``client`` (a ``distributed.Client``) reuses a running cluster.
+    """
     t0 = time.perf_counter()
     split_dir = Path(split_dir)
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -449,14 +471,14 @@ def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, datase
         results, failed = _run_tasks(
             lambda job, sd, c, b: extract_shard(job, sd, c, b), _extract_task,
             [(j, str(split_dir), cfg) for j in todo], [j.name for j in todo], bar, split_dir, workers,
-            scheduler, cfg.on_error)
+            scheduler, cfg.on_error, client)
     finally:
         bar.close()
     return _finish(split_dir, dataset, split, [j.name for j in jobs], results, failed, skipped, t0)
 
 
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
-                  scheduler: str | None = None, on_error: str = "skip") -> RunSummary:
+                  scheduler: str | None = None, on_error: str = "skip", client=None) -> RunSummary:
     """Landmark stage over every finished shard of ``split_dir``; resumes; rewrites index.json last."""
     t0 = time.perf_counter()
     split_dir = Path(split_dir)
@@ -474,7 +496,7 @@ def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: in
     try:
         results, failed = _run_tasks(
             lambda shard, c, b: landmark_shard(shard, c, b), _landmark_task,
-            [(str(split_dir / n), cfg) for n in todo], todo, bar, split_dir, workers, scheduler, on_error)
+            [(str(split_dir / n), cfg) for n in todo], todo, bar, split_dir, workers, scheduler, on_error, client)
     finally:
         bar.close()
     return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results, failed, skipped, t0)

@@ -174,9 +174,12 @@ def select_expr(indices: Sequence[int], leaf: int = 8) -> str:
     return f"({select_expr(idx[:h], leaf)})+({select_expr(idx[h:], leaf)})"
 
 
-def iter_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo | None = None
-                ) -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo | None = None,
+                threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode only frames ``indices`` of ``path``; yields ``(frame_index, frame)`` in increasing order.
+
+    ``threads`` caps ffmpeg's decoder threads (1 when each worker process owns one core; None = ffmpeg's
+    choice).
 
     frame: (H, W, 3) uint8 RGB, displayed orientation. If the stream ends early (a truncated file), the
     generator stops after the last decodable frame and raises ``VideoError`` saying how many were missing.
@@ -192,7 +195,8 @@ def iter_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo
             yield i, _read_image(files[i])
         return
     expr = select_expr(idx)
-    stream = (ffmpeg.input(path)
+    in_opts = {"threads": threads} if threads else {}
+    stream = (ffmpeg.input(path, **in_opts)
               .video.filter("select", expr)
               .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", loglevel="error"))
     proc = stream.run_async(cmd=ffmpeg_exe(), pipe_stdout=True, pipe_stderr=True, quiet=True)

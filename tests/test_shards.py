@@ -19,7 +19,7 @@ def _arrays(n=6, s=32, seed=0):
     return faces, lms
 
 
-@pytest.mark.parametrize("compression", ["lzf", "gzip", "none", "blosc-lz4"])
+@pytest.mark.parametrize("compression", ["lzf", "gzip", "none", "blosc-lz4", "blosc-zstd"])
 def test_round_trip(tmp_path, compression):
     faces, lms = _arrays()
     videos = [{"id": "a", "label": 0}, {"id": "b", "label": 1, "method": "Deepfakes"}]
@@ -48,10 +48,13 @@ def test_round_trip(tmp_path, compression):
 def test_plain_h5py_schema(tmp_path):
     """Someone who never saw this code reads a shard with h5py alone."""
     faces, lms = _arrays(n=3, s=16)
+    import hdf5plugin  # noqa: F401  (registers the Blosc filter of the default compression)
+
     p = write_shard(tmp_path / "x.h5", faces, landmarks=lms, no_face=np.array([[0, 7]]))
     with h5py.File(p, "r") as f:
         assert f["faces"].dtype == np.uint8 and f["faces"].shape == (3, 16, 16, 3)
-        assert f["faces"].chunks == (1, 16, 16, 3) and f["faces"].compression == "lzf"
+        assert f["faces"].chunks == (1, 16, 16, 3) and f.attrs["compression"] == "blosc-lz4"
+        np.testing.assert_array_equal(f["faces"][2], faces[2])
         for name, shape, dt in [("boxes", (3, 4), np.float32), ("scores", (3,), np.float32),
                                 ("kps5", (3, 5, 2), np.float32), ("crop_boxes", (3, 4), np.float32),
                                 ("frame_index", (3,), np.int32), ("video", (3,), np.int32),

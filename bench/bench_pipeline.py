@@ -1,0 +1,233 @@
+"""Preprocessing throughput: this pipeline against a per-frame PNG/JSON baseline, Dask scaling, memory, reads.
+
+    PYTHONPATH=. python bench/bench_pipeline.py [--copies 3] [--frames 32] [--reads 400]
+
+Workload: the sample videos (data/sample/videos), each copied ``--copies`` times, ``--frames`` evenly spaced
+frames per video, crops of 384, the shipped RetinaFace MobileNet-0.25 and dlib's 68-point model.
+
+Measured in one run, each against its baseline:
+1. faces/s per core, frames + landmarks stages, in one process (one core):
+   - baseline (what common reference preprocessing scripts do, same detector and predictor): decode every
+     frame sequentially with OpenCV, detect one selected frame at a time, write one PNG + one JSON per face,
+     then read each PNG back for dlib landmarks and write them to another JSON;
+   - this pipeline: ``run_extract`` + ``run_landmarks`` with ``workers=0``.
+   Models are built before timing in both.
+2. Dask scaling: the same two stages on a LocalCluster of 1 and of 2 single-threaded workers (cluster
+   started and models loaded before timing), and the peak resident memory of each worker process.
+3. Reading as a training DataLoader does (random access, crop + landmarks): samples/s from shards with each
+   compression against one PNG + one JSON per face; bytes per face of each.
+The machine's load average is printed before and after, since other work on a shared machine slows
+the figures down (and makes 2-worker scaling impossible to see when both cores are busy).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="pipeline faces/s vs PNG baseline, Dask scaling, memory, read speed")
+    p.add_argument("--copies", type=int, default=3, help="copies of each sample video (more work per run)")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled per video")
+    p.add_argument("--crop-size", type=int, default=384)
+    p.add_argument("--reads", type=int, default=400, help="random reads per storage format")
+    p.add_argument("--skip-dask", action="store_true", help="only the single-process and read figures")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    return p
+
+
+def _items(videos: list[Path], frames: int):
+    from pipeline.manifest import VideoItem
+
+    return [VideoItem(id=p.stem, path=str(p), rel_path=p.name, label=0, split="test", dataset="bench",
+                      n_frames=frames) for p in videos]
+
+
+def baseline(items, out: Path, detector, predictor, crop_size: int) -> tuple[int, float]:
+    """Per-frame reference-style preprocessing; returns (faces written, seconds)."""
+    import cv2
+
+    from pipeline.faces import crop_face
+    from pipeline.video import sample_indices
+
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    n_faces = 0
+    for it in items:
+        cap = cv2.VideoCapture(it.path)
+        frames = []
+        while True:  # decode every frame, in order
+            ok, f = cap.read()
+            if not ok:
+                break
+            frames.append(f)
+        cap.release()
+        wanted = set(sample_indices(len(frames), it.n_frames).tolist())
+        for i, bgr in enumerate(frames):
+            if i not in wanted:
+                continue
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            det = detector.detect([rgb])[0]  # one frame at a time
+            if len(det) == 0:
+                continue
+            crop, cb = crop_face(rgb, det.boxes[0], 1.25, crop_size)
+            stem = out / f"{it.id}_{i:05d}"
+            cv2.imwrite(str(stem.with_suffix(".png")), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+            stem.with_suffix(".json").write_text(json.dumps(
+                {"video": it.id, "frame": i, "box": det.boxes[0].tolist(), "score": float(det.scores[0]),
+                 "kps5": det.kps5[0].tolist(), "crop_box": cb.tolist()}))
+            n_faces += 1
+    for png in sorted(out.glob("*.png")):  # landmark pass over the written crops
+        crop = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
+        res = predictor.predict(crop)
+        png.with_suffix(".lm.json").write_text(json.dumps(
+            {"landmarks": None if not res.ok else res.points.tolist(), "ok": res.ok}))
+    return n_faces, time.perf_counter() - t0
+
+
+def ours(items, out: Path, cfg, lm_cfg, workers: int, client=None) -> tuple[int, float]:
+    from pipeline.runner import run_extract, run_landmarks
+
+    t0 = time.perf_counter()
+    s = run_extract(items, out, "bench", "test", cfg, videos_per_shard=1, workers=workers, client=client)
+    run_landmarks(out, lm_cfg, workers=workers, client=client)
+    return s.n_faces, time.perf_counter() - t0
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the ffmpeg decoders) so far."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn, *a, **kw) -> tuple[int, float, float]:
+    """Run ``fn`` -> (faces, wall seconds, CPU seconds incl. children)."""
+    c0 = _cpu_seconds()
+    faces, wall = fn(*a, **kw)
+    return faces, wall, _cpu_seconds() - c0
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def read_bench(shard_dir: Path, png_dir: Path, n_reads: int, work: Path) -> list[str]:
+    """Random-access samples/s: shards (each compression) vs PNG + JSON files."""
+    import cv2
+
+    from pipeline.shards import COMPRESSIONS, ShardReader, shard_paths, write_shard
+
+    faces, lms = [], []
+    for p in shard_paths(shard_dir):
+        with ShardReader(p) as r:
+            for i in range(len(r)):
+                faces.append(r.face(i))
+                lms.append(r.landmarks(i))
+    faces, lms = np.stack(faces), np.stack(lms)
+    n = len(faces)
+    rng = np.random.default_rng(0)
+    order = rng.integers(0, n, n_reads)
+    lines = []
+    pngs = sorted(png_dir.glob("*.png"))
+    png_bytes = sum(p.stat().st_size + p.with_suffix(".json").stat().st_size +
+                    p.with_suffix(".lm.json").stat().st_size for p in pngs) / len(pngs)
+    porder = rng.integers(0, len(pngs), n_reads)
+    t0 = time.perf_counter()
+    for k in porder:
+        img = cv2.cvtColor(cv2.imread(str(pngs[k])), cv2.COLOR_BGR2RGB)
+        lm = json.loads(pngs[k].with_suffix(".lm.json").read_text())["landmarks"]
+        _ = (img, np.asarray(lm if lm is not None else np.full((68, 2), np.nan), np.float32))
+    png_rate = n_reads / (time.perf_counter() - t0)
+    lines.append(f"read  PNG+JSON per face : {png_rate:8.1f} samples/s, {png_bytes / 1024:7.1f} KiB/face")
+    for comp in COMPRESSIONS:
+        path = work / f"read_{comp}.h5"
+        write_shard(path, faces, landmarks=lms, compression=comp)
+        r = ShardReader(path)
+        r.face(0)
+        t0 = time.perf_counter()
+        for k in order:
+            _ = (r.face(int(k)), r.landmarks(int(k)))
+        rate = n_reads / (time.perf_counter() - t0)
+        r.close()
+        size = path.stat().st_size / n
+        lines.append(f"read  shard {comp:<11}: {rate:8.1f} samples/s, {size / 1024:7.1f} KiB/face, "
+                     f"{rate / png_rate:5.2f}x PNG+JSON")
+    return lines
+
+
+def main(args) -> None:
+    from pipeline.faces import DetectorConfig
+    from pipeline.runner import ExtractConfig, LandmarkConfig, _detector, preload_models
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import cv2
+
+    cv2.setNumThreads(1)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_pipeline_"))
+    work.mkdir(parents=True, exist_ok=True)
+    vids = []
+    for src in sorted((REPO / "data" / "sample" / "videos").glob("*.mp4")):
+        for k in range(args.copies):
+            dst = work / "videos" / f"{src.stem}_{k}.mp4"
+            dst.parent.mkdir(exist_ok=True)
+            shutil.copy(src, dst)
+            vids.append(dst)
+    items = _items(vids, args.frames)
+    det_cfg = DetectorConfig()
+    cfg = ExtractConfig(crop_size=args.crop_size, detector=det_cfg, source_root=str(work / "videos"))
+    lm_cfg = LandmarkConfig()
+    load0 = os.getloadavg()
+    print(f"workload: {len(items)} videos x {args.frames} frames, crop {args.crop_size}; "
+          f"loadavg before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} on {os.cpu_count()} cores", flush=True)
+
+    preload_models(det_cfg, lm_cfg)
+    detector = _detector(json.dumps(dataclasses.asdict(det_cfg), sort_keys=True))
+    # The baseline runs dlib's face detector on the crop as it is, as reference scripts do; the pipeline's
+    # predictor shrinks crops to 192 px for that detection step only (LandmarkPredictor.detect_size).
+    from pipeline.landmarks import LandmarkPredictor
+
+    base_predictor = LandmarkPredictor(lm_cfg.model_path, lm_cfg.upsample, detect_size=None)
+    nb, tb, cb = timed(baseline, items, work / "baseline", detector, base_predictor, args.crop_size)
+    no, to, co = timed(ours, items, work / "ours", cfg, lm_cfg, workers=0)
+    lines = [f"1 process baseline (OpenCV all frames, 1-frame detect, PNG+JSON): {nb} faces, wall {tb:6.2f} s = "
+             f"{nb / tb:6.2f} faces/s, CPU {cb:6.2f} s = {nb / cb:6.2f} faces per CPU-second",
+             f"1 process pipeline (ffmpeg select, batched detect, HDF5 shards) : {no} faces, wall {to:6.2f} s = "
+             f"{no / to:6.2f} faces/s, CPU {co:6.2f} s = {no / co:6.2f} faces per CPU-second",
+             f"per core: pipeline / baseline = {(no / co) / (nb / cb):.2f}x (CPU time), "
+             f"{(no / to) / (nb / tb):.2f}x (wall)",
+             f"peak RSS of the single process (baseline + pipeline, models loaded): {_maxrss_mb():.0f} MB"]
+    if not args.skip_dask:
+        from distributed import Client, LocalCluster
+
+        rates = {}
+        for n in (1, 2):
+            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                              silence_logs=40) as cluster, Client(cluster) as client:
+                client.run(preload_models, det_cfg, lm_cfg)
+                faces, secs = ours(items, work / f"dask{n}", cfg, lm_cfg, workers=n, client=client)
+                rss = client.run(_maxrss_mb)
+            rates[n] = faces / secs
+            lines.append(f"dask {n} worker(s): {faces} faces in {secs:6.2f} s = {rates[n]:6.2f} faces/s; peak RSS per "
+                         f"worker {', '.join(f'{v:.0f}' for v in rss.values())} MB")
+        lines.append(f"dask scaling 1 -> 2 workers: {rates[2] / rates[1]:.2f}x")
+    lines += read_bench(work / "ours", work / "baseline", args.reads, work)
+    load1 = os.getloadavg()
+    lines.append(f"loadavg after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} on {os.cpu_count()} cores")
+    print("\n".join(lines), flush=True)
+    if args.workdir is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
