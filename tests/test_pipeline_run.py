@@ -231,13 +231,68 @@ def test_cli_adhoc_verify_inspect_and_errors(tmp_path, sample_videos_dir):
         assert opt in help_text
 
 
-def test_dask_local_cluster_two_workers(tmp_path, sample_videos_dir):
+@pytest.fixture(scope="module")
+def dask_client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        yield client
+
+
+def test_dask_local_cluster_two_workers(tmp_path, sample_videos_dir, dask_client):
     for k in range(2):
         shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v1.mp4", "nope.mp4"], frames=3))
     d = tmp_path / "out"
-    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=2)
+    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1,
+                    client=dask_client)
     assert s.n_videos == 2 and s.n_faces == 6 and len(s.shards) == 3
     assert [f["stage"] for f in _failures(d)] == ["decode"]
-    s = run_landmarks(d, LandmarkConfig(), workers=2)
+    s = run_landmarks(d, LandmarkConfig(), client=dask_client)
     assert all(x["landmarks"] for x in load_index(d)["shards"]) and verify_split(d) == []
+
+
+def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, dask_client):
+    """SIGKILL the worker process that is writing a shard: its task is redone elsewhere, nothing is lost."""
+    import threading
+
+    import psutil
+
+    names = []
+    for k in range(4):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
+        names.append(f"v{k}.mp4")
+    items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, names, frames=24)), "mine",
+                        "train")
+    run_extract(items, tmp_path / "ref", "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    d = tmp_path / "out"
+    pids = set(dask_client.run(os.getpid).values())
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("s", run_extract(
+        items, d, "mine", "train", _cfg(), videos_per_shard=1, client=dask_client)))
+    t.start()
+    killed = None
+    deadline = time.time() + 60
+    while killed is None and time.time() < deadline and t.is_alive():
+        for tmp in d.glob("*.h5.tmp"):
+            for pid in pids:
+                try:
+                    if any(f.path == str(tmp) for f in psutil.Process(pid).open_files()):
+                        os.kill(pid, signal.SIGKILL)
+                        killed = (pid, tmp.name)
+                        break
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            if killed:
+                break
+        time.sleep(0.005)
+    t.join(120)
+    assert killed is not None, "no worker was caught writing a shard"
+    s = box["s"]
+    assert len(s.shards) == 4 and not s.failed_shards and not list(d.glob("*.tmp"))
+    a, b = _shard_content(tmp_path / "ref"), _shard_content(d)
+    assert a.keys() == b.keys()
+    for name in a:
+        for k in a[name]:
+            np.testing.assert_array_equal(a[name][k], b[name][k], err_msg=f"{name}/{k} after killing {killed}")
