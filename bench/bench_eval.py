@@ -1,6 +1,6 @@
 """Evaluation throughput: faces/s of LAA-Net (EfficientNet-B4, 384 x 384) with and without the flip test.
 
-    python bench/bench_eval.py [--seconds 20] [--batch-size 0] [--device cpu]
+    python -m bench.bench_eval [--seconds 20] [--batch-size 0] [--device cpu]   (from the repository root)
 
 Times ``model.predict.score_faces`` (the forward pass evaluate.py and predict use) on random faces with
 random weights (no checkpoint is needed: the cost does not depend on the weight values). The batch size is
