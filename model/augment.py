@@ -5,9 +5,9 @@ Gaussian noise, blur, JPEG compression (quality 40..100). Both images of a pair 
 geometry, same colours, same noise field, same erased box), so they keep differing only by the blend, and
 the boundary map gets the same geometry at heatmap resolution, so the targets stay aligned with the pixels.
 
-Geometry is one affine map in normalised coordinates (the SBI margin crop, a random zoom-and-crop and the
-flip composed), applied once per image with cv2.warpAffine straight to the output size, and once to the
-mask-grid boundary straight to the heatmap size. Probabilities and ranges are `AugmentConfig` fields; the
+Geometry is one axis-aligned crop window in whole pixels (the SBI margin crop and a random zoom-and-crop
+composed) plus a flip: images are cropped and resized straight to the output size, and the mask-grid
+boundary is warped with the same map (in normalised coordinates) straight to the heatmap size. Probabilities and ranges are `AugmentConfig` fields; the
 defaults are ours (the paper names the transforms, not their parameters), except JPEG quality 40..100.
 Photometric steps run on uint8 with lookup tables where possible (these run once per training image).
 """
@@ -50,21 +50,50 @@ def crop_map(box: tuple[float, float, float, float]) -> np.ndarray:
     return np.array([[1.0 / (x1 - x0), 0, -x0 / (x1 - x0)], [0, 1.0 / (y1 - y0), -y0 / (y1 - y0)], [0, 0, 1]])
 
 
-def sample_geometry(rng: np.random.Generator, cfg: AugmentConfig | None,
-                    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> tuple[np.ndarray, bool]:
-    """Normalised (3, 3) map input -> output: the `crop` box, then (if cfg) a random zoom z with a uniformly
-    placed window of side 1/z (random scale + random crop), then a horizontal flip with p = hflip_p.
-    Returns (map, flipped). cfg None gives the crop alone."""
-    geo = crop_map(crop)
-    if cfg is None:
-        return geo, False
-    z = rng.uniform(*cfg.zoom)
-    ox, oy = rng.uniform(0.0, 1.0 - 1.0 / z, 2)
-    geo = np.array([[z, 0, -ox * z], [0, z, -oy * z], [0, 0, 1.0]]) @ geo
-    flipped = bool(rng.random() < cfg.hflip_p)
-    if flipped:
-        geo = np.array([[-1.0, 0, 1.0], [0, 1, 0], [0, 0, 1]]) @ geo
-    return geo, flipped
+@dataclass(frozen=True)
+class Geometry:
+    """An axis-aligned crop of an n x n input (window: x0, y0, x1, y1 in whole pixels, exclusive ends)
+    resized to the output square, then mirrored if `flip`."""
+
+    window: tuple[int, int, int, int]
+    flip: bool
+    size_in: int
+
+    def norm_map(self) -> np.ndarray:
+        """The same geometry as a (3, 3) map in normalised coordinates (for maps of any resolution)."""
+        x0, y0, x1, y1 = (v / self.size_in for v in self.window)
+        geo = crop_map((x0, y0, x1, y1))
+        if self.flip:
+            geo = np.array([[-1.0, 0, 1.0], [0, 1, 0], [0, 0, 1]]) @ geo
+        return geo
+
+
+def sample_geometry(rng: np.random.Generator, cfg: AugmentConfig | None, size_in: int,
+                    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> Geometry:
+    """The `crop` box (fractions of the side), then (if cfg) a random zoom z with a uniformly placed window
+    of side 1/z inside it (random scale + random crop), rounded to whole input pixels so that images are
+    cropped and resized rather than warped; then a horizontal flip with p = hflip_p. cfg None: crop only."""
+    x0, y0, x1, y1 = crop
+    flip = False
+    if cfg is not None:
+        z = rng.uniform(*cfg.zoom)
+        ox, oy = rng.uniform(0.0, 1.0 - 1.0 / z, 2)
+        w, h = (x1 - x0) / z, (y1 - y0) / z
+        x0, y0 = x0 + ox * (x1 - x0), y0 + oy * (y1 - y0)
+        x1, y1 = x0 + w, y0 + h
+        flip = bool(rng.random() < cfg.hflip_p)
+    px0, py0 = int(round(x0 * size_in)), int(round(y0 * size_in))
+    px1, py1 = max(px0 + 1, int(round(x1 * size_in))), max(py0 + 1, int(round(y1 * size_in)))
+    return Geometry((px0, py0, min(size_in, px1), min(size_in, py1)), flip, size_in)
+
+
+def apply_geometry(img: np.ndarray, geom: Geometry, out_size: int) -> np.ndarray:
+    """Crop the window of a square (n, n[, c]) image and resize it (bilinear) to (out_size, out_size[, c]),
+    mirrored if geom.flip: the same pixels as warp(img, geom.norm_map(), out_size) up to OpenCV's
+    fixed-point rounding, three times faster."""
+    x0, y0, x1, y1 = geom.window
+    out = cv2.resize(img[y0:y1, x0:x1], (out_size, out_size), interpolation=cv2.INTER_LINEAR)
+    return cv2.flip(out, 1) if geom.flip else out
 
 
 def warp(img: np.ndarray, geo: np.ndarray, out_size: int) -> np.ndarray:
@@ -207,21 +236,6 @@ def warp_box(box: tuple[int, int, int, int], geo: np.ndarray, n_in: int, n_out: 
     pts = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64) @ mat.T
     return (max(0, int(np.floor(pts[:, 0].min())) - pad), max(0, int(np.floor(pts[:, 1].min())) - pad),
             min(n_out, int(np.ceil(pts[:, 0].max())) + pad), min(n_out, int(np.ceil(pts[:, 1].max())) + pad))
-
-
-def warp_pair(real: np.ndarray, fake: np.ndarray, box: tuple[int, int, int, int], geo: np.ndarray,
-              out_size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
-    """warp() of a pair whose fake equals the real outside `box`: the fake is only resampled inside the
-    mapped box. Returns (real, fake, box in output pixels)."""
-    real_out = warp(real, geo, out_size)
-    ob = warp_box(box, geo, real.shape[0], out_size)
-    fake_out = real_out.copy()
-    if ob[2] > ob[0] and ob[3] > ob[1]:
-        mat = to_pixels(geo, real.shape[0], out_size)
-        mat[:, 2] -= (ob[0], ob[1])
-        fake_out[ob[1]:ob[3], ob[0]:ob[2]] = cv2.warpAffine(
-            fake, mat, (ob[2] - ob[0], ob[3] - ob[1]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    return real_out, fake_out, ob
 
 
 def random_erase(images: list[np.ndarray], maps: list[np.ndarray], rng: np.random.Generator,

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.augment import AugmentConfig, photometric_pair, random_erase, sample_geometry, warp, warp_pair
+from model.augment import (AugmentConfig, apply_geometry, photometric_pair, random_erase, sample_geometry, warp,
+                           warp_box)
 from model.bi_index import build_donor_table
 from model.synthesis import BIConfig, SBIConfig, bi, sbi, sbi_fake_for_eval
 from model.targets import boundary, boundary_u8, make_targets
@@ -223,9 +224,11 @@ class TrainPairDataset(Dataset):
             raise ValueError(f"{self.shards.readers[si].path}: face {row}: {e}") from e
         out = self.cfg.image_size
         hm_size = out // HEATMAP_STRIDE
-        geo, _ = sample_geometry(rng, self.augment_cfg, pair.crop)
-        # The fake equals the real outside pair.box: only that part of it is resampled and augmented.
-        real, fake, box = warp_pair(pair.real, pair.fake, pair.box, geo, out)
+        geom = sample_geometry(rng, self.augment_cfg, pair.real.shape[0], pair.crop)
+        geo = geom.norm_map()
+        real, fake = apply_geometry(pair.real, geom, out), apply_geometry(pair.fake, geom, out)
+        # The fake equals the real outside this box: photometric_pair only processes the fake near it.
+        box = warp_box(pair.box, geo, pair.real.shape[0], out)
         mask = warp(pair.mask, geo, hm_size)
         if self.cfg.target_mode == "reference":
             # The reference stores B as floor(255 B) and resamples that uint8 map to heatmap size.

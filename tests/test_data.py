@@ -188,9 +188,11 @@ def test_preview_command_writes_a_png(split_dir, tmp_path):
 
 
 def test_pair_shortcuts_equal_processing_the_whole_fake():
-    """warp_pair / photometric_pair only touch the fake near its blend box; the result must not differ from
-    processing the whole fake (up to OpenCV's 1/32-px warp rounding for the geometry)."""
-    from model.augment import AugmentConfig, photometric, photometric_pair, sample_geometry, warp, warp_pair
+    """Crop-and-resize equals the affine warp of the same geometry (up to OpenCV's fixed-point rounding), the
+    fake equals the real outside its mapped box, and photometric_pair (which processes the fake only near
+    that box) gives exactly what processing the whole fake gives."""
+    from model.augment import (AugmentConfig, apply_geometry, photometric, photometric_pair, sample_geometry,
+                               warp, warp_box)
     from model.synthesis import sbi
 
     faces = load_faces(192)
@@ -199,10 +201,10 @@ def test_pair_shortcuts_equal_processing_the_whole_fake():
         rng = np.random.default_rng(i)
         face, lm = faces[i % len(faces)]
         pair = sbi(face, lm, rng)
-        geo, _ = sample_geometry(rng, cfg, pair.crop)
-        real, fake, box = warp_pair(pair.real, pair.fake, pair.box, geo, 192)
-        assert np.array_equal(real, warp(pair.real, geo, 192))
-        assert np.abs(fake.astype(int) - warp(pair.fake, geo, 192)).max() <= 4
+        geom = sample_geometry(rng, cfg, 192, pair.crop)
+        real, fake = apply_geometry(pair.real, geom, 192), apply_geometry(pair.fake, geom, 192)
+        assert np.abs(real.astype(int) - warp(pair.real, geom.norm_map(), 192)).max() <= 4
+        box = warp_box(pair.box, geom.norm_map(), 192, 192)
         outside = np.ones(fake.shape[:2], bool)
         outside[box[1]:box[3], box[0]:box[2]] = False
         assert np.array_equal(fake[outside], real[outside])
