@@ -1,6 +1,6 @@
 """Benchmark LAA-Net forward and training step on CPU (default: 384 x 384, batch 2, 2 threads).
 
-    python -m bench.bench_model [--size 384] [--batch 2] [--threads 2] [--repeats 5] [--modes ...]
+    python -m bench.bench_model [--size 384] [--batch 2] [--threads 2] [--repeats 5] [--modes ...] [--png F]
 
 Modes: fp32, bf16 (autocast), cl (channels_last, fp32), cl_bf16, fp64 (the reference's training
 precision). A training step is forward + the three losses + backward (no optimizer step), timed as the
@@ -132,6 +132,32 @@ def forward_gflops(size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def plot(results: dict[str, dict[str, float]], args: argparse.Namespace, comparable: bool) -> None:
+    """Bar chart of forward and training-step wall times per mode, with the reference's lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(results)
+    pos = range(len(modes))
+    fig, ax = plt.subplots(figsize=(1.6 * len(modes) + 2, 3.5))
+    ax.bar([p - 0.2 for p in pos], [results[m]["forward"] for m in modes], 0.4, label="forward")
+    ax.bar([p + 0.2 for p in pos], [results[m]["train"] for m in modes], 0.4, label="train step")
+    if comparable:
+        ax.axhline(REFERENCE_S["train_fp32"], ls="--", c="k", lw=1, label="reference fp32 train step")
+        ax.axhline(REFERENCE_S["forward_fp32"], ls=":", c="k", lw=1, label="reference fp32 forward")
+    ax.set_xticks(list(pos), modes)
+    ax.set_ylabel("seconds (median)")
+    ax.set_title(f"LAA-Net B4 {args.size}px, batch {args.batch}, {args.threads} threads, "
+                 f"loadavg {os.getloadavg()[0]:.1f}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    args.png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.png, dpi=120)
+    print(f"wrote {args.png}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=384)
@@ -140,6 +166,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--modes", nargs="+", default=["fp32", "bf16", "cl", "cl_bf16", "fp64"],
                         choices=["fp32", "bf16", "cl", "cl_bf16", "fp64"])
+    parser.add_argument("--png", type=Path, help="also draw the figures as a bar chart here")
     parser.add_argument("--one-mode", help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -175,6 +202,8 @@ def main() -> None:
             ratio = results[mode]["train"] / REFERENCE_S["train_fp32"]
             print(f"{mode} train step / reference fp32 train step = {ratio:.2f} (target <= {TARGET_RATIO}): "
                   f"{'met' if ratio <= TARGET_RATIO else 'NOT met'}")
+    if args.png:
+        plot(results, args, comparable)
     fastest = min(results, key=lambda m: results[m]["train"])
     print(f"fastest training mode: {fastest} ({results[fastest]['train']:.3f} s); "
           f"the machine is shared, so figures vary with the load shown")
