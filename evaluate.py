@@ -118,7 +118,7 @@ def infer_compression(paths: list[str]) -> str:
         return tags.pop()
     if tags:
         return "mixed: " + ", ".join(sorted(tags))
-    return "as stored (not in the paths; pass --compression)"
+    return "unknown (not in the video paths; pass --compression)"
 
 
 def shard_protocol(split_dir: Path) -> dict:

@@ -141,7 +141,7 @@ def test_tensor_to_uint8_inverts_normalisation():
 def test_infer_compression():
     assert evaluate.infer_compression(["a/c23/x.mp4", "b/c23/y.mp4"]) == "c23"
     assert evaluate.infer_compression(["a/c23/x.mp4", "b/c40/y.mp4"]).startswith("mixed")
-    assert evaluate.infer_compression(["celeb/id0_0001.mp4"]).startswith("as stored")
+    assert evaluate.infer_compression(["celeb/id0_0001.mp4"]).startswith("unknown")
 
 
 def test_clear_errors_before_any_work(setup, tmp_path):
