@@ -193,19 +193,24 @@ def throughput(args) -> None:
         t_read, c_read = time_loop(lambda i: reader.face(int(rows[i % len(rows)])), args.n)
         rng = np.random.default_rng(0)
         lms = ds.landmarks[0]
-        faces = [reader.face(int(r)) for r in rows[:16]]
-        t_sbi, c_sbi = time_loop(lambda i: sbi(faces[i % 16], lms[int(rows[i % 16])], rng), args.n)
+        spread = rows[:: max(1, len(rows) // 16)][:16]          # frames from all videos
+        faces = [reader.face(int(r)) for r in spread]
+        t_sbi, c_sbi = time_loop(lambda i: sbi(faces[i % len(spread)], lms[int(spread[i % len(spread)])], rng),
+                                 args.n)
         base = Baseline(split, args.size)
         stats_base = []
+
+        base_rows = []
 
         def base_pair(i):
             base.pair(i)
             stats_base.append(mask_stats(*base.last))
+            base_rows.append(int(base.ok[i % len(base.ok)]))
 
         t_base, c_base = time_loop(base_pair, max(20, args.n // 3))
         stats_ours = []
-        for i in range(len(stats_base)):
-            p = sbi(faces[i % 16], lms[int(rows[i % 16])], rng)
+        for row in base_rows:                                 # the baseline's frames, in its order
+            p = sbi(reader.face(row), lms[row], rng)
             stats_ours.append(mask_stats(p.mask, p.ratio))
         load1 = os.getloadavg()
         crop = reader.crop_size
