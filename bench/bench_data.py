@@ -252,7 +252,8 @@ def donor_table_bench(n: int) -> None:
     table = build_donor_table(lm, video, k=30)
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
     print(f"bench_data: BI donor table for {len(lm)} faces / {n_videos} videos (k=30, 16384 candidates, shortlist "
-          f"120): {dt:.1f} s wall, {dc:.1f} s CPU, {table.shape}; loadavg {tuple(round(x, 2) for x in os.getloadavg())}")
+          f"120): {dt:.1f} s wall, {dc:.1f} s CPU, {table.shape}; "
+          f"loadavg {tuple(round(x, 2) for x in os.getloadavg())}")
 
 
 # ---------------------------------------------------------------------------------------------- forehead
@@ -279,8 +280,8 @@ def forehead_report(args) -> None:
     size = 384
     shared = REPO.parent / "shared" / "data" / "faces" / "dlib_examples"
     # The shared folder holds dlib's full example sets (the shipped fixtures are a subset of its testing set).
-    sources = [(f"dlib examples {n.split('_')[0]}", shared / n)
-               for n in ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml") if (shared / n).is_file()]
+    names = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
+    sources = [(f"dlib examples {n.split('_')[0]}", shared / n) for n in names if (shared / n).is_file()]
     if not sources:
         sources = [("shipped dlib example fixtures", FIXTURES / "faces_with_landmarks.xml")]
     faces = []

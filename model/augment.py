@@ -7,8 +7,8 @@ the boundary map gets the same geometry at heatmap resolution, so the targets st
 
 Geometry is one axis-aligned crop window in whole pixels (the SBI margin crop and a random zoom-and-crop
 composed) plus a flip: images are cropped and resized straight to the output size, and the mask-grid
-boundary is warped with the same map (in normalised coordinates) straight to the heatmap size. Probabilities and ranges are `AugmentConfig` fields; the
-defaults are ours (the paper names the transforms, not their parameters), except JPEG quality 40..100.
+boundary is warped with the same map (in normalised coordinates) straight to the heatmap size.
+Probabilities and ranges are `AugmentConfig` fields; the defaults are ours (the paper names the transforms, not their parameters), except JPEG quality 40..100.
 Photometric steps run on uint8 with lookup tables where possible (these run once per training image).
 """
 from __future__ import annotations
@@ -252,7 +252,8 @@ def random_erase(images: list[np.ndarray], maps: list[np.ndarray], rng: np.rando
     colour = rng.integers(0, 256, 3).astype(np.uint8)
 
     def box(n: int) -> tuple[slice, slice]:
-        return slice(int(round(y0 * n)), int(round((y0 + bh) * n))), slice(int(round(x0 * n)), int(round((x0 + bw) * n)))
+        rows = slice(int(round(y0 * n)), int(round((y0 + bh) * n)))
+        return rows, slice(int(round(x0 * n)), int(round((x0 + bw) * n)))
 
     new_images = []
     for im in images:

@@ -277,8 +277,9 @@ def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     face: uint8 (S, S, 3) RGB; landmarks: (68, 2) crop pixels. `kind` / `flip` force a mask type / flip
     decision and `augment_source` which side gets the colour transform (None draws them: the source or
     the background, which is also the returned real, p = 0.5 each; the draw is made either way so that
-    forcing it leaves every other random choice unchanged). The source and mask get the same random scale/translation; the mask
-    alone is then elastically warped and softened; r is drawn from {0.25, 0.5, 0.75, 1, 1, 1}.
+    forcing it leaves every other random choice unchanged). The source and mask get the same random
+    scale/translation; the mask alone is then elastically warped and softened; r is drawn from
+    {0.25, 0.5, 0.75, 1, 1, 1}.
     """
     if face.ndim != 3 or face.shape[0] != face.shape[1] or face.shape[2] != 3 or face.dtype != np.uint8:
         raise ValueError(f"sbi: expected a square uint8 (S, S, 3) face, got {face.dtype} {face.shape}")
