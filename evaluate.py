@@ -122,17 +122,32 @@ def infer_compression(paths: list[str]) -> str:
 
 
 def shard_protocol(split_dir: Path) -> dict:
-    """Facts about how the faces were prepared, read from the first shard and the videos tables."""
-    from pipeline.shards import ShardReader, shard_paths
+    """Facts about how the faces were prepared, read from the shards and the split's failures log.
 
-    paths, attrs = [], {}
+    Videos the pipeline could not decode, or where no sampled frame had a face, have no face to score and
+    are absent from the metrics; they are counted here so that the report says so.
+    """
+    from pipeline.shards import FAILURES_NAME, ShardReader, load_index, shard_paths
+
+    paths, attrs, no_face_frames, faceless_videos = [], {}, 0, 0
     for p in shard_paths(split_dir):
         r = ShardReader(p)
         attrs = attrs or r.attrs
         paths += [v.get("path", "") for v in r.videos]
+        no_face_frames += len(r.no_face)
+        faceless_videos += len(r.videos) - len(np.unique(r.video))
         r.close()
+    failures: dict[str, int] = {}
+    log = split_dir / load_index(split_dir).get("failures", FAILURES_NAME)
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            if line.strip():
+                stage = json.loads(line).get("stage", "?")
+                failures[stage] = failures.get(stage, 0) + 1
     return {"compression": infer_compression(paths), "crop_scale": attrs.get("crop_scale"),
-            "crop_size": attrs.get("crop_size"), "detector": attrs.get("detector")}
+            "crop_size": attrs.get("crop_size"), "detector": attrs.get("detector"),
+            "sampled_frames_without_face": no_face_frames, "videos_without_faces": faceless_videos,
+            "pipeline_failures": failures}
 
 
 # ----------------------------------------------------------------------------------------------- inference
@@ -384,6 +399,9 @@ def build_protocol(ts: TestSet, args, image_size: int, sha: str, device) -> dict
         "input_size": image_size,
         "crop_scale": prep["crop_scale"],
         "detector": prep["detector"],
+        "sampled_frames_without_face": prep["sampled_frames_without_face"],
+        "videos_without_faces (not scored)": prep["videos_without_faces"],
+        "pipeline_failures_by_stage": prep["pipeline_failures"],
         "precision": "bf16 autocast" if (args.amp and device.type == "cuda") else "float32",
         "checkpoint": str(args.checkpoint),
         "checkpoint_sha256": sha,
@@ -451,6 +469,9 @@ def main(args) -> dict:
         ds_kwargs = {"synthetic_fakes": args.synthetic_fakes} if args.synthetic_fakes else {}
         dataset = EvalDataset([ts.split_dir], image_size, frames_per_video=args.frames or None, **ds_kwargs)
         ts.protocol = build_protocol(ts, args, image_size, sha, device)
+        if args.synthetic_fakes:
+            ts.protocol["real faces without landmarks (no synthetic fake)"] = \
+                dataset.skipped.get("frames_without_landmarks", 0)
         print("protocol: " + protocol_line(ts.protocol), file=sys.stderr)
         t0 = time.perf_counter()
         frames = run_inference(model, dataset, batch_size, device, args.flip, collate_eval, args.workers,

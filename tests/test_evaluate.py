@@ -31,7 +31,7 @@ def _make_split(root, dataset, videos, seed):
     d = root / dataset / "test"
     rows = [dict(v, split="test", dataset=dataset) for v in videos]
     write_shard(d / "shard-00000.h5", faces, videos=rows, video=np.repeat(np.arange(len(videos)), FACES_PER_VIDEO),
-                frame_index=np.tile(np.arange(FACES_PER_VIDEO) * 10, len(videos)))
+                frame_index=np.tile(np.arange(FACES_PER_VIDEO) * 10, len(videos)), no_face=[[0, 5]])
     write_index(d, dataset=dataset, split="test")
     return d
 
@@ -69,6 +69,7 @@ def test_end_to_end_writes_every_output(setup, tmp_path):
     assert p["frames_per_video"] == 2 and p["flip_test"] is True and p["aggregation"] == "logit-mean"
     assert p["compression"] == "c23" and p["checkpoint_sha256"] == summary["test_sets"]["toy/test"]["protocol"][
         "checkpoint_sha256"] and len(p["checkpoint_sha256"]) == 64
+    assert p["sampled_frames_without_face"] == 1 and p["videos_without_faces (not scored)"] == 0
     v = res["video"]
     assert v["n_videos"] == 6 and v["n_real"] == 2 and v["n_fake"] == 4 and v["n_faces"] == 12
     for k in ("auc", "ap", "eer", "acc", "ar", "mf1", "f1", "frame_auc", "frame_ap"):
@@ -208,5 +209,6 @@ def test_synthetic_sbi_fakes_on_real_only_shards(tmp_path):
                         "--overlays", "1", "--workers", "0", "--out", str(out)))
     res = json.loads((out / "metrics.json").read_text())["test_sets"]["realonly/test"]
     assert res["protocol"]["fakes"] == "synthetic (sbi)"
+    assert res["protocol"]["real faces without landmarks (no synthetic fake)"] == 0
     assert res["video"]["n_real"] == 2 and res["video"]["n_fake"] == 2
     assert (out / "overlays" / "realonly_test_confident_fakes.png").is_file()
