@@ -212,6 +212,8 @@ def throughput(args) -> None:
         for row in base_rows:                                 # the baseline's frames, in its order
             p = sbi(reader.face(row), lms[row], rng)
             stats_ours.append(mask_stats(p.mask, p.ratio))
+        ds_bi = TrainPairDataset(DataConfig(shards=[str(split)], image_size=args.size, seed=0, synthesis="bi"))
+        t_bi, c_bi = time_loop(lambda i: collate_pairs([ds_bi[i % len(ds_bi)]]), max(20, args.n // 3))
         load1 = os.getloadavg()
         crop = reader.crop_size
         reader.close()
@@ -223,6 +225,8 @@ def throughput(args) -> None:
           f"(full-resolution float recipe + albumentations): x{c_base / c_ours:.2f}")
     print(f"  CPU ms per pair: {1e3 * c_ours:.2f} = shard read {1e3 * c_read:.2f} + SBI synthesis {1e3 * c_sbi:.2f} "
           f"+ augmentation/targets/collate {1e3 * (c_ours - c_read - c_sbi):.2f}; baseline {1e3 * c_base:.2f}")
+    print(f"  BI pairs (donor among the 30 landmark-nearest of other videos): {1 / c_bi:.1f} pairs/s per core by CPU "
+          f"time ({1 / t_bi:.1f} wall)")
     print(f"  DataLoader workers to feed 16 images per {args.step_s:g} s step ({need:.0f} pairs/s): "
           f"{math.ceil(need / (1 / c_ours))} at the CPU-time rate, {math.ceil(need / (1 / t_ours))} at the wall-clock "
           f"rate (baseline: {math.ceil(need / (1 / c_base))})")

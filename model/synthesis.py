@@ -14,6 +14,7 @@ transformed and blended inside the mask's bounding box.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -358,6 +359,25 @@ class BIConfig:
     feather_kernels: tuple[int, int] = (5, 25)           # odd Gaussian kernel for the final feathering
 
 
+@lru_cache(maxsize=8)
+def _triangle_weights(g: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every pixel of a g x g raster: the 3 control points (flat indices into the (cells+1)^2 grid) of its
+    triangle and its barycentric weights. Cells are split along the anti-diagonal. ((g*g, 3) int, (g*g, 3))."""
+    step = (g - 1) / cells
+    n = cells + 1
+    ys, xs = np.mgrid[0:g, 0:g].reshape(2, -1).astype(np.float64)
+    cx = np.minimum((xs / step).astype(np.int64), cells - 1)
+    cy = np.minimum((ys / step).astype(np.int64), cells - 1)
+    fx, fy = xs / step - cx, ys / step - cy
+    upper = fx + fy <= 1.0
+    p00, p10, p01, p11 = cy * n + cx, cy * n + cx + 1, (cy + 1) * n + cx, (cy + 1) * n + cx + 1
+    # Upper triangle (p00, p10, p01): p00 + fx (p10 - p00) + fy (p01 - p00).
+    # Lower triangle (p11, p01, p10): p11 + (1 - fx) (p01 - p11) + (1 - fy) (p10 - p11).
+    idx = np.where(upper[:, None], np.stack([p00, p10, p01], 1), np.stack([p11, p01, p10], 1))
+    w = np.where(upper[:, None], np.stack([1 - fx - fy, fx, fy], 1), np.stack([fx + fy - 1, 1 - fx, 1 - fy], 1))
+    return idx, w.astype(np.float32)
+
+
 def piecewise_affine_warp(mask: np.ndarray, rng: np.random.Generator, cells: int = 4,
                           jitter: float = 0.03) -> np.ndarray:
     """Piecewise-affine deformation of a float32 (g, g) mask.
@@ -369,35 +389,12 @@ def piecewise_affine_warp(mask: np.ndarray, rng: np.random.Generator, cells: int
     g = mask.shape[0]
     step = (g - 1) / cells
     n = cells + 1
-    ctrl = np.stack(np.meshgrid(np.arange(n) * step, np.arange(n) * step), -1)   # (n, n, 2) x, y
-    moved = ctrl.copy()
+    moved = np.stack(np.meshgrid(np.arange(n) * step, np.arange(n) * step), -1)   # (n, n, 2) x, y
     moved[1:-1, 1:-1] += rng.uniform(-jitter * g, jitter * g, (n - 2, n - 2, 2))
-    ys, xs = np.mgrid[0:g, 0:g].astype(np.float64)
-    cx = np.minimum((xs / step).astype(np.int64), cells - 1)
-    cy = np.minimum((ys / step).astype(np.int64), cells - 1)
-    fx = xs / step - cx
-    fy = ys / step - cy
-    upper = fx + fy <= 1.0
-    p00 = moved[cy, cx]
-    p10 = moved[cy, cx + 1]
-    p01 = moved[cy + 1, cx]
-    p11 = moved[cy + 1, cx + 1]
-    # Upper triangle (p00, p10, p01): p00 + fx (p10 - p00) + fy (p01 - p00).
-    # Lower triangle (p11, p01, p10): p11 + (1 - fx) (p01 - p11) + (1 - fy) (p10 - p11).
-    fxu, fyu = fx[..., None], fy[..., None]
-    up = p00 + fxu * (p10 - p00) + fyu * (p01 - p00)
-    lo = p11 + (1 - fxu) * (p01 - p11) + (1 - fyu) * (p10 - p11)
-    src = np.where(upper[..., None], up, lo).astype(np.float32)
+    idx, w = _triangle_weights(g, cells)
+    flat = moved.reshape(-1, 2).astype(np.float32)
+    src = (flat[idx] * w[..., None]).sum(1).reshape(g, g, 2)
     return cv2.remap(mask, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-
-
-def align_donor(donor: np.ndarray, donor_lm: np.ndarray, target_lm: np.ndarray, size: int) -> np.ndarray:
-    """Warp a donor face onto the target's landmarks with the least-squares similarity transform
-    (rotation, uniform scale, translation). uint8 (S', S', 3) -> uint8 (size, size, 3)."""
-    mat, _ = cv2.estimateAffinePartial2D(donor_lm.astype(np.float32), target_lm.astype(np.float32))
-    if mat is None:
-        raise ValueError("align_donor: could not fit a similarity between the two landmark sets")
-    return cv2.warpAffine(donor, mat, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def bi(target: np.ndarray, target_lm: np.ndarray, donor: np.ndarray, donor_lm: np.ndarray,
@@ -424,13 +421,20 @@ def bi(target: np.ndarray, target_lm: np.ndarray, donor: np.ndarray, donor_lm: n
     if peak <= 0:
         raise ValueError("bi: the mask vanished (hull too small for the erosion)")
     mask *= 1.0 / peak
-    aligned = align_donor(donor, np.asarray(donor_lm, np.float32), t_lm, size)
-    weight = resample_mask(mask, size)
+    # Only the mask's box of the donor is aligned, colour-matched and blended; the fake is the target elsewhere.
+    roi = _roi_at(_bbox(mask), g, size)
+    x0, y0, x1, y1 = roi
+    mat, _ = cv2.estimateAffinePartial2D(np.asarray(donor_lm, np.float32), t_lm)
+    if mat is None:
+        raise ValueError("bi: could not fit a similarity between the donor's and the target's landmarks")
+    aligned = _warp_roi(donor, mat, roi)
+    weight = resample_mask(mask, size)[y0:y1, x0:x1]
     inside = weight > 0.5
     if inside.sum() < 16:
         raise ValueError("bi: fewer than 16 mask pixels above 0.5")
-    shift = target[inside].mean(0) - aligned[inside].mean(0)
-    fg = np.clip(aligned.astype(np.float32) + shift.astype(np.float32), 0, 255).astype(np.uint8)
-    fake = _blend_roi(fg, target, weight)
+    shift = target[y0:y1, x0:x1][inside].mean(0) - aligned[inside].mean(0)
+    fg = cv2.add(aligned, tuple(float(v) for v in shift) + (0.0,), dtype=cv2.CV_8U)
+    fake = target.copy()
+    fake[y0:y1, x0:x1] = _blend_roi(fg, target[y0:y1, x0:x1], weight)
     return SyntheticPair(real=target, fake=fake, mask=mask, ratio=1.0, crop=(0.0, 0.0, 1.0, 1.0),
-                         kind=kind, flipped=False, box=_roi_at(_bbox(mask), g, size))
+                         kind=kind, flipped=False, box=roi)

@@ -8,8 +8,8 @@ import pytest
 
 from model.bi_index import build_donor_table, normalise_shapes, shape_distance
 from model.masks import EYE_A, EYE_B, FLIP_INDEX, MASK_KINDS, flip_landmarks, forehead_points, hull_mask
-from model.synthesis import (BLEND_RATIOS, SBIConfig, bi, elastic_field, flip_face, resample_mask, sbi,
-                             sbi_fake_for_eval)
+from model.synthesis import (BLEND_RATIOS, SBIConfig, bi, elastic_field, flip_face, piecewise_affine_warp,
+                             resample_mask, sbi, sbi_fake_for_eval)
 from model.targets import boundary
 
 FIXTURES = Path(__file__).parent / "data" / "dlib_examples"
@@ -159,6 +159,15 @@ def test_bi_blends_a_donor_inside_the_target_mask(faces):
     diff = (pair.fake != t).any(-1)
     assert diff.any() and not (diff & (weight <= 0)).any()
     assert np.array_equal(pair.real, t)
+
+
+def test_piecewise_affine_warp_is_identity_without_jitter_and_moves_with_it():
+    yy, xx = np.mgrid[0:64, 0:64]
+    mask = ((xx - 30) ** 2 + (yy - 34) ** 2 < 300).astype(np.float32)
+    same = piecewise_affine_warp(mask, np.random.default_rng(0), cells=4, jitter=0.0)
+    np.testing.assert_allclose(same, mask, atol=1e-3)
+    moved = piecewise_affine_warp(mask, np.random.default_rng(0), cells=4, jitter=0.05)
+    assert not np.allclose(moved, mask, atol=0.1) and abs(moved.sum() / mask.sum() - 1) < 0.3
 
 
 def test_donor_table_excludes_same_video_and_matches_brute_force():
