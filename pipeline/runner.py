@@ -384,7 +384,7 @@ def make_client(workers: int | None, scheduler: str | None):
 
 
 def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], names: list[str],
-               bar: _ProgressBar, split_dir: Path, workers: int | None, scheduler: str | None,
+               make_bar: Callable[[], _ProgressBar], split_dir: Path, workers: int | None, scheduler: str | None,
                on_error: str, client=None) -> tuple[list[TaskResult], list[str]]:
     """Run one task per args tuple in-process (workers=0), on ``client``, or on a new Dask cluster.
 
@@ -392,6 +392,7 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
     """
     results: list[TaskResult] = []
     failed: list[str] = []
+    bar: _ProgressBar | None = None
 
     def handle(name: str, res: TaskResult | None, exc: BaseException | None) -> None:
         if exc is not None:
@@ -406,22 +407,27 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
         results.append(res)
 
     if workers == 0 and not scheduler and client is None:
-        for name, args in zip(names, args_list):
-            try:
-                res = fn_local(*args, bar)
-            except PipelineError:
-                raise
-            except Exception as e:  # noqa: BLE001  (a crashed task is logged as data; the run goes on)
-                handle(name, None, e)
-                continue
-            handle(name, res, None)
+        bar = make_bar()
+        try:
+            for name, args in zip(names, args_list):
+                try:
+                    res = fn_local(*args, bar)
+                except PipelineError:
+                    raise
+                except Exception as e:  # noqa: BLE001  (a crashed task is logged as data; the run goes on)
+                    handle(name, None, e)
+                    continue
+                handle(name, res, None)
+        finally:
+            bar.close()
         return results, failed
 
     from distributed import as_completed
 
     own = client is None
     if own:
-        client = make_client(workers, scheduler)
+        client = make_client(workers, scheduler)  # prints the dashboard address before the bar starts
+    bar = make_bar()
     try:
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar(event[1]))
         futures = {client.submit(fn_remote, *args, key=f"{fn_remote.__name__}-{split_dir.name}-{name}-"
@@ -438,6 +444,7 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
                 handle(name, fut.result(), None)
         client.unsubscribe_topic(PROGRESS_TOPIC)
     finally:
+        bar.close()
         if own:
             cluster = getattr(client, "cluster", None)
             client.close()
@@ -466,14 +473,11 @@ def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, datase
     index_path = split_dir / INDEX_NAME
     if index_path.exists() and todo:
         index_path.unlink()  # the index is written last: its absence marks a run in progress
-    bar = _ProgressBar(sum(len(j.items) for j in todo), f"extract-frames {dataset}/{split}")
-    try:
-        results, failed = _run_tasks(
-            lambda job, sd, c, b: extract_shard(job, sd, c, b), _extract_task,
-            [(j, str(split_dir), cfg) for j in todo], [j.name for j in todo], bar, split_dir, workers,
-            scheduler, cfg.on_error, client)
-    finally:
-        bar.close()
+    results, failed = _run_tasks(
+        lambda job, sd, c, b: extract_shard(job, sd, c, b), _extract_task,
+        [(j, str(split_dir), cfg) for j in todo], [j.name for j in todo],
+        lambda: _ProgressBar(sum(len(j.items) for j in todo), f"extract-frames {dataset}/{split}"), split_dir,
+        workers, scheduler, cfg.on_error, client)
     return _finish(split_dir, dataset, split, [j.name for j in jobs], results, failed, skipped, t0)
 
 
@@ -492,13 +496,11 @@ def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: in
     if skipped:
         print(f"resume: {skipped} shards already have landmarks, {len(todo)} to do", flush=True)
     total_videos = sum(s["n_videos"] for s in index["shards"] if s["file"] in todo)
-    bar = _ProgressBar(total_videos, f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops")
-    try:
-        results, failed = _run_tasks(
-            lambda shard, c, b: landmark_shard(shard, c, b), _landmark_task,
-            [(str(split_dir / n), cfg) for n in todo], todo, bar, split_dir, workers, scheduler, on_error, client)
-    finally:
-        bar.close()
+    results, failed = _run_tasks(
+        lambda shard, c, b: landmark_shard(shard, c, b), _landmark_task,
+        [(str(split_dir / n), cfg) for n in todo], todo,
+        lambda: _ProgressBar(total_videos, f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops"),
+        split_dir, workers, scheduler, on_error, client)
     return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results, failed, skipped, t0)
 
 
