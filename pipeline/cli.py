@@ -1,7 +1,7 @@
 """Command line of the preprocessing pipeline: ``python -m pipeline --help``.
 
 Thin wrappers: options are checked and turned into configs here, the work is in ``pipeline.runner``
-(stages), ``pipeline.verify`` and ``pipeline.inspect``.
+(stages), ``pipeline.verify`` and ``pipeline.inspect_shards``.
 """
 from __future__ import annotations
 
@@ -215,7 +215,7 @@ def inspect(
     n: int = typer.Option(24, "--n", min=1, help="Crops on the contact sheet (evenly spread)."),
 ) -> None:
     """Print a summary of shards and optionally write a PNG contact sheet with landmarks drawn."""
-    from pipeline.inspect import contact_sheet, summarize
+    from pipeline.inspect_shards import contact_sheet, summarize
 
     try:
         typer.echo(summarize(path))
