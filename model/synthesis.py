@@ -360,9 +360,11 @@ class BIConfig:
 
 
 @lru_cache(maxsize=8)
-def _triangle_weights(g: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every pixel of a g x g raster: the 3 control points (flat indices into the (cells+1)^2 grid) of its
-    triangle and its barycentric weights. Cells are split along the anti-diagonal. ((g*g, 3) int, (g*g, 3))."""
+def _hat_functions(g: int, cells: int) -> np.ndarray:
+    """Piecewise-linear "hat" function of every interior control point of a (cells+1)^2 grid over a g x g
+    raster, with each cell split into two triangles along its anti-diagonal: float32 ((cells-1)^2, g*g).
+    A displacement of the control points moves each pixel by the hat-weighted sum of their displacements,
+    which is exactly the piecewise-affine map of the triangulated grid."""
     step = (g - 1) / cells
     n = cells + 1
     ys, xs = np.mgrid[0:g, 0:g].reshape(2, -1).astype(np.float64)
@@ -370,12 +372,16 @@ def _triangle_weights(g: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
     cy = np.minimum((ys / step).astype(np.int64), cells - 1)
     fx, fy = xs / step - cx, ys / step - cy
     upper = fx + fy <= 1.0
-    p00, p10, p01, p11 = cy * n + cx, cy * n + cx + 1, (cy + 1) * n + cx, (cy + 1) * n + cx + 1
-    # Upper triangle (p00, p10, p01): p00 + fx (p10 - p00) + fy (p01 - p00).
-    # Lower triangle (p11, p01, p10): p11 + (1 - fx) (p01 - p11) + (1 - fy) (p10 - p11).
-    idx = np.where(upper[:, None], np.stack([p00, p10, p01], 1), np.stack([p11, p01, p10], 1))
-    w = np.where(upper[:, None], np.stack([1 - fx - fy, fx, fy], 1), np.stack([fx + fy - 1, 1 - fx, 1 - fy], 1))
-    return idx, w.astype(np.float32)
+    # Triangle (p00, p10, p01) above the anti-diagonal, (p11, p01, p10) below, with barycentric weights.
+    corners = [(cy, cx, np.where(upper, 1 - fx - fy, 0.0)),
+               (cy, cx + 1, np.where(upper, fx, 1 - fy)),
+               (cy + 1, cx, np.where(upper, fy, 1 - fx)),
+               (cy + 1, cx + 1, np.where(upper, 0.0, fx + fy - 1))]
+    hats = np.zeros((n, n, g * g), np.float64)
+    pix = np.arange(g * g)
+    for r, c, w in corners:
+        np.add.at(hats, (r, c, pix), w)
+    return hats[1:-1, 1:-1].reshape(-1, g * g).astype(np.float32)
 
 
 def piecewise_affine_warp(mask: np.ndarray, rng: np.random.Generator, cells: int = 4,
@@ -387,14 +393,11 @@ def piecewise_affine_warp(mask: np.ndarray, rng: np.random.Generator, cells: int
     of its triangle in the moved grid (an affine map per triangle, continuous across edges).
     """
     g = mask.shape[0]
-    step = (g - 1) / cells
-    n = cells + 1
-    moved = np.stack(np.meshgrid(np.arange(n) * step, np.arange(n) * step), -1)   # (n, n, 2) x, y
-    moved[1:-1, 1:-1] += rng.uniform(-jitter * g, jitter * g, (n - 2, n - 2, 2))
-    idx, w = _triangle_weights(g, cells)
-    flat = moved.reshape(-1, 2).astype(np.float32)
-    src = (flat[idx] * w[..., None]).sum(1).reshape(g, g, 2)
-    return cv2.remap(mask, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    d = rng.uniform(-jitter * g, jitter * g, ((cells - 1) ** 2, 2)).astype(np.float32)
+    disp = (d.T @ _hat_functions(g, cells)).reshape(2, g, g)
+    gx = np.arange(g, dtype=np.float32)[None, :] + disp[0]
+    gy = np.arange(g, dtype=np.float32)[:, None] + disp[1]
+    return cv2.remap(mask, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
 def bi(target: np.ndarray, target_lm: np.ndarray, donor: np.ndarray, donor_lm: np.ndarray,
@@ -429,10 +432,10 @@ def bi(target: np.ndarray, target_lm: np.ndarray, donor: np.ndarray, donor_lm: n
         raise ValueError("bi: could not fit a similarity between the donor's and the target's landmarks")
     aligned = _warp_roi(donor, mat, roi)
     weight = resample_mask(mask, size)[y0:y1, x0:x1]
-    inside = weight > 0.5
-    if inside.sum() < 16:
+    inside = (weight > 0.5).astype(np.uint8)
+    if cv2.countNonZero(inside) < 16:
         raise ValueError("bi: fewer than 16 mask pixels above 0.5")
-    shift = target[y0:y1, x0:x1][inside].mean(0) - aligned[inside].mean(0)
+    shift = np.subtract(cv2.mean(target[y0:y1, x0:x1], inside)[:3], cv2.mean(aligned, inside)[:3])
     fg = cv2.add(aligned, tuple(float(v) for v in shift) + (0.0,), dtype=cv2.CV_8U)
     fake = target.copy()
     fake[y0:y1, x0:x1] = _blend_roi(fg, target[y0:y1, x0:x1], weight)
