@@ -221,3 +221,12 @@ def test_eval_synthetic_bi_fakes_use_another_video(split_dir):
     i = next(i for i in range(len(ds)) if ds.item_video_id(i).endswith("/bi"))
     a, b = ds[i], ds[i]
     assert a["label"] == 1 and torch.equal(a["image"], b["image"])
+
+
+def test_paper_targets_and_no_augmentation(split_dir):
+    ds = make_dataset(split_dir, target_mode="paper", augment=False)
+    item = ds[1]
+    b = item["boundary"]
+    peaks = item["heatmap"] == 1.0
+    assert peaks.any() and np.all(b[peaks] == b.max())               # Gaussians sit on the global argmax set
+    np.testing.assert_allclose(item["consistency"], 1.0 - np.abs(b.max() - b), atol=1e-6)
