@@ -3,7 +3,8 @@
     L = lambda_cls * L_cls + lambda_hm * L_hm + lambda_c * L_c
 Paper weights (default): lambda_hm = 10, lambda_c = 100. The reference implementation's SBI config:
 lambda_hm = 100, lambda_c = 100 and a positive-term factor 0.72 in the focal loss
-(``LossConfig.reference()``). All losses compute in float32 whatever the autocast dtype of the outputs.
+(``LossConfig.reference()``). Losses compute in at least float32 whatever the autocast dtype of the
+outputs (float64 stays float64).
 """
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """t in float32, or float64 if it already is (bf16/fp16 autocast outputs are widened)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
 
 # sigmoid(hm) is clamped to [HM_EPS, 1 - HM_EPS] before the logs, as in CornerNet / CenterNet.
 HM_EPS = 1e-4
@@ -42,9 +48,9 @@ def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: f
         scalar: -(pos_weight * sum_pos (1-p)^2 log p + sum_neg (1-H)^4 p^2 log(1-p)) / n_pos over the
         batch, p = clamp(sigmoid(logits)); not divided when the batch has no positive.
     """
-    p = torch.sigmoid(logits.float()).clamp(HM_EPS, 1 - HM_EPS)
-    target = target.float()
-    pos = target.eq(1).float()
+    p = torch.sigmoid(_wide(logits)).clamp(HM_EPS, 1 - HM_EPS)
+    target = target.to(p.dtype)
+    pos = target.eq(1).to(p.dtype)
     neg = 1.0 - pos
     pos_term = (torch.log(p) * (1 - p).pow(2) * pos).sum()
     neg_term = (torch.log(1 - p) * p.pow(2) * (1 - target).pow(4) * neg).sum()
@@ -63,8 +69,8 @@ def consistency_loss(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         argmax of C per image (the first pixel when C is constant, e.g. all zero on real images).
     """
     b, d, h, w = emb.shape
-    f = emb.float().flatten(2)  # (B, D, hw)
-    c = target.float().reshape(b, h * w)
+    f = _wide(emb).flatten(2)  # (B, D, hw)
+    c = target.to(f.dtype).reshape(b, h * w)
     anchor = c.argmax(dim=1)  # (B,)
     f_a = f.gather(2, anchor.view(b, 1, 1).expand(b, d, 1))  # (B, D, 1)
     logits = (f_a * f).sum(dim=1) / math.sqrt(d)  # (B, hw)
@@ -81,10 +87,11 @@ def classification_loss(logits: torch.Tensor, label: torch.Tensor, smoothing: fl
     Returns:
         scalar mean BCE.
     """
-    y = label.float().reshape(-1)
+    z = _wide(logits).reshape(-1)
+    y = label.to(z.dtype).reshape(-1)
     if smoothing:
         y = y * (1 - smoothing) + 0.5 * smoothing
-    return F.binary_cross_entropy_with_logits(logits.float().reshape(-1), y)
+    return F.binary_cross_entropy_with_logits(z, y)
 
 
 class LAALoss:

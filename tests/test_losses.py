@@ -105,3 +105,8 @@ def test_absent_head_contributes_nothing_and_losses_are_float32_under_bf16():
     assert outputs["cls"].grad is not None
     with pytest.raises(ValueError, match="no known head"):
         LAALoss()({}, {})
+
+
+def test_float64_outputs_keep_float64():
+    total, _ = LAALoss()({"cls": torch.zeros(1, 1, dtype=torch.float64)}, {"label": torch.ones(1)})
+    assert total.dtype == torch.float64
