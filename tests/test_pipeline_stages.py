@@ -202,3 +202,17 @@ def test_image_sequence_folder(tmp_path, sample_videos_dir):
     empty.mkdir()
     with pytest.raises(VideoError, match="holds no"):
         probe(empty)
+
+
+def test_rotated_video_decodes_in_display_orientation(tmp_path, sample_videos_dir):
+    import subprocess
+
+    from pipeline.video import ffmpeg_exe
+
+    rot = tmp_path / "rot.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90", "-i",
+                    str(sample_videos_dir / "carphone_pristine.mp4"), "-c", "copy", str(rot)], check=True)
+    info = probe(rot)
+    assert (info.rotation, info.width, info.height, info.n_frames) == (90, 144, 176, 120)
+    _, frames = sample_frames(rot, 2)
+    assert frames.shape == (2, 176, 144, 3)
