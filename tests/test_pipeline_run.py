@@ -296,3 +296,13 @@ def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, 
     for name in a:
         for k in a[name]:
             np.testing.assert_array_equal(a[name][k], b[name][k], err_msg=f"{name}/{k} after killing {killed}")
+
+
+def test_on_error_raise_stops_at_first_bad_video(tmp_path, bad_dir):
+    from pipeline.runner import PipelineError
+
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["good.mp4", "zero.mp4", "noise.mp4"]))
+    with pytest.raises(PipelineError, match=r"zero.mp4: empty file"):
+        run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
+                    videos_per_shard=3, workers=0)
+    assert not (tmp_path / "o" / "index.json").exists() and not (tmp_path / "o" / "shard-00000.h5").exists()
