@@ -394,9 +394,15 @@ def piecewise_affine_warp(mask: np.ndarray, rng: np.random.Generator, cells: int
     """
     g = mask.shape[0]
     d = rng.uniform(-jitter * g, jitter * g, ((cells - 1) ** 2, 2)).astype(np.float32)
-    disp = (d.T @ _hat_functions(g, cells)).reshape(2, g, g)
-    gx = np.arange(g, dtype=np.float32)[None, :] + disp[0]
-    gy = np.arange(g, dtype=np.float32)[:, None] + disp[1]
+    hats = _hat_functions(g, cells)
+    gx = np.tile(np.arange(g, dtype=np.float32), g)
+    gy = np.repeat(np.arange(g, dtype=np.float32), g)
+    # A plain multiply-add per control point: a (2, 9) x (9, g*g) BLAS product would start threads that,
+    # on a busy machine, cost more than the arithmetic.
+    for k in range(len(d)):
+        gx += d[k, 0] * hats[k]
+        gy += d[k, 1] * hats[k]
+    gx, gy = gx.reshape(g, g), gy.reshape(g, g)
     return cv2.remap(mask, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
