@@ -152,7 +152,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, sample_videos_dir):
     for k in range(4):
         shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
         vids.append(f"v{k}.mp4")
-    man = _list_manifest(tmp_path / "m.yaml", tmp_path, vids, frames=24)
+    man = _list_manifest(tmp_path / "m.yaml", tmp_path, vids, frames=40)
     args = ["extract-frames", "--manifest", str(man), "--dataset", "mine", "--split", "train", "--workers", "0"]
     full = _run_cli(args + ["--out", str(tmp_path / "full")], timeout=120)
     assert full.returncode == 0, full.stderr
