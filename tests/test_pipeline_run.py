@@ -140,6 +140,8 @@ def _run_cli(args, **kw):
 
 
 def _shard_content(d):
+    import hdf5plugin  # noqa: F401  (registers the Blosc filter the crops are compressed with)
+
     out = {}
     for p in sorted(Path(d).glob("*.h5")):
         with h5py.File(p, "r") as f:
