@@ -1,0 +1,7 @@
+"""Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops with dlib 68-point landmarks.
+
+Modules, one job each: ``manifest`` (datasets, splits, labels), ``video`` (ffmpeg probing and frame sampling),
+``faces`` (RetinaFace and crops), ``landmarks`` (dlib 68 points), ``shards`` (the HDF5 storage contract),
+``runner`` (Dask tasks, resume, failures log), ``verify`` and ``inspect_shards`` (checks and summaries),
+``cli`` (``python -m pipeline``). Nothing is imported here, so ``import pipeline.shards`` stays light.
+"""
