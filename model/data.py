@@ -30,7 +30,7 @@ from model.augment import (AugmentConfig, apply_geometry, photometric_pair, rand
 from model.bi_index import build_donor_table
 from model.synthesis import BIConfig, SBIConfig, bi, sbi, sbi_fake_for_eval
 from model.targets import boundary, boundary_u8, make_targets
-from pipeline.shards import ShardReader, shard_paths
+from pipeline.shards import ShardError, ShardReader, shard_paths
 
 HEATMAP_STRIDE = 4
 
@@ -405,9 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = DataConfig(shards=list(args.shards), synthesis=args.synthesis, target_mode=args.target_mode,
                      image_size=args.image_size, forehead=args.forehead, augment=not args.no_augment,
                      seed=args.seed)
-    ds = TrainPairDataset(cfg)
-    ds.set_epoch(args.epoch)
-    grid = preview_grid(ds, args.n)
+    try:
+        ds = TrainPairDataset(cfg)
+        ds.set_epoch(args.epoch)
+        grid = preview_grid(ds, args.n)
+    except (ValueError, ShardError) as e:
+        print(f"preview: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), grid[..., ::-1]):

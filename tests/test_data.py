@@ -230,3 +230,9 @@ def test_paper_targets_and_no_augmentation(split_dir):
     peaks = item["heatmap"] == 1.0
     assert peaks.any() and np.all(b[peaks] == b.max())               # Gaussians sit on the global argmax set
     np.testing.assert_allclose(item["consistency"], 1.0 - np.abs(b.max() - b), atol=1e-6)
+
+
+def test_preview_reports_a_folder_without_shards_in_one_line(tmp_path, capsys):
+    assert main(["preview", "--shards", str(tmp_path), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("preview: ") and str(tmp_path) in err and len(err.strip().splitlines()) == 1
