@@ -51,9 +51,9 @@ N_LANDMARKS = 68
 VIDEO_KEYS = ("id", "path", "label", "method", "source", "target", "fps", "n_frames", "width", "height",
               "split", "dataset")
 
-# Chosen with bench/bench_pipeline.py by random-read speed first: Blosc-LZ4 decompresses a 384x384 crop in
-# ~0.1 ms (lzf ~0.7 ms, gzip more) and compresses fastest, at ~72 % of the raw size. blosc-zstd is the choice
-# for smaller files (~50 %) at ~3x the read cost. Blosc needs `import hdf5plugin` before h5py reads the crops.
+# Chosen with bench/bench_pipeline.py by random-read speed first: Blosc-LZ4 read 4-7x more crops per second
+# than lzf or gzip, at ~73 % of the raw size; blosc-zstd is the choice for smaller files (~49 %) at about half
+# LZ4's read speed. Blosc needs `import hdf5plugin` before h5py reads the crops (ShardReader does it).
 DEFAULT_COMPRESSION = "blosc-lz4"
 COMPRESSIONS = ("none", "lzf", "gzip", "blosc-lz4", "blosc-lz4hc", "blosc-zstd")
 
