@@ -212,6 +212,14 @@ def throughput(args) -> None:
         for row in base_rows:                                 # the baseline's frames, in its order
             p = sbi(reader.face(row), lms[row], rng)
             stats_ours.append(mask_stats(p.mask, p.ratio))
+        from model.targets import point_sigmas, reference_points
+
+        peaks, sigmas = [], []
+        for i in range(min(100, n_items)):
+            b = ds[i]["boundary"]
+            ys, xs, _ = reference_points(b)
+            peaks.append(len(ys))
+            sigmas.extend(point_sigmas(b, ys, xs))
         ds_bi = TrainPairDataset(DataConfig(shards=[str(split)], image_size=args.size, seed=0, synthesis="bi"))
         t_bi, c_bi = time_loop(lambda i: collate_pairs([ds_bi[i % len(ds_bi)]]), max(20, args.n // 3))
         load1 = os.getloadavg()
@@ -227,6 +235,9 @@ def throughput(args) -> None:
           f"+ augmentation/targets/collate {1e3 * (c_ours - c_read - c_sbi):.2f}; baseline {1e3 * c_base:.2f}")
     print(f"  BI pairs (donor among the 30 landmark-nearest of other videos): {1 / c_bi:.1f} pairs/s per core by CPU "
           f"time ({1 / t_bi:.1f} wall)")
+    print(f"  reference targets over {len(peaks)} fakes: median {np.median(peaks):.0f} vulnerable points per fake "
+          f"(5-95 %: {np.percentile(peaks, 5):.0f}-{np.percentile(peaks, 95):.0f}), Gaussian sigma median "
+          f"{np.median(sigmas):.2f} px (5-95 %: {np.percentile(sigmas, 5):.2f}-{np.percentile(sigmas, 95):.2f})")
     print(f"  DataLoader workers to feed 16 images per {args.step_s:g} s step ({need:.0f} pairs/s): "
           f"{math.ceil(need / (1 / c_ours))} at the CPU-time rate, {math.ceil(need / (1 / t_ours))} at the wall-clock "
           f"rate (baseline: {math.ceil(need / (1 / c_base))})")
