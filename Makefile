@@ -83,7 +83,7 @@ demo: $(STAMP)
 	@echo "demo evaluation report: $(DEMO_OUT)/eval/report.md (plots and overlays next to it)"
 
 bench: $(STAMP)
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/bench_*.py; do m=$$(basename $$b .py); echo "== $$m"; PYTHONPATH=. $(PY) -m bench.$$m || exit 1; done
 
 clean:
 	rm -rf out runs .pytest_cache
