@@ -538,6 +538,10 @@ def build_trainer(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_s
     device = select_device(cfg.train.device, dist)
     amp_dtype, use_scaler = select_amp(cfg.train.amp, device)
     seed_everything(cfg.train.seed, dist.rank, cfg.train.deterministic)
+    if cfg.train.threads > 0:
+        # On a CPU shared with other jobs, fewer OpenMP threads avoid threads spinning while they wait
+        # for a core (measured: one thread made small steps ~50x faster than two on a busy 2-core box).
+        torch.set_num_threads(cfg.train.threads)
     dataset, sampler, loader = build_train_loader(cfg, dist, device)
     model = build_model(cfg.model).to(device)
     if cfg.train.channels_last:

@@ -92,12 +92,15 @@ def main() -> None:
     p.add_argument("--amp", default="off", choices=["auto", "off", "bf16", "fp16"])
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--frozen", action="store_true", help="backbone frozen (the first epochs of the recipe)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--no-baseline", action="store_true", help="skip the plain-Adam baseline")
     args = p.parse_args()
 
     torch.manual_seed(0)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     images = 2 * args.batch_pairs
     batch = synthetic_batch(args.batch_pairs, args.size)
     results = {}

@@ -99,6 +99,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30, help="epochs the LR schedule spans")
     p.add_argument("--backbone", default="tf_efficientnet_b0")
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1 is fastest on a CPU shared with other jobs)")
     p.add_argument("overrides", nargs="*", help="extra config overrides (key.sub=value)")
     args = p.parse_args()
 
@@ -122,12 +124,13 @@ def main() -> None:
         f"data.image_size={args.size}", f"data.shards=[{train_dir}]", "data.frames_per_video=32",
         f"val.shards=[{val_dir}]", f"val.frames_per_video={args.frames}", "val.num_workers=0",
         f"train.epochs={args.epochs}", "train.freeze_backbone_epochs=0", "train.batch_pairs=8",
-        "train.num_workers=1", "train.device=cpu", f"train.out_dir={args.out}", "train.run_name=run",
+        "train.num_workers=1", "train.device=cpu", f"train.threads={args.threads}", f"train.out_dir={args.out}", "train.run_name=run",
         "optim.lr_start=2e-4", "optim.lr_peak=1e-3", "model.dropout=0.2", *args.overrides,
     ]
     cfg = load_config(REPO / "configs" / "demo_cpu.yaml", overrides)
 
     torch.manual_seed(cfg.train.seed)
+    torch.set_num_threads(args.threads)
     loader, mode = build_val_loader(cfg)
     baseline = validate(build_model(cfg.model), loader, torch.device("cpu"))
     print(f"validation: {mode}")

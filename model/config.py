@@ -78,6 +78,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = the whole epoch; >0 caps it (demo, benchmarks)
     num_workers: int = 4
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # intra-op CPU threads (torch.set_num_threads); 0 = torch's default
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16 + scaler) on CUDA, off on CPU
     channels_last: bool = True
     compile: bool = False

@@ -228,6 +228,20 @@ def test_one_step_on_a_fixed_batch_lowers_the_loss(shards, tmp_path):
     assert t.step == 1
 
 
+@pytest.mark.parametrize("extra", [["optim.accum_steps=2"], ["train.amp=bf16"], ["optim.sam=false"],
+                                   ["train.channels_last=true", "optim.grad_clip=1.0"]],
+                         ids=["accumulate", "bf16", "no-sam", "channels-last-clip"])
+def test_step_variants_update_the_weights(shards, tmp_path, extra):
+    from train import apply_freeze, train_step
+
+    t, batch = fixed_batch_trainer(shards, tmp_path, *extra)
+    apply_freeze(t, 0)
+    before = [p.detach().clone() for p in t.model.parameters()]
+    terms = train_step(t, batch)
+    assert math.isfinite(terms["loss"])
+    assert any(not torch.equal(a, p) for a, p in zip(before, t.model.parameters()))
+
+
 def test_thirty_steps_overfit_a_tiny_batch(shards, tmp_path):
     from train import apply_freeze, train_step
 
