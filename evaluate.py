@@ -224,7 +224,6 @@ def tensor_to_uint8(image) -> np.ndarray:
 def run_inference(model, dataset, batch_size: int, device, flip: bool, collate, workers: int, desc: str,
                   amp: bool = False) -> FrameResults:
     """Cls logits of every face of ``dataset`` (flip test optional), with a progress bar."""
-    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -253,10 +252,11 @@ def run_inference(model, dataset, batch_size: int, device, flip: bool, collate, 
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def compute_metrics(frames: FrameResults, aggregate: str) -> tuple[dict, dict, "VideoScores"]:
+def compute_metrics(frames: FrameResults, aggregate: str) -> tuple[dict, dict, object]:
     """Video-level metrics (plus frame AUC / AP) overall and per manipulation method.
 
-    Returns (metrics, per_method, videos) where videos are the aggregated ``model.metrics.VideoScores``; per_method maps each fake method to the metrics of the set
+    Returns (metrics, per_method, videos): videos are the aggregated ``model.metrics.VideoScores``;
+    per_method maps each fake method to the metrics of the set
     "real videos + that method's fakes" (the FF++ per-manipulation protocol); empty when there is only
     one fake method or no real video.
     """
@@ -491,6 +491,8 @@ def main(args) -> dict:
         if args.overlays > 0 and has_hm:
             overlay_paths += draw_overlays(model, dataset, frames, videos, args.overlays, device, args.flip,
                                            out / "overlays", prefix, amp=args.amp)
+        elif args.overlays > 0:
+            print(f"{ts.name}: the checkpoint has no hm head, so no heatmap overlays", file=sys.stderr)
         if perturbations:
             robustness[ts.name] = run_robustness(model, dataset, perturbations, video_metrics["auc"], batch_size,
                                                  device, args, ts.name)
