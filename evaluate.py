@@ -203,20 +203,18 @@ class PerturbCollate:
         self.name, self.level, self.collate = name, level, collate
 
     def __call__(self, items: list[dict]) -> dict:
-        import torch
-
         from model import perturb
+        from model.data import to_tensor
 
         for item in items:
             img = tensor_to_uint8(item["image"])
             seed = perturb.perturbation_seed(f"{item['video_id']}:{item['frame_index']}", self.name, self.level)
-            out = perturb.apply(img, self.name, self.level, seed=seed)
-            item["image"] = torch.from_numpy(out).permute(2, 0, 1).float().div(127.5).sub(1.0)
+            item["image"] = to_tensor(perturb.apply(img, self.name, self.level, seed=seed))
         return self.collate(items)
 
 
 def tensor_to_uint8(image) -> np.ndarray:
-    """(3, S, S) float tensor in [-1, 1] -> (S, S, 3) uint8 RGB (exact inverse of x / 127.5 - 1)."""
+    """(3, S, S) float tensor in [-1, 1] -> (S, S, 3) uint8 RGB (exact inverse of ``model.data.to_tensor``)."""
     arr = (image.detach().float().cpu().numpy().transpose(1, 2, 0) + 1.0) * 127.5
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 

@@ -21,9 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
 def score_faces(model, images, flip: bool = True, want_heatmap: bool = False, amp: bool = False):
     """Forward pass for scoring, optionally with the flip test.
 
@@ -54,13 +51,6 @@ def score_faces(model, images, flip: bool = True, want_heatmap: bool = False, am
     return cls, hm
 
 
-def to_model_input(crops: np.ndarray):
-    """(B, S, S, 3) uint8 RGB -> (B, 3, S, S) float32 tensor in [-1, 1] (mean = std = 0.5 normalisation)."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 @dataclass
 class Prediction:
     """What ``predict`` found for one file."""
@@ -77,10 +67,11 @@ class Prediction:
 
 
 def load_frames(path: Path, n_frames: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Frame indices (k,) and RGB uint8 frames of an image (k = 1) or ``n_frames`` evenly spaced video frames."""
+    """Frame indices (k,) and RGB uint8 frames of an image (k = 1), or ``n_frames`` evenly spaced frames of a
+    video or of a folder of frame images (as the pipeline reads them)."""
     import cv2
 
-    from pipeline.video import sample_frames
+    from pipeline.video import IMAGE_SUFFIXES, sample_frames
 
     if path.suffix.lower() in IMAGE_SUFFIXES:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -104,6 +95,7 @@ def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate:
     import torch
 
     from model import metrics
+    from model.data import to_tensor
     from pipeline.faces import FaceDetector, crop_face
 
     device = device or next(model.parameters()).device
@@ -128,7 +120,7 @@ def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate:
     crops_arr = np.stack(crops)
     logits, hms = [], []
     for start in range(0, len(crops_arr), 16):
-        x = to_model_input(crops_arr[start:start + 16]).to(device)
+        x = to_tensor(crops_arr[start:start + 16]).to(device)
         cls, hm = score_faces(model, x, flip=flip, want_heatmap=overlay is not None and "hm" in model.heads)
         logits.append(cls.cpu().numpy())
         if hm is not None:
@@ -163,7 +155,7 @@ def write_overlay(path: Path, crops: np.ndarray, heatmaps: np.ndarray | None, lo
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.predict",
                                 description="Fake probability of one video or image, with a heatmap overlay.")
-    p.add_argument("input", help="video or image file")
+    p.add_argument("input", help="video or image file, or a folder of frame images")
     p.add_argument("--checkpoint", default=None, help="trained checkpoint (train.py or converted reference)")
     p.add_argument("--frames", type=int, default=32, help="evenly spaced frames to sample from a video")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
@@ -186,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ckpt.is_file():
         print(f"model.predict: {ckpt}: checkpoint not found", file=sys.stderr)
         return 2
-    if not path.is_file():
-        print(f"model.predict: {path}: no such file", file=sys.stderr)
+    if not path.exists():
+        print(f"model.predict: {path}: no such file or folder", file=sys.stderr)
         return 2
     import torch
 

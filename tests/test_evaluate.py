@@ -135,8 +135,9 @@ def test_perturb_collate_is_independent_of_batching():
 
 def test_tensor_to_uint8_inverts_normalisation():
     u8 = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-    x = torch.from_numpy(u8).permute(2, 0, 1).float() / 127.5 - 1
-    np.testing.assert_array_equal(evaluate.tensor_to_uint8(x), u8)
+    from model.data import to_tensor
+
+    np.testing.assert_array_equal(evaluate.tensor_to_uint8(to_tensor(u8)), u8)
 
 
 def test_infer_compression():

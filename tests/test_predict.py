@@ -39,13 +39,6 @@ def test_flip_test_averages_logits_of_image_and_mirror():
                                predict.score_faces(model, sym, flip=False)[0], rtol=1e-4, atol=1e-4)
 
 
-def test_to_model_input_range():
-    crops = np.array([[[[0, 255, 128]]]], np.uint8)
-    x = predict.to_model_input(crops)
-    assert x.shape == (1, 3, 1, 1)
-    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]))
-
-
 def test_predict_on_sample_video(tiny_checkpoint, sample_videos_dir, tmp_path, capsys):
     video = sample_videos_dir / "carphone_pristine.mp4"
     if not video.is_file():
