@@ -454,7 +454,10 @@ def main(args) -> dict:
     (out / "overlays").mkdir(parents=True, exist_ok=True)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_checkpoint(ckpt_path, map_location="cpu").to(device).eval()
+    try:
+        model = load_checkpoint(ckpt_path, map_location="cpu").to(device).eval()
+    except ValueError as e:  # not a checkpoint, or weights that do not match its config: one line, no traceback
+        raise SystemExit(f"evaluate.py: {e}") from e
     image_size = int(model.config.input_size)
     has_hm = "hm" in model.heads
     sha = file_sha256(ckpt_path)

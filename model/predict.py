@@ -188,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.video import VideoError
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_checkpoint(ckpt, map_location="cpu").to(device).eval()
+    try:
+        model = load_checkpoint(ckpt, map_location="cpu").to(device).eval()
+    except ValueError as e:  # not a checkpoint, or weights that do not match its config
+        print(f"model.predict: {e}", file=sys.stderr)
+        return 2
     overlay = Path(args.overlay) if args.overlay else Path(f"{path.stem}_laanet.png")
     try:
         pred = predict(path, model, args.frames, args.flip, args.aggregate, args.crop_scale, overlay=overlay,

@@ -157,6 +157,11 @@ def test_clear_errors_before_any_work(setup, tmp_path):
     with pytest.raises(SystemExit, match="checkpoint not found"):
         evaluate.main(_args("--checkpoint", str(tmp_path / "nope.pt"), "--dataset", "toy", "--shards-root",
                             str(root), "--out", str(tmp_path / "z")))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(SystemExit, match="corrupt.pt"):
+        evaluate.main(_args("--checkpoint", str(corrupt), "--dataset", "toy", "--shards-root", str(root),
+                            "--out", str(tmp_path / "w")))
 
 
 def test_heatmap_overlay_leaves_cold_pixels_and_marks_hot_ones():

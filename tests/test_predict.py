@@ -76,6 +76,11 @@ def test_refuses_without_checkpoint(tmp_path, capsys):
     assert "refusing to score with untrained weights" in capsys.readouterr().err
     assert predict.main([str(img), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    assert predict.main([str(img), "--checkpoint", str(corrupt)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "corrupt.pt" in err and len(err.splitlines()) == 1
 
 
 def test_unreadable_input_gives_one_line_error(tiny_checkpoint, tmp_path, capsys):
