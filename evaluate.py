@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -62,7 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(default: read from the video paths, e.g. c23)")
     p.add_argument("--overlays", type=int, default=8, help="faces per overlay sheet (0: no overlays)")
     p.add_argument("--batch-size", type=int, default=0, help="0: chosen from the free memory")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="DataLoader worker processes reading and resizing faces (default: cores, at most 8)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast on CUDA (off: float32, the paper's numbers)")
