@@ -69,12 +69,18 @@ def metrics_table(entries: list[dict]) -> str:
 
 
 def protocol_table(protocols: dict[str, dict]) -> str:
-    """One row per test set with every protocol field that its numbers depend on."""
+    """The protocol as a table with one row per field and one column per test set (fields are many)."""
     keys: list[str] = []
     for p in protocols.values():
         keys += [k for k in p if k not in keys]
-    rows = [[name] + [str(p.get(k, "-")) for k in keys] for name, p in protocols.items()]
-    return markdown_table(["test set"] + keys, rows)
+
+    def cell(v) -> str:
+        if isinstance(v, dict):
+            return ", ".join(f"{k}: {x}" for k, x in v.items()) or "none"
+        return "-" if v is None else str(v)
+
+    rows = [[k] + [cell(p.get(k)) for p in protocols.values()] for k in keys]
+    return markdown_table(["protocol"] + list(protocols), rows)
 
 
 def robustness_table(robustness: dict[str, dict]) -> str:
