@@ -9,7 +9,7 @@ detector separate real faces from self-blended ones of a person it never saw?".
 Baseline, in the same run: the validation AUC of the same network before any training step (chance).
 Prints the validation AUC per epoch (frame-level over all validation frames; the video-level AUC over a
 single real and a single fake "video" is 0 or 1 and is only listed), training images/s, the load
-average, and writes ``OUT/run/curves.png`` and ``OUT/hdtf_auc.png``.
+average, and writes ``curves.png``, ``hdtf_auc.png`` and ``summary.json`` into the run folder.
 
 The network is a small EfficientNet-B0 LAA-Net trained from scratch (no ImageNet weights can be
 downloaded here), so the backbone is not frozen first (freezing a random backbone teaches nothing).
@@ -67,7 +67,7 @@ def prepare_split(videos: list[Path], out: Path, frames: int, crop: int) -> Path
     return out
 
 
-def plot_auc(history: list[dict], baseline: dict, path: Path) -> None:
+def plot_auc(history: list[dict], baseline: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,15 +75,18 @@ def plot_auc(history: list[dict], baseline: dict, path: Path) -> None:
 
     epochs = [0] + [h["epoch"] for h in history]
     auc = [baseline["auc_frame"]] + [h.get("val_auc_frame", float("nan")) for h in history]
+    auc_hm = [baseline.get("auc_frame_hm_peak", float("nan"))] + [h.get("val_auc_frame_hm_peak", float("nan"))
+                                                               for h in history]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(epochs, auc, marker="o", label="val frame AUC (held-out person, SBI fakes)")
+    ax.plot(epochs, auc, marker="o", label="val frame AUC, cls head (held-out person, SBI fakes)")
+    ax.plot(epochs, auc_hm, marker="s", ms=3, label="val frame AUC, heatmap peak (diagnostic)")
     ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
     ax.set_xlabel("epoch (0 = before training)")
     ax.set_ylabel("AUC")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("LAA-Net (B0, from scratch) on 5 HDTF people, CPU")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -99,6 +102,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30, help="epochs the LR schedule spans")
     p.add_argument("--backbone", default="tf_efficientnet_b0")
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--run-name", default="", help="run folder under --out (default run_<backbone>_<size>)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (1 is fastest on a CPU shared with other jobs)")
     p.add_argument("overrides", nargs="*", help="extra config overrides (key.sub=value)")
@@ -118,13 +122,15 @@ def main() -> None:
     val_dir = prepare_split(val, args.out / "shards" / "val", args.frames, 256)
     prep_s = time.perf_counter() - t0
 
-    run_dir = args.out / "run"
+    run_name = args.run_name or f"run_{args.backbone}_{args.size}"
+    run_dir = args.out / run_name
     overrides = [
         f"model.backbone={args.backbone}", "model.pretrained=false", f"model.input_size={args.size}",
         f"data.image_size={args.size}", f"data.shards=[{train_dir}]", "data.frames_per_video=32",
         f"val.shards=[{val_dir}]", f"val.frames_per_video={args.frames}", "val.num_workers=0",
         f"train.epochs={args.epochs}", "train.freeze_backbone_epochs=0", "train.batch_pairs=8",
-        "train.num_workers=1", "train.device=cpu", f"train.threads={args.threads}", f"train.out_dir={args.out}", "train.run_name=run",
+        "train.num_workers=1", "train.device=cpu", f"train.threads={args.threads}", f"train.out_dir={args.out}",
+        f"train.run_name={run_name}",
         "optim.lr_start=2e-4", "optim.lr_peak=1e-3", "model.dropout=0.2", *args.overrides,
     ]
     cfg = load_config(REPO / "configs" / "demo_cpu.yaml", overrides)
@@ -134,8 +140,8 @@ def main() -> None:
     loader, mode = build_val_loader(cfg)
     baseline = validate(build_model(cfg.model), loader, torch.device("cpu"))
     print(f"validation: {mode}")
-    print(f"baseline (untrained network): frame AUC {baseline['auc_frame']:.4f} over {baseline['n_frames']:.0f} "
-          f"frames")
+    print(f"baseline (untrained network): frame AUC {baseline['auc_frame']:.4f} (heatmap peak "
+          f"{baseline.get('auc_frame_hm_peak', float('nan')):.4f}) over {baseline['n_frames']:.0f} frames")
 
     budget = args.minutes * 60
     start = time.perf_counter()
@@ -146,7 +152,8 @@ def main() -> None:
         t = train(cfg, run_dir, resume_state=state, stop_after_epochs=1)
         h = t.history[-1]
         elapsed = time.perf_counter() - start
-        print(f"epoch {h['epoch']:3d}  train loss {h['train_loss']:8.3f}  val frame AUC {h['val_auc_frame']:.4f}  "
+        print(f"epoch {h['epoch']:3d}  train loss {h['train_loss']:8.3f} (cls {h['train_loss_cls']:.3f})  "
+              f"val frame AUC {h['val_auc_frame']:.4f} (heatmap peak {h.get('val_auc_frame_hm_peak', float('nan')):.4f})  "
               f"(video AUC over {h['val_n_videos']:.0f} videos {h['val_auc_video']:.2f})  "
               f"{h['train_images_per_s']:.2f} images/s  elapsed {elapsed / 60:.1f} min", flush=True)
         per_epoch = elapsed / len([x for x in t.history])
@@ -155,22 +162,26 @@ def main() -> None:
         state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
 
     history = t.history
-    plot_auc(history, baseline, args.out / "hdtf_auc.png")
+    plot_auc(history, baseline, run_dir / "hdtf_auc.png",
+             f"LAA-Net ({args.backbone}, {args.size} px, from scratch) on 5 HDTF people, CPU")
     best = max(history, key=lambda h: h["val_auc_frame"])
     ips = [h["train_images_per_s"] for h in history]
     summary = {"baseline_auc_frame": baseline["auc_frame"], "final_auc_frame": history[-1]["val_auc_frame"],
+               "baseline_auc_frame_hm_peak": baseline.get("auc_frame_hm_peak"),
+               "final_auc_frame_hm_peak": history[-1].get("val_auc_frame_hm_peak"),
+               "config": {"backbone": args.backbone, "size": args.size, "epochs": args.epochs},
                "best_auc_frame": best["val_auc_frame"], "best_epoch": best["epoch"], "epochs_run": len(history),
                "epochs_planned": cfg.train.epochs, "train_images_per_s_median": sorted(ips)[len(ips) // 2],
                "train_minutes": (time.perf_counter() - start) / 60, "prep_minutes": prep_s / 60,
                "load_average": os.getloadavg()}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"AUC (frame, held-out person vs its SBI fakes): {baseline['auc_frame']:.4f} untrained -> "
           f"{summary['final_auc_frame']:.4f} after {len(history)}/{cfg.train.epochs} epochs "
           f"(best {summary['best_auc_frame']:.4f} at epoch {best['epoch']}); training "
           f"{summary['train_images_per_s_median']:.2f} images/s (median epoch, data loading included); "
           f"{summary['train_minutes']:.1f} min training, {summary['prep_minutes']:.1f} min pipeline; "
           f"load average {summary['load_average']}")
-    print(f"curves: {run_dir / 'curves.png'}, {args.out / 'hdtf_auc.png'}")
+    print(f"curves: {run_dir / 'curves.png'}, {run_dir / 'hdtf_auc.png'}")
 
 
 if __name__ == "__main__":

@@ -75,29 +75,37 @@ def first_videos(dataset: EvalDataset, max_videos: int) -> Subset:
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False) -> dict[str, float]:
-    """Score every validation frame; returns ``auc_video``, ``auc_frame``, ``n_videos``, ``n_frames``.
+    """Score every validation frame; returns ``auc_video``, ``auc_frame``, ``n_videos``, ``n_frames`` and,
+    when the model has a heatmap head, ``auc_frame_hm_peak`` (frame score = max heatmap logit).
 
     The model is left in eval mode; the caller puts it back in train mode.
     """
     model.eval()
-    logits, labels, vids, methods = [], [], [], []
+    logits, hm_peak, labels, vids, methods = [], [], [], [], []
     ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     for batch in loader:
         x = batch["image"].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with ctx:
-            out = model(x)["cls"]
-        logits.append(out.float().flatten().cpu().numpy())
+            out = model(x)
+        logits.append(out["cls"].float().flatten().cpu().numpy())
+        if "hm" in out:
+            hm_peak.append(out["hm"].float().flatten(1).amax(dim=1).cpu().numpy())
         labels.append(np.asarray(batch["label"]).reshape(-1))
         vids.extend(batch["video_id"])
         methods.extend(batch["method"])
     frame_logits = np.concatenate(logits)
     frame_labels = np.concatenate(labels).astype(np.int64)
     videos = aggregate_videos(vids, methods, frame_labels, frame_logits)
-    return {
+    out = {
         "auc_video": roc_auc(videos.label, videos.score),
         "auc_frame": roc_auc(frame_labels, frame_logits),
         "n_videos": float(len(videos.label)),
         "n_frames": float(len(frame_logits)),
     }
+    if hm_peak:
+        # Diagnostic only (model selection uses the cls head, as the evaluation protocol scores with it):
+        # does the heatmap branch's strongest response separate fakes from reals?
+        out["auc_frame_hm_peak"] = roc_auc(frame_labels, np.concatenate(hm_peak))
+    return out
