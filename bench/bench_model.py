@@ -4,7 +4,7 @@
 
 Modes: fp32, bf16 (autocast), cl (channels_last, fp32), cl_bf16, fp64 (the reference's training
 precision). A training step is forward + the three losses + backward (no optimizer step), timed as the
-median of --repeats runs after warm-up; wall time is printed with the process CPU time (user + system,
+median (and min) of --repeats runs after warm-up; wall time is printed with the process CPU time (user + system,
 all threads), which a busy shared machine inflates less. Each mode runs in a fresh process; its peak
 memory is the largest resident-set growth during the training steps (warm-up included) over the
 model-and-inputs baseline, sampled every millisecond by a thread.
@@ -117,8 +117,8 @@ def run_mode(mode: str, size: int, batch: int, repeats: int) -> dict[str, float]
             train_step()
             steps.append(time.perf_counter() - t)
             steps_cpu.append(time.process_time() - c)
-    return {"forward": statistics.median(fwd), "forward_cpu": statistics.median(fwd_cpu),
-            "train": statistics.median(steps), "train_cpu": statistics.median(steps_cpu),
+    return {"forward": statistics.median(fwd), "forward_min": min(fwd), "forward_cpu": statistics.median(fwd_cpu),
+            "train": statistics.median(steps), "train_min": min(steps), "train_cpu": statistics.median(steps_cpu),
             "peak_mib": mem.growth_mib}
 
 
@@ -193,8 +193,9 @@ def main() -> None:
         ref_t = f" (reference {ref_key[6:]} {REFERENCE_S[ref_key]:.3f} s, x{r['train'] / REFERENCE_S[ref_key]:.2f})"
         if not comparable:  # the reference was measured at 384 x 384, batch 2, 2 threads only
             ref_f = ref_t = ""
-        print(f"{mode:8s} forward {r['forward']:.3f} s (CPU {r['forward_cpu']:.2f} s){ref_f}; "
-              f"train step {r['train']:.3f} s (CPU {r['train_cpu']:.2f} s){ref_t}; "
+        print(f"{mode:8s} forward {r['forward']:.3f} s (min {r['forward_min']:.3f}, CPU {r['forward_cpu']:.2f} s)"
+              f"{ref_f}; train step {r['train']:.3f} s (min {r['train_min']:.3f}, CPU {r['train_cpu']:.2f} s)"
+              f"{ref_t}; "
               f"peak memory of a train step +{r['peak_mib']:.0f} MiB; "
               f"loadavg {tuple(round(v, 2) for v in os.getloadavg())}", flush=True)
     for mode in ("fp32", "cl"):  # both are float32 training; cl only changes the memory layout
