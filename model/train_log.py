@@ -54,8 +54,7 @@ def read_metrics(csv_path: str | Path) -> dict[str, list[tuple[int, float]]]:
 def plot_curves(csv_path: str | Path, png_path: str | Path) -> Path:
     """Draw the training curves of ``metrics.csv`` into one PNG (a panel per group of scalars).
 
-    Panels: training losses (total and terms, log scale), learning rate, validation AUC / loss,
-    throughput. Groups with no data are left out.
+    Panels: training losses (total and terms, log scale), learning rate, validation AUCs, throughput. Groups with no data are left out.
     """
     import matplotlib
 
@@ -66,7 +65,7 @@ def plot_curves(csv_path: str | Path, png_path: str | Path) -> Path:
     panels = [
         ("training loss", [n for n in series if n.startswith("train/loss")], True),
         ("learning rate", [n for n in series if n == "train/lr"], False),
-        ("validation", [n for n in series if n.startswith("val/")], False),
+        ("validation AUC", [n for n in series if n.startswith("val/auc")], False),
         ("throughput (images/s)", [n for n in series if n == "train/images_per_s"], False),
     ]
     panels = [p for p in panels if p[1]]
@@ -80,6 +79,9 @@ def plot_curves(csv_path: str | Path, png_path: str | Path) -> Path:
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=name.split("/", 1)[-1])
         if logy and all(v > 0 for n in names for _, v in series[n] if math.isfinite(v)):
             ax.set_yscale("log")
+        if title == "validation AUC":
+            ax.set_ylim(0, 1.02)
+            ax.axhline(0.5, color="grey", ls=":", lw=1)
         ax.set_title(title)
         ax.set_xlabel("optimiser step")
         ax.legend(fontsize=7)
