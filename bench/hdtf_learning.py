@@ -163,7 +163,8 @@ def main() -> None:
 
     history = t.history
     plot_auc(history, baseline, run_dir / "hdtf_auc.png",
-             f"LAA-Net ({args.backbone}, {args.size} px, from scratch) on 5 HDTF people, CPU")
+             f"LAA-Net ({args.backbone}, {args.size} px, from scratch) on 5 HDTF people, CPU"
+             + (f"\n{' '.join(args.overrides)}" if args.overrides else ""))
     best = max(history, key=lambda h: h["val_auc_frame"])
     ips = [h["train_images_per_s"] for h in history]
     summary = {"baseline_auc_frame": baseline["auc_frame"], "final_auc_frame": history[-1]["val_auc_frame"],
