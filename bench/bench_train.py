@@ -5,9 +5,9 @@ Measures the paper's setting by default: EfficientNet-B4 LAA-Net at 384 x 384, 1
 the same step with plain Adam (one pass), so the printed ratio is SAM's cost. Data loading is not
 included (a fixed synthetic batch with realistic targets): this is the model + optimiser cost.
 
-    python bench/bench_train.py                                   # B4, 384, batch 16, CPU
-    python bench/bench_train.py --backbone tf_efficientnet_b0 --size 128 --steps 5
-    python bench/bench_train.py --accum-steps 2                   # same batch, half the activation memory
+    python -m bench.bench_train                                   # B4, 384, batch 16, CPU
+    python -m bench.bench_train --backbone tf_efficientnet_b0 --size 128 --steps 5
+    python -m bench.bench_train --accum-steps 2                   # same batch, half the activation memory
 """
 from __future__ import annotations
 

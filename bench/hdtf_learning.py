@@ -15,8 +15,8 @@ The network is a small EfficientNet-B0 LAA-Net trained from scratch (no ImageNet
 downloaded here), so the backbone is not frozen first (freezing a random backbone teaches nothing).
 The run stops, checkpointed, when ``--minutes`` is used up; the LR schedule spans ``--epochs``.
 
-    python bench/hdtf_learning.py                        # defaults: B0, 128 px, 30 minutes at most
-    python bench/hdtf_learning.py --minutes 5 --epochs 4 # a quick look
+    python -m bench.hdtf_learning                        # defaults: B0, 128 px, 30 minutes at most
+    python -m bench.hdtf_learning --minutes 5 --epochs 4 # a quick look
 """
 from __future__ import annotations
 
