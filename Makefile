@@ -70,12 +70,14 @@ evaluate: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pipeline extract-frames --dataset sample --split train --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline cache-landmarks --dataset sample --split train --out $(DEMO_OUT)/shards
+	$(PY) -m pipeline extract-frames --dataset sample --split val --out $(DEMO_OUT)/shards
+	$(PY) -m pipeline cache-landmarks --dataset sample --split val --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline extract-frames --dataset sample --split test --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline cache-landmarks --dataset sample --split test --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline inspect $(DEMO_OUT)/shards/sample/train --png $(DEMO_OUT)/sample_train.png
 	rm -rf $(DEMO_OUT)/runs/demo_cpu
 	$(PY) train.py --config configs/demo_cpu.yaml train.out_dir=$(DEMO_OUT)/runs \
-		data.shards=[$(DEMO_OUT)/shards/sample/train] val.shards=[$(DEMO_OUT)/shards/sample/test]
+		data.shards=[$(DEMO_OUT)/shards/sample/train] val.shards=[$(DEMO_OUT)/shards/sample/val]
 	$(PY) evaluate.py --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt --shards $(DEMO_OUT)/shards/sample/test \
 		--synthetic-fakes sbi --frames 8 --workers 1 --out $(DEMO_OUT)/eval
 	$(PY) -m model.predict data/sample/videos/carphone_pristine.mp4 --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt \

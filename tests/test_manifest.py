@@ -28,7 +28,9 @@ def test_project_manifest_is_valid(repo_root):
     assert m.entry("ffpp").crop.size == 384 and m.entry("ffpp").crop.scale == 1.25
     train = list_videos(m, "sample", "train")
     test = list_videos(m, "sample", "test")
-    assert [it.segment for it in train] == [(0.0, 0.7)] * 2 and [it.segment for it in test] == [(0.7, 1.0)] * 2
+    val = list_videos(m, "sample", "val")
+    assert [it.segment for it in train] == [(0.0, 0.6)] * 2 and [it.segment for it in test] == [(0.75, 1.0)] * 2
+    assert [it.segment for it in val] == [(0.6, 0.75)] * 2
 
 
 @pytest.mark.parametrize("entry, key, form", [
