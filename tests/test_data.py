@@ -1,5 +1,4 @@
 """Training pairs and evaluation items over real shards written with pipeline.shards."""
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
@@ -11,34 +10,17 @@ from torch.utils.data import DataLoader
 from model.data import (DataConfig, EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main,
                         video_key)
 from pipeline.shards import write_index, write_shard
+from tests.face_fixtures import load_faces
 
-FIXTURES = Path(__file__).parent / "data" / "dlib_examples"
 CROP = 160     # stored crop side
 SIZE = 96      # network input in these tests (targets 24 x 24)
-
-
-def load_faces(size: int = CROP) -> list[tuple[np.ndarray, np.ndarray]]:
-    """1.25x-ish square crops around the dlib example faces with their 68 landmarks (crop pixels)."""
-    out = []
-    root = ET.parse(FIXTURES / "faces_with_landmarks.xml").getroot()
-    for image in root.iter("image"):
-        img = cv2.cvtColor(cv2.imread(str(FIXTURES / image.get("file"))), cv2.COLOR_BGR2RGB)
-        for box in image.iter("box"):
-            lm = np.array([[float(p.get("x")), float(p.get("y"))] for p in box.iter("part")], np.float32)
-            side = 1.6 * max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1]))
-            x0, y0 = lm[:, 0].mean() - side / 2, lm[:, 1].mean() - side / 2
-            f = size / side
-            mat = np.float32([[f, 0, -x0 * f], [0, f, -y0 * f]])
-            out.append((cv2.warpAffine(img, mat, (size, size), borderMode=cv2.BORDER_REFLECT_101),
-                        ((lm - (x0, y0)) * f).astype(np.float32)))
-    return out
 
 
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory) -> Path:
     """Two shards: 3 real videos of 4 frames (one frame without landmarks) and 1 fake video; plus a second
     real "method" whose video id repeats one of the first shard's ids."""
-    faces = load_faces()
+    faces = load_faces(CROP)
     d = tmp_path_factory.mktemp("shards") / "toy" / "train"
     imgs, lms, video, frame = [], [], [], []
     for v in range(4):

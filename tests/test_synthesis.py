@@ -1,6 +1,4 @@
 """Pseudo-fake synthesis: masks, flip, SBI and BI contracts, donor table (real faces from dlib's examples)."""
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,32 +9,14 @@ from model.masks import EYE_A, EYE_B, FLIP_INDEX, MASK_KINDS, flip_landmarks, fo
 from model.synthesis import (BLEND_RATIOS, SBIConfig, bi, elastic_field, flip_face, piecewise_affine_warp,
                              resample_mask, sbi, sbi_fake_for_eval)
 from model.targets import boundary
+from tests.face_fixtures import load_faces
 
-FIXTURES = Path(__file__).parent / "data" / "dlib_examples"
 SIZE = 192
-
-
-def load_faces(size: int = SIZE) -> list[tuple[np.ndarray, np.ndarray]]:
-    """1.25x square crops around the dlib example faces, resized to size, with their 68 landmarks."""
-    out = []
-    root = ET.parse(FIXTURES / "faces_with_landmarks.xml").getroot()
-    for image in root.iter("image"):
-        img = cv2.cvtColor(cv2.imread(str(FIXTURES / image.get("file"))), cv2.COLOR_BGR2RGB)
-        for box in image.iter("box"):
-            lm = np.array([[float(p.get("x")), float(p.get("y"))] for p in box.iter("part")], np.float32)
-            cx, cy = lm[:, 0].mean(), lm[:, 1].mean()
-            side = 1.25 * max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1])) * 1.3
-            x0, y0 = cx - side / 2, cy - side / 2
-            f = size / side
-            mat = np.float32([[f, 0, -x0 * f], [0, f, -y0 * f]])
-            crop = cv2.warpAffine(img, mat, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-            out.append((crop, (lm - (x0, y0)) * f))
-    return out
 
 
 @pytest.fixture(scope="module")
 def faces():
-    return load_faces()
+    return load_faces(SIZE, margin=1.25 * 1.3)
 
 
 def test_flip_index_is_an_involution_and_swaps_eyes(faces):
