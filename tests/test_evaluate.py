@@ -218,3 +218,38 @@ def test_synthetic_sbi_fakes_on_real_only_shards(tmp_path):
     assert res["protocol"]["real faces without landmarks (no synthetic fake)"] == 0
     assert res["video"]["n_real"] == 2 and res["video"]["n_fake"] == 2
     assert (out / "overlays" / "realonly_test_confident_fakes.png").is_file()
+
+
+def test_end_to_end_on_shards_from_the_sample_videos(repo_root, tmp_path):
+    """Pipeline on the shipped clips (test segment) -> tiny checkpoint -> evaluate with SBI fakes."""
+    from pipeline.faces import DetectorConfig
+    from pipeline.manifest import list_videos, load_manifest
+    from pipeline.runner import ExtractConfig, LandmarkConfig, run_extract, run_landmarks
+
+    m = load_manifest(repo_root / "data_manifest.yaml")
+    items = [type(it)(**{**it.__dict__, "n_frames": 6}) for it in list_videos(m, "sample", "test")]
+    split_dir = tmp_path / "shards" / "sample" / "test"
+    cfg = ExtractConfig(crop_size=128, detector=DetectorConfig(batch_size=4))
+    assert not run_extract(items, split_dir, "sample", "test", cfg, videos_per_shard=1, workers=0).failed_shards
+    run_landmarks(split_dir, LandmarkConfig(), workers=0)
+
+    torch.manual_seed(0)
+    model = build_model({"backbone": "test_efficientnet", "input_size": SIZE, "head_conv": 8})
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": {"model": model.config.to_dict()},
+                           "epoch": 0, "step": 0})
+    out = tmp_path / "eval"
+    evaluate.main(_args("--checkpoint", str(ckpt), "--shards", str(split_dir), "--synthetic-fakes", "sbi",
+                        "--frames", "4", "--overlays", "2", "--workers", "0", "--batch-size", "4",
+                        "--out", str(out)))
+    for name in ("metrics.json", "scores.csv", "frame_scores.csv", "report.md", "roc.png", "pr.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list((out / "overlays").glob("*.png"))
+    (res,) = json.loads((out / "metrics.json").read_text())["test_sets"].values()
+    assert res["protocol"]["fakes"].startswith("synthetic")
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    # Two real clips and their SBI twins, each scored from its own faces.
+    assert sorted(int(r["label"]) for r in rows) == [0, 0, 1, 1]
+    assert all(0.0 <= float(r["score"]) <= 1.0 and int(r["n_frames"]) >= 1 for r in rows)
+    assert 0.0 <= res["video"]["auc"] <= 1.0
