@@ -176,13 +176,11 @@ def cache_landmarks(
       python -m pipeline cache-landmarks --dataset ffpp --split train --out shards\n
       python -m pipeline cache-landmarks --out shards/mine
     """
-    from pipeline.landmarks import default_model_path
+    from pipeline.landmarks import resolve_model_path
     from pipeline.runner import LandmarkConfig, PipelineError, run_landmarks
 
     try:
-        model = landmark_model or default_model_path()  # fail on a missing model before any worker starts
-        if not Path(model).is_file():
-            raise LandmarkModelError(f"{model}: landmark model file not found")
+        resolve_model_path(landmark_model)  # fail on a missing model before any worker starts
         cfg = LandmarkConfig(model_path=str(landmark_model) if landmark_model else None, upsample=upsample)
         summary = run_landmarks(_split_dir(out, dataset, split), cfg, workers, scheduler, on_error.value)
     except (LandmarkModelError, PipelineError, ShardError) as e:

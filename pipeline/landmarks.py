@@ -35,6 +35,14 @@ def default_model_path() -> Path:
     return path
 
 
+def resolve_model_path(model_path: str | os.PathLike | None = None) -> Path:
+    """The 68-point .dat to load: ``model_path`` if given, else the packaged one; raises if it is missing."""
+    path = Path(model_path) if model_path else default_model_path()
+    if not path.is_file():
+        raise LandmarkModelError(f"{path}: landmark model file not found")
+    return path
+
+
 @dataclass
 class LandmarkResult:
     """points: (68, 2) float32 in the pixels of the image given (NaN if none); ok: dlib found a face."""
@@ -60,9 +68,7 @@ class LandmarkPredictor:
 
         from pipeline.faces import file_sha256
 
-        self.model_path = Path(model_path) if model_path else default_model_path()
-        if not self.model_path.is_file():
-            raise LandmarkModelError(f"{self.model_path}: landmark model file not found")
+        self.model_path = resolve_model_path(model_path)
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(str(self.model_path))
         self.upsample = int(upsample)
