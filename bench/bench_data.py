@@ -293,12 +293,8 @@ def forehead_report(args) -> None:
     from model.masks import BROWS, EYE_A, EYE_B, FOREHEAD_RATIO, MASK_KINDS, hull_mask
 
     size = 384
-    shared = REPO.parent / "shared" / "data" / "faces" / "dlib_examples"
-    # The shared folder holds dlib's full example sets (the shipped fixtures are a subset of its testing set).
     names = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
-    sources = [(f"dlib examples {n.split('_')[0]}", shared / n) for n in names if (shared / n).is_file()]
-    if not sources:
-        sources = [("shipped dlib example fixtures", FIXTURES / "faces_with_landmarks.xml")]
+    sources = [(f"dlib examples {n.split('_')[0]}", FIXTURES / n) for n in names]
     faces = []
     for _, xml in sources:
         faces += fixture_faces(size, xml)
