@@ -361,17 +361,32 @@ def _landmark_task(shard: str, cfg: LandmarkConfig) -> TaskResult:
     return landmark_shard(shard, cfg, _worker_progress)
 
 
+def local_cluster(n_workers: int, dashboard_address: str | None = ":0"):
+    """A LocalCluster of ``n_workers`` single-threaded worker processes, set up for this pipeline.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off glibc's adaptive
+    mmap threshold: every frame, crop and batch buffer (>= 128 KiB) is then mmap'ed and zero-filled afresh.
+    Measured on this pipeline (``bench/bench_pipeline.py`` workload, one process): 25x the page faults and
+    18 % more CPU time per face. The workers here start without it; their memory stays bounded by one
+    shard's crops (see the benchmark's peak RSS per worker). For a cluster you start yourself, set
+    ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in its Dask config for the same.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                            dashboard_address=dashboard_address, silence_logs=40)
+
+
 def make_client(workers: int | None, scheduler: str | None):
     """A Dask client: an existing cluster at ``scheduler``, or a LocalCluster of single-threaded processes."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler:
         client = Client(scheduler)
     else:
-        n = workers or os.cpu_count() or 1
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=40)
-        client = Client(cluster)
+        client = Client(local_cluster(workers or os.cpu_count() or 1))
     link = client.dashboard_link
     try:
         import bokeh  # noqa: F401  (the dashboard is served only when bokeh is installed)
