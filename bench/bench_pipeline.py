@@ -1,6 +1,7 @@
 """Preprocessing throughput: this pipeline against a per-frame PNG/JSON baseline, Dask scaling, memory, reads.
 
-    PYTHONPATH=. python bench/bench_pipeline.py [--copies 3] [--frames 32] [--reads 400]
+    PYTHONPATH=. python -m bench.bench_pipeline [--copies 3] [--frames 32] [--reads 400]
+    PYTHONPATH=. python -m bench.bench_pipeline landmarks      # only section 4
 
 Workload: the sample videos (data/sample/videos), each copied ``--copies`` times, ``--frames`` evenly spaced
 frames per video, crops of 384, the shipped RetinaFace MobileNet-0.25 and dlib's 68-point model.
@@ -13,9 +14,15 @@ Measured in one run, each against its baseline:
    - this pipeline: ``run_extract`` + ``run_landmarks`` with ``workers=0``.
    Models are built before timing in both.
 2. Dask scaling: the same two stages on a LocalCluster of 1 and of 2 single-threaded workers (cluster
-   started and models loaded before timing), and the peak resident memory of each worker process.
+   started and models loaded before timing), and the peak resident memory of each worker process. Run
+   twice: on all cores (a single worker then also gets the idle core for its ffmpeg decoder process and for
+   the scheduler), and pinned (CPU affinity of this process and all it starts) to as many cores as workers,
+   which is the one-worker-per-core layout the pipeline uses. CPU-seconds of all processes are summed too.
 3. Reading as a training DataLoader does (random access, crop + landmarks): samples/s from shards with each
    compression against one PNG + one JSON per face; bytes per face of each.
+4. Landmark step on its own: ms per crop and agreement with dlib's own 68 points on its 43 example faces
+   (tests/data/dlib_examples, 1.25x crops of dlib's boxes at 256 and 384 px), for dlib's detector on the
+   RGB crop as it is (the baseline), on the RGB crop shrunk to 192 px, and the pipeline's setting.
 The machine's load average is printed before and after, since other work on a shared machine slows
 the figures down (and makes 2-worker scaling impossible to see when both cores are busy).
 """
@@ -38,6 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="pipeline faces/s vs PNG baseline, Dask scaling, memory, read speed")
+    p.add_argument("mode", nargs="?", default="all", choices=("all", "landmarks"),
+                   help="all sections, or only the landmark-step check")
     p.add_argument("--copies", type=int, default=3, help="copies of each sample video (more work per run)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled per video")
     p.add_argument("--crop-size", type=int, default=384)
@@ -166,7 +175,48 @@ def read_bench(shard_dir: Path, png_dir: Path, n_reads: int, work: Path) -> list
     return lines
 
 
+def landmark_check() -> list[str]:
+    """ms per crop and distance to dlib's own points on its example faces, per landmark-detection setting."""
+    import xml.etree.ElementTree as ET
+
+    import cv2
+
+    from pipeline.faces import crop_face, crop_to_frame
+    from pipeline.landmarks import LandmarkPredictor
+
+    fixtures = REPO / "tests" / "data" / "dlib_examples"
+    faces = []
+    for name in ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml"):
+        for im in ET.parse(fixtures / name).getroot().iter("image"):
+            img = cv2.cvtColor(cv2.imread(str(fixtures / im.get("file"))), cv2.COLOR_BGR2RGB)
+            for b in im.iter("box"):
+                t, l, w, h = (int(b.get(k)) for k in ("top", "left", "width", "height"))
+                ref = np.array([[int(p.get("x")), int(p.get("y"))] for p in b.iter("part")], np.float32)
+                faces.append((img, np.array([l, t, l + w - 1, t + h - 1], np.float32), ref))
+    crops = [(crop_face(img, box, 1.25, size), ref) for img, box, ref in faces for size in (256, 384)]
+    lines = [f"landmarks on dlib's {len(faces)} example faces x 2 crop sizes (1.25x crops of dlib's boxes), "
+             f"distance to dlib's own points in image pixels:"]
+    settings = [("baseline: dlib detector on the RGB crop as is", dict(detect_size=None, gray=False)),
+                ("RGB crop shrunk to 192 px", dict(detect_size=192, gray=False)),
+                ("pipeline: luma shrunk to 144 px (default)", dict())]
+    for label, kw in settings:
+        pred = LandmarkPredictor(**kw)
+        errs = []
+        t0 = time.perf_counter()
+        for (crop, cb), ref in crops:
+            r = pred.predict(crop)
+            if r.ok:
+                errs.append(float(np.abs(crop_to_frame(r.points, cb, crop.shape[0]) - ref).mean()))
+        ms = (time.perf_counter() - t0) / len(crops) * 1000
+        lines.append(f"  {label:<47}: {ms:5.2f} ms/crop, found {len(errs)}/{len(crops)}, mean {np.mean(errs):.2f} px, "
+                     f"worst face {np.max(errs):.2f} px")
+    return lines
+
+
 def main(args) -> None:
+    if args.mode == "landmarks":
+        print("\n".join(landmark_check()), flush=True)
+        return
     from pipeline.faces import DetectorConfig
     from pipeline.runner import ExtractConfig, LandmarkConfig, _detector, preload_models
 
@@ -193,11 +243,11 @@ def main(args) -> None:
 
     preload_models(det_cfg, lm_cfg)
     detector = _detector(json.dumps(dataclasses.asdict(det_cfg), sort_keys=True))
-    # The baseline runs dlib's face detector on the crop as it is, as reference scripts do; the pipeline's
-    # predictor shrinks crops to 192 px for that detection step only (LandmarkPredictor.detect_size).
+    # The baseline runs dlib's face detector on the RGB crop as it is, as reference scripts do; the pipeline's
+    # predictor detects on the crop's luma shrunk to 144 px (LandmarkPredictor.detect_size / gray).
     from pipeline.landmarks import LandmarkPredictor
 
-    base_predictor = LandmarkPredictor(lm_cfg.model_path, lm_cfg.upsample, detect_size=None)
+    base_predictor = LandmarkPredictor(lm_cfg.model_path, lm_cfg.upsample, detect_size=None, gray=False)
     nb, tb, cb = timed(baseline, items, work / "baseline", detector, base_predictor, args.crop_size)
     no, to, co = timed(ours, items, work / "ours", cfg, lm_cfg, workers=0)
     lines = [f"1 process baseline (OpenCV all frames, 1-frame detect, PNG+JSON): {nb} faces, wall {tb:6.2f} s = "
@@ -208,20 +258,40 @@ def main(args) -> None:
              f"{(no / to) / (nb / tb):.2f}x (wall)",
              f"peak RSS of the single process (baseline + pipeline, models loaded): {_maxrss_mb():.0f} MB"]
     if not args.skip_dask:
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
-        rates = {}
-        for n in (1, 2):
-            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                              silence_logs=40) as cluster, Client(cluster) as client:
-                client.run(preload_models, det_cfg, lm_cfg)
-                faces, secs = ours(items, work / f"dask{n}", cfg, lm_cfg, workers=n, client=client)
-                rss = client.run(_maxrss_mb)
-            rates[n] = faces / secs
-            lines.append(f"dask {n} worker(s): {faces} faces in {secs:6.2f} s = {rates[n]:6.2f} faces/s; peak RSS per "
-                         f"worker {', '.join(f'{v:.0f}' for v in rss.values())} MB")
-        lines.append(f"dask scaling 1 -> 2 workers: {rates[2] / rates[1]:.2f}x")
+        from pipeline.runner import local_cluster
+
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        for pinned in (False, True):
+            if pinned and len(cores) < 2:
+                lines.append("dask pinned run skipped: fewer than 2 cores, or no CPU affinity on this OS")
+                continue
+            rates = {}
+            for n in (1, 2):
+                if pinned:  # this process and every process it starts (scheduler, nanny, worker, ffmpeg)
+                    os.sched_setaffinity(0, cores[:n])
+                try:
+                    with local_cluster(n, dashboard_address=None) as cluster, Client(cluster) as client:
+                        client.run(preload_models, det_cfg, lm_cfg)
+                        w0, c0 = client.run(_cpu_seconds), _cpu_seconds()
+                        faces, secs = ours(items, work / f"dask{n}{'p' if pinned else ''}", cfg, lm_cfg, workers=n,
+                                           client=client)
+                        w1, c1 = client.run(_cpu_seconds), _cpu_seconds()
+                        rss = client.run(_maxrss_mb)
+                finally:
+                    if pinned:
+                        os.sched_setaffinity(0, cores)
+                rates[n] = faces / secs
+                cpu = sum(w1[k] - w0[k] for k in w0) + (c1 - c0)
+                lines.append(f"dask {n} worker(s){f' pinned to {n} core(s)' if pinned else ''}: {faces} faces in "
+                             f"{secs:6.2f} s = {rates[n]:6.2f} faces/s, {faces / cpu:6.2f} faces per CPU-second "
+                             f"(workers, their ffmpeg, scheduler and client); peak RSS per worker "
+                             f"{', '.join(f'{v:.0f}' for v in rss.values())} MB")
+            lines.append(f"dask scaling 1 -> 2 workers{', one core per worker' if pinned else ' on all cores'}: "
+                         f"{rates[2] / rates[1]:.2f}x")
     lines += read_bench(work / "ours", work / "baseline", args.reads, work)
+    lines += landmark_check()
     load1 = os.getloadavg()
     lines.append(f"loadavg after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} on {os.cpu_count()} cores")
     print("\n".join(lines), flush=True)
