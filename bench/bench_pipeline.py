@@ -1,6 +1,6 @@
 """Preprocessing throughput: this pipeline against a per-frame PNG/JSON baseline, Dask scaling, memory, reads.
 
-    PYTHONPATH=. python -m bench.bench_pipeline [--copies 3] [--frames 32] [--reads 400]
+    PYTHONPATH=. python -m bench.bench_pipeline [--copies 3] [--frames 32] [--repeats 3] [--reads 400]
     PYTHONPATH=. python -m bench.bench_pipeline landmarks      # only section 4
 
 Workload: the sample videos (data/sample/videos), each copied ``--copies`` times, ``--frames`` evenly spaced
@@ -12,7 +12,8 @@ Measured in one run, each against its baseline:
      frame sequentially with OpenCV, detect one selected frame at a time, write one PNG + one JSON per face,
      then read each PNG back for dlib landmarks and write them to another JSON;
    - this pipeline: ``run_extract`` + ``run_landmarks`` with ``workers=0``.
-   Models are built before timing in both.
+   Models are built before timing in both. The two alternate for ``--repeats`` rounds and the median ratio
+   is the figure (on a shared machine the speed drifts by 20 % within minutes).
 2. Dask scaling: the same two stages on a LocalCluster of 1 and of 2 single-threaded workers (cluster
    started and models loaded before timing), and the peak resident memory of each worker process. Run
    twice: on all cores (a single worker then also gets the idle core for its ffmpeg decoder process and for
@@ -51,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=32, help="frames sampled per video")
     p.add_argument("--crop-size", type=int, default=384)
     p.add_argument("--reads", type=int, default=400, help="random reads per storage format")
+    p.add_argument("--repeats", type=int, default=3, help="alternating baseline/pipeline rounds (median ratio)")
     p.add_argument("--skip-dask", action="store_true", help="only the single-process and read figures")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     return p
@@ -248,15 +250,26 @@ def main(args) -> None:
     from pipeline.landmarks import LandmarkPredictor
 
     base_predictor = LandmarkPredictor(lm_cfg.model_path, lm_cfg.upsample, detect_size=None, gray=False)
-    nb, tb, cb = timed(baseline, items, work / "baseline", detector, base_predictor, args.crop_size)
-    no, to, co = timed(ours, items, work / "ours", cfg, lm_cfg, workers=0)
-    lines = [f"1 process baseline (OpenCV all frames, 1-frame detect, PNG+JSON): {nb} faces, wall {tb:6.2f} s = "
-             f"{nb / tb:6.2f} faces/s, CPU {cb:6.2f} s = {nb / cb:6.2f} faces per CPU-second",
-             f"1 process pipeline (ffmpeg select, batched detect, HDF5 shards) : {no} faces, wall {to:6.2f} s = "
-             f"{no / to:6.2f} faces/s, CPU {co:6.2f} s = {no / co:6.2f} faces per CPU-second",
-             f"per core: pipeline / baseline = {(no / co) / (nb / cb):.2f}x (CPU time), "
-             f"{(no / to) / (nb / tb):.2f}x (wall)",
-             f"peak RSS of the single process (baseline + pipeline, models loaded): {_maxrss_mb():.0f} MB"]
+    # Baseline and pipeline alternate for --repeats rounds, so that a machine whose speed drifts (a shared
+    # VM) slows both alike; the ratio of each round is printed and the median is the figure.
+    rounds = []
+    for r in range(args.repeats):
+        nb, tb, cb = timed(baseline, items, work / f"baseline{r}", detector, base_predictor, args.crop_size)
+        no, to, co = timed(ours, items, work / f"ours{r}", cfg, lm_cfg, workers=0)
+        rounds.append((nb, tb, cb, no, to, co))
+    lines = []
+    for r, (nb, tb, cb, no, to, co) in enumerate(rounds):
+        lines += [f"round {r + 1}: 1 process baseline (OpenCV all frames, 1-frame detect, PNG+JSON): {nb} faces, "
+                  f"wall {tb:6.2f} s = {nb / tb:6.2f} faces/s, CPU {cb:6.2f} s = {nb / cb:6.2f} faces per CPU-second",
+                  f"round {r + 1}: 1 process pipeline (ffmpeg select, batched detect, HDF5 shards) : {no} faces, "
+                  f"wall {to:6.2f} s = {no / to:6.2f} faces/s, CPU {co:6.2f} s = {no / co:6.2f} faces per CPU-second",
+                  f"round {r + 1}: per core: pipeline / baseline = {(no / co) / (nb / cb):.2f}x (CPU time), "
+                  f"{(no / to) / (nb / tb):.2f}x (wall)"]
+    cpu_ratio = float(np.median([(no / co) / (nb / cb) for nb, tb, cb, no, to, co in rounds]))
+    wall_ratio = float(np.median([(no / to) / (nb / tb) for nb, tb, cb, no, to, co in rounds]))
+    lines += [f"per core over {len(rounds)} rounds (median): pipeline / baseline = {cpu_ratio:.2f}x (CPU time), "
+              f"{wall_ratio:.2f}x (wall)",
+              f"peak RSS of the single process (baseline + pipeline, models loaded): {_maxrss_mb():.0f} MB"]
     if not args.skip_dask:
         from distributed import Client
 
@@ -267,30 +280,33 @@ def main(args) -> None:
             if pinned and len(cores) < 2:
                 lines.append("dask pinned run skipped: fewer than 2 cores, or no CPU affinity on this OS")
                 continue
-            rates = {}
-            for n in (1, 2):
-                if pinned:  # this process and every process it starts (scheduler, nanny, worker, ffmpeg)
-                    os.sched_setaffinity(0, cores[:n])
-                try:
-                    with local_cluster(n, dashboard_address=None) as cluster, Client(cluster) as client:
-                        client.run(preload_models, det_cfg, lm_cfg)
-                        w0, c0 = client.run(_cpu_seconds), _cpu_seconds()
-                        faces, secs = ours(items, work / f"dask{n}{'p' if pinned else ''}", cfg, lm_cfg, workers=n,
-                                           client=client)
-                        w1, c1 = client.run(_cpu_seconds), _cpu_seconds()
-                        rss = client.run(_maxrss_mb)
-                finally:
-                    if pinned:
-                        os.sched_setaffinity(0, cores)
-                rates[n] = faces / secs
-                cpu = sum(w1[k] - w0[k] for k in w0) + (c1 - c0)
-                lines.append(f"dask {n} worker(s){f' pinned to {n} core(s)' if pinned else ''}: {faces} faces in "
-                             f"{secs:6.2f} s = {rates[n]:6.2f} faces/s, {faces / cpu:6.2f} faces per CPU-second "
-                             f"(workers, their ffmpeg, scheduler and client); peak RSS per worker "
-                             f"{', '.join(f'{v:.0f}' for v in rss.values())} MB")
+            scalings = []
+            for r in range(args.repeats):
+                rates = {}
+                for n in (1, 2):
+                    if pinned:  # this process and every process it starts (scheduler, nanny, worker, ffmpeg)
+                        os.sched_setaffinity(0, cores[:n])
+                    try:
+                        with local_cluster(n, dashboard_address=None) as cluster, Client(cluster) as client:
+                            client.run(preload_models, det_cfg, lm_cfg)
+                            w0, c0 = client.run(_cpu_seconds), _cpu_seconds()
+                            faces, secs = ours(items, work / f"dask{n}{'p' if pinned else ''}{r}", cfg, lm_cfg,
+                                               workers=n, client=client)
+                            w1, c1 = client.run(_cpu_seconds), _cpu_seconds()
+                            rss = client.run(_maxrss_mb)
+                    finally:
+                        if pinned:
+                            os.sched_setaffinity(0, cores)
+                    rates[n] = faces / secs
+                    cpu = sum(w1[k] - w0[k] for k in w0) + (c1 - c0)
+                    lines.append(f"round {r + 1}: dask {n} worker(s){f' pinned to {n} core(s)' if pinned else ''}: "
+                                 f"{faces} faces in {secs:6.2f} s = {rates[n]:6.2f} faces/s, {faces / cpu:6.2f} faces "
+                                 f"per CPU-second (workers, their ffmpeg, scheduler and client); peak RSS per worker "
+                                 f"{', '.join(f'{v:.0f}' for v in rss.values())} MB")
+                scalings.append(rates[2] / rates[1])
             lines.append(f"dask scaling 1 -> 2 workers{', one core per worker' if pinned else ' on all cores'}: "
-                         f"{rates[2] / rates[1]:.2f}x")
-    lines += read_bench(work / "ours", work / "baseline", args.reads, work)
+                         f"{', '.join(f'{x:.2f}x' for x in scalings)} (median {float(np.median(scalings)):.2f}x)")
+    lines += read_bench(work / "ours0", work / "baseline0", args.reads, work)
     lines += landmark_check()
     load1 = os.getloadavg()
     lines.append(f"loadavg after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} on {os.cpu_count()} cores")
