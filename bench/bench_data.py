@@ -18,35 +18,24 @@ import math
 import os
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "data" / "dlib_examples"
+from tests.face_fixtures import FULL_SETS, SMALL_SET, example_faces
 
-
-def fixture_faces(size: int, xml: Path = FIXTURES / "faces_with_landmarks.xml") -> list[tuple[np.ndarray, np.ndarray]]:
+def fixture_faces(size: int, names: tuple[str, ...] = SMALL_SET) -> list[tuple[np.ndarray, np.ndarray]]:
     """1.25x square crops (of dlib's face box, like the pipeline's crops of the detector box) resized to size."""
     out = []
-    for image in ET.parse(xml).getroot().iter("image"):
-        img = cv2.imread(str(xml.parent / image.get("file")))
-        if img is None:
-            continue
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        for box in image.iter("box"):
-            lm = np.array([[float(p.get("x")), float(p.get("y"))] for p in box.iter("part")], np.float32)
-            if len(lm) != 68:
-                continue
-            bx, by, bw, bh = (float(box.get(k)) for k in ("left", "top", "width", "height"))
-            side = 1.25 * max(bw, bh)
-            x0, y0 = bx + bw / 2 - side / 2, by + bh / 2 - side / 2
-            f = size / side
-            mat = np.float32([[f, 0, -x0 * f], [0, f, -y0 * f]])
-            crop = cv2.warpAffine(img, mat, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
-            out.append((crop, ((lm + 0.5 - (x0, y0)) * f - 0.5).astype(np.float32)))
+    for img, (x1, y1, x2, y2), lm in example_faces(names):
+        bw, bh = x2 - x1 + 1, y2 - y1 + 1
+        side = 1.25 * max(bw, bh)
+        x0, y0 = x1 + bw / 2 - side / 2, y1 + bh / 2 - side / 2
+        f = size / side
+        mat = np.float32([[f, 0, -x0 * f], [0, f, -y0 * f]])
+        crop = cv2.warpAffine(img, mat, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
+        out.append((crop, ((lm + 0.5 - (x0, y0)) * f - 0.5).astype(np.float32)))
     return out
 
 
@@ -293,12 +282,8 @@ def forehead_report(args) -> None:
     from model.masks import BROWS, EYE_A, EYE_B, FOREHEAD_RATIO, MASK_KINDS, hull_mask
 
     size = 384
-    names = ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
-    sources = [(f"dlib examples {n.split('_')[0]}", FIXTURES / n) for n in names]
-    faces = []
-    for _, xml in sources:
-        faces += fixture_faces(size, xml)
-    print(f"forehead extension on {len(faces)} real faces ({'; '.join(s for s, _ in sources)}), {size} px 1.25x crops "
+    faces = fixture_faces(size, FULL_SETS)
+    print(f"forehead extension on {len(faces)} real faces (dlib's example training and testing sets), {size} px 1.25x crops "
           f"(default height ratio {FOREHEAD_RATIO}):")
     yy, xx = np.mgrid[0:size, 0:size]
     per_ratio = {}

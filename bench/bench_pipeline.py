@@ -179,22 +179,11 @@ def read_bench(shard_dir: Path, png_dir: Path, n_reads: int, work: Path) -> list
 
 def landmark_check() -> list[str]:
     """ms per crop and distance to dlib's own points on its example faces, per landmark-detection setting."""
-    import xml.etree.ElementTree as ET
-
-    import cv2
-
     from pipeline.faces import crop_face, crop_to_frame
     from pipeline.landmarks import LandmarkPredictor
+    from tests.face_fixtures import FULL_SETS, example_faces
 
-    fixtures = REPO / "tests" / "data" / "dlib_examples"
-    faces = []
-    for name in ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml"):
-        for im in ET.parse(fixtures / name).getroot().iter("image"):
-            img = cv2.cvtColor(cv2.imread(str(fixtures / im.get("file"))), cv2.COLOR_BGR2RGB)
-            for b in im.iter("box"):
-                t, l, w, h = (int(b.get(k)) for k in ("top", "left", "width", "height"))
-                ref = np.array([[int(p.get("x")), int(p.get("y"))] for p in b.iter("part")], np.float32)
-                faces.append((img, np.array([l, t, l + w - 1, t + h - 1], np.float32), ref))
+    faces = list(example_faces(FULL_SETS))
     crops = [(crop_face(img, box, 1.25, size), ref) for img, box, ref in faces for size in (256, 384)]
     lines = [f"landmarks on dlib's {len(faces)} example faces x 2 crop sizes (1.25x crops of dlib's boxes), "
              f"distance to dlib's own points in image pixels:"]

@@ -7,9 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-import pytest
 import torch
 
 from tests.test_train import tiny_overrides, write_split

@@ -10,6 +10,7 @@ import evaluate
 from model import build_model
 from model.checkpoint import save_checkpoint
 from pipeline.shards import write_index, write_shard
+from tests.face_fixtures import load_faces
 
 # Two originals and, under two manipulation methods, fakes that share the same name (as FF++ does).
 VIDEOS = [
@@ -184,25 +185,7 @@ def test_heatmap_overlay_leaves_cold_pixels_and_marks_hot_ones():
 
 def test_synthetic_sbi_fakes_on_real_only_shards(tmp_path):
     """The demo's path: a real-only split evaluated against SBI fakes made from its own faces."""
-    import xml.etree.ElementTree as ET
-    from pathlib import Path
-
-    import cv2
-
-    fixtures = Path(__file__).parent / "data" / "dlib_examples"
-    if not (fixtures / "faces_with_landmarks.xml").is_file():
-        pytest.skip("dlib example faces not present")
-    crops, lms = [], []
-    for image in ET.parse(fixtures / "faces_with_landmarks.xml").getroot().iter("image"):
-        img = cv2.cvtColor(cv2.imread(str(fixtures / image.get("file"))), cv2.COLOR_BGR2RGB)
-        for box in image.iter("box"):
-            lm = np.array([[float(p.get("x")), float(p.get("y"))] for p in box.iter("part")], np.float32)
-            side = 1.6 * max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1]))
-            x0, y0 = lm.mean(0) - side / 2
-            f = 128 / side
-            crops.append(cv2.warpAffine(img, np.float32([[f, 0, -x0 * f], [0, f, -y0 * f]]), (128, 128),
-                                        borderMode=cv2.BORDER_REFLECT_101))
-            lms.append((lm - (x0, y0)) * f)
+    crops, lms = (list(x) for x in zip(*load_faces(128)))
     n = min(4, len(crops))
     d = tmp_path / "shards" / "realonly" / "test"
     write_shard(d / "shard-00000.h5", np.stack(crops[:n]), landmarks=np.stack(lms[:n]).astype(np.float32),

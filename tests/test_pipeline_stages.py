@@ -1,7 +1,4 @@
 """Stage functions on their own: frame sampling/decoding, RetinaFace decoding and crops, dlib landmarks."""
-import xml.etree.ElementTree as ET
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -10,9 +7,7 @@ from pipeline.faces import (FaceDetector, crop_face, crop_to_frame, decode, fram
                             square_crop_box)
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.video import VideoError, iter_frames, probe, read_frames, sample_frames, sample_indices, select_expr
-
-DLIB = Path(__file__).parent / "data" / "dlib_examples"
-
+from tests.face_fixtures import FULL_SETS, example_faces
 
 @pytest.fixture(scope="module")
 def detector():
@@ -140,18 +135,8 @@ def test_resnet50_offline_error(tmp_path):
         FaceDetector(backend="resnet50", weights=str(tmp_path / "missing.pth"))
 
 
-def _dlib_faces(names=("faces_with_landmarks.xml",)):
-    for name in names:
-        for im in ET.parse(DLIB / name).getroot().iter("image"):
-            img = cv2.imread(str(DLIB / im.get("file")))[:, :, ::-1].copy()
-            for b in im.iter("box"):
-                t, l, w, h = (int(b.get(k)) for k in ("top", "left", "width", "height"))
-                ref = np.array([[int(p.get("x")), int(p.get("y"))] for p in b.iter("part")], np.float32)
-                yield img, np.array([l, t, l + w - 1, t + h - 1], np.float32), ref
-
-
 def test_landmarks_regression_dlib_examples(predictor):
-    faces = list(_dlib_faces())
+    faces = list(example_faces())
     assert len(faces) == 8
     for img, box, ref in faces:
         assert ref.shape == (68, 2)
@@ -162,7 +147,7 @@ def test_landmarks_regression_dlib_examples(predictor):
 def test_landmarks_crop_path_matches_dlib_on_all_example_faces(predictor):
     """The pipeline path (1.25x crop, dlib's detector on the shrunk luma, predictor on the crop, points mapped
     back) on all 43 faces of dlib's example sets, at two crop sizes: every face found, near dlib's own points."""
-    faces = list(_dlib_faces(("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")))
+    faces = list(example_faces(FULL_SETS))
     assert len(faces) == 43
     errs = []
     for img, box, ref in faces:
