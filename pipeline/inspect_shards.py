@@ -56,7 +56,8 @@ def summarize(path: str | os.PathLike) -> str:
     lines.append(f"  faces: {n_faces}; with landmarks: {n_ok} ({100 * n_ok / max(n_faces, 1):.1f} %); "
                  f"sampled frames without a face: {n_noface}")
     if attrs:
-        keys = ("schema_version", "crop_size", "crop_scale", "detector", "compression", "landmarks_done", "created")
+        keys = ("schema_version", "crop_size", "crop_scale", "detector", "compression", "landmarks_done",
+                "landmark_detector", "created")
         lines.append("  attrs: " + ", ".join(f"{k}={attrs.get(k)}" for k in keys))
     return "\n".join(lines)
 

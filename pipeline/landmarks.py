@@ -82,6 +82,8 @@ class LandmarkPredictor:
         self.upsample = int(upsample)
         self.detect_size = detect_size
         self.gray = gray
+        # Provenance string stored in each shard (attribute ``landmark_detector``).
+        self.settings = (f"dlib_hog {'luma' if gray else 'rgb'}@{detect_size or 'full'} upsample={self.upsample}")
         self.model_sha256 = file_sha256(self.model_path)
         self._dlib = dlib
 

@@ -297,7 +297,7 @@ def landmark_shard(shard: str, cfg: LandmarkConfig, progress: ProgressFn | None 
             finished = int(((last_row >= start) & (last_row < stop)).sum())
             progress({"videos": finished, "frames": stop - start, "faces": stop - start, "messages": []})
     reader.close()
-    add_landmarks(path, pts, ok, pred.model_sha256)
+    add_landmarks(path, pts, ok, pred.model_sha256, pred.settings)
     result.n_frames = n
     result.seconds = time.perf_counter() - t0
     if progress:

@@ -23,7 +23,8 @@ dataset            dtype, shape            meaning
 =================  ======================  ===============================================================
 
 File attributes: ``schema_version``, ``crop_scale``, ``crop_size``, ``detector``, ``detector_weights_sha256``,
-``landmark_model_sha256``, ``created``, ``package_version``, ``manifest_hash``, ``compression``,
+``landmark_model_sha256``, ``landmark_detector`` (how dlib's face rectangle was found, e.g.
+``dlib_hog luma@144 upsample=0``), ``created``, ``package_version``, ``manifest_hash``, ``compression``,
 ``landmarks_done``.
 
 Everything above is readable with plain ``h5py`` (``json.loads`` on each ``videos`` row); crops written with
@@ -142,7 +143,7 @@ class ShardWriter:
             f.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
                              chunks=(4096, *tail))
         base = {"schema_version": SCHEMA_VERSION, "crop_scale": 1.25, "crop_size": s, "detector": "unknown",
-                "detector_weights_sha256": "", "landmark_model_sha256": "", "package_version": _package_version(),
+                "detector_weights_sha256": "", "landmark_model_sha256": "", "landmark_detector": "", "package_version": _package_version(),
                 "manifest_hash": "", "landmarks_done": False}
         base.update(attrs or {})
         base["crop_size"] = s
@@ -239,7 +240,7 @@ def _write_landmarks(f: h5py.File, path: Path, landmarks: np.ndarray, landmark_o
 
 
 def add_landmarks(path: str | os.PathLike, landmarks: np.ndarray, landmark_ok: np.ndarray,
-                  landmark_model_sha256: str = "") -> Path:
+                  landmark_model_sha256: str = "", landmark_detector: str = "") -> Path:
     """Store landmarks in a finished shard without ever leaving it half-written.
 
     The shard is copied to ``<path>.tmp``, the landmark datasets are added to the copy, and the copy
@@ -247,6 +248,7 @@ def add_landmarks(path: str | os.PathLike, landmarks: np.ndarray, landmark_ok: n
 
     Args:
         landmarks: (N, 68, 2) float32 crop pixels, NaN where none. landmark_ok: (N,) bool.
+        landmark_model_sha256, landmark_detector: provenance stored as file attributes.
     """
     import shutil
 
@@ -256,6 +258,7 @@ def add_landmarks(path: str | os.PathLike, landmarks: np.ndarray, landmark_ok: n
     with h5py.File(tmp, "r+") as f:
         _write_landmarks(f, path, landmarks, landmark_ok, f["faces"].shape[0])
         f.attrs["landmark_model_sha256"] = landmark_model_sha256
+        f.attrs["landmark_detector"] = landmark_detector
     os.replace(tmp, path)
     return path
 

@@ -89,6 +89,7 @@ def test_sample_end_to_end(tmp_path, repo_root):
                 assert lm.min() > 0 and lm.max() < CROP
             assert r.face(0).shape == (CROP, CROP, 3) and r.attrs["crop_size"] == CROP
             assert r.attrs["detector"] == "retinaface_mobilenet0.25" and len(r.attrs["detector_weights_sha256"]) == 64
+            assert r.attrs["landmark_detector"] == "dlib_hog luma@144 upsample=0"
             # every crop box is square and 1.25x the larger detector-box side
             cb, b = r.read("crop_boxes"), r.read("boxes")
             np.testing.assert_allclose(cb[:, 2] - cb[:, 0], cb[:, 3] - cb[:, 1])

@@ -64,7 +64,7 @@ def test_plain_h5py_schema(tmp_path):
         row = json.loads(f["videos"][0])
         assert set(row) >= set(VIDEO_KEYS)
         for k in ("schema_version", "crop_scale", "crop_size", "detector", "detector_weights_sha256",
-                  "landmark_model_sha256", "created", "package_version", "manifest_hash"):
+                  "landmark_model_sha256", "landmark_detector", "created", "package_version", "manifest_hash"):
             assert k in f.attrs, k
 
 
@@ -101,9 +101,10 @@ def test_add_landmarks_atomic(tmp_path):
     faces, lms = _arrays(n=3, s=16)
     p = write_shard(tmp_path / "a.h5", faces)
     assert ShardReader(p).attrs["landmarks_done"] is False
-    add_landmarks(p, lms[:3], np.array([True, False, True]), "abc")
+    add_landmarks(p, lms[:3], np.array([True, False, True]), "abc", "dlib_hog luma@144 upsample=0")
     r = ShardReader(p)
     assert r.attrs["landmarks_done"] is True and r.attrs["landmark_model_sha256"] == "abc"
+    assert r.attrs["landmark_detector"] == "dlib_hog luma@144 upsample=0"
     np.testing.assert_array_equal(r.landmarks(0), lms[0])
     np.testing.assert_array_equal(r.face(2), faces[2])
     assert not tmp_path_exists(p)
