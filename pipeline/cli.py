@@ -97,6 +97,10 @@ def extract_frames(
                                              help="Frames per detector call (default: 1 on CPU, where it is "
                                                   "fastest per core; 16 on a GPU)."),
     device: str = typer.Option("cpu", "--device", help="Device of the resnet50 backend (cpu, cuda, cuda:1)."),
+    decode_threads: int = typer.Option(1, "--decode-threads", min=0,
+                                       help="ffmpeg decoder threads per video (1 suits one worker per core; more "
+                                            "when workers are fewer than cores, e.g. with a GPU detector; 0 = "
+                                            "ffmpeg's choice)."),
     videos_per_shard: Optional[int] = typer.Option(None, "--videos-per-shard", min=1,
                                                    help="Videos per shard = per Dask task (default: manifest)."),
     compression: Compression = typer.Option(DEFAULT_COMPRESSION, "--compression",
@@ -146,7 +150,8 @@ def extract_frames(
         from pipeline.faces import FaceDetector
         FaceDetector(DetectorConfig(**det.__dict__))
         cfg = ExtractConfig(crop_scale=c_scale, crop_size=c_size, detector=det, compression=compression.value,
-                            on_error=on_error.value, manifest_hash=mhash, source_root=root)
+                            on_error=on_error.value, manifest_hash=mhash, source_root=root,
+                            decode_threads=decode_threads)
         summary = run_extract(items, _split_dir(out, dataset, split), ds_name, split_name, cfg, vps, workers,
                               scheduler)
     except (ManifestError, DetectorWeightsError, PipelineError, ShardError) as e:

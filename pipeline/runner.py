@@ -52,7 +52,7 @@ class ExtractConfig:
     on_error: str = "skip"              # "skip": log and go on; "raise": stop at the first failed video
     manifest_hash: str = ""
     source_root: str = ""
-    decode_threads: int = 1             # ffmpeg threads per video (one worker process per core)
+    decode_threads: int = 1             # ffmpeg threads per video (one worker process per core); 0 = ffmpeg's choice
 
 
 @dataclass

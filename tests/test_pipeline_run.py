@@ -207,7 +207,7 @@ def test_cli_adhoc_verify_inspect_and_errors(tmp_path, sample_videos_dir):
     shutil.copy(sample_videos_dir / "carphone_pristine.mp4", vids / "clip.mp4")
     out = tmp_path / "mine"
     r = _run_cli(["extract-frames", "--input", str(vids / "*.mp4"), "--label", "fake", "--out", str(out),
-                  "--frames", "3", "--crop-size", "96", "--workers", "0"])
+                  "--frames", "3", "--crop-size", "96", "--workers", "0", "--decode-threads", "2"])
     assert r.returncode == 0, r.stderr
     r = _run_cli(["cache-landmarks", "--out", str(out), "--workers", "0"])
     assert r.returncode == 0, r.stderr
@@ -230,7 +230,8 @@ def test_cli_adhoc_verify_inspect_and_errors(tmp_path, sample_videos_dir):
     r = _run_cli(["cache-landmarks", "--out", str(tmp_path / "empty")])
     assert r.returncode == 2 and "index.json" in r.stderr
     help_text = _run_cli(["extract-frames", "--help"]).stdout
-    for opt in ("--dataset", "--input", "--label", "--workers", "--scheduler", "--detector-weights", "--frames"):
+    for opt in ("--dataset", "--input", "--label", "--workers", "--scheduler", "--detector-weights", "--frames",
+                "--decode-threads"):
         assert opt in help_text
 
 

@@ -54,6 +54,10 @@ def test_probe_and_decode_match_opencv(sample_videos_dir):
     for i, f in zip(idx, frames):  # the same frame, decoded by another decoder
         assert np.abs(ref[i].astype(int) - f).mean() < 2.0
     assert [i for i, _ in iter_frames(p, [7, 3, 3])] == [3, 7]
+    # decoder threads change the speed, never the frames (sample_frames let ffmpeg choose; 1 is the default)
+    for threads in (1, 3):
+        again = np.stack([f for _, f in iter_frames(p, idx, info, threads)])
+        np.testing.assert_array_equal(again, frames)
 
 
 def test_probe_errors(tmp_path):
