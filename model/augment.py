@@ -1,47 +1,72 @@
-"""Training augmentation applied jointly to a (real, fake) pair and its boundary map.
+"""Training augmentation applied jointly to a (real, fake) pair and its target maps, as the reference applies it.
 
-The paper's list (section 4.1): horizontal flip, random crop, random scale, random erasing, colour jitter,
-Gaussian noise, blur, JPEG compression (quality 40..100). Both images of a pair get the same draw (same
-geometry, same colours, same noise field, same erased box), so they keep differing only by the blend, and
-the boundary map gets the same geometry at heatmap resolution, so the targets stay aligned with the pixels.
+After synthesis (SBI step 7 gives a margin crop), every pair goes through (config section ``augment``):
+1. geometry, ONE draw for real, fake and every target map: a horizontal flip (p 0.5) and, with p 0.5, one of
+   {random crop, random scale 0.85..1.15, random erasing} picked uniformly;
+2. colour, ONE draw shared by real and fake: RGB shift +-20, hue/sat/value +-0.3, brightness/contrast +-0.3
+   (p 0.3 each), JPEG quality 40..100 (p 0.5). Gaussian noise and blur are in the paper's list but switched
+   off in the reference's SBI path: they are options here, off by default.
+Rates and ranges are the ones measured on the reference (`../shared/reference/sbi_distribution.json`,
+"augmentation"); the reference's quirks are switches: its random crop keeps the scale and shifts the window
+to the corner, padding black (`crop_mode: shift`; `zoom` resizes the window instead), and its random scale
+zooms about the top-left corner (a bug: `scale_about: centre` is our default, `corner` the reference).
 
-Geometry is one axis-aligned crop window in whole pixels (the SBI margin crop and a random zoom-and-crop
-composed) plus a flip: images are cropped and resized straight to the output size, and the mask-grid
-boundary is warped with the same map (in normalised coordinates) straight to the heatmap size.
-Probabilities and ranges are `AugmentConfig` fields; the defaults are ours (the paper names the transforms, not their parameters), except JPEG quality 40..100.
-Photometric steps run on uint8 with lookup tables where possible (these run once per training image).
+Geometry is an axis-aligned map in normalised coordinates ([0, 1]^2, pixel edges) from the synthesis face to
+the output, plus the input window it reads (content outside the window is black): images are cropped and
+resized when that is all it is, warped otherwise, and maps of any resolution get the same map.
+Photometric steps run on uint8 with lookup tables (see model.colour).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import cv2
 import numpy as np
 
+from model import colour
 from model.synthesis import to_pixels
 
 
-@dataclass(frozen=True)
+@dataclass
 class AugmentConfig:
-    """Probabilities and ranges of the training augmentation (fractions of the image side / 255 levels)."""
+    """Probabilities and ranges of the training augmentation (config section ``augment``)."""
 
+    enabled: bool = True
     hflip_p: float = 0.5
-    zoom: tuple[float, float] = (1.0, 1.15)          # random scale: the crop window is 1/zoom of the side
-    colour_p: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.02                                # fraction of the hue circle
-    blur_p: float = 0.2
-    blur_sigma: tuple[float, float] = (0.3, 1.5)
-    noise_p: float = 0.2
-    noise_std: tuple[float, float] = (2.0, 10.0)     # in uint8 levels
+    geometry_p: float = 0.5                          # p of the one-of {crop, scale, erase} step
+    crop_max: float = 0.14                           # random crop: side cut c per axis in {0, 0.01, ..., crop_max}
+    crop_mode: Literal["shift", "zoom"] = "shift"    # shift: window kept at scale, black padding (reference)
+    scale_limit: float = 0.15                        # random scale factor in 1 +- scale_limit
+    scale_about: Literal["centre", "corner"] = "centre"   # corner: the reference's top-left zoom
+    erase_area: tuple[float, float] = (0.02, 0.33)   # random erasing: box area as a fraction of the image
+    erase_aspect: tuple[float, float] = (0.3, 3.3)
+    erase_value: int = 0                             # black, as the reference
+    erase_targets: bool = True                       # zero the targets under the erased box (reference)
+    rgb_shift_p: float = 0.3
+    rgb_shift: float = 20.0
+    hsv_p: float = 0.3
+    hsv_shift: float = 0.3
+    brightness_contrast_p: float = 0.3
+    brightness: float = 0.3
+    contrast: float = 0.3
     jpeg_p: float = 0.5
     jpeg_quality: tuple[int, int] = (40, 100)
-    erase_p: float = 0.3
-    erase_area: tuple[float, float] = (0.02, 0.12)
-    erase_aspect: tuple[float, float] = (0.3, 3.3)
+    blur_p: float = 0.0                              # paper lists it; reference SBI path: off
+    blur_sigma: tuple[float, float] = (0.3, 1.5)
+    noise_p: float = 0.0                             # paper lists it; reference SBI path: off
+    noise_std: tuple[float, float] = (2.0, 10.0)     # in uint8 levels
+
+    def __post_init__(self) -> None:
+        if self.crop_mode not in ("shift", "zoom"):
+            raise ValueError(f"augment.crop_mode must be 'shift' or 'zoom', got {self.crop_mode!r}")
+        if self.scale_about not in ("centre", "corner"):
+            raise ValueError(f"augment.scale_about must be 'centre' or 'corner', got {self.scale_about!r}")
+        if not 0.0 <= self.crop_max < 0.5:
+            raise ValueError(f"augment.crop_max must be in [0, 0.5), got {self.crop_max}")
+        if not 0.0 <= self.scale_limit < 1.0:
+            raise ValueError(f"augment.scale_limit must be in [0, 1), got {self.scale_limit}")
 
 
 def crop_map(box: tuple[float, float, float, float]) -> np.ndarray:
@@ -50,50 +75,123 @@ def crop_map(box: tuple[float, float, float, float]) -> np.ndarray:
     return np.array([[1.0 / (x1 - x0), 0, -x0 / (x1 - x0)], [0, 1.0 / (y1 - y0), -y0 / (y1 - y0)], [0, 0, 1]])
 
 
+# ----------------------------------------------------------------------------------------------- geometry
 @dataclass(frozen=True)
 class Geometry:
-    """An axis-aligned crop of an n x n input (window: x0, y0, x1, y1 in whole pixels, exclusive ends)
-    resized to the output square, then mirrored if `flip`."""
+    """Output = `norm` (a (3, 3) axis-aligned normalised map) applied to the input, reading only the input
+    `window` (x0, y0, x1, y1, normalised; black outside it), then mirrored if `flip`; `erase` is an output box
+    (normalised) set to `erase_value` in images and to 0 in target maps, or None. `applied` names the steps
+    that fired; `erase_targets` says whether target maps are erased too. `kept` is the input side fraction
+    the output spans (for the face scale)."""
 
-    window: tuple[int, int, int, int]
+    norm: np.ndarray
+    window: tuple[float, float, float, float]
     flip: bool
-    size_in: int
+    erase: tuple[float, float, float, float] | None = None
+    erase_value: int = 0
+    erase_targets: bool = True
+    applied: tuple[str, ...] = ()
 
-    def norm_map(self) -> np.ndarray:
-        """The same geometry as a (3, 3) map in normalised coordinates (for maps of any resolution)."""
-        x0, y0, x1, y1 = (v / self.size_in for v in self.window)
-        geo = crop_map((x0, y0, x1, y1))
-        if self.flip:
-            geo = np.array([[-1.0, 0, 1.0], [0, 1, 0], [0, 0, 1]]) @ geo
-        return geo
+    def full_map(self) -> np.ndarray:
+        if not self.flip:
+            return self.norm
+        return np.array([[-1.0, 0, 1.0], [0, 1, 0], [0, 0, 1]]) @ self.norm
+
+    @property
+    def kept(self) -> float:
+        """Side of the output in input units (mean of both axes): 1 / |scale| of the map."""
+        return float(0.5 * (1.0 / abs(self.norm[0, 0]) + 1.0 / abs(self.norm[1, 1])))
 
 
-def sample_geometry(rng: np.random.Generator, cfg: AugmentConfig | None, size_in: int,
-                    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> Geometry:
-    """The `crop` box (fractions of the side), then (if cfg) a random zoom z with a uniformly placed window
-    of side 1/z inside it (random scale + random crop), rounded to whole input pixels so that images are
-    cropped and resized rather than warped; then a horizontal flip with p = hflip_p. cfg None: crop only."""
+def _erase_box(rng: np.random.Generator, cfg: AugmentConfig) -> tuple[float, float, float, float] | None:
+    """A box of area fraction in cfg.erase_area and aspect (log-uniform) in cfg.erase_aspect that fits the
+    image (up to 10 tries, as torchvision's RandomErasing), uniformly placed; None if none fits."""
+    for _ in range(10):
+        area = rng.uniform(*cfg.erase_area)
+        aspect = np.exp(rng.uniform(np.log(cfg.erase_aspect[0]), np.log(cfg.erase_aspect[1])))
+        bw, bh = np.sqrt(area * aspect), np.sqrt(area / aspect)
+        if bw < 1.0 and bh < 1.0:
+            x0, y0 = rng.uniform(0, 1 - bw), rng.uniform(0, 1 - bh)
+            return float(x0), float(y0), float(x0 + bw), float(y0 + bh)
+    return None
+
+
+def sample_geometry(rng: np.random.Generator, cfg: AugmentConfig | None,
+                    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+                    size_in: int | None = None) -> Geometry:
+    """The margin `crop` box (fractions of the side, rounded to whole pixels of a size_in image if given),
+    then (if cfg is enabled) a flip and the one-of {crop, scale, erase} step of the module docstring."""
     x0, y0, x1, y1 = crop
-    flip = False
-    if cfg is not None:
-        z = rng.uniform(*cfg.zoom)
-        ox, oy = rng.uniform(0.0, 1.0 - 1.0 / z, 2)
-        w, h = (x1 - x0) / z, (y1 - y0) / z
-        x0, y0 = x0 + ox * (x1 - x0), y0 + oy * (y1 - y0)
-        x1, y1 = x0 + w, y0 + h
-        flip = bool(rng.random() < cfg.hflip_p)
-    px0, py0 = int(round(x0 * size_in)), int(round(y0 * size_in))
-    px1, py1 = max(px0 + 1, int(round(x1 * size_in))), max(py0 + 1, int(round(y1 * size_in)))
-    return Geometry((px0, py0, min(size_in, px1), min(size_in, py1)), flip, size_in)
+    if size_in:
+        x0, y0, x1, y1 = (round(v * size_in) / size_in for v in crop)
+    norm = crop_map((x0, y0, x1, y1))
+    window = (x0, y0, x1, y1)
+    if cfg is None or not cfg.enabled:
+        return Geometry(norm, window, False)
+    applied = []
+    flip = bool(rng.random() < cfg.hflip_p)
+    if flip:
+        applied.append("HorizontalFlip")
+    erase = None
+    if rng.random() < cfg.geometry_p:
+        which = int(rng.integers(3))
+        if which == 0:                                   # random crop of (1 - c) of each side
+            cx, cy = (int(v) / 100 for v in rng.integers(0, round(cfg.crop_max * 100) + 1, 2))
+            sx, sy = rng.uniform(0, 1, 2) * (cx, cy)     # start, as a fraction of the (margin-cropped) side
+            w, h = x1 - x0, y1 - y0
+            window = (x0 + sx * w, y0 + sy * h, x0 + (sx + 1 - cx) * w, y0 + (sy + 1 - cy) * h)
+            if cfg.crop_mode == "zoom":
+                norm = crop_map(window)
+            else:                                        # the window keeps its scale, placed at the corner
+                norm = np.array([[1, 0, -sx], [0, 1, -sy], [0, 0, 1]]) @ norm
+            applied.append("RandomCrop")
+        elif which == 1:                                 # random scale
+            s = rng.uniform(1 - cfg.scale_limit, 1 + cfg.scale_limit)
+            c = 0.0 if cfg.scale_about == "corner" else 0.5
+            norm = np.array([[s, 0, c - s * c], [0, s, c - s * c], [0, 0, 1]]) @ norm
+            applied.append("RandomScale")
+        else:
+            erase = _erase_box(rng, cfg)
+            if erase is not None:
+                applied.append("RandomErasing")
+    return Geometry(norm, window, flip, erase, cfg.erase_value, cfg.erase_targets, tuple(applied))
 
 
-def apply_geometry(img: np.ndarray, geom: Geometry, out_size: int) -> np.ndarray:
-    """Crop the window of a square (n, n[, c]) image and resize it (bilinear) to (out_size, out_size[, c]),
-    mirrored if geom.flip: the same pixels as warp(img, geom.norm_map(), out_size) up to OpenCV's
-    fixed-point rounding, three times faster."""
-    x0, y0, x1, y1 = geom.window
-    out = cv2.resize(img[y0:y1, x0:x1], (out_size, out_size), interpolation=cv2.INTER_LINEAR)
-    return cv2.flip(out, 1) if geom.flip else out
+def _window_pixels(window: tuple[float, float, float, float], n: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = (int(round(v * n)) for v in window)
+    return max(0, x0), max(0, y0), min(n, max(x0 + 1, x1)), min(n, max(y0 + 1, y1))
+
+
+def _erase(img: np.ndarray, box: tuple[float, float, float, float], value) -> np.ndarray:
+    n = img.shape[0]
+    x0, y0, x1, y1 = (int(round(v * n)) for v in box)
+    img[y0:y1, x0:x1] = value
+    return img
+
+
+def apply_geometry(img: np.ndarray, geom: Geometry, out_size: int, is_map: bool = False) -> np.ndarray:
+    """Geometry applied to a square (n, n[, c]) image or target map (is_map: erased to 0 if the config
+    erases targets, else left; images erased to `erase_value`), bilinear, black outside the window.
+    Crop-and-resize when the map sends the window onto the whole output (the same pixels as the warp up
+    to OpenCV's fixed-point rounding, three times faster), an affine warp otherwise."""
+    n = img.shape[0]
+    px0, py0, px1, py1 = _window_pixels(geom.window, n)
+    part = img[py0:py1, px0:px1]
+    mat = to_pixels(geom.norm, n, out_size)
+    mat[:, 2] += mat[:, :2] @ np.array([px0, py0], np.float64)      # read from the window's own pixels
+    sx, sy = mat[0, 0], mat[1, 1]
+    fills = (abs(mat[0, 2] - (0.5 * sx - 0.5)) < 1e-6 and abs(mat[1, 2] - (0.5 * sy - 0.5)) < 1e-6
+             and abs(sx * part.shape[1] - out_size) < 1e-6 and abs(sy * part.shape[0] - out_size) < 1e-6)
+    if fills:
+        out = cv2.resize(part, (out_size, out_size), interpolation=cv2.INTER_LINEAR)
+    else:
+        out = cv2.warpAffine(part, mat, (out_size, out_size), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if geom.flip:
+        out = cv2.flip(out, 1)
+    if geom.erase is not None and (not is_map or geom.erase_targets):
+        out = _erase(out, geom.erase, 0 if is_map else geom.erase_value)
+    return out
 
 
 def warp(img: np.ndarray, geo: np.ndarray, out_size: int) -> np.ndarray:
@@ -102,18 +200,18 @@ def warp(img: np.ndarray, geo: np.ndarray, out_size: int) -> np.ndarray:
     return cv2.warpAffine(img, mat, (out_size, out_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
-def _colour_luts(rng: np.random.Generator, cfg: AugmentConfig, mean_level: float):
-    """Draw one colour-jitter setting; returns (rgb LUT (256,) uint8, hsv LUT (256, 1, 3) uint8)."""
-    levels = np.arange(256, dtype=np.float64)
-    bf = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
-    cf = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
-    sf = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
-    hs = rng.uniform(-cfg.hue, cfg.hue) * 180.0
-    rgb = np.clip((levels * bf - mean_level * bf) * cf + mean_level * bf, 0, 255).round().astype(np.uint8)
-    hsv = np.stack([np.mod(np.round(levels + hs), 180), np.clip(np.round(levels * sf), 0, 255), levels], -1)
-    return rgb, hsv.astype(np.uint8).reshape(256, 1, 3)
+def warp_box(box: tuple[int, int, int, int], geo: np.ndarray, n_in: int, n_out: int,
+             pad: int = 3) -> tuple[int, int, int, int]:
+    """Pixel box of an n_in image -> padded, clipped pixel box of the n_out image under the normalised map
+    `geo` (so that output pixels outside it only sample input pixels outside `box`)."""
+    x0, y0, x1, y1 = box
+    mat = to_pixels(geo, n_in, n_out)
+    pts = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64) @ mat.T
+    return (max(0, int(np.floor(pts[:, 0].min())) - pad), max(0, int(np.floor(pts[:, 1].min())) - pad),
+            min(n_out, int(np.ceil(pts[:, 0].max())) + pad), min(n_out, int(np.ceil(pts[:, 1].max())) + pad))
 
 
+# -------------------------------------------------------------------------------------------- photometric
 @lru_cache(maxsize=4)
 def noise_bank(size: int) -> np.ndarray:
     """float32 (2 size, 2 size, 3) standard normal field, drawn once per process from a fixed seed.
@@ -129,40 +227,53 @@ def noise_bank(size: int) -> np.ndarray:
 class PhotometricDraw:
     """One draw of the photometric augmentation (None = step not applied)."""
 
-    colour: tuple[np.ndarray, np.ndarray] | None
-    blur_sigma: float | None
-    noise: tuple[float, int, int] | None          # std (levels), bank row and column offsets (sign in std)
-    jpeg_quality: int | None
+    rgb_shift: tuple[float, float, float] | None = None
+    hsv: np.ndarray | None = None
+    brightness_contrast: np.ndarray | None = None
+    blur_sigma: float | None = None
+    noise: tuple[float, int, int] | None = None   # std (levels, sign included), bank row and column offsets
+    jpeg_quality: int | None = None
+
+    @property
+    def applied(self) -> tuple[str, ...]:
+        names = (("RGBShift", self.rgb_shift), ("HueSaturationValue", self.hsv),
+                 ("RandomBrightnessContrast", self.brightness_contrast), ("GaussianBlur", self.blur_sigma),
+                 ("GaussNoise", self.noise), ("ImageCompression", self.jpeg_quality))
+        return tuple(n for n, v in names if v is not None)
 
 
-def draw_photometric(rng: np.random.Generator, cfg: AugmentConfig, first: np.ndarray) -> PhotometricDraw:
-    """Draw colour jitter (contrast around the mean level of `first`), blur, noise and JPEG settings."""
-    colour = blur = noise = jpeg = None
-    if rng.random() < cfg.colour_p:
-        mean_level = float(cv2.mean(cv2.cvtColor(first, cv2.COLOR_RGB2GRAY))[0])
-        colour = _colour_luts(rng, cfg, mean_level)
+def draw_photometric(rng: np.random.Generator, cfg: AugmentConfig, size: int) -> PhotometricDraw:
+    """Draw the colour, blur, noise and JPEG settings of one pair (each step with its own probability)."""
+    d = PhotometricDraw()
+    if rng.random() < cfg.rgb_shift_p:
+        d.rgb_shift = colour.draw_rgb_shift(rng, cfg.rgb_shift)
+    if rng.random() < cfg.hsv_p:
+        d.hsv = colour.draw_hsv(rng, cfg.hsv_shift)
+    if rng.random() < cfg.brightness_contrast_p:
+        d.brightness_contrast = colour.draw_brightness_contrast(rng, cfg.brightness, cfg.contrast)
     if rng.random() < cfg.blur_p:
-        blur = float(rng.uniform(*cfg.blur_sigma))
+        d.blur_sigma = float(rng.uniform(*cfg.blur_sigma))
     if rng.random() < cfg.noise_p:
         std = float(rng.uniform(*cfg.noise_std)) * (1.0 if rng.random() < 0.5 else -1.0)
-        oy, ox = (int(v) for v in rng.integers(0, first.shape[0] + 1, 2))
-        noise = (std, oy, ox)
+        oy, ox = (int(v) for v in rng.integers(0, size + 1, 2))
+        d.noise = (std, oy, ox)
     if rng.random() < cfg.jpeg_p:
-        jpeg = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
-    return PhotometricDraw(colour, blur, noise, jpeg)
+        d.jpeg_quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+    return d
 
 
 def apply_photometric(img: np.ndarray, draw: PhotometricDraw, full_size: int | None = None,
                       origin: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """Apply a draw to a uint8 (h, w, 3) image that is the window at `origin` (x, y) of a full_size image.
-
-    Colour jitter (brightness/contrast lookup table, then saturation/hue through HSV tables), Gaussian
-    blur, the bank noise (the window's own part of the full image's field), JPEG (OpenCV's codec).
-    """
+    """Apply a draw to a uint8 (h, w, 3) image that is the window at `origin` (x, y) of a full_size image:
+    RGB shift, HSV, brightness/contrast, blur, the bank noise (the window's own part of the full image's
+    field), JPEG (OpenCV's codec), in that order."""
     out = img
-    if draw.colour is not None:
-        rgb, hsv = draw.colour
-        out = cv2.cvtColor(cv2.LUT(cv2.cvtColor(cv2.LUT(out, rgb), cv2.COLOR_RGB2HSV), hsv), cv2.COLOR_HSV2RGB)
+    if draw.rgb_shift is not None:
+        out = colour.apply_rgb_shift(out, draw.rgb_shift)
+    if draw.hsv is not None:
+        out = colour.apply_hsv(out, draw.hsv)
+    if draw.brightness_contrast is not None:
+        out = colour.apply_lut(out, draw.brightness_contrast)
     if draw.blur_sigma is not None:
         out = cv2.GaussianBlur(out, (0, 0), draw.blur_sigma)
     if draw.noise is not None:
@@ -189,14 +300,16 @@ def _grow_aligned(box: tuple[int, int, int, int], grow: int, size: int,
 
 
 def photometric(images: list[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig) -> list[np.ndarray]:
-    """Colour jitter, blur, Gaussian noise and JPEG with ONE draw shared by all images (uint8 (S, S, 3))."""
-    draw = draw_photometric(rng, cfg, images[0])
+    """The photometric steps with ONE draw shared by all images (uint8 (S, S, 3))."""
+    draw = draw_photometric(rng, cfg, images[0].shape[0])
     return [apply_photometric(im, draw) for im in images]
 
 
 def photometric_pair(real: np.ndarray, fake: np.ndarray, box: tuple[int, int, int, int],
-                     rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """`photometric` for a pair whose fake equals the real outside `box` (x0, y0, x1, y1).
+                     rng: np.random.Generator, cfg: AugmentConfig
+                     ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """`photometric` for a pair whose fake equals the real outside `box` (x0, y0, x1, y1); also returns the
+    names of the steps that fired.
 
     The real is processed whole; the fake only near the box. Each step is pixel-wise (colour, noise), local
     (blur, reach <= 3 sigma < 16 px) or per 16-px JPEG block (identical blocks give identical codes; chroma
@@ -205,10 +318,10 @@ def photometric_pair(real: np.ndarray, fake: np.ndarray, box: tuple[int, int, in
     window one block larger still. The result equals processing the whole fake (checked in tests).
     """
     size = real.shape[0]
-    draw = draw_photometric(rng, cfg, real)
+    draw = draw_photometric(rng, cfg, size)
     real_out = apply_photometric(real, draw)
     if box[2] <= box[0] or box[3] <= box[1]:
-        return real_out, real_out.copy()
+        return real_out, real_out.copy(), draw.applied
     x0, y0, x1, y1 = _grow_aligned(box, _GRID, size)               # where the processed fake may differ
     # What those pixels depend on; columns snapped to 64 px so that OpenCV's vectorised loops split every row
     # of the window into the same chunks as the whole image (colour conversions round differently in
@@ -217,7 +330,7 @@ def photometric_pair(real: np.ndarray, fake: np.ndarray, box: tuple[int, int, in
     part = apply_photometric(np.ascontiguousarray(fake[wy0:wy1, wx0:wx1]), draw, size, (wx0, wy0))
     fake_out = real_out.copy()
     fake_out[y0:y1, x0:x1] = part[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
-    return real_out, fake_out
+    return real_out, fake_out, draw.applied
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -225,44 +338,3 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     if not ok:
         raise RuntimeError(f"JPEG encoding failed at quality {quality}")
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
-def warp_box(box: tuple[int, int, int, int], geo: np.ndarray, n_in: int, n_out: int,
-             pad: int = 3) -> tuple[int, int, int, int]:
-    """Pixel box of an n_in image -> padded, clipped pixel box of the n_out image under the normalised map
-    `geo` (so that output pixels outside it only sample input pixels outside `box`)."""
-    x0, y0, x1, y1 = box
-    mat = to_pixels(geo, n_in, n_out)
-    pts = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64) @ mat.T
-    return (max(0, int(np.floor(pts[:, 0].min())) - pad), max(0, int(np.floor(pts[:, 1].min())) - pad),
-            min(n_out, int(np.ceil(pts[:, 0].max())) + pad), min(n_out, int(np.ceil(pts[:, 1].max())) + pad))
-
-
-def random_erase(images: list[np.ndarray], maps: list[np.ndarray], rng: np.random.Generator,
-                 cfg: AugmentConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """With p = erase_p, fill one random box (area and aspect from cfg) with one random colour in every image
-    and set every map (e.g. the boundary, any resolution) to 0 inside the same box: an erased blend leaves
-    no visible artefact, so it gets no target. Inputs are not modified."""
-    if rng.random() >= cfg.erase_p:
-        return images, maps
-    area = rng.uniform(*cfg.erase_area)
-    aspect = np.exp(rng.uniform(np.log(cfg.erase_aspect[0]), np.log(cfg.erase_aspect[1])))
-    bw, bh = min(1.0, np.sqrt(area * aspect)), min(1.0, np.sqrt(area / aspect))
-    x0, y0 = rng.uniform(0, 1 - bw), rng.uniform(0, 1 - bh)
-    colour = rng.integers(0, 256, 3).astype(np.uint8)
-
-    def box(n: int) -> tuple[slice, slice]:
-        rows = slice(int(round(y0 * n)), int(round((y0 + bh) * n)))
-        return rows, slice(int(round(x0 * n)), int(round((x0 + bw) * n)))
-
-    new_images = []
-    for im in images:
-        im = im.copy()
-        im[box(im.shape[0])] = colour
-        new_images.append(im)
-    new_maps = []
-    for m in maps:
-        m = m.copy()
-        m[box(m.shape[0])] = 0
-        new_maps.append(m)
-    return new_images, new_maps

@@ -25,35 +25,46 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.augment import (AugmentConfig, apply_geometry, photometric_pair, random_erase, sample_geometry, warp,
-                           warp_box)
+from model.augment import AugmentConfig, apply_geometry, photometric_pair, sample_geometry, warp_box
 from model.bi_index import build_donor_table
-from model.synthesis import BIConfig, SBIConfig, bi, sbi, sbi_fake_for_eval
-from model.targets import boundary, boundary_u8, make_targets
+from model.synthesis import BIConfig, SBIConfig, bi, random_margin, sbi, sbi_fake_for_eval
+from model.targets import SIGMA_RULES, boundary, boundary_u8, make_targets
 from pipeline.shards import ShardError, ShardReader, shard_paths
 
 HEATMAP_STRIDE = 4
 
 
+# The reference's test geometry: the 1.25x crop minus a 5-of-256 px margin per side, i.e. faces shown at
+# 1.20x the face box (the q95 edge of its training scales, `../shared/reference/sbi_distribution.json`).
+REFERENCE_TEST_SCALE = 1.25 * (1.0 - 2 * 5 / 256)
+
+
 @dataclass
 class DataConfig:
-    """Where the training faces are and how pairs are made from them.
+    """Where the training faces are and how pairs and targets are made from them (config section ``data``).
 
     shards: split folders (each with index.json), e.g. ["shards/ffpp/train"]; only real videos are used.
-    frames_per_video: frames drawn afresh per video every epoch. image_size: network input side S
-    (targets are S/4). synthesis: "sbi" (self-blended) or "bi" (blended with a landmark-nearest face of
-    another video). target_mode: "reference" or "paper" (see model.targets.make_targets). augment: the
-    training augmentations of model.augment. forehead: extend the masks over the forehead. seed: base of
-    every per-sample generator (seed, epoch, index). bi_neighbours: donors kept per frame for BI.
+    frames_per_video: frames drawn per video per epoch. redraw_frames: draw them afresh every epoch (the
+    paper; the reference kept the epoch-0 draw, a bug: False reproduces it). image_size: network input side
+    S (targets are S/4). synthesis: "sbi" (self-blended) or "bi" (blended with a landmark-nearest face of
+    another video); their settings are the ``sbi`` and ``bi`` sections, the augmentation ``augment``.
+    target_mode: "reference" or "paper" (see model.targets.make_targets). sigma_rule: "reference" (runs of
+    uint8 B > 128 with the point counted twice, the reference's measured rule) or "exact" (runs of B > 0.5).
+    heatmap_centre: "exact" (Gaussian peak on the point; the reference misplaces it one pixel up-left for
+    about 45 % of the points, a bug: "reference" reproduces it). run_wrap: let run lengths wrap across rows
+    (the reference's bug; off). seed: base of every per-sample generator (seed, epoch, index).
+    bi_neighbours: donors kept per frame for BI.
     """
 
     shards: list[str] = field(default_factory=list)
     frames_per_video: int = 8
+    redraw_frames: bool = True
     image_size: int = 384
     synthesis: Literal["sbi", "bi"] = "sbi"
     target_mode: Literal["reference", "paper"] = "reference"
-    augment: bool = True
-    forehead: bool = False
+    sigma_rule: Literal["reference", "exact"] = "reference"
+    heatmap_centre: Literal["exact", "reference"] = "exact"
+    run_wrap: bool = False
     seed: int = 0
     bi_neighbours: int = 30
 
@@ -76,6 +87,51 @@ def fit_face(face: np.ndarray, landmarks: np.ndarray | None, size: int) -> tuple
     if landmarks is not None:
         landmarks = (landmarks + 0.5) * (size / s) - 0.5
     return face, landmarks
+
+
+def eval_view(face: np.ndarray, size: int, crop_scale: float, face_scale: float | None) -> np.ndarray:
+    """The evaluation view of a stored (S, S, 3) crop of `crop_scale` x the face box: its central square
+    of `face_scale` face-box sides (None: the whole crop), resized to (size, size, 3)."""
+    if face_scale is not None:
+        frac = face_scale / crop_scale
+        if not 0.1 < frac <= 1.0 + 1e-9:
+            raise ValueError(f"face scale {face_scale:.3f} needs a crop of at least that many face-box sides; "
+                             f"the shard's crops are {crop_scale:.3f}x")
+        s = face.shape[0]
+        cut = int(round(s * (1.0 - frac) / 2))
+        if cut > 0:
+            face = face[cut:s - cut, cut:s - cut]
+    return fit_face(face, None, size)[0]
+
+
+def training_face_scales(sbi_cfg: SBIConfig, augment_cfg: AugmentConfig | None, crop_scale: float = 1.25,
+                         size: int = 384, n: int = 20000, seed: int = 0) -> np.ndarray:
+    """The face scales (training image side / face-box side) the training geometry produces: n draws of the
+    SBI margin and the augmentation geometry exactly as TrainPairDataset makes them, (n,) float64."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(n)
+    for i in range(n):
+        geom = sample_geometry(rng, augment_cfg, random_margin(rng, sbi_cfg), size)
+        out[i] = crop_scale * geom.kept
+    return out
+
+
+def resolve_face_scale(spec: float | str | None, sbi_cfg: SBIConfig | None = None,
+                       augment_cfg: AugmentConfig | None = None, crop_scale: float = 1.25) -> float | None:
+    """"reference" -> REFERENCE_TEST_SCALE; "train-median" -> the median of `training_face_scales`;
+    "crop" or None -> None (the whole stored crop); a number -> itself."""
+    if spec is None or spec == "crop":
+        return None
+    if spec == "reference":
+        return REFERENCE_TEST_SCALE
+    if spec == "train-median":
+        return float(np.median(training_face_scales(sbi_cfg or SBIConfig(), augment_cfg, crop_scale)))
+    if isinstance(spec, str):
+        try:
+            spec = float(spec)
+        except ValueError:
+            raise ValueError(f"face scale must be 'reference', 'train-median', 'crop' or a number, got {spec!r}") from None
+    return float(spec)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -115,7 +171,9 @@ class TrainPairDataset(Dataset):
 
     __getitem__(i) -> dict: real, fake uint8 (S, S, 3); heatmap, consistency, boundary, mask float32
     (S/4, S/4) (the fake's targets; the real's are all zero); video_id str; frame_index int; kind str
-    (mask type); ratio float (blend ratio).
+    (mask type); ratio float (blend ratio); flipped bool and aug_side str (synthesis draws); applied
+    tuple[str] (every augmentation step that fired, "source/...", "geo/...", "colour/..."); face_scale
+    float (image side / face-box side of this pair).
     """
 
     def __init__(self, cfg: DataConfig, sbi_cfg: SBIConfig | None = None, bi_cfg: BIConfig | None = None,
@@ -128,14 +186,18 @@ class TrainPairDataset(Dataset):
             raise ValueError(f"data.synthesis must be 'sbi' or 'bi', got {cfg.synthesis!r}")
         if cfg.target_mode not in ("reference", "paper"):
             raise ValueError(f"data.target_mode must be 'reference' or 'paper', got {cfg.target_mode!r}")
+        if cfg.sigma_rule not in SIGMA_RULES:
+            raise ValueError(f"data.sigma_rule must be one of {SIGMA_RULES}, got {cfg.sigma_rule!r}")
         self.cfg = cfg
-        self.sbi_cfg = sbi_cfg or SBIConfig(forehead=cfg.forehead)
-        self.bi_cfg = bi_cfg or BIConfig(forehead=cfg.forehead)
-        self.augment_cfg = (augment_cfg or AugmentConfig()) if cfg.augment else None
+        self.sbi_cfg = sbi_cfg or SBIConfig()
+        self.bi_cfg = bi_cfg or BIConfig()
+        self.augment_cfg = augment_cfg or AugmentConfig()
         self.shards = _Shards(cfg.shards)
         # All landmarks in memory (544 bytes a face, 50 MB for FF++'s 92k training frames): one HDF5 read per
         # item instead of two. Read with short-lived handles so nothing is open when workers fork.
         self.landmarks = [r.read("landmarks") if r.has_landmarks else None for r in self.shards.readers]
+        # Face scale of the stored crops (crop side / face-box side), for the face scale of each pair.
+        self.crop_scales = [float(r.attrs.get("crop_scale", 1.25)) for r in self.shards.readers]
         for r in self.shards.readers:
             r.close()
         self.skipped = {"frames_without_landmarks": 0, "videos_without_landmarks": 0, "fake_videos": 0}
@@ -164,11 +226,13 @@ class TrainPairDataset(Dataset):
     # ---------------------------------------------------------------------------------------- epochs
     def set_epoch(self, epoch: int) -> None:
         """Draw the frames of `epoch`: for video v, `frames_per_video` distinct frames (all if fewer) chosen by
-        np.random.default_rng([seed, epoch, v, 1]) (independent of workers and of other videos)."""
+        np.random.default_rng([seed, epoch, v, 1]) (independent of workers and of other videos); with
+        data.redraw_frames False, the epoch-0 frames every epoch (the synthesis is still drawn afresh)."""
         self.epoch = int(epoch)
+        draw_epoch = self.epoch if self.cfg.redraw_frames else 0
         items = []
         for v, (_, si, rows) in enumerate(self.videos):
-            rng = np.random.default_rng([self.cfg.seed, self.epoch, v, 1])
+            rng = np.random.default_rng([self.cfg.seed, draw_epoch, v, 1])
             k = min(self.cfg.frames_per_video, len(rows))
             pick = np.sort(rng.choice(len(rows), k, replace=False))
             items.extend((v, si, int(rows[j])) for j in pick)
@@ -224,25 +288,30 @@ class TrainPairDataset(Dataset):
             raise ValueError(f"{self.shards.readers[si].path}: face {row}: {e}") from e
         out = self.cfg.image_size
         hm_size = out // HEATMAP_STRIDE
-        geom = sample_geometry(rng, self.augment_cfg, pair.real.shape[0], pair.crop)
-        geo = geom.norm_map()
+        size_in = pair.real.shape[0]
+        geom = sample_geometry(rng, self.augment_cfg, pair.crop, size_in)
         real, fake = apply_geometry(pair.real, geom, out), apply_geometry(pair.fake, geom, out)
         # The fake equals the real outside this box: photometric_pair only processes the fake near it.
-        box = warp_box(pair.box, geo, pair.real.shape[0], out)
-        mask = warp(pair.mask, geo, hm_size)
+        box = warp_box(pair.box, geom.full_map(), size_in, out)
+        mask = apply_geometry(pair.mask, geom, hm_size, is_map=True)
         if self.cfg.target_mode == "reference":
             # The reference stores B as floor(255 B) and resamples that uint8 map to heatmap size.
-            b = warp(boundary_u8(pair.mask), geo, hm_size).astype(np.float32) / 255.0
+            b = apply_geometry(boundary_u8(pair.mask), geom, hm_size, is_map=True).astype(np.float32) / 255.0
         else:
-            b = warp(boundary(pair.mask), geo, hm_size)
-        if self.augment_cfg is not None:
-            real, fake = photometric_pair(real, fake, box, rng, self.augment_cfg)
-            (real, fake), (b, mask) = random_erase([real, fake], [b, mask], rng, self.augment_cfg)
-        heatmap, consistency = make_targets(np.clip(b, 0.0, 1.0), self.cfg.target_mode, rng)
+            b = apply_geometry(boundary(pair.mask), geom, hm_size, is_map=True)
+        colour_applied: tuple[str, ...] = ()
+        if self.augment_cfg.enabled:
+            real, fake, colour_applied = photometric_pair(real, fake, box, rng, self.augment_cfg)
+        heatmap, consistency = make_targets(np.clip(b, 0.0, 1.0), self.cfg.target_mode, rng,
+                                            sigma_rule=self.cfg.sigma_rule, centre=self.cfg.heatmap_centre,
+                                            wrap=self.cfg.run_wrap)
         reader = self.shards.readers[si]
+        applied = (tuple(f"source/{a}" for a in pair.applied) + tuple(f"geo/{a}" for a in geom.applied)
+                   + tuple(f"colour/{a}" for a in colour_applied))
         return {"real": real, "fake": fake, "heatmap": heatmap, "consistency": consistency, "boundary": b,
                 "mask": mask, "video_id": self.videos[v][0], "frame_index": int(reader.frame_index[row]),
-                "kind": pair.kind, "ratio": pair.ratio}
+                "kind": pair.kind, "ratio": pair.ratio, "flipped": pair.flipped, "aug_side": pair.aug_side,
+                "applied": applied, "face_scale": float(self.crop_scales[si]) * geom.kept}
 
 
 def collate_pairs(pairs: list[dict]) -> dict:
@@ -281,12 +350,17 @@ class EvalDataset(Dataset):
     the nearest-landmark donor (from another real video) of each frame. Frames without landmarks are kept as
     real frames but get no synthetic fake; they are counted in `self.skipped`.
 
+    only_real: leave the fake videos out (validation on synthetic fakes of the reals only).
+    face_scale: faces are shown at this many face-box sides (the central part of the stored crop, see
+    `eval_view`); default the reference's test geometry, None the whole stored crop.
+
     Items: image float32 tensor (3, S, S) in [-1, 1]; label int; video_id str ("<dataset>/<method>/<id>");
     method str; frame_index int; shard str (path); row int.
     """
 
     def __init__(self, split_dirs: list[str], image_size: int, frames_per_video: int | None = None,
-                 synthetic_fakes: str | None = None, seed: int = 0):
+                 synthetic_fakes: str | None = None, seed: int = 0,
+                 face_scale: float | None = REFERENCE_TEST_SCALE, only_real: bool = False):
         if synthetic_fakes not in (None, "sbi", "bi"):
             raise ValueError(f"synthetic_fakes must be None, 'sbi' or 'bi', got {synthetic_fakes!r}")
         if frames_per_video is not None and frames_per_video < 1:
@@ -295,6 +369,10 @@ class EvalDataset(Dataset):
         self.synthetic_fakes = synthetic_fakes
         self.seed = int(seed)
         self.shards = _Shards(list(split_dirs))
+        self.face_scale = face_scale
+        self.crop_scales = [float(r.attrs.get("crop_scale", 1.25)) for r in self.shards.readers]
+        for cs in set(self.crop_scales):
+            eval_view(np.zeros((8, 8, 3), np.uint8), 8, cs, face_scale)     # fail now, not in a worker
         self.skipped = {"frames_without_landmarks": 0}
         # (shard, row, label, video_id, method, synthetic)
         self.items: list[tuple[int, int, int, str, str, bool]] = []
@@ -303,6 +381,8 @@ class EvalDataset(Dataset):
             if frames_per_video is not None and len(rows) > frames_per_video:
                 rows = rows[np.unique(np.round(np.linspace(0, len(rows) - 1, frames_per_video)).astype(int))]
             key, label, method = video_key(row), int(row.get("label", 0)), str(row.get("method", ""))
+            if only_real and label != 0:
+                continue
             self.items.extend((si, int(r), label, key, method, False) for r in rows)
             if synthetic_fakes and label == 0:
                 ok = self.shards.readers[si].landmark_ok[rows]
@@ -348,7 +428,7 @@ class EvalDataset(Dataset):
                 dsi, drow = self._donors[(si, row)]
                 donor = self.shards.readers[dsi]
                 face = bi(face, lm, donor.face(drow), donor.landmarks(drow), np.random.default_rng(seed)).fake
-        face, _ = fit_face(face, None, self.image_size)
+        face = eval_view(face, self.image_size, self.crop_scales[si], self.face_scale)
         return {"image": to_tensor(face), "label": label, "video_id": key, "method": method,
                 "frame_index": int(reader.frame_index[row]), "shard": str(reader.path), "row": row}
 
@@ -387,6 +467,46 @@ def preview_grid(dataset: TrainPairDataset, n: int, cell: int = 192) -> np.ndarr
     return np.concatenate([header] + rows, 0)
 
 
+def _load_run_config(path: str | None, overrides: list[str]):
+    from model.config import load_config  # model.config imports this module
+
+    return load_config(path, overrides)
+
+
+def face_scale_report(cfg, crop_scale: float, png: str | None = None) -> str:
+    """Training face scales (median, q5, q95 of `training_face_scales`) beside the scales evaluation shows
+    faces at ("reference" and "train-median"), as printable lines; optionally a histogram PNG."""
+    scales = training_face_scales(cfg.sbi, cfg.augment, crop_scale, cfg.data.image_size)
+    q5, q50, q95 = np.percentile(scales, [5, 50, 95])
+    ref = REFERENCE_TEST_SCALE
+    lines = [f"face scale = image side / face-box side (stored crops {crop_scale:.3f}x, {len(scales)} draws "
+             f"of the training geometry)",
+             f"  training   median {q50:.3f}  q5 {q5:.3f}  q95 {q95:.3f}  mean {scales.mean():.3f}",
+             f"  evaluation reference {ref:.3f} (1.25x crop minus 5/256 per side; the default), "
+             f"train-median {q50:.3f} (--face-scale train-median), crop {crop_scale:.3f} (--face-scale crop)",
+             f"  reference implementation (measured): training median 1.104 q5 1.016 q95 1.201, test 1.201"]
+    if png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
+        ax.hist(scales, bins=60, color="#4477aa", alpha=0.8, label="training pairs")
+        for x, name, c in ((ref, "eval: reference", "#cc3311"), (q50, "eval: train-median", "#228833"),
+                           (crop_scale, "stored crop", "#777777")):
+            ax.axvline(x, color=c, lw=2, label=f"{name} {x:.3f}")
+        ax.set_xlabel("image side / face-box side")
+        ax.set_ylabel("pairs")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        Path(png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png)
+        plt.close(fig)
+        lines.append(f"  {png}: histogram")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -394,23 +514,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", nargs="+", required=True, help="split folder(s) with index.json")
     p.add_argument("--out", required=True, help="output PNG path")
     p.add_argument("-n", type=int, default=6, help="number of samples (rows)")
-    p.add_argument("--synthesis", choices=("sbi", "bi"), default="sbi")
-    p.add_argument("--target-mode", choices=("reference", "paper"), default="reference")
-    p.add_argument("--image-size", type=int, default=384)
-    p.add_argument("--forehead", action="store_true", help="extend the masks over the forehead")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="training config whose data/sbi/bi/augment settings to use (default: defaults)")
     p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. augment.enabled=false")
+    f = sub.add_parser("face-scale", help="print the training face-scale distribution beside evaluation's")
+    f.add_argument("--config", help="training config (default: the defaults, i.e. the paper recipe)")
+    f.add_argument("--crop-scale", type=float, default=1.25, help="face scale of the stored crops")
+    f.add_argument("--png", help="also write a histogram PNG")
+    f.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     args = parser.parse_args(argv)
-    cfg = DataConfig(shards=list(args.shards), synthesis=args.synthesis, target_mode=args.target_mode,
-                     image_size=args.image_size, forehead=args.forehead, augment=not args.no_augment,
-                     seed=args.seed)
     try:
-        ds = TrainPairDataset(cfg)
+        cfg = _load_run_config(args.config, args.overrides)
+        if args.command == "face-scale":
+            print(face_scale_report(cfg, args.crop_scale, args.png))
+            return 0
+        cfg.data.shards = list(args.shards)
+        ds = TrainPairDataset(cfg.data, cfg.sbi, cfg.bi, cfg.augment)
         ds.set_epoch(args.epoch)
         grid = preview_grid(ds, args.n)
     except (ValueError, ShardError) as e:
-        print(f"preview: {e}", file=sys.stderr)
+        print(f"{args.command}: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Face masks from 68 dlib landmarks: the four hull types of the SBI recipe, a forehead extension, and the
+"""Face masks from 68 dlib landmarks: the four hull types of the SBI recipe (as the reference builds them), a forehead extension, and the
 landmark index map of a horizontal flip.
 
 Landmarks are (68, 2) float arrays of (x, y) in pixel coordinates (pixel centres at integers), in the iBUG
@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-MASK_KINDS = ("hull", "dfl_full", "extended", "components")
+MASK_KINDS = ("facehull", "dfl_full", "extended", "components")
 # Forehead height over nose length (see forehead_points); chosen with `python -m bench.bench_data forehead`.
 FOREHEAD_RATIO = 0.9
 
@@ -96,58 +96,74 @@ def _fill_hulls(shape: tuple[int, int], parts: list[np.ndarray]) -> np.ndarray:
     return mask
 
 
+def raise_brows(landmarks: np.ndarray) -> np.ndarray:
+    """Landmarks with each brow point moved away from the eye by half its distance to a point below it.
+
+    Brow points 17..21 pair with (q, 36, 37, 38, 39), where q lies a quarter of the way from the eye
+    corner 36 to the jaw point 0; brow points 22..26 pair with (42, 43, 44, 45, q') likewise (45 towards
+    16). Each brow point p becomes p + (p - below) / 2. (68, 2) -> (68, 2) float32.
+    """
+    lm = np.asarray(landmarks, dtype=np.float32).copy()
+    q_a = lm[36] + 0.25 * (lm[0] - lm[36])
+    q_b = lm[45] + 0.25 * (lm[16] - lm[45])
+    below_a = np.stack([q_a, lm[36], lm[37], lm[38], lm[39]])
+    below_b = np.stack([lm[42], lm[43], lm[44], lm[45], q_b])
+    lm[17:22] += 0.5 * (lm[17:22] - below_a)
+    lm[22:27] += 0.5 * (lm[22:27] - below_b)
+    return lm
+
+
+def _component_parts(lm: np.ndarray, fh: np.ndarray) -> list[np.ndarray]:
+    """The 8 part hulls of "components" (all but the nose anchored on the chin, point 8), with the
+    forehead points `fh` (possibly empty) joined to the parts that hold brow points."""
+    half = len(fh) // 2
+    fh_a, fh_b = fh[: half + 1], fh[half:]  # image-left and image-right halves (share the middle point)
+    chin = lm[[8]]
+    return [
+        np.concatenate([lm[0:9], lm[[17]]]),
+        np.concatenate([lm[8:17], lm[[26]]]),
+        np.concatenate([lm[17:20], chin, fh_a[:3]]),
+        np.concatenate([lm[24:27], chin, fh_b[-3:]]),
+        np.concatenate([lm[19:25], chin, fh[max(0, half - 2):half + 3]]),
+        np.concatenate([lm[17:22], lm[[27]], lm[31:36], chin, fh_a]),
+        np.concatenate([lm[22:27], lm[[27]], lm[31:36], chin, fh_b]),
+        lm[27:36],
+    ]
+
+
 def hull_parts(landmarks: np.ndarray, kind: str, forehead: bool = False,
                forehead_ratio: float = FOREHEAD_RATIO) -> list[np.ndarray]:
-    """Point sets whose convex hulls make up a mask of type `kind` (their union).
+    """Point sets whose convex hulls make up a mask of type `kind` (their union), the four types of the
+    reference recipe:
 
-    - "hull": one hull of all 68 points.
-    - "dfl_full": union of three hulls: jaw + mouth, nose (bridge, nostrils and the mouth), brows + eyes
-      (with the two upper jaw points 0 and 16, so that it meets the jaw hull without a gap).
-    - "extended": one hull of all points with each brow point raised (along the face's up direction) by half
-      the distance between the brow centre and the eye centre on its side.
-    - "components": union of 8 part hulls, all but the nose anchored on the chin (point 8) so that the union
-      has no holes: two jaw halves (each with the outer brow point of its side), two outer cheek wedges
-      (outer brow points + chin), a central wedge (inner brow points + chin), two eye regions (brow, nasion,
-      nostrils, chin) and the nose (bridge + nostrils).
-    With `forehead`, the points of `forehead_points` join every hull that contains brow points (all of
-    "hull" and "extended", the brows+eyes hull of "dfl_full", the eye+brow parts of "components" split by
-    side), so every type reaches the upper forehead.
+    - "facehull": one hull of all 68 points.
+    - "dfl_full": union of three hulls: jaw + mouth (with points 0, 8, 16), the nose ridge (27..30 and the
+      nose tip 33), and the upper face (brows with points 0, 16, the nasion 27 and the nose tip 33).
+    - "components": union of 8 part hulls: two jaw halves (each with the outer brow point of its side),
+      two outer cheek wedges (outer brow points + chin), a central wedge (inner brow points + chin), two
+      eye regions (brow, nasion, nostrils, chin) and the nose (bridge + nostrils).
+    - "extended": the "components" parts over `raise_brows` landmarks (brows raised towards the forehead).
+    With `forehead`, the points of `forehead_points` join every hull that contains brow points, so every
+    type reaches the upper forehead.
     """
     lm = np.asarray(landmarks, dtype=np.float32)
     fh = forehead_points(lm, forehead_ratio) if forehead else np.zeros((0, 2), np.float32)
-    half = len(fh) // 2
-    fh_a, fh_b = fh[: half + 1], fh[half:]  # image-left and image-right halves (share the middle point)
-    if kind == "hull":
+    if kind == "facehull":
         return [np.concatenate([lm, fh])]
     if kind == "dfl_full":
         return [
             np.concatenate([lm[JAW], lm[MOUTH]]),
-            np.concatenate([lm[NOSE], lm[MOUTH]]),
-            np.concatenate([lm[BROWS], lm[EYE_A], lm[EYE_B], lm[[0, 16]], fh]),
+            np.concatenate([lm[27:31], lm[[33]]]),
+            np.concatenate([lm[BROWS], lm[[0, 27, 16, 33]], fh]),
         ]
-    if kind == "extended":
-        raised = lm.copy()
-        eye_a, eye_b = lm[EYE_A].mean(0), lm[EYE_B].mean(0)
-        brow_a, brow_b = lm[17:22].mean(0), lm[22:27].mean(0)
-        raised[17:22] += 0.5 * (brow_a - eye_a)
-        raised[22:27] += 0.5 * (brow_b - eye_b)
-        return [np.concatenate([raised, fh])]
     if kind == "components":
-        chin = lm[[8]]
-        return [
-            np.concatenate([lm[0:9], lm[[17]]]),
-            np.concatenate([lm[8:17], lm[[26]]]),
-            np.concatenate([lm[17:20], chin, fh_a[:3]]),
-            np.concatenate([lm[24:27], chin, fh_b[-3:]]),
-            np.concatenate([lm[19:25], chin, fh[max(0, half - 2):half + 3]]),
-            np.concatenate([lm[17:22], lm[[27]], lm[31:36], chin, fh_a]),
-            np.concatenate([lm[22:27], lm[[27]], lm[31:36], chin, fh_b]),
-            lm[27:36],
-        ]
+        return _component_parts(lm, fh)
+    if kind == "extended":
+        return _component_parts(raise_brows(lm), fh)
     raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
 
 
-def hull_mask(landmarks: np.ndarray, shape: tuple[int, int], kind: str = "hull", forehead: bool = False,
+def hull_mask(landmarks: np.ndarray, shape: tuple[int, int], kind: str = "facehull", forehead: bool = False,
               forehead_ratio: float = FOREHEAD_RATIO) -> np.ndarray:
     """uint8 (H, W) 0/1 mask of type `kind` (see `hull_parts`) for landmarks given in the pixels of `shape`."""
     return _fill_hulls(shape, hull_parts(landmarks, kind, forehead, forehead_ratio))

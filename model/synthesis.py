@@ -19,29 +19,47 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from model import colour
 from model.masks import MASK_KINDS, flip_landmarks, hull_mask
 
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SBIConfig:
-    """Parameters of the SBI recipe. Pixel values refer to the `grid` raster (the recipe's 256 crops)."""
+    """Parameters of the SBI recipe (config section ``sbi``). Pixel values refer to the `grid` raster (the
+    recipe's 256 crops). Defaults are the reference implementation's measured behaviour."""
 
     grid: int = 256
-    flip_p: float = 0.5
-    forehead: bool = False
+    flip_p: float = 0.5                                   # landmark-aware h-flip before synthesis
+    forehead: bool = False                                # extend the hulls over the forehead (68 points)
     translate: tuple[float, float] = (0.03, 0.015)       # max |shift| as a fraction of width, height
     scale: tuple[float, float] = (0.95, 1 / 0.95)
     elastic_alpha: float = 50.0
     elastic_sigma: float = 7.0
     resize_range: tuple[float, float] = (0.8, 1.25)       # per side, before the two blurs
     blur1_kernels: tuple[int, int] = (5, 25)              # odd sizes, inclusive
+    blur1_float: bool = True                              # blur the float {0, 1} mask (erodes the hull)
     blur2_kernels: tuple[int, int] = (5, 25)
     blur2_sigma: tuple[int, int] = (5, 45)                # integer sigma, inclusive
     blend_ratios: tuple[float, ...] = BLEND_RATIOS
     margin: tuple[int, int] = (5, 24)                     # random crop margin per side, inclusive
-    rgb_shift_p: float = 0.3
+    margin_symmetric: bool = True                         # one margin for all four sides (reference)
+    rgb_shift_p: float = 0.3                              # source transform: RGB shift +-20
+    hsv_p: float = 1.0                                    # source transform: hue/sat/value +-0.3
+    brightness_contrast_p: float = 1.0                    # source transform: brightness/contrast +-0.1
+    brightness_contrast: float = 0.1
+    downscale_share: float = 0.5                          # down-up scale (else sharpen)
+
+    def __post_init__(self) -> None:
+        for name in ("blur1_kernels", "blur2_kernels"):
+            lo, hi = getattr(self, name)
+            if lo < 1 or hi < lo or lo % 2 == 0 or hi % 2 == 0:
+                raise ValueError(f"sbi.{name} must be odd sizes lo <= hi, got {(lo, hi)}")
+        if not self.blend_ratios or any(not 0 < r <= 1 for r in self.blend_ratios):
+            raise ValueError(f"sbi.blend_ratios must be values in (0, 1], got {self.blend_ratios}")
+        if not 0 <= self.margin[0] <= self.margin[1] < self.grid // 4:
+            raise ValueError(f"sbi.margin must be 0 <= lo <= hi < grid / 4, got {self.margin}")
 
 
 @dataclass
@@ -53,6 +71,7 @@ class SyntheticPair:
     ratio: blend ratio r; the fake is r*M*src + (1 - r*M)*real.
     crop: (x0, y0, x1, y1) margin crop as fractions of the side, to apply to real, fake and mask alike.
     kind: mask type; flipped: whether the frame was mirrored first.
+    aug_side, applied: which image got the source transform, and which of its steps fired.
     box: (x0, y0, x1, y1) pixel box of the face (exclusive ends) outside which fake == real.
     """
 
@@ -64,6 +83,8 @@ class SyntheticPair:
     kind: str
     flipped: bool
     box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    aug_side: str = ""                      # "source" or "target": which image got the source transform
+    applied: tuple[str, ...] = ()           # source transforms that fired, e.g. ("HueSaturationValue", ...)
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -95,45 +116,32 @@ def flip_face(face: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 # ----------------------------------------------------------------------------------- source transforms
-def _lut3(tables: list[np.ndarray]) -> np.ndarray:
-    return np.stack([np.clip(t, 0, 255) for t in tables], -1).astype(np.uint8).reshape(256, 1, 3)
-
-
-def source_colour_transform(img: np.ndarray, rng: np.random.Generator, rgb_shift_p: float = 0.3) -> np.ndarray:
-    """Step 3 of SBI: RGB shift +-20 (p=0.3), hue/sat/value +-0.3, brightness/contrast +-0.1, then one of
-    {down-up scale by 2 or 4, sharpen}. uint8 (h, w, 3) -> uint8 (h, w, 3).
-
-    Semantics follow the recipe's uint8 transforms: shifts are added through lookup tables and truncated
-    to integers (so hue/sat/value +-0.3 of 180/255 levels amount to an HSV round trip plus a -1 level
-    shift for negative draws); contrast scales intensities (out = in * (1 + c) + 255 * b). Down-up scaling
-    samples with nearest neighbour at 1/2 or 1/4 of this image's own resolution and restores it
-    bilinearly; sharpening blends identity with a Laplacian-type kernel (alpha 0.2..0.5, lightness 0.5..1).
+def source_colour_transform(img: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = SBIConfig(),
+                            applied: list[str] | None = None) -> np.ndarray:
+    """Step 3 of SBI: RGB shift +-20 (p = cfg.rgb_shift_p), hue/sat/value +-0.3 (cfg.hsv_p),
+    brightness/contrast +-0.1 (cfg.brightness_contrast_p), then one of {down-up scale by 2 or 4, sharpen
+    (alpha 0.2..0.5, lightness 0.5..1)}. uint8 (h, w, 3) -> uint8 (h, w, 3); see model.colour for the uint8
+    semantics. The names of the steps that fired are appended to `applied`. Down-up scaling samples this
+    image's own pixel grid at 1/2 or 1/4 (nearest) and restores it bilinearly.
     """
-    levels = np.arange(256, dtype=np.float64)
+    fired = applied if applied is not None else []
     out = img
-    if rng.random() < rgb_shift_p:
-        # trunc(x + s) clipped to [0, 255] is x + floor(s) with saturation for integer x >= 0.
-        s = np.floor(rng.uniform(-20, 20, 3))
-        out = cv2.add(out, (float(s[0]), float(s[1]), float(s[2]), 0.0))
-    hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
-    h, s, v = rng.uniform(-0.3, 0.3, 3)
-    hsv_lut = _lut3([np.trunc(np.mod(levels + h, 180)), np.trunc(levels + s), np.trunc(levels + v)])
-    out = cv2.cvtColor(cv2.LUT(hsv, hsv_lut), cv2.COLOR_HSV2RGB)
-    b, c = rng.uniform(-0.1, 0.1, 2)
-    lut = np.clip(levels * (1.0 + c) + 255.0 * b, 0, 255).astype(np.uint8)
-    out = cv2.LUT(out, lut)
-    if rng.random() < 0.5:
-        r = (2, 4)[int(rng.integers(2))]
-        hh, ww = out.shape[:2]
-        small = cv2.resize(out, (max(1, ww // r), max(1, hh // r)), interpolation=cv2.INTER_NEAREST)
-        out = cv2.resize(small, (ww, hh), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < cfg.rgb_shift_p:
+        out = colour.apply_rgb_shift(out, colour.draw_rgb_shift(rng))
+        fired.append("RGBShift")
+    if rng.random() < cfg.hsv_p:
+        out = colour.apply_hsv(out, colour.draw_hsv(rng))
+        fired.append("HueSaturationValue")
+    if rng.random() < cfg.brightness_contrast_p:
+        lim = cfg.brightness_contrast
+        out = colour.apply_lut(out, colour.draw_brightness_contrast(rng, lim, lim))
+        fired.append("RandomBrightnessContrast")
+    if rng.random() < cfg.downscale_share:
+        out = colour.down_up(out, (2, 4)[int(rng.integers(2))])
+        fired.append("RandomDownScale")
     else:
-        alpha = rng.uniform(0.2, 0.5)
-        lightness = rng.uniform(0.5, 1.0)
-        k = -np.ones((3, 3), np.float32)
-        k[1, 1] = 8.0 + lightness
-        kernel = (1.0 - alpha) * np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32) + alpha * k
-        out = cv2.filter2D(out, -1, kernel)
+        out = colour.sharpen(out, rng.uniform(0.2, 0.5), rng.uniform(0.5, 1.0))
+        fired.append("Sharpen")
     return out
 
 
@@ -180,17 +188,19 @@ def _odd(rng: np.random.Generator, lo: int, hi: int) -> int:
 
 
 def soften_mask(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = SBIConfig()) -> np.ndarray:
-    """Step 5 of SBI: uint8 0/1 (g, g) mask -> float32 (g, g) soft mask M in [0, 1] with max 1.
+    """Step 5 of SBI: 0/1 (g, g) mask -> float32 (g, g) soft mask M in [0, 1] with max 1.
 
-    Resize by 0.8..1.25 per side; Gaussian blur with an odd kernel 5..25 and keep only the pixels that
-    are 1 after max-normalising (the recipe blurs the 0/1 mask as uint8, so those are the pixels whose
-    blurred value rounds to 1: a shape-smoothing step that also removes thin slivers); blur again (odd
-    kernel 5..25, sigma 5..45), max-normalise and resize back.
+    Resize by 0.8..1.25 per side (bilinear); Gaussian blur with an odd kernel k1 in 5..25 of the FLOAT mask,
+    max-normalise and set every value below 1 to 0: only pixels whose whole k1 x k1 window lies inside the
+    hull survive, so this step erodes the hull by about k1 / 2 (the reference's behaviour; with
+    `cfg.blur1_float` False the blur runs on the uint8 mask, whose blurred values round back to 0/1, and
+    the step keeps almost every hull pixel). Then blur again (odd kernel 5..25, integer sigma 5..45),
+    max-normalise and resize back.
     """
     g_h, g_w = mask.shape
     fx, fy = rng.uniform(*cfg.resize_range, 2)
     size = (max(8, int(round(g_w * fx))), max(8, int(round(g_h * fy))))
-    m = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
+    m = cv2.resize(mask.astype(np.float32 if cfg.blur1_float else np.uint8), size, interpolation=cv2.INTER_LINEAR)
     k1 = _odd(rng, *cfg.blur1_kernels)
     k2 = _odd(rng, *cfg.blur2_kernels)
     sigma2 = float(rng.integers(cfg.blur2_sigma[0], cfg.blur2_sigma[1] + 1))
@@ -202,8 +212,12 @@ def soften_mask(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = SBI
     pad = k1 // 2 + k2 // 2 + 2
     x0, y0 = max(0, box[0] - pad), max(0, box[1] - pad)
     x1, y1 = min(size[0], box[2] + pad), min(size[1], box[3] + pad)
-    part = cv2.GaussianBlur(m[y0:y1, x0:x1], (k1, k1), 0)       # uint8 0/1 in, rounded 0/1 out
-    part = cv2.GaussianBlur(part.astype(np.float32), (k2, k2), sigma2)
+    part = cv2.GaussianBlur(m[y0:y1, x0:x1], (k1, k1), 0)
+    peak = float(part.max())
+    if peak <= 0:
+        raise ValueError("mask vanished while softening (empty or sub-kernel-sized hull)")
+    part = (part >= peak).astype(np.float32)               # x / max < 1 -> 0, and the rest is exactly 1
+    part = cv2.GaussianBlur(part, (k2, k2), sigma2)
     m = np.zeros(m.shape, np.float32)
     m[y0:y1, x0:x1] = part
     peak = float(m.max())
@@ -264,8 +278,10 @@ def _blend_roi(fg: np.ndarray, bg: np.ndarray, weight: np.ndarray) -> np.ndarray
 
 
 def random_margin(rng: np.random.Generator, cfg: SBIConfig = SBIConfig()) -> tuple[float, float, float, float]:
-    """Step 7 of SBI: crop box (x0, y0, x1, y1) as fractions of the side, each side cut by 5..24 grid px."""
-    m = rng.integers(cfg.margin[0], cfg.margin[1] + 1, 4) / cfg.grid
+    """Step 7 of SBI: crop box (x0, y0, x1, y1) as fractions of the side. One margin m in cfg.margin grid px
+    cut from all four sides (the face stays centred), or with `cfg.margin_symmetric` False one per side."""
+    n = 1 if cfg.margin_symmetric else 4
+    m = np.resize(rng.integers(cfg.margin[0], cfg.margin[1] + 1, n), 4) / cfg.grid
     return float(m[0]), float(m[1]), float(1.0 - m[2]), float(1.0 - m[3])
 
 
@@ -298,7 +314,8 @@ def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     side = bool(rng.random() < 0.5)
     augment_source = side if augment_source is None else bool(augment_source)
     colour_rng = rng.spawn(1)[0]           # drawn now, used on the source box or the whole real below
-    real = face if augment_source else source_colour_transform(face, colour_rng, cfg.rgb_shift_p)
+    applied: list[str] = []
+    real = face if augment_source else source_colour_transform(face, colour_rng, cfg, applied)
 
     scale = rng.uniform(*cfg.scale)
     tx, ty = rng.uniform(-cfg.translate[0], cfg.translate[0]), rng.uniform(-cfg.translate[1], cfg.translate[1])
@@ -309,7 +326,7 @@ def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     lm_grid = lm_grid @ to_pixels(geo, g, g)[:, :2].T.astype(np.float32) + to_pixels(geo, g, g)[:, 2].astype(np.float32)
     mask = hull_mask(lm_grid, (g, g), kind, cfg.forehead).astype(np.float32)
     mask = elastic_warp(mask, rng, cfg.elastic_alpha, cfg.elastic_sigma)
-    mask_u8 = (mask >= 0.5).astype(np.uint8)   # the recipe keeps the deformed mask binary (uint8)
+    mask_u8 = (mask >= 0.5).astype(np.uint8)   # the recipe keeps the deformed mask binary (nearest)
     if not mask_u8.any():
         raise ValueError("sbi: the landmark hull is empty at the mask resolution")
     soft = soften_mask(mask_u8, rng, cfg)
@@ -324,7 +341,7 @@ def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
         # Only the pixels the warp reads for the mask's box are transformed; the box origin is a multiple
         # of 4 so that down-up scaling samples the same pixel grid as on the whole face.
         bx0, by0, bx1, by1 = _preimage_box(mat, roi, size, pad=8, align=4)
-        src_part = source_colour_transform(face[by0:by1, bx0:bx1], colour_rng, cfg.rgb_shift_p)
+        src_part = source_colour_transform(face[by0:by1, bx0:bx1], colour_rng, cfg, applied)
         mat_part = mat.copy()
         mat_part[:, 2] += mat[:, :2] @ np.array([bx0, by0], np.float64)
         src = _warp_roi(src_part, mat_part, roi)
@@ -334,7 +351,8 @@ def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     fake = real.copy()
     fake[y0:y1, x0:x1] = _blend_roi(src, real[y0:y1, x0:x1], weight)
     return SyntheticPair(real=np.ascontiguousarray(real), fake=fake, mask=soft, ratio=ratio, crop=crop,
-                         kind=kind, flipped=flipped, box=roi)
+                         kind=kind, flipped=flipped, box=roi, aug_side="source" if augment_source else "target",
+                         applied=tuple(applied))
 
 
 def sbi_fake_for_eval(face: np.ndarray, landmarks: np.ndarray, seed: int | np.random.SeedSequence,
@@ -347,9 +365,9 @@ def sbi_fake_for_eval(face: np.ndarray, landmarks: np.ndarray, seed: int | np.ra
 
 
 # -------------------------------------------------------------------------------------------------- BI
-@dataclass(frozen=True)
+@dataclass
 class BIConfig:
-    """Parameters of BI (blended images). Pixel values refer to the `grid` raster."""
+    """Parameters of BI (blended images; config section ``bi``). Pixel values refer to the `grid` raster."""
 
     grid: int = 256
     forehead: bool = False

@@ -48,13 +48,18 @@ def gaussian_radius(height, width, min_overlap: float = MIN_OVERLAP):
     return np.maximum(0.0, np.minimum(np.minimum(r1, r2), r3))
 
 
-def run_lengths(above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def run_lengths(above: np.ndarray, wrap: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Lengths of the horizontal and vertical runs of True through every pixel of a bool (H, W) map.
 
-    Runs stop at the map's edges (no wrap-around to the next row or column). Pixels that are False get 0.
+    Runs stop at the map's edges; with `wrap` (the reference's bug, a switch) a horizontal run continues
+    from the end of one row into the start of the next (and a vertical run from the bottom of one column
+    to the top of the next), as a walk over the flattened map does. Pixels that are False get 0.
     Returns (row_runs, col_runs), int32 (H, W) each.
     """
     def along_rows(a: np.ndarray) -> np.ndarray:
+        return _rows(a.reshape(1, -1)).reshape(a.shape) if wrap else _rows(a)
+
+    def _rows(a: np.ndarray) -> np.ndarray:
         w = a.shape[1]
         idx = np.arange(w)
         last_false_left = np.maximum.accumulate(np.where(a, -1, idx), axis=1)
@@ -64,7 +69,7 @@ def run_lengths(above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         right = (idx - last_false_right)[:, ::-1]                          # run length starting here
         return np.where(a, left + right - 1, 0).astype(np.int32)
 
-    return along_rows(above), along_rows(above.T).T
+    return along_rows(above), along_rows(np.ascontiguousarray(above.T)).T
 
 
 def draw_gaussian(heatmap: np.ndarray, x: int, y: int, sigma: float) -> None:
@@ -82,10 +87,35 @@ def draw_gaussian(heatmap: np.ndarray, x: int, y: int, sigma: float) -> None:
     np.maximum(heatmap[y0:y1, x0:x1], g, out=heatmap[y0:y1, x0:x1])
 
 
-def point_sigmas(b: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """sigma = r / 3 per point, r = gaussian_radius of the box (column run, row run) of B > 0.5 through it."""
-    row_runs, col_runs = run_lengths(b > 0.5)
-    return gaussian_radius(col_runs[ys, xs], row_runs[ys, xs]) / 3.0
+SIGMA_RULES = ("reference", "exact")
+
+
+def point_sigmas(b: np.ndarray, ys: np.ndarray, xs: np.ndarray, rule: str = "reference",
+                 wrap: bool = False) -> np.ndarray:
+    """sigma = r / 3 per point, r = gaussian_radius of the box (column run, row run) through it.
+
+    rule "reference" (default, the reference's measured rule): runs of floor(255 B) > 128, each counted
+    with the point itself twice (run + 1; a point at or below 128 gets 0, i.e. a single-pixel peak).
+    rule "exact": the exact runs of B > 0.5. `wrap`: see `run_lengths`.
+    """
+    if rule == "exact":
+        row_runs, col_runs = run_lengths(b > 0.5, wrap)
+        return gaussian_radius(col_runs[ys, xs], row_runs[ys, xs]) / 3.0
+    if rule == "reference":
+        above = np.floor(255.0 * b.astype(np.float64) + _QUANT_EPS) > 128
+        row_runs, col_runs = run_lengths(above, wrap)
+        extra = above[ys, xs].astype(np.int32)
+        return gaussian_radius(col_runs[ys, xs] + extra, row_runs[ys, xs] + extra) / 3.0
+    raise ValueError(f"unknown sigma rule {rule!r}; expected one of {SIGMA_RULES}")
+
+
+def reference_offset(sigmas: np.ndarray) -> np.ndarray:
+    """The reference's peak displacement per point (same on both axes): its Gaussian patch starts at the
+    point minus trunc(3 sigma) and has its centre sample round(3 sigma) samples in, so the peak lands
+    trunc(3 sigma) - floor(3 sigma + 0.5) px from the point: -1 (up-left) when 3 sigma has a fractional
+    part >= 0.5, else 0."""
+    t = 3.0 * np.asarray(sigmas, np.float64)
+    return (np.trunc(t) - np.floor(t + 0.5)).astype(np.int64)
 
 
 def draw_gaussians(heatmap: np.ndarray, ys: np.ndarray, xs: np.ndarray, sigmas: np.ndarray) -> None:
@@ -140,16 +170,17 @@ def reference_points(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return np.concatenate(ys), np.concatenate(xs), has_peak
 
 
-def make_targets(boundary: np.ndarray, mode: str = "reference",
-                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_targets(boundary: np.ndarray, mode: str = "reference", rng: np.random.Generator | None = None,
+                 sigma_rule: str = "reference", centre: str = "exact",
+                 wrap: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Heatmap and consistency targets from a boundary map.
 
     boundary: float (H, W) B = 4M(1-M) at heatmap resolution, values in [0, 1] (all zero for a real image).
-    mode "reference" (default; what produced the paper's numbers, with two bugs fixed):
+    mode "reference" (default; what produced the paper's numbers):
       - points P: per-quadrant maxima of floor(255 B) with ties (see `reference_points`);
-      - each p gets exp(-d^2 / (2 sigma^2)), sigma = r / 3, r = gaussian_radius(h, w, 0.7) where w and h are the
-        lengths of the row and column runs of B > 0.5 through p (runs end at the map edges: no wrap-around);
-        the Gaussian is centred exactly on p, so H(p) = 1; H is the element-wise max over P;
+      - each p gets exp(-d^2 / (2 sigma^2)), sigma from `point_sigmas` (`sigma_rule`, `wrap`); centred
+        exactly on p (`centre` "exact", so H(p) = 1) or displaced as the reference does (`centre`
+        "reference", see `reference_offset`); H is the element-wise max over P;
       - C = 1 - |b_max - B| inside the quadrants that have a point and 0 in the others, b_max = max of B
         (on the same uint8 scale, divided by 255).
     mode "paper":
@@ -163,14 +194,25 @@ def make_targets(boundary: np.ndarray, mode: str = "reference",
         raise ValueError(f"make_targets: boundary must be (H, W), got shape {b.shape}")
     if not np.isfinite(b).all() or b.min() < 0.0 or b.max() > 1.0 + 1e-6:
         raise ValueError("make_targets: boundary must be finite and in [0, 1]")
+    if centre not in ("exact", "reference"):
+        raise ValueError(f"make_targets: unknown centre {centre!r}; expected 'exact' or 'reference'")
     heatmap = np.zeros(b.shape, np.float32)
     consistency = np.zeros(b.shape, np.float32)
+
+    def gaussians(bmap: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
+        sig = point_sigmas(bmap, ys, xs, sigma_rule, wrap)
+        if centre == "reference":
+            off = reference_offset(sig)
+            h, w = bmap.shape
+            ys, xs = np.clip(ys + off, 0, h - 1), np.clip(xs + off, 0, w - 1)
+        draw_gaussians(heatmap, ys, xs, sig)
+
     if mode == "reference":
         ys, xs, has_peak = reference_points(b)
         if ys.size == 0:
             return heatmap, consistency
         bq = np.floor(255.0 * b.astype(np.float64) + _QUANT_EPS).astype(np.float32) / 255.0
-        draw_gaussians(heatmap, ys, xs, point_sigmas(bq, ys, xs))
+        gaussians(bq, ys, xs)
         c = 1.0 - np.abs(bq.max() - bq)
         h, w = b.shape
         hh, hw = h // 2, w // 2
@@ -184,7 +226,7 @@ def make_targets(boundary: np.ndarray, mode: str = "reference",
         if top <= 0.0:
             return heatmap, consistency
         ys, xs = np.nonzero(b == top)
-        draw_gaussians(heatmap, ys, xs, point_sigmas(b, ys, xs))
+        gaussians(b, ys, xs)
         rng = np.random.default_rng(0) if rng is None else rng
         k = int(rng.integers(len(ys)))
         consistency[:] = 1.0 - np.abs(b[ys[k], xs[k]] - b)

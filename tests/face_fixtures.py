@@ -41,3 +41,40 @@ def load_faces(size: int, margin: float = 1.6) -> list[tuple[np.ndarray, np.ndar
         out.append((cv2.warpAffine(img, mat, (size, size), borderMode=cv2.BORDER_REFLECT_101),
                     ((lm - (x0, y0)) * f).astype(np.float32)))
     return out
+
+
+def example_crops(size: int, names: tuple[str, ...] = SMALL_SET) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The pipeline's geometry on the example faces: square crops of side 1.25 x the larger side of dlib's
+    face box, centred on the box, resized (bicubic) to size x size, black outside the image.
+
+    Returns [(crop (size, size, 3) uint8 RGB, landmarks (68, 2) float32 in crop pixels), ...]."""
+    out = []
+    for img, (x1, y1, x2, y2), lm in example_faces(names):
+        bw, bh = x2 - x1 + 1, y2 - y1 + 1
+        side = 1.25 * max(bw, bh)
+        x0, y0 = x1 + bw / 2 - side / 2, y1 + bh / 2 - side / 2
+        f = size / side
+        mat = np.float32([[f, 0, -x0 * f], [0, f, -y0 * f]])
+        crop = cv2.warpAffine(img, mat, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
+        out.append((crop, ((lm + 0.5 - (x0, y0)) * f - 0.5).astype(np.float32)))
+    return out
+
+
+def write_example_split(root: Path, size: int, names: tuple[str, ...] = SMALL_SET, frames: int = 1) -> Path:
+    """A split folder (index.json + one shard) with one real video per example face and `frames` frames
+    each (frame k shifted by k % 5 - 2 px, so frames differ); returns the split folder."""
+    from pipeline.shards import write_index, write_shard
+
+    faces = example_crops(size, names)
+    imgs, lms, video = [], [], []
+    for v, (face, lm) in enumerate(faces):
+        for k in range(frames):
+            dx = k % 5 - 2 if frames > 1 else 0
+            imgs.append(np.roll(face, dx, axis=1))
+            lms.append(lm + (dx, 0))
+            video.append(v)
+    split = Path(root) / "examples" / "train"
+    write_shard(split / "shard-00000.h5", np.stack(imgs), videos=[{"id": f"{v:03d}"} for v in range(len(faces))],
+                video=np.array(video), landmarks=np.stack(lms))
+    write_index(split, dataset="examples", split="train")
+    return split

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from model.augment import AugmentConfig
 from model.data import (DataConfig, EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main,
                         video_key)
 from pipeline.shards import write_index, write_shard
@@ -45,10 +46,10 @@ def split_dir(tmp_path_factory) -> Path:
     return d
 
 
-def make_dataset(split_dir, **kw) -> TrainPairDataset:
+def make_dataset(split_dir, augment: AugmentConfig | None = None, **kw) -> TrainPairDataset:
     cfg = DataConfig(shards=[str(split_dir)], image_size=SIZE, frames_per_video=kw.pop("frames_per_video", 2), **kw)
     with pytest.warns(UserWarning, match="left out"):
-        return TrainPairDataset(cfg)
+        return TrainPairDataset(cfg, augment_cfg=augment)
 
 
 def test_frames_without_landmarks_and_fake_videos_are_skipped_and_counted(split_dir):
@@ -164,7 +165,7 @@ def test_preview_command_writes_a_png(split_dir, tmp_path):
     out = tmp_path / "grid.png"
     with pytest.warns(UserWarning):
         assert main(["preview", "--shards", str(split_dir), "--out", str(out), "-n", "2",
-                     "--image-size", str(SIZE)]) == 0
+                     f"data.image_size={SIZE}", f"model.input_size={SIZE}"]) == 0
     grid = cv2.imread(str(out))
     assert grid is not None and grid.shape[1] == 6 * 192 and grid.shape[0] > 2 * 192
 
@@ -178,21 +179,26 @@ def test_pair_shortcuts_equal_processing_the_whole_fake():
     from model.synthesis import sbi
 
     faces = load_faces(192)
-    cfg = AugmentConfig(colour_p=0.7, blur_p=0.5, noise_p=0.5, jpeg_p=0.7)
-    for i in range(12):
+    cfg = AugmentConfig(rgb_shift_p=0.7, hsv_p=0.7, brightness_contrast_p=0.7, blur_p=0.5, noise_p=0.5,
+                        jpeg_p=0.7, geometry_p=0.8)
+    resized = 0
+    for i in range(24):
         rng = np.random.default_rng(i)
         face, lm = faces[i % len(faces)]
         pair = sbi(face, lm, rng)
-        geom = sample_geometry(rng, cfg, 192, pair.crop)
+        geom = sample_geometry(rng, cfg, pair.crop, 192)
         real, fake = apply_geometry(pair.real, geom, 192), apply_geometry(pair.fake, geom, 192)
-        assert np.abs(real.astype(int) - warp(pair.real, geom.norm_map(), 192)).max() <= 4
-        box = warp_box(pair.box, geom.norm_map(), 192, 192)
+        if not geom.applied or geom.applied == ("HorizontalFlip",):
+            resized += 1           # the crop-and-resize path: compare with the plain warp
+            assert np.abs(real.astype(int) - warp(pair.real, geom.full_map(), 192)).max() <= 4
+        box = warp_box(pair.box, geom.full_map(), 192, 192)
         outside = np.ones(fake.shape[:2], bool)
         outside[box[1]:box[3], box[0]:box[2]] = False
         assert np.array_equal(fake[outside], real[outside])
-        a, b = photometric_pair(real, fake, box, np.random.default_rng(100 + i), cfg)
+        a, b, _ = photometric_pair(real, fake, box, np.random.default_rng(100 + i), cfg)
         c, d = photometric([real, fake], np.random.default_rng(100 + i), cfg)
         assert np.array_equal(a, c) and np.array_equal(b, d)
+    assert resized > 0
 
 
 def test_eval_synthetic_bi_fakes_use_another_video(split_dir):
@@ -206,7 +212,7 @@ def test_eval_synthetic_bi_fakes_use_another_video(split_dir):
 
 
 def test_paper_targets_and_no_augmentation(split_dir):
-    ds = make_dataset(split_dir, target_mode="paper", augment=False)
+    ds = make_dataset(split_dir, target_mode="paper", augment=AugmentConfig(enabled=False))
     item = ds[1]
     b = item["boundary"]
     peaks = item["heatmap"] == 1.0

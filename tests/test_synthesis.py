@@ -34,7 +34,7 @@ def test_flip_index_is_an_involution_and_swaps_eyes(faces):
 def test_masks_are_inside_the_face_and_forehead_extends_upwards(faces):
     for face, lm in faces:
         # Part hulls are rasterised separately: allow their edge pixels one pixel outside the whole hull.
-        full = cv2.dilate(hull_mask(lm, (SIZE, SIZE), "hull"), np.ones((3, 3), np.uint8))
+        full = cv2.dilate(hull_mask(lm, (SIZE, SIZE), "facehull"), np.ones((3, 3), np.uint8))
         for kind in MASK_KINDS:
             m = hull_mask(lm, (SIZE, SIZE), kind)
             assert m.dtype == np.uint8 and m.any()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from model.targets import (boundary, boundary_u8, draw_gaussian, draw_gaussians, gaussian_radius, make_targets,
-                           point_sigmas, reference_points, run_lengths)
+                           point_sigmas, reference_offset, reference_points, run_lengths)
 
 H = 96
 
@@ -123,10 +123,46 @@ def test_gaussian_radius_matches_cornernet_formula():
 def test_sigma_comes_from_the_run_length_box():
     b = quantised_boundary(ring_mask())
     ys, xs, _ = reference_points(b)
-    sig = point_sigmas(b, ys, xs)
+    sig = point_sigmas(b, ys, xs, "exact")
     rows, cols = run_lengths(b > 0.5)
     np.testing.assert_allclose(sig, gaussian_radius(cols[ys, xs], rows[ys, xs]) / 3.0)
     assert 0.2 < np.median(sig) < 2.0
+
+
+def test_reference_sigma_rule_counts_the_point_twice_above_level_128():
+    b = np.zeros((8, 12), np.float32)
+    b[3, 2:9] = 200 / 255          # a 7-px row run above 128
+    b[3, 9] = 128 / 255            # at 128: not counted (> 128 only), though B > 0.5 there
+    b[1:6, 5] = 200 / 255          # a 5-px column run through (3, 5)
+    ys, xs = np.array([3, 3]), np.array([5, 9])
+    ref = point_sigmas(b, ys, xs, "reference")
+    exact = point_sigmas(b, ys, xs, "exact")
+    assert ref[0] == pytest.approx(gaussian_radius(5 + 1, 7 + 1) / 3.0)
+    assert exact[0] == pytest.approx(gaussian_radius(5, 8) / 3.0)     # exact: B > 0.5 includes (3, 9)
+    assert ref[1] == 0.0                                              # the point itself is not above 128
+
+
+def test_run_lengths_wrap_only_when_asked():
+    a = np.zeros((3, 5), bool)
+    a[0, 3:] = True
+    a[1, :2] = True
+    rows, _ = run_lengths(a, wrap=True)
+    assert rows[0, 4] == 4 and rows[1, 0] == 4
+    rows, _ = run_lengths(a)
+    assert rows[0, 4] == 2 and rows[1, 0] == 2
+
+
+def test_reference_centre_moves_peaks_up_left_when_three_sigma_rounds_up():
+    assert list(reference_offset(np.array([1.0, 0.9, 1.2, 0.8, 1.4]))) == [0, -1, -1, 0, 0]
+    b = quantised_boundary(ring_mask())
+    exact, _ = make_targets(b)
+    shifted, _ = make_targets(b, centre="reference")
+    ys, xs, _ = reference_points(b)
+    sig = point_sigmas(np.floor(255 * b + 1e-3) / 255, ys, xs)
+    off = reference_offset(sig)
+    assert np.all(exact[ys, xs] == 1.0)
+    moved = off == -1
+    assert moved.any() and np.all(shifted[ys[moved] - 1, xs[moved] - 1] == 1.0)
 
 
 def test_uint8_levels_are_read_back_exactly():
