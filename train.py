@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
-from model.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from model.config import (Config, ConfigError, config_from_dict, config_to_dict, config_to_yaml, load_config,
+                          save_config)
 from model.data import TrainPairDataset, collate_pairs
 from model.laanet import build_model, set_backbone_frozen
 from model.losses import LAALoss
@@ -214,7 +215,7 @@ def build_train_loader(cfg: Config, dist: Dist, device: torch.device) -> tuple[T
     ``sampler.set_epoch(e)`` reshuffles; workers are not persistent so each epoch's workers get the
     dataset with its new draw. The sampler is a DistributedSampler also for one process: its
     shuffle is a function of (seed, epoch) only, which makes resumed runs repeat the same order."""
-    dataset = TrainPairDataset(cfg.data)
+    dataset = TrainPairDataset(cfg.data, cfg.sbi, cfg.bi, cfg.augment)
     sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_pairs, sampler=sampler, drop_last=True,
@@ -387,8 +388,9 @@ def train_step(t: Trainer, batch: dict) -> dict[str, float]:
     terms = accumulate_gradients(t, micro, "first pass")
     if t.sam is not None and t.sam.perturb():
         t.base_opt.zero_grad(set_to_none=True)
+        bn = nullcontext() if t.cfg.optim.sam_bn_update else bn_running_stats_frozen(t.model)
         try:
-            with bn_running_stats_frozen(t.model):
+            with bn:
                 accumulate_gradients(t, micro, "SAM second pass")
         finally:
             t.sam.restore()
@@ -580,11 +582,12 @@ def train(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_state: di
         log.info(f"resumed {run_dir} at epoch {t.epoch}, step {t.step}")
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
+        log.info(f"resolved config ({run_dir / 'config.yaml'}):\n{config_to_yaml(cfg).rstrip()}")
         t.logger = RunLogger(run_dir)
     val_loader, val_mode = build_val_loader(cfg) if dist.is_main and cfg.val.every > 0 else (None, "off")
     log.info(f"run {run_dir}: {len(dataset)} pairs/epoch, {t.steps_per_epoch} steps/epoch x {cfg.train.epochs} "
              f"epochs, {dist.world_size} process(es) on {t.device}, amp={t.amp_dtype}, "
-             f"SAM={'on' if t.sam else 'off'}, validation: {val_mode}")
+             f"SAM={'on' if t.sam else 'off'}, validation (selects best.pt): {val_mode}")
 
     end_epoch = cfg.train.epochs if stop_after_epochs <= 0 else min(cfg.train.epochs, t.epoch + stop_after_epochs)
     try:

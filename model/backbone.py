@@ -129,19 +129,20 @@ def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     body.load_state_dict(state, strict=True)
 
 
-def _create_body(name: str, pretrained: bool, weights: str | Path | None) -> nn.Module:
+def _create_body(name: str, pretrained: bool, weights: str | Path | None, drop_path_rate: float = 0.0) -> nn.Module:
     import timm
 
+    kw = {"num_classes": 0, "global_pool": "", "drop_path_rate": drop_path_rate}
     if weights is not None:
-        body = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+        body = timm.create_model(name, pretrained=False, **kw)
         _load_backbone_weights(body, weights)
         return body
     if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+        return timm.create_model(name, pretrained=False, **kw)
     arch, _, tag = name.partition(".")
     full = f"{arch}.{tag or DEFAULT_PRETRAINED_TAG.get(arch, '')}".rstrip(".")
     try:
-        return timm.create_model(full, pretrained=True, num_classes=0, global_pool="")
+        return timm.create_model(full, pretrained=True, **kw)
     except OSError as err:  # offline hub, no cache, no connection
         raise RuntimeError(
             f"pretrained weights for '{full}' are not available offline ({type(err).__name__}). "
@@ -153,14 +154,22 @@ def _create_body(name: str, pretrained: bool, weights: str | Path | None) -> nn.
 class Backbone(nn.Module):
     """timm EfficientNet returning the endpoints (x1, x2, x3, x4) LAA-Net decodes.
 
+    drop_path_rate: timm's stochastic depth (rate x block index / blocks, residual blocks only, as the
+    reference's drop-connect). bn_momentum: momentum of every backbone BatchNorm (None: timm's).
+
     Attributes:
         channels: dict ``{"x1": C1, "x2": C2, "x3": C3, "x4": C4}`` (B4: 1792, 448, 160, 56).
     """
 
     def __init__(self, name: str = "tf_efficientnet_b4", pretrained: bool = False,
-                 weights: str | Path | None = None, reference_padding: bool = False):
+                 weights: str | Path | None = None, reference_padding: bool = False,
+                 drop_path_rate: float = 0.0, bn_momentum: float | None = None):
         super().__init__()
-        self.body = _create_body(name, pretrained, weights)
+        self.body = _create_body(name, pretrained, weights, drop_path_rate)
+        if bn_momentum is not None:
+            for m in self.body.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = bn_momentum
         info = self.body.feature_info
         by_reduction = {f["reduction"]: (i, f["num_chs"]) for i, f in enumerate(info)}
         missing = [r for r in SKIP_REDUCTIONS if r not in by_reduction]

@@ -19,9 +19,11 @@ from typing import Any, Literal
 
 import yaml
 
+from model.augment import AugmentConfig
 from model.data import DataConfig
 from model.laanet import ModelConfig
 from model.losses import LossConfig
+from model.synthesis import BIConfig, SBIConfig
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -41,6 +43,9 @@ _YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?
 
 def _yaml_load(text: str):
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 -- a SafeLoader subclass
+
+
+SECTIONS = ("model", "loss", "data", "sbi", "bi", "augment", "optim", "train", "val")
 
 
 class ConfigError(ValueError):
@@ -63,6 +68,9 @@ class OptimConfig:
     sam: bool = True
     sam_rho: float = 0.05
     sam_adaptive: bool = False  # ASAM: perturbation scaled by |w|
+    # BN running statistics in the SAM second pass (at the perturbed weights): updated as in the first pass
+    # (the reference), or kept fixed so each batch counts once (false).
+    sam_bn_update: bool = True
     grad_clip: float = 0.0  # max global grad norm; 0 disables
     accum_steps: int = 1  # split each loader batch into this many micro-batches (small GPUs)
 
@@ -73,8 +81,10 @@ class TrainConfig:
 
     epochs: int = 100
     batch_pairs: int = 8  # frames per batch; each gives a (real, fake) pair, so 2x images per step
-    freeze_backbone_epochs: int = 6  # backbone frozen (weights and BN statistics) for epochs < this
-    freeze_bn: bool = True
+    freeze_backbone_epochs: int = 6  # backbone weights frozen for epochs < this
+    # While frozen, also keep backbone BN in eval mode (running statistics fixed). The reference keeps it in
+    # training mode (batch statistics, running statistics updated): false.
+    freeze_bn: bool = False
     max_steps_per_epoch: int = 0  # 0 = the whole epoch; >0 caps it (demo, benchmarks)
     num_workers: int = 4
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -92,11 +102,12 @@ class TrainConfig:
 
 @dataclass
 class ValConfig:
-    """Validation each epoch; video-level AUC selects ``best.pt``.
+    """Validation each epoch; video-level AUC selects ``best.pt`` (see model.validation).
 
-    If any video in ``shards`` is labelled fake, validation uses those real fakes. Otherwise the real
-    validation faces get SBI pseudo-fakes (``synthetic_fakes``), so a run without fake videos still
-    has a model-selection signal. The run log states which of the two was used.
+    fakes: what the real validation videos are scored against: "sbi" (default, the reference: SBI
+    pseudo-fakes of the val reals, so selection uses real data only), "bi", or "real" (the fake videos of
+    ``shards``). face_scale: how faces are shown, as in evaluation ("reference": 1.20x the face box;
+    "train-median"; "crop": the whole stored crop; or a number).
     """
 
     shards: list[str] = field(default_factory=list)
@@ -104,7 +115,8 @@ class ValConfig:
     batch_size: int = 32
     num_workers: int = 2
     every: int = 1  # epochs between validations; 0 disables validation
-    synthetic_fakes: Literal["sbi", "bi"] = "sbi"
+    fakes: Literal["sbi", "bi", "real"] = "sbi"
+    face_scale: float | Literal["reference", "train-median", "crop"] = "reference"
     max_videos: int = 0  # 0 = all; >0 keeps the first N videos (quick demos)
 
 
@@ -115,6 +127,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    sbi: SBIConfig = field(default_factory=SBIConfig)
+    bi: BIConfig = field(default_factory=BIConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     val: ValConfig = field(default_factory=ValConfig)
@@ -238,7 +253,7 @@ def validate_config(cfg: Config) -> None:
     Sub-configs with their own ``__post_init__`` checks (e.g. ModelConfig's decoder names) are rebuilt
     so those checks see the final values, not only the defaults.
     """
-    for name in ("model", "loss", "data", "optim", "train", "val"):
+    for name in SECTIONS:
         sub = getattr(cfg, name)
         try:
             setattr(cfg, name, dataclasses.replace(sub))
@@ -316,10 +331,30 @@ def config_to_dict(cfg: Config) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def upgrade_config_dict(data: dict) -> dict:
+    """A config dict written by an older version of this code, in today's layout (a copy): data.augment
+    (bool) -> augment.enabled, data.forehead -> sbi.forehead and bi.forehead, val.synthetic_fakes (with
+    fake videos in val.shards the old code validated on them) -> val.fakes. Settings that did not exist
+    then keep their defaults; their values are those of today's recipe."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    d = out.get("data", {})
+    if isinstance(d.get("augment"), bool):
+        out.setdefault("augment", {})["enabled"] = d.pop("augment")
+    if "forehead" in d:
+        fh = d.pop("forehead")
+        out.setdefault("sbi", {}).setdefault("forehead", fh)
+        out.setdefault("bi", {}).setdefault("forehead", fh)
+    v = out.get("val", {})
+    if "synthetic_fakes" in v:
+        v.setdefault("fakes", v.pop("synthetic_fakes"))
+    return out
+
+
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a checkpoint's), with overrides."""
+    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a checkpoint's, also of an older
+    version: see `upgrade_config_dict`), with overrides."""
     cfg = Config()
-    _apply(cfg, data, "")
+    _apply(cfg, upgrade_config_dict(data), "")
     for text in overrides:
         key_path, value = _parse_override(text)
         _apply(cfg, _nest(key_path, value), "")
@@ -327,6 +362,11 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     return cfg
 
 
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text (every section, every setting)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (readable, and loadable again with :func:`load_config`)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_to_yaml(cfg))

@@ -38,6 +38,10 @@ class ModelConfig:
     heads: dict[str, int] = field(default_factory=lambda: {"cls": 1, "hm": 1, "cstency": 256})
     head_conv: int = 64
     dropout: float = 0.4  # on the backbone endpoints, training only
+    # Stochastic depth in the backbone's residual blocks, rate * block index / blocks (reference: 0.2).
+    drop_path_rate: float = 0.2
+    # Backbone BatchNorm momentum, PyTorch convention (the reference's TF momentum 0.99 = 0.01; timm: 0.1).
+    backbone_bn_momentum: float = 0.01
     gamma_w: float = 1.0  # exponent of the E-FPN gate
     reference_padding: bool = False  # pad strided convs as the reference implementation does
 
@@ -54,6 +58,10 @@ class ModelConfig:
             raise ValueError(f"model.input_size must be a multiple of 32, got {self.input_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if not 0.0 < self.backbone_bn_momentum <= 1.0:
+            raise ValueError(f"model.backbone_bn_momentum must be in (0, 1], got {self.backbone_bn_momentum}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -95,7 +103,8 @@ class LAANet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.backbone = Backbone(cfg.backbone, cfg.pretrained, cfg.backbone_weights, cfg.reference_padding)
+        self.backbone = Backbone(cfg.backbone, cfg.pretrained, cfg.backbone_weights, cfg.reference_padding,
+                                 drop_path_rate=cfg.drop_path_rate, bn_momentum=cfg.backbone_bn_momentum)
         self.dropout = nn.Dropout(cfg.dropout)
         self.decoder = Decoder(self.backbone.channels, cfg.decoder, cfg.skip_levels, cfg.gamma_w)
         self.heads = nn.ModuleDict({
@@ -132,9 +141,11 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> LAANet:
     return LAANet(cfg)
 
 
-def set_backbone_frozen(model: LAANet, frozen: bool, freeze_bn: bool = True) -> None:
+def set_backbone_frozen(model: LAANet, frozen: bool, freeze_bn: bool = False) -> None:
     """Freeze (or unfreeze) the backbone's parameters; with ``freeze_bn`` also keep its BatchNorm
-    layers in eval mode (running statistics fixed) until unfrozen, across ``model.train()`` calls."""
+    layers in eval mode (running statistics fixed) until unfrozen, across ``model.train()`` calls.
+    Without it (the reference) frozen BN layers normalise with batch statistics and update their
+    running statistics as in training."""
     for p in model.backbone.parameters():
         p.requires_grad_(not frozen)
     model.backbone_bn_frozen = bool(frozen and freeze_bn)

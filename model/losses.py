@@ -28,7 +28,9 @@ class LossConfig:
     lambda_cls: float = 1.0
     lambda_hm: float = 10.0
     lambda_c: float = 100.0
-    hm_pos_weight: float = 1.0  # factor on the focal loss's positive term (reference: 0.72)
+    # Factor on the focal loss's positive term: the reference's "label smoothing" (0.72), which the paper
+    # names as a regulariser; 1.0 switches it off.
+    hm_pos_weight: float = 0.72
     cls_label_smoothing: float = 0.0  # targets y -> y (1 - s) + s / 2
 
     @classmethod

@@ -1,12 +1,14 @@
 """Per-epoch validation for the trainer: video-level AUC of the classification head.
 
-Two modes, chosen from the validation shards themselves:
-- ``real fakes``: some validation video is labelled fake (e.g. FF++ val: originals and the four
-  manipulations); the score is the video-level AUC over those real and fake videos (the paper's
-  model-selection signal).
-- ``SBI pseudo-fakes`` (or BI): every validation video is real; each real face also gets a synthetic
-  fake made from it (``EvalDataset(..., synthetic_fakes=...)``), so the AUC measures how well the model
-  separates real faces from blends of unseen people. It is an optimistic proxy, not a deepfake AUC.
+``val.fakes`` chooses what the real validation videos are tested against:
+- ``sbi`` (default, the reference's model selection) or ``bi``: each real face of the validation videos also
+  gets a synthetic fake made from it (``EvalDataset(..., synthetic_fakes=...)``); fake videos in the shards
+  are left out. Model selection then uses real data only, as the paper claims ("trained on real data only").
+  The AUC measures how well the model separates real faces from blends of unseen people: a proxy, not a
+  deepfake AUC.
+- ``real``: the fake videos of the validation shards (e.g. FF++ val's four manipulations), the
+  deepfake-specific signal; it needs fake videos in ``val.shards``.
+Faces are shown at ``val.face_scale`` (default the reference's test geometry, as evaluation).
 Scoring follows the evaluation protocol: cls logit per frame, video score = sigmoid(mean frame logit).
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from model.data import EvalDataset, collate_eval
+from model.data import EvalDataset, collate_eval, resolve_face_scale
 from model.metrics import aggregate_videos, roc_auc
 from pipeline.shards import ShardReader, shard_paths
 
@@ -38,16 +40,23 @@ def has_fake_videos(split_dirs: list[str]) -> bool:
 
 def build_val_loader(cfg) -> tuple[DataLoader | None, str]:
     """(loader, mode description) for ``cfg.val`` (a :class:`model.config.Config`); (None, "off")
-    when no validation shards are configured."""
+    when no validation shards are configured. Raises ValueError for ``val.fakes: real`` without fakes."""
     if not cfg.val.shards or cfg.val.every <= 0:
         return None, "off (no val.shards)"
-    if has_fake_videos(cfg.val.shards):
-        dataset = EvalDataset(cfg.val.shards, cfg.data.image_size, frames_per_video=cfg.val.frames_per_video)
-        mode = "real fakes from " + ", ".join(cfg.val.shards)
+    face_scale = resolve_face_scale(cfg.val.face_scale, cfg.sbi, cfg.augment)
+    where = ", ".join(cfg.val.shards)
+    if cfg.val.fakes == "real":
+        if not has_fake_videos(cfg.val.shards):
+            raise ValueError(f"val.fakes is 'real' but {where} holds no fake video; use val.fakes=sbi")
+        dataset = EvalDataset(cfg.val.shards, cfg.data.image_size, frames_per_video=cfg.val.frames_per_video,
+                              face_scale=face_scale)
+        mode = f"real fakes (val.fakes=real) from {where}"
     else:
         dataset = EvalDataset(cfg.val.shards, cfg.data.image_size, frames_per_video=cfg.val.frames_per_video,
-                              synthetic_fakes=cfg.val.synthetic_fakes, seed=cfg.data.seed)
-        mode = f"{cfg.val.synthetic_fakes.upper()} pseudo-fakes of the real videos in " + ", ".join(cfg.val.shards)
+                              synthetic_fakes=cfg.val.fakes, seed=cfg.data.seed, face_scale=face_scale,
+                              only_real=True)
+        mode = f"{cfg.val.fakes.upper()} pseudo-fakes of the real videos (val.fakes={cfg.val.fakes}) in {where}"
+    mode += f", faces at {face_scale or 'the stored crop'}x the face box"
     if cfg.val.max_videos > 0:
         dataset = first_videos(dataset, cfg.val.max_videos)
     loader = DataLoader(dataset, batch_size=cfg.val.batch_size, shuffle=False, num_workers=cfg.val.num_workers,

@@ -68,7 +68,7 @@ def test_freezing_stops_backbone_gradients_and_bn_statistics():
     model = build_model(SMALL).train()
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     assert _grad_flags(model, x) == (True, True)
-    set_backbone_frozen(model, True)
+    set_backbone_frozen(model, True, freeze_bn=True)
     model.train()  # must not bring the backbone's BN back to training mode
     bn = model.backbone.body.bn1
     before = bn.running_mean.clone()
