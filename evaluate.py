@@ -56,6 +56,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="flip test: average the cls logits of each face and its mirror")
     p.add_argument("--aggregate", choices=("logit-mean", "prob-mean"), default="logit-mean")
+    p.add_argument("--face-scale", default="reference",
+                   help="how large faces are shown, in face-box sides: 'reference' (default: the reference's test "
+                        "geometry, the 1.25x crop minus 5/256 per side = 1.20x), 'train-median' (the median scale "
+                        "of the default training recipe, 1.11x; see python -m model.data face-scale), 'crop' "
+                        "(the whole stored crop) or a number")
     p.add_argument("--perturb", nargs="*", default=[], help="robustness: 'all' or perturbation names")
     p.add_argument("--synthetic-fakes", choices=("sbi", "bi"), default=None,
                    help="pair every real face with a synthetic blended fake (for sets without fakes)")
@@ -380,7 +385,7 @@ def _clean(obj):
 def protocol_line(p: dict) -> str:
     return (f"{p['dataset']} [{p['variant']}] split={p['split']} compression={p['compression']} "
             f"frames/video={p['frames_per_video']} flip={'on' if p['flip_test'] else 'off'} "
-            f"aggregation={p['aggregation']} fakes={p['fakes']} ckpt sha256={p['checkpoint_sha256'][:12]}")
+            f"aggregation={p['aggregation']} fakes={p['fakes']} faces={p.get('face_scale', '?')} ckpt sha256={p['checkpoint_sha256'][:12]}")
 
 
 def build_protocol(ts: TestSet, args, image_size: int, sha: str, device) -> dict:
@@ -439,7 +444,7 @@ def main(args) -> dict:
     import torch
 
     from model import load_checkpoint, perturb, report
-    from model.data import EvalDataset, collate_eval
+    from model.data import EvalDataset, collate_eval, resolve_face_scale
     from pipeline.faces import file_sha256
 
     try:  # reject bad names before any work
@@ -470,8 +475,15 @@ def main(args) -> dict:
     per_set, results, curves, robustness, overlay_paths = {}, {}, {}, {}, []
     for ts in test_sets:
         ds_kwargs = {"synthetic_fakes": args.synthetic_fakes} if args.synthetic_fakes else {}
-        dataset = EvalDataset([ts.split_dir], image_size, frames_per_video=args.frames or None, **ds_kwargs)
         ts.protocol = build_protocol(ts, args, image_size, sha, device)
+        face_scale = resolve_face_scale(args.face_scale, crop_scale=float(ts.protocol["crop_scale"] or 1.25))
+        ts.protocol["face_scale"] = f"{face_scale:.3f}x the face box ({args.face_scale})" if face_scale else \
+            "the whole stored crop"
+        try:
+            dataset = EvalDataset([ts.split_dir], image_size, frames_per_video=args.frames or None,
+                                  face_scale=face_scale, **ds_kwargs)
+        except ValueError as e:
+            raise SystemExit(f"evaluate.py: {ts.split_dir}: {e}") from e
         if args.synthetic_fakes:
             ts.protocol["real faces without landmarks (no synthetic fake)"] = \
                 dataset.skipped.get("frames_without_landmarks", 0)

@@ -4,12 +4,15 @@
     python -m bench.bench_data --shards DIR         # a prepared split folder (real pipeline shards)
     python -m bench.bench_data --donor-table 92000  # also time the BI donor table on N synthetic faces
     python -m bench.bench_data forehead             # mask coverage with and without the forehead extension
+    python -m bench.bench_data fidelity             # our pairs vs the reference's measured distribution
 
 A "pair" is what TrainPairDataset + collate_pairs deliver: a (real, SBI fake) pair read from a shard, with
 training augmentation, as float tensors at --size plus size/4 targets. The baseline does the same work the
 way the recipe is usually written: masks, warps, blurs and the blend at full crop resolution in float, the
-source transforms and the training augmentation through albumentations (same transform types and ranges),
-targets from the full-resolution boundary. Both run in this process with one thread (cv2, torch).
+source transforms and the training augmentation through albumentations (the reference's transform types,
+rates and ranges), targets from the full-resolution boundary. `fidelity` compares our default pairs with
+the reference implementation's measured distribution (../shared/reference/sbi_distribution.json): every
+figure we can compute, ours, the reference's and the gap. Both run in this process with one thread (cv2, torch).
 """
 from __future__ import annotations
 
@@ -23,39 +26,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tests.face_fixtures import FULL_SETS, SMALL_SET, example_faces
-
-def fixture_faces(size: int, names: tuple[str, ...] = SMALL_SET) -> list[tuple[np.ndarray, np.ndarray]]:
-    """1.25x square crops (of dlib's face box, like the pipeline's crops of the detector box) resized to size."""
-    out = []
-    for img, (x1, y1, x2, y2), lm in example_faces(names):
-        bw, bh = x2 - x1 + 1, y2 - y1 + 1
-        side = 1.25 * max(bw, bh)
-        x0, y0 = x1 + bw / 2 - side / 2, y1 + bh / 2 - side / 2
-        f = size / side
-        mat = np.float32([[f, 0, -x0 * f], [0, f, -y0 * f]])
-        crop = cv2.warpAffine(img, mat, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
-        out.append((crop, ((lm + 0.5 - (x0, y0)) * f - 0.5).astype(np.float32)))
-    return out
-
+from tests.face_fixtures import FULL_SETS, SMALL_SET, example_crops, write_example_split
 
 def build_shard(root: Path, size: int, frames: int = 16) -> Path:
     """A split folder with one video per fixture face, `frames` slightly shifted frames each."""
-    from pipeline.shards import write_index, write_shard
-
-    faces = fixture_faces(size)
-    imgs, lms, video = [], [], []
-    for v, (face, lm) in enumerate(faces):
-        for k in range(frames):
-            dx = k % 5 - 2
-            imgs.append(np.roll(face, dx, axis=1))
-            lms.append(lm + (dx, 0))
-            video.append(v)
-    split = root / "bench" / "train"
-    write_shard(split / "shard-00000.h5", np.stack(imgs), videos=[{"id": f"{v:03d}"} for v in range(len(faces))],
-                video=np.array(video), landmarks=np.stack(lms))
-    write_index(split, dataset="bench", split="train")
-    return split
+    return write_example_split(root, size, SMALL_SET, frames)
 
 
 # ------------------------------------------------------------------------------------------------ baseline
@@ -79,13 +54,14 @@ class Baseline:
         ], seed=seed)
         self.aug = A.Compose([
             A.HorizontalFlip(p=0.5),
-            A.RandomResizedCrop((size, size), scale=(0.75, 1.0), ratio=(1.0, 1.0), p=1),
-            A.ColorJitter(0.2, 0.2, 0.2, 0.02, p=0.5),
-            A.GaussianBlur(sigma_limit=(0.3, 1.5), p=0.2),
-            A.GaussNoise(std_range=(2 / 255, 10 / 255), p=0.2),
+            A.OneOf([A.Affine(translate_percent=(-0.07, 0.07), p=1), A.Affine(scale=(0.85, 1.15), p=1),
+                     A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.14, 0.57),
+                                     hole_width_range=(0.14, 0.57), fill=0, p=1)], p=0.5),
+            A.Resize(size, size),
+            A.RGBShift((-20, 20), (-20, 20), (-20, 20), p=0.3),
+            A.HueSaturationValue((-0.3, 0.3), (-0.3, 0.3), (-0.3, 0.3), p=0.3),
+            A.RandomBrightnessContrast((-0.3, 0.3), (-0.3, 0.3), p=0.3),
             A.ImageCompression(quality_range=(40, 100), p=0.5),
-            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.1, 0.35), hole_width_range=(0.1, 0.35),
-                            p=0.3),
         ], additional_targets={"image1": "image", "mask1": "mask"}, seed=seed)
 
     def pair(self, i: int):
@@ -118,7 +94,7 @@ class Baseline:
         m = cv2.resize((mask >= 0.5).astype(np.float32), (w2, h2))
         k1 = 2 * int(f * rng.integers(2, 13)) + 1
         m = cv2.GaussianBlur(m, (k1, k1), 0)
-        m = (m / m.max() >= 0.5).astype(np.float32)
+        m = (m / m.max() >= 1.0).astype(np.float32)          # the reference keeps only the values == 1
         k2 = 2 * int(f * rng.integers(2, 13)) + 1
         m = cv2.GaussianBlur(m, (k2, k2), float(rng.integers(5, 46)) * f)
         m = cv2.resize(m / m.max(), (s, s))
@@ -126,8 +102,8 @@ class Baseline:
         self.last = (m, r)
         w = (r * m)[..., None]
         fake = (w * src.astype(np.float32) + (1 - w) * tgt.astype(np.float32)).round().astype(np.uint8)
-        c = rng.integers(5, 25, 4) * s // 256
-        crop = (slice(c[1], s - c[3]), slice(c[0], s - c[2]))
+        c = int(rng.integers(5, 25)) * s // 256                # one margin for all four sides
+        crop = (slice(c, s - c), slice(c, s - c))
         b = (np.floor(255 * 4 * m * (1 - m))).astype(np.uint8)
         out = self.aug(image=tgt[crop], image1=fake[crop], mask=b[crop], mask1=m[crop])
         b96 = cv2.resize(out["mask"], (self.size // 4, self.size // 4), interpolation=cv2.INTER_LINEAR)
@@ -282,7 +258,7 @@ def forehead_report(args) -> None:
     from model.masks import BROWS, EYE_A, EYE_B, FOREHEAD_RATIO, MASK_KINDS, hull_mask
 
     size = 384
-    faces = fixture_faces(size, FULL_SETS)
+    faces = example_crops(size, FULL_SETS)
     print(f"forehead extension on {len(faces)} real faces (dlib's example training and testing sets), {size} px 1.25x crops "
           f"(default height ratio {FOREHEAD_RATIO}):")
     yy, xx = np.mgrid[0:size, 0:size]
@@ -300,8 +276,8 @@ def forehead_report(args) -> None:
                 plain = hull_mask(lm, (size, size), k)
                 ext = hull_mask(lm, (size, size), k, True, ratio)
                 area[k].append(ext.sum() / plain.sum())
-            plain = hull_mask(lm, (size, size), "hull")
-            ext = hull_mask(lm, (size, size), "hull", True, ratio)
+            plain = hull_mask(lm, (size, size), "facehull")
+            ext = hull_mask(lm, (size, size), "facehull", True, ratio)
             above_plain.append(((plain > 0) & (height > 0)).sum() / plain.sum())
             above.append(((ext > 0) & (height > 0)).sum() / ext.sum())
             added = (ext > 0) & (plain == 0)
@@ -323,8 +299,8 @@ def forehead_report(args) -> None:
     if args.png:
         tiles = []
         for img, lm in faces[:8]:
-            plain = hull_mask(lm, (size, size), "hull")
-            ext = hull_mask(lm, (size, size), "hull", True)
+            plain = hull_mask(lm, (size, size), "facehull")
+            ext = hull_mask(lm, (size, size), "facehull", True)
             t = img.copy()
             t[plain > 0] = (0.6 * t[plain > 0] + (0, 100, 0)).astype(np.uint8)
             t[(ext > 0) & (plain == 0)] = (0.6 * t[(ext > 0) & (plain == 0)] + (100, 0, 100)).astype(np.uint8)
@@ -337,19 +313,84 @@ def forehead_report(args) -> None:
         print(f"  {args.png}: 68-point hull (green) and the default forehead extension (magenta)")
 
 
+# ---------------------------------------------------------------------------------------------- fidelity
+def fidelity_report(args) -> None:
+    """Draw the default pairs on dlib's 43 example faces (1.25x crops at --size, --draws per face, as the
+    reference measurement) and print every figure of the reference JSON we can compute: ours, the
+    reference's, the gap, the tolerance of tests/test_fidelity.py. Writes a PNG of the gaps."""
+    import warnings
+
+    from model.config import load_config
+    from model.data import TrainPairDataset
+    from model.pair_stats import compare, load_reference, pair_figures
+
+    cv2.setNumThreads(1)
+    cfg = load_config(args.config, args.overrides)
+    reference = load_reference()
+    with tempfile.TemporaryDirectory() as tmp:
+        split = write_example_split(Path(tmp), args.size, FULL_SETS, frames=1)
+        cfg.data.shards, cfg.data.frames_per_video, cfg.data.image_size = [str(split)], 1, args.size
+        cfg.data.seed = 317
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = TrainPairDataset(cfg.data, cfg.sbi, cfg.bi, cfg.augment)
+        figures, c_pairs = [], 0.0
+        for epoch in range(args.draws):
+            ds.set_epoch(epoch)
+            for i in range(len(ds)):
+                c0 = time.process_time()
+                item = ds[i]
+                c_pairs += time.process_time() - c0
+                figures.append(pair_figures(item))
+    rows = compare(figures, reference)
+    print(f"bench_data fidelity: {len(figures)} pairs ({len(ds)} faces x {args.draws} draws, config "
+          f"{args.config or 'defaults'} {' '.join(args.overrides)}) vs the reference implementation's own data code "
+          f"({reference['setup']['samples']} pairs on the same faces); {len(figures) / c_pairs:.1f} pairs/s per core "
+          f"(CPU time, items only)")
+    for r in rows:
+        print("  " + r.line())
+    off = [r for r in rows if not r.ok]
+    print(f"  {len(rows) - len(off)} of {len(rows)} figures within tolerance")
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 0.22 * len(rows) + 1), dpi=110)
+        ratio = [r.gap / r.tolerance for r in rows]
+        ax.barh(range(len(rows)), ratio, color=["#228833" if r.ok else "#cc3311" for r in rows])
+        ax.axvline(-1, color="k", ls="--", lw=0.8)
+        ax.axvline(1, color="k", ls="--", lw=0.8)
+        ax.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlabel("gap to the reference / tolerance (|x| <= 1 passes)")
+        ax.set_title(f"training pairs vs the reference implementation ({len(figures)} pairs)", fontsize=9)
+        fig.tight_layout()
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.png)
+        plt.close(fig)
+        print(f"  {args.png}: gaps as a fraction of each tolerance")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", nargs="?", choices=("throughput", "forehead"), default="throughput")
+    parser.add_argument("mode", nargs="?", choices=("throughput", "forehead", "fidelity"), default="throughput")
     parser.add_argument("--shards", help="split folder to read (default: a shard built from the fixtures)")
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("-n", type=int, default=300, help="pairs to time")
     parser.add_argument("--step-s", type=float, default=0.25, help="GPU step time for the worker estimate")
     parser.add_argument("--donor-table", type=int, default=0, help="also time the BI donor table on N faces")
-    parser.add_argument("--png", default="out/bench/forehead.png", help="forehead mode: overlay grid")
+    parser.add_argument("--png", default=None, help="forehead / fidelity mode: PNG path (default out/bench/<mode>.png)")
+    parser.add_argument("--draws", type=int, default=48, help="fidelity mode: draws per face (the reference: 48)")
+    parser.add_argument("--config", default=None, help="fidelity mode: training config (default: the defaults)")
+    parser.add_argument("overrides", nargs="*", help="fidelity mode: config overrides key.sub=value")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.7, 0.9],
                         help="forehead mode: forehead heights (x nose length) to measure")
     args = parser.parse_args()
-    (forehead_report if args.mode == "forehead" else throughput)(args)
+    if args.png is None and args.mode != "throughput":
+        args.png = f"out/bench/{args.mode}.png"
+    {"forehead": forehead_report, "fidelity": fidelity_report, "throughput": throughput}[args.mode](args)
 
 
 if __name__ == "__main__":

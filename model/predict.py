@@ -4,8 +4,8 @@
     python -m model.predict face.jpg --checkpoint runs/x/best.pt --overlay face_laanet.png
 
 Like the pipeline and the evaluator: ``--frames`` evenly spaced frames (32), RetinaFace (the pipeline's
-default MobileNet-0.25 backend), the best face per frame cropped square at 1.25x its box and resized to the
-network input, the cls logit of each face averaged with its mirror's (flip test), video probability =
+default MobileNet-0.25 backend), the best face per frame cropped square at evaluation's face scale (the
+reference's test geometry: 1.20x its box) and resized to the network input, the cls logit of each face averaged with its mirror's (flip test), video probability =
 sigmoid of the mean face logit. Frames where no face is found are listed, never guessed. Writes a PNG with
 the predicted artefact heatmap over the most fake-looking faces.
 
@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from model.data import REFERENCE_TEST_SCALE
+
 
 def score_faces(model, images, flip: bool = True, want_heatmap: bool = False, amp: bool = False):
     """Forward pass for scoring, optionally with the flip test.
@@ -83,7 +86,7 @@ def load_frames(path: Path, n_frames: int) -> tuple[np.ndarray, list[np.ndarray]
 
 
 def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate: str = "logit-mean",
-            crop_scale: float = 1.25, detector=None, overlay: Path | None = None, overlay_faces: int = 4,
+            crop_scale: float = REFERENCE_TEST_SCALE, detector=None, overlay: Path | None = None, overlay_faces: int = 4,
             device=None) -> Prediction:
     """Sample frames of ``path``, detect and crop the best face per frame, score the faces and aggregate.
 
@@ -160,7 +163,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=32, help="evenly spaced frames to sample from a video")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--aggregate", choices=("logit-mean", "prob-mean"), default="logit-mean")
-    p.add_argument("--crop-scale", type=float, default=1.25)
+    p.add_argument("--crop-scale", type=float, default=REFERENCE_TEST_SCALE,
+                   help="face crop side in face-box sides; default: evaluation's reference test geometry "
+                        "(the 1.25x crop minus 5/256 per side)")
     p.add_argument("--overlay", default=None, help="overlay PNG path (default: <input stem>_laanet.png here)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")

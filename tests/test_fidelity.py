@@ -1,0 +1,280 @@
+"""The default recipe against the reference implementation's measured training-pair distribution, and the
+named switches that deviate from it (docs/fidelity.md).
+
+The reference figures come from running its own data code on dlib's 43 example faces
+(`../shared/reference/sbi_distribution.json`, copied in tests/data/reference). Our pairs are drawn the same
+way: the 43 faces as 1.25x crops at 384 px (the pipeline's geometry), 48 draws each.
+"""
+from __future__ import annotations
+
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from model.augment import AugmentConfig, sample_geometry
+from model.config import load_config
+from model.data import (REFERENCE_TEST_SCALE, DataConfig, EvalDataset, TrainPairDataset, eval_view,
+                        resolve_face_scale, training_face_scales)
+from model.laanet import ModelConfig, build_model
+from model.pair_stats import compare, load_reference, pair_figures
+from model.synthesis import SBIConfig, random_margin, soften_mask
+from tests.face_fixtures import FULL_SETS, write_example_split
+
+DRAWS_PER_FACE = 48          # as the reference measurement
+
+
+@pytest.fixture(scope="module")
+def example_split(tmp_path_factory):
+    return write_example_split(tmp_path_factory.mktemp("examples"), 384, FULL_SETS, frames=1)
+
+
+@pytest.fixture(scope="module")
+def default_figures(example_split):
+    cfg = load_config(None)            # the defaults are the recipe of configs/laanet_sbi.yaml
+    cfg.data.shards, cfg.data.frames_per_video, cfg.data.seed = [str(example_split)], 1, 317
+    ds = TrainPairDataset(cfg.data, cfg.sbi, cfg.bi, cfg.augment)
+    figures = []
+    for epoch in range(DRAWS_PER_FACE):
+        ds.set_epoch(epoch)
+        figures.extend(pair_figures(ds[i]) for i in range(len(ds)))
+    return figures
+
+
+def test_default_pairs_match_the_reference_distribution(default_figures):
+    assert len(default_figures) == 43 * DRAWS_PER_FACE
+    rows = compare(default_figures, load_reference())
+    names = {r.name for r in rows}
+    assert {"mean M96_gt05", "mean M96_eq1", "mean B96_gt05", "mean peaks", "mean consistency_gt05",
+            "mean absdiff_inside_M05", "mean face_scale", "hull type extended", "blend ratio 1.0",
+            "rate geo/RandomErasing", "rate train_color/ImageCompression"} <= names
+    off = [r.line() for r in rows if not r.ok]
+    assert not off, "\n".join(off)
+
+
+def test_the_shipped_recipe_config_is_the_default_recipe():
+    from pathlib import Path
+
+    from model.config import config_to_dict
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    a, b = config_to_dict(load_config(root / "laanet_sbi.yaml")), config_to_dict(load_config(None))
+    for section in ("data", "sbi", "bi", "augment", "loss", "optim", "val"):
+        differ = {k for k in a[section] if a[section][k] != b[section][k]} - {"shards", "num_workers",
+                                                                             "frames_per_video"}
+        assert not differ, (section, differ)
+
+
+def test_first_blur_erodes_the_hull_by_half_its_kernel():
+    """SPEC section 2 step 5: blurring the FLOAT mask and keeping values == 1 keeps only pixels whose whole
+    k1 x k1 window lies in the hull (a k1 // 2 erosion); on a uint8 mask it keeps almost everything."""
+    g = 256
+    mask = np.zeros((g, g), np.uint8)
+    cv2.circle(mask, (128, 128), 80, 1, -1)
+    k1 = 25
+    cfg = SBIConfig(resize_range=(1.0, 1.0), blur1_kernels=(k1, k1), blur2_kernels=(1, 1), blur2_sigma=(1, 1))
+    eroded = soften_mask(mask, np.random.default_rng(0), cfg) >= 0.999
+    kept = cv2.erode(mask, np.ones((k1, k1), np.uint8)).astype(bool)
+    assert abs(int(eroded.sum()) - int(kept.sum())) <= 0.01 * kept.sum()
+    assert (eroded & ~mask.astype(bool)).sum() == 0
+    cfg_u8 = SBIConfig(resize_range=(1.0, 1.0), blur1_kernels=(k1, k1), blur2_kernels=(1, 1),
+                       blur2_sigma=(1, 1), blur1_float=False)
+    plain = soften_mask(mask, np.random.default_rng(0), cfg_u8) >= 0.999
+    assert plain.sum() > 0.99 * mask.sum() > 1.3 * eroded.sum()
+
+
+def test_margin_is_one_value_for_all_sides_unless_switched():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x0, y0, x1, y1 = random_margin(rng)
+        assert x0 == y0 == 1 - x1 == 1 - y1 and 5 / 256 <= x0 <= 24 / 256
+    rng = np.random.default_rng(0)
+    boxes = [random_margin(rng, SBIConfig(margin_symmetric=False)) for _ in range(50)]
+    assert any(len({b[0], b[1], 1 - b[2], 1 - b[3]}) > 1 for b in boxes)
+
+
+def _forced(kind: int, **kw) -> tuple[AugmentConfig, np.random.Generator]:
+    """A config and generator for which sample_geometry picks one-of step `kind` (0 crop, 1 scale, 2 erase)."""
+    cfg = AugmentConfig(geometry_p=1.0, hflip_p=0.0, **kw)
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        probe = np.random.default_rng(seed)
+        probe.random(), probe.random()
+        if int(probe.integers(3)) == kind:
+            return cfg, rng
+    raise AssertionError("no seed picks that step")
+
+
+def test_crop_mode_switch_changes_only_the_crop_scale():
+    crop = (0.05, 0.05, 0.95, 0.95)
+    cfg, rng = _forced(0)
+    shift = sample_geometry(rng, cfg, crop)
+    cfg, rng = _forced(0, crop_mode="zoom")
+    zoom = sample_geometry(rng, cfg, crop)
+    assert shift.applied == zoom.applied == ("RandomCrop",) and shift.window == zoom.window
+    assert shift.kept == pytest.approx(0.9)                       # the reference: scale unchanged, padded
+    assert zoom.kept < shift.kept or shift.window == crop          # zoom: the window fills the output
+
+
+def test_scale_about_switch_moves_the_fixed_point_only():
+    crop = (0.0, 0.0, 1.0, 1.0)
+    cfg, rng = _forced(1)
+    centre = sample_geometry(rng, cfg, crop)
+    cfg, rng = _forced(1, scale_about="corner")
+    corner = sample_geometry(rng, cfg, crop)
+    assert centre.norm[0, 0] == corner.norm[0, 0] != 1.0          # same zoom factor
+    assert centre.norm[0, 0] * 0.5 + centre.norm[0, 2] == pytest.approx(0.5)   # centre stays put
+    assert corner.norm[0, 2] == 0.0                                # top-left corner stays put
+
+
+def test_erasing_blacks_images_and_zeroes_targets(example_split):
+    cfg, rng = _forced(2)
+    geom = sample_geometry(rng, cfg, (0.0, 0.0, 1.0, 1.0))
+    assert geom.applied == ("RandomErasing",)
+    from model.augment import apply_geometry
+
+    img = np.full((64, 64, 3), 200, np.uint8)
+    out, m = apply_geometry(img, geom, 64), apply_geometry(np.ones((16, 16), np.float32), geom, 16, is_map=True)
+    assert (out == 0).all(axis=2).mean() > 0.01 and (m == 0).mean() > 0.01
+    keep = AugmentConfig(geometry_p=1.0, hflip_p=0.0, erase_targets=False)
+    geom2 = sample_geometry(np.random.default_rng(0), keep, (0.0, 0.0, 1.0, 1.0))
+    if geom2.erase is not None:
+        assert (apply_geometry(np.ones((16, 16), np.float32), geom2, 16, is_map=True) == 1).all()
+
+
+def test_noise_and_blur_are_off_by_default_and_switchable(example_split):
+    def applied(aug: AugmentConfig) -> set[str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = TrainPairDataset(DataConfig(shards=[str(example_split)], frames_per_video=1), augment_cfg=aug)
+        return {a for i in range(10) for a in ds[i]["applied"]}
+
+    default = applied(AugmentConfig())
+    assert not {"colour/GaussNoise", "colour/GaussianBlur"} & default
+    on = applied(AugmentConfig(noise_p=1.0, blur_p=1.0))
+    assert {"colour/GaussNoise", "colour/GaussianBlur"} <= on
+
+
+def test_redraw_frames_switch(tmp_path):
+    split = write_example_split(tmp_path, 96, frames=10)
+    picks = {}
+    for redraw in (True, False):
+        ds = TrainPairDataset(DataConfig(shards=[str(split)], frames_per_video=3, image_size=96,
+                                         redraw_frames=redraw))
+        ds.set_epoch(0)
+        first = list(ds.items)
+        ds.set_epoch(1)
+        picks[redraw] = first == ds.items
+    assert picks == {True: False, False: True}
+
+
+def test_backbone_stochastic_depth_and_bn_momentum_are_built():
+    model = build_model(ModelConfig(backbone="tf_efficientnet_b0", input_size=128))
+    blocks = [m for m in model.backbone.body.modules() if hasattr(m, "drop_path") and hasattr(m, "has_skip")]
+    rates = [float(getattr(b.drop_path, "drop_prob", 0.0)) for b in blocks]
+    n = len(blocks)
+    assert rates == pytest.approx([0.2 * i / n for i in range(n)])
+    bn_backbone = {m.momentum for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    bn_rest = {m.momentum for name, m in model.named_modules()
+               if isinstance(m, torch.nn.BatchNorm2d) and not name.startswith("backbone.")}
+    assert bn_backbone == {0.01} and bn_rest == {0.1}
+    eps = {m.eps for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert eps == {1e-3}
+    plain = build_model(ModelConfig(backbone="tf_efficientnet_b0", input_size=128, drop_path_rate=0.0,
+                                    backbone_bn_momentum=0.1))
+    assert {m.momentum for m in plain.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+
+
+def test_face_scale_train_vs_test():
+    scales = training_face_scales(SBIConfig(), AugmentConfig(), 1.25, n=4000)
+    ref = load_reference()["margin_and_scale"]["final_side_over_face_box"]["stats"]
+    assert np.median(scales) == pytest.approx(ref["q50"], rel=0.02)
+    assert np.percentile(scales, 95) == pytest.approx(ref["q95"], rel=0.02)
+    assert REFERENCE_TEST_SCALE == pytest.approx(1.2012, abs=1e-4)
+    assert resolve_face_scale("train-median") == pytest.approx(np.median(scales), rel=0.01)
+    face = np.zeros((256, 256, 3), np.uint8)
+    face[5:251, 5:251] = 255                                     # the reference's test view cuts 5 px
+    view = eval_view(face, 64, 1.25, REFERENCE_TEST_SCALE)
+    assert view.min() == 255
+    assert eval_view(face, 64, 1.25, None).min() == 0
+    with pytest.raises(ValueError, match="at least"):
+        eval_view(face, 64, 1.25, 1.5)
+
+
+def test_face_scale_command_prints_both_sides(capsys, tmp_path):
+    from model.data import main
+
+    assert main(["face-scale", "--png", str(tmp_path / "scales.png")]) == 0
+    out = capsys.readouterr().out
+    assert "training   median" in out and "evaluation reference 1.201" in out
+    assert (tmp_path / "scales.png").stat().st_size > 1000
+
+
+def test_validation_fakes_switch(tmp_path):
+    from model.validation import build_val_loader
+    from pipeline.shards import write_index, write_shard
+
+    split = write_example_split(tmp_path, 96, frames=2)
+    fake_split = tmp_path / "withfakes"
+    from pipeline.shards import ShardReader, shard_paths
+
+    r = ShardReader(shard_paths(split)[0])
+    faces, lms = r.read("faces"), r.read("landmarks")
+    r.close()
+    write_shard(fake_split / "shard-00000.h5", faces,
+                videos=[{"id": "000", "label": 0}, {"id": "001", "label": 1, "method": "Deepfakes"}],
+                video=np.array([0, 0] + [1] * (len(faces) - 2)), landmarks=lms)
+    write_index(fake_split, dataset="x", split="val")
+    base = [f"val.shards=[{fake_split}]", "val.num_workers=0", "data.image_size=96", "model.input_size=96"]
+    loader, mode = build_val_loader(load_config(None, base))
+    vids = {loader.dataset.item_video_id(i) for i in range(len(loader.dataset))}
+    assert "val.fakes=sbi" in mode and not any("Deepfakes" in v for v in vids) and any(v.endswith("/sbi") for v in vids)
+    loader, mode = build_val_loader(load_config(None, base + ["val.fakes=real"]))
+    vids = {loader.dataset.item_video_id(i) for i in range(len(loader.dataset))}
+    assert "val.fakes=real" in mode and any("Deepfakes" in v for v in vids) and not any(v.endswith("/sbi") for v in vids)
+    with pytest.raises(ValueError, match="no fake video"):
+        build_val_loader(load_config(None, [f"val.shards=[{split}]", "val.fakes=real"]))
+
+
+def test_eval_dataset_shows_faces_at_the_reference_test_scale(example_split):
+    full = EvalDataset([str(example_split)], 384, face_scale=None)[0]["image"]
+    ref = EvalDataset([str(example_split)], 384)[0]["image"]
+    assert not torch.equal(full, ref)
+    assert ref.shape == full.shape == (3, 384, 384)
+
+
+def test_ffpp_manifest_entry_is_c0_as_in_the_paper():
+    from pathlib import Path
+
+    import yaml
+
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[1] / "data_manifest.yaml").read_text())
+    assert manifest["datasets"]["ffpp"]["compression"] == "raw"
+
+
+def test_configs_of_older_checkpoints_still_load():
+    from model.config import config_from_dict, config_to_dict
+
+    old = config_to_dict(load_config(None))
+    for section in ("sbi", "bi", "augment"):
+        del old[section]
+    old["data"].update({"augment": False, "forehead": True})
+    old["val"]["synthetic_fakes"] = old["val"].pop("fakes")
+    cfg = config_from_dict(old)
+    assert cfg.augment.enabled is False and cfg.sbi.forehead and cfg.bi.forehead and cfg.val.fakes == "sbi"
+
+
+def test_every_setting_is_a_config_value_with_a_one_line_error():
+    from model.config import ConfigError
+
+    cfg = load_config(None, ["sbi.margin=[4,20]", "augment.crop_mode=zoom", "data.sigma_rule=exact",
+                             "model.drop_path_rate=0.1", "optim.sam_bn_update=false", "train.freeze_bn=true",
+                             "val.fakes=real", "val.face_scale=1.1", "augment.noise_p=0.2"])
+    assert (cfg.sbi.margin, cfg.augment.crop_mode, cfg.data.sigma_rule, cfg.val.face_scale) == \
+        ((4, 20), "zoom", "exact", 1.1)
+    with pytest.raises(ConfigError, match="augment.crop_mode"):
+        load_config(None, ["augment.crop_mode=stretch"])
+    with pytest.raises(ConfigError, match="unknown config key 'sbi.blur'"):
+        load_config(None, ["sbi.blur=3"])
