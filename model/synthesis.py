@@ -212,11 +212,7 @@ def soften_mask(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = SBI
     pad = k1 // 2 + k2 // 2 + 2
     x0, y0 = max(0, box[0] - pad), max(0, box[1] - pad)
     x1, y1 = min(size[0], box[2] + pad), min(size[1], box[3] + pad)
-    part = cv2.GaussianBlur(m[y0:y1, x0:x1], (k1, k1), 0)
-    peak = float(part.max())
-    if peak <= 0:
-        raise ValueError("mask vanished while softening (empty or sub-kernel-sized hull)")
-    part = (part >= peak).astype(np.float32)               # x / max < 1 -> 0, and the rest is exactly 1
+    part = _first_blur_core(m[y0:y1, x0:x1], k1, cfg.blur1_float)
     part = cv2.GaussianBlur(part, (k2, k2), sigma2)
     m = np.zeros(m.shape, np.float32)
     m[y0:y1, x0:x1] = part
@@ -225,6 +221,27 @@ def soften_mask(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = SBI
         raise ValueError("mask vanished while softening (empty or sub-kernel-sized hull)")
     m *= 1.0 / peak
     return cv2.resize(m, (g_w, g_h), interpolation=cv2.INTER_LINEAR)
+
+
+def _first_blur_core(m: np.ndarray, k1: int, exact_float: bool) -> np.ndarray:
+    """What survives the first blur: float32 0/1 map of the pixels where GaussianBlur(m, k1) equals its max.
+
+    The Gaussian's k1 x k1 taps are all positive, so on a float mask with values in [0, 1] the blurred value
+    reaches the all-ones maximum exactly where the whole window is 1: a k1 x k1 erosion of (m == 1), which
+    is computed directly (same border rule; cheaper than the blur; the two differ only by the blur's float
+    rounding, a few edge pixels per mask, checked in tests). If no window is all ones, the
+    blur's own maximum is kept, as the recipe does. On a uint8 mask the blur rounds back to 0/1.
+    """
+    if exact_float and m.dtype == np.float32:
+        core = cv2.erode((m >= 1.0).astype(np.uint8), np.ones((k1, k1), np.uint8),
+                         borderType=cv2.BORDER_REFLECT_101)
+        if core.any():
+            return core.astype(np.float32)
+    blurred = cv2.GaussianBlur(m, (k1, k1), 0)
+    peak = float(blurred.max())
+    if peak <= 0:
+        raise ValueError("mask vanished while softening (empty or sub-kernel-sized hull)")
+    return (blurred >= peak).astype(np.float32)             # x / max < 1 -> 0, and the rest is exactly 1
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
