@@ -18,6 +18,7 @@ reference pads, so checkpoints converted from the reference reproduce its output
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -38,6 +39,15 @@ REFERENCE_PAD_IMAGE_SIZE = {
 
 # The paper uses the AdvProp ImageNet weights; timm's default tag for B4 is a different (JFT) one.
 DEFAULT_PRETRAINED_TAG = {"tf_efficientnet_b4": "ap_in1k"}
+
+# lukemelas block-level names -> timm names, per timm block type.
+_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                      "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+                      "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+                        "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_STEM_HEAD = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+              "_fc": "classifier"}
 
 # Strides of the maps the decoder fuses, deepest first: x2, x3, x4.
 SKIP_REDUCTIONS = (32, 16, 8)
@@ -96,6 +106,36 @@ def apply_reference_padding(body: nn.Module, image_size: int) -> int:
     return replaced
 
 
+def map_efficientnet_keys(state: Mapping[str, torch.Tensor], body: nn.Module,
+                          source: str | Path = "<state dict>") -> dict[str, torch.Tensor]:
+    """Rename lukemelas EfficientNet keys (``_blocks.N._bn1.weight``...) to those of a timm
+    EfficientNet ``body`` (``blocks.s.i.bn2.weight``...). Keys not starting with ``_`` are dropped.
+
+    Block N of the flat lukemelas list is the N-th block of timm's stages in order; the block type
+    (depthwise-separable or inverted-residual) is read from ``body``.
+    """
+    flat = [(s, i, blk) for s, stage in enumerate(body.blocks) for i, blk in enumerate(stage)]
+    out = {}
+    for key, value in state.items():
+        if not key.startswith("_"):
+            continue
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            n = int(parts[1])
+            if n >= len(flat):
+                raise ValueError(f"{source}: key {key} refers to block {n}, the backbone has {len(flat)}")
+            s, i, blk = flat[n]
+            table = _INVERTED_RESIDUAL if hasattr(blk, "conv_pwl") else _DEPTHWISE_SEPARABLE
+            if parts[2] not in table:
+                raise ValueError(f"{source}: unknown EfficientNet block key {key}")
+            out[f"blocks.{s}.{i}.{table[parts[2]]}.{'.'.join(parts[3:])}"] = value
+        elif parts[0] in _STEM_HEAD:
+            out[".".join([_STEM_HEAD[parts[0]], *parts[1:]])] = value
+        else:
+            raise ValueError(f"{source}: unknown EfficientNet key {key}")
+    return out
+
+
 def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     """Load a local backbone weights file (timm layout, or the lukemelas layout the reference used)."""
     path = Path(path)
@@ -113,8 +153,6 @@ def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
         raise ValueError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if "_conv_stem.weight" in state:  # lukemelas / reference layout
-        from model.convert import map_efficientnet_keys
-
         state = map_efficientnet_keys(state, body, path)
     # The ImageNet classifier is not part of the backbone.
     state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "_fc."))}

@@ -20,14 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-# lukemelas block-level names -> timm names, per timm block type.
-_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                      "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
-                      "_project_conv": "conv_pwl", "_bn2": "bn3"}
-_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-                        "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_STEM_HEAD = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-              "_fc": "classifier"}
+from model.backbone import map_efficientnet_keys
 
 # Reference decoder/head prefixes -> ours (first match wins).
 DECODER_PREFIXES = (
@@ -58,36 +51,6 @@ EFFICIENTNET_BY_SHAPE = {
     (48, 32, 1792): "tf_efficientnet_b4", (48, 39, 2048): "tf_efficientnet_b5",
     (56, 45, 2304): "tf_efficientnet_b6", (64, 55, 2560): "tf_efficientnet_b7",
 }
-
-
-def map_efficientnet_keys(state: Mapping[str, torch.Tensor], body: nn.Module,
-                          source: str | Path = "<state dict>") -> dict[str, torch.Tensor]:
-    """Rename lukemelas EfficientNet keys (``_blocks.N._bn1.weight``...) to those of a timm
-    EfficientNet ``body`` (``blocks.s.i.bn2.weight``...). Keys not starting with ``_`` are dropped.
-
-    Block N of the flat lukemelas list is the N-th block of timm's stages in order; the block type
-    (depthwise-separable or inverted-residual) is read from ``body``.
-    """
-    flat = [(s, i, blk) for s, stage in enumerate(body.blocks) for i, blk in enumerate(stage)]
-    out = {}
-    for key, value in state.items():
-        if not key.startswith("_"):
-            continue
-        parts = key.split(".")
-        if parts[0] == "_blocks":
-            n = int(parts[1])
-            if n >= len(flat):
-                raise ValueError(f"{source}: key {key} refers to block {n}, the backbone has {len(flat)}")
-            s, i, blk = flat[n]
-            table = _INVERTED_RESIDUAL if hasattr(blk, "conv_pwl") else _DEPTHWISE_SEPARABLE
-            if parts[2] not in table:
-                raise ValueError(f"{source}: unknown EfficientNet block key {key}")
-            out[f"blocks.{s}.{i}.{table[parts[2]]}.{'.'.join(parts[3:])}"] = value
-        elif parts[0] in _STEM_HEAD:
-            out[".".join([_STEM_HEAD[parts[0]], *parts[1:]])] = value
-        else:
-            raise ValueError(f"{source}: unknown EfficientNet key {key}")
-    return out
 
 
 def _describe(obj: Any) -> str:
