@@ -1,7 +1,8 @@
 """Detection metrics and frame-to-video score aggregation.
 
-Everything here is plain numpy over 1-D arrays so that it can be checked against scikit-learn and reused by
-any caller. Conventions:
+The ranking metrics (ROC, AUC, AP, precision-recall) are scikit-learn's; this module adds the input
+checks, NaN for a set with one class, the EER, the paper's AR / mF1 definitions and the video aggregation.
+Conventions:
 
 - ``labels``: (N,) ints, 1 = fake (the positive class), 0 = real.
 - ``scores``: (N,) floats, larger = more likely fake (probabilities or logits; the ranking metrics only look
@@ -26,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn import metrics as skm
 
 AGGREGATIONS = ("logit-mean", "prob-mean")
 
@@ -47,57 +49,34 @@ def _both_classes(y: np.ndarray) -> bool:
 
 
 def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC points at every distinct score, starting at (0, 0) with threshold +inf.
-
-    Returns (fpr, tpr, thresholds), each (K + 1,) for K distinct scores; a sample counts as positive when
-    ``score >= threshold``.
-    """
+    """ROC points at every distinct score, starting at (0, 0) with threshold +inf (scikit-learn's
+    ``roc_curve`` without dropping points). Returns (fpr, tpr, thresholds); positive when score >= threshold."""
     y, s = _check(labels, scores)
     if not _both_classes(y):
         raise ValueError("the ROC curve needs both real and fake samples")
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    # Last index of each run of equal scores: the curve moves only between distinct thresholds.
-    last = np.r_[np.nonzero(np.diff(s_sorted))[0], len(s_sorted) - 1]
-    tps = np.cumsum(y_sorted)[last]
-    fps = (last + 1) - tps
-    tpr = np.r_[0.0, tps / y.sum()]
-    fpr = np.r_[0.0, fps / (len(y) - y.sum())]
-    return fpr, tpr, np.r_[np.inf, s_sorted[last]]
+    return skm.roc_curve(y, s, drop_intermediate=False)
 
 
 def roc_auc(labels, scores) -> float:
-    """Area under the ROC curve by the trapezoid rule over all distinct thresholds; NaN with one class."""
-    y, _ = _check(labels, scores)
-    if not _both_classes(y):
-        return float("nan")
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return float(np.trapezoid(tpr, fpr))
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score``); NaN with one class."""
+    y, s = _check(labels, scores)
+    return float(skm.roc_auc_score(y, s)) if _both_classes(y) else float("nan")
 
 
 def precision_recall_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision and recall at every distinct score, highest threshold first.
-
-    Returns (precision, recall, thresholds), each (K,); recall is non-decreasing.
-    """
+    """Precision and recall at every distinct score (scikit-learn's ``precision_recall_curve``, whose last
+    point is (precision 1, recall 0)). Returns (precision, recall, thresholds)."""
     y, s = _check(labels, scores)
     if not y.any():
         raise ValueError("the precision-recall curve needs at least one fake sample")
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s_sorted))[0], len(s_sorted) - 1]
-    tps = np.cumsum(y_sorted)[last]
-    predicted = last + 1
-    return tps / predicted, tps / y.sum(), s_sorted[last]
+    return skm.precision_recall_curve(y, s)
 
 
 def average_precision(labels, scores) -> float:
-    """Step-wise average precision ``sum_n (R_n - R_{n-1}) P_n``; NaN without any fake sample."""
-    y, _ = _check(labels, scores)
-    if not y.any():
-        return float("nan")
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    """Step-wise average precision ``sum_n (R_n - R_{n-1}) P_n`` (scikit-learn's ``average_precision_score``);
+    NaN without any fake sample."""
+    y, s = _check(labels, scores)
+    return float(skm.average_precision_score(y, s)) if y.any() else float("nan")
 
 
 def equal_error_rate(labels, scores) -> float:

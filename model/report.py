@@ -116,8 +116,8 @@ def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], roc_path: Path
         fpr, tpr, _ = metrics.roc_curve(labels, scores)
         ax_roc.plot(fpr, tpr, label=f"{name} (AUC {100 * metrics.roc_auc(labels, scores):.2f})")
         precision, recall, _ = metrics.precision_recall_curve(labels, scores)
-        # Start the step plot at recall 0 with the first precision, as AP integrates it.
-        ax_pr.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre",
+        # scikit-learn's curve runs from recall 1 down to (recall 0, precision 1); AP integrates it as steps.
+        ax_pr.step(recall, precision, where="post",
                    label=f"{name} (AP {100 * metrics.average_precision(labels, scores):.2f})")
     ax_roc.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     ax_roc.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
