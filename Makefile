@@ -2,7 +2,8 @@
 # which `make install` creates from requirements.txt (pinned versions tested together).
 #
 #   make install                               create .venv and install pinned dependencies
-#   make test                                  run the test suite (CPU, a few minutes)
+#   make test                                  the fast tests (CPU, under 3 minutes; not the slow ones)
+#   make test-all                              every test: slow end-to-end ones too (gpu ones skip without CUDA)
 #   make frames    DATASET=ffpp SPLIT=train    sample frames, detect faces, write HDF5 shards
 #   make landmarks DATASET=ffpp SPLIT=train    add dlib 68-point landmarks to those shards
 #   make prep      DATASET=ffpp SPLIT=train    both stages
@@ -29,7 +30,7 @@ DEMO_OUT   ?= out/demo
 DASK_OPTS  := $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 
-.PHONY: install test frames landmarks prep verify inspect train evaluate demo bench clean
+.PHONY: install test test-all frames landmarks prep verify inspect train evaluate demo bench clean
 
 install: $(STAMP)
 
@@ -42,6 +43,9 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 frames: $(STAMP)

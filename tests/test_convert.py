@@ -134,6 +134,7 @@ def reference_file(tmp_path_factory):
     return path, state
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_reproduces_reference_network(reference_file, tmp_path):
     path, state = reference_file
     out = convert_reference(path, tmp_path / "converted.pt")

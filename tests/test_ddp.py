@@ -2,6 +2,7 @@
 with the backbone frozen, one after unfreezing) and end with identical weights on both ranks."""
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ LAUNCHER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_keeps_replicas_identical(tmp_path, repo_root):
     shards = {"train": write_split(tmp_path / "toy" / "train", n_videos=4, frames=4, seed=0)}
     launcher = tmp_path / "launch.py"

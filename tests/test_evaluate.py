@@ -203,6 +203,7 @@ def test_synthetic_sbi_fakes_on_real_only_shards(tmp_path):
     assert (out / "overlays" / "realonly_test_confident_fakes.png").is_file()
 
 
+@pytest.mark.slow
 def test_end_to_end_on_shards_from_the_sample_videos(repo_root, tmp_path):
     """Pipeline on the shipped clips (test segment) -> tiny checkpoint -> evaluate with SBI fakes."""
     from pipeline.faces import DetectorConfig

@@ -39,6 +39,7 @@ def test_flip_test_averages_logits_of_image_and_mirror():
                                predict.score_faces(model, sym, flip=False)[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_predict_on_sample_video(tiny_checkpoint, sample_videos_dir, tmp_path, capsys):
     video = sample_videos_dir / "carphone_pristine.mp4"
     if not video.is_file():

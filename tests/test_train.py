@@ -369,3 +369,21 @@ def test_validation_falls_back_to_sbi_fakes_of_real_videos(shards, tmp_path):
     last = json.loads((run / "history.json").read_text())[-1]
     assert last["val_n_videos"] == 6.0  # 3 real videos + their 3 SBI fake videos
     assert 0.0 <= last["val_auc_video"] <= 1.0
+
+
+# --------------------------------------------------------------------------- CUDA only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_mixed_precision_step_with_sam(shards, tmp_path, amp):
+    """One SAM step on CUDA under bf16 autocast, or fp16 with the GradScaler: finite, weights move, and
+    the weights are not left perturbed."""
+    from train import apply_freeze, train_step
+
+    t, batch = fixed_batch_trainer(shards, tmp_path, "train.device=cuda", f"train.amp={amp}")
+    apply_freeze(t, 0)
+    before = [p.detach().clone() for p in t.model.parameters()]
+    terms = train_step(t, batch)
+    assert math.isfinite(terms["loss"]) and next(t.model.parameters()).is_cuda
+    assert any(not torch.equal(a, p) for a, p in zip(before, t.model.parameters()))
