@@ -298,3 +298,30 @@ def test_first_blur_shortcut_equals_the_blur_it_replaces():
         expected = blurred / blurred.max() >= 1.0
         ours = _first_blur_core(m, k, True) > 0
         assert expected.sum() > 100 and (ours != expected).sum() <= max(2, 0.01 * expected.sum())
+
+
+def test_a_checkpoint_written_before_these_settings_existed_loads(tmp_path):
+    """A checkpoint whose config predates the sbi/bi/augment sections and the backbone regularisation keys
+    (the layout this code wrote until this round) rebuilds its network and its training config."""
+    from model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+    from model.config import config_from_dict, config_to_dict
+
+    model = build_model(ModelConfig(backbone="tf_efficientnet_b0", input_size=64, head_conv=16))
+    old = config_to_dict(load_config(None))
+    old["model"] = {k: v for k, v in model.config.to_dict().items()
+                    if k not in ("drop_path_rate", "backbone_bn_momentum")}
+    for section in ("sbi", "bi", "augment"):
+        del old[section]
+    old["data"].update({"augment": True, "forehead": False})
+    old["val"]["synthetic_fakes"] = old["val"].pop("fakes")
+    del old["val"]["face_scale"]
+    old["data"]["image_size"] = old["model"]["input_size"]
+    for k in ("redraw_frames", "sigma_rule", "heatmap_centre", "run_wrap"):
+        del old["data"][k]
+    path = save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": old, "epoch": 1, "step": 3})
+    loaded = load_checkpoint(path)
+    x = torch.zeros(1, 3, 64, 64)
+    model.eval()
+    torch.testing.assert_close(loaded(x)["cls"], model(x)["cls"])
+    cfg = config_from_dict(read_checkpoint(path)["config"])
+    assert cfg.augment.enabled and cfg.val.fakes == "sbi" and cfg.data.sigma_rule == "reference"
