@@ -134,7 +134,8 @@ def mask_stats(mask: np.ndarray, ratio: float) -> tuple[float, ...]:
 def throughput(args) -> None:
     import torch
 
-    from model.data import DataConfig, TrainPairDataset, collate_pairs
+    from model.config import DataConfig
+    from model.data import TrainPairDataset, collate_pairs
     from model.synthesis import sbi
 
     cv2.setNumThreads(1)

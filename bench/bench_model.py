@@ -28,7 +28,8 @@ import psutil
 import torch
 
 from model import build_model
-from model.losses import LAALoss, LossConfig
+from model.config import LossConfig
+from model.losses import LAALoss
 
 # Reference implementation, measured on this kind of machine with 2 threads (seconds).
 REFERENCE_S = {"forward_fp32": 0.249, "train_fp32": 0.975, "train_fp64": 3.26}

@@ -20,53 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 import cv2
 import numpy as np
 
 from model import colour
+from model.config import AugmentConfig
 from model.synthesis import to_pixels
-
-
-@dataclass
-class AugmentConfig:
-    """Probabilities and ranges of the training augmentation (config section ``augment``)."""
-
-    enabled: bool = True
-    hflip_p: float = 0.5
-    geometry_p: float = 0.5                          # p of the one-of {crop, scale, erase} step
-    crop_max: float = 0.14                           # random crop: side cut c per axis in {0, 0.01, ..., crop_max}
-    crop_mode: Literal["shift", "zoom"] = "shift"    # shift: window kept at scale, black padding (reference)
-    scale_limit: float = 0.15                        # random scale factor in 1 +- scale_limit
-    scale_about: Literal["centre", "corner"] = "centre"   # corner: the reference's top-left zoom
-    erase_area: tuple[float, float] = (0.02, 0.33)   # random erasing: box area as a fraction of the image
-    erase_aspect: tuple[float, float] = (0.3, 3.3)
-    erase_value: int = 0                             # black, as the reference
-    erase_targets: bool = True                       # zero the targets under the erased box (reference)
-    rgb_shift_p: float = 0.3
-    rgb_shift: float = 20.0
-    hsv_p: float = 0.3
-    hsv_shift: float = 0.3
-    brightness_contrast_p: float = 0.3
-    brightness: float = 0.3
-    contrast: float = 0.3
-    jpeg_p: float = 0.5
-    jpeg_quality: tuple[int, int] = (40, 100)
-    blur_p: float = 0.0                              # paper lists it; reference SBI path: off
-    blur_sigma: tuple[float, float] = (0.3, 1.5)
-    noise_p: float = 0.0                             # paper lists it; reference SBI path: off
-    noise_std: tuple[float, float] = (2.0, 10.0)     # in uint8 levels
-
-    def __post_init__(self) -> None:
-        if self.crop_mode not in ("shift", "zoom"):
-            raise ValueError(f"augment.crop_mode must be 'shift' or 'zoom', got {self.crop_mode!r}")
-        if self.scale_about not in ("centre", "corner"):
-            raise ValueError(f"augment.scale_about must be 'centre' or 'corner', got {self.scale_about!r}")
-        if not 0.0 <= self.crop_max < 0.5:
-            raise ValueError(f"augment.crop_max must be in [0, 0.5), got {self.crop_max}")
-        if not 0.0 <= self.scale_limit < 1.0:
-            raise ValueError(f"augment.scale_limit must be in [0, 1), got {self.scale_limit}")
 
 
 def crop_map(box: tuple[float, float, float, float]) -> np.ndarray:

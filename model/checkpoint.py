@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from model.laanet import LAANet, ModelConfig, build_model
+from model.config import ModelConfig
+from model.laanet import LAANet, build_model
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

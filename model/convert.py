@@ -92,7 +92,7 @@ def unwrap_reference_state(obj: Any, source: str | Path) -> dict[str, torch.Tens
 
 def infer_model_config(state: Mapping[str, torch.Tensor], source: str | Path = "<state dict>"):
     """The ModelConfig of a reference state dict (backbone variant, heads, skip levels)."""
-    from model.laanet import ModelConfig
+    from model.config import ModelConfig
 
     n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
     shape = (state["_conv_stem.weight"].shape[0], n_blocks, state["_conv_head.weight"].shape[0])

@@ -16,19 +16,18 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.augment import AugmentConfig, apply_geometry, photometric_pair, sample_geometry, warp_box
+from model.augment import apply_geometry, photometric_pair, sample_geometry, warp_box
 from model.bi_index import build_donor_table
-from model.synthesis import BIConfig, SBIConfig, bi, random_margin, sbi, sbi_fake_for_eval
-from model.targets import SIGMA_RULES, boundary, boundary_u8, make_targets
+from model.config import SIGMA_RULES, AugmentConfig, BIConfig, DataConfig, SBIConfig
+from model.synthesis import bi, random_margin, sbi, sbi_fake_for_eval
+from model.targets import boundary, boundary_u8, make_targets
 from pipeline.shards import ShardError, ShardReader, shard_paths
 
 HEATMAP_STRIDE = 4
@@ -37,36 +36,6 @@ HEATMAP_STRIDE = 4
 # The reference's test geometry: the 1.25x crop minus a 5-of-256 px margin per side, i.e. faces shown at
 # 1.20x the face box (the q95 edge of its training scales, `../shared/reference/sbi_distribution.json`).
 REFERENCE_TEST_SCALE = 1.25 * (1.0 - 2 * 5 / 256)
-
-
-@dataclass
-class DataConfig:
-    """Where the training faces are and how pairs and targets are made from them (config section ``data``).
-
-    shards: split folders (each with index.json), e.g. ["shards/ffpp/train"]; only real videos are used.
-    frames_per_video: frames drawn per video per epoch. redraw_frames: draw them afresh every epoch (the
-    paper; the reference kept the epoch-0 draw, a bug: False reproduces it). image_size: network input side
-    S (targets are S/4). synthesis: "sbi" (self-blended) or "bi" (blended with a landmark-nearest face of
-    another video); their settings are the ``sbi`` and ``bi`` sections, the augmentation ``augment``.
-    target_mode: "reference" or "paper" (see model.targets.make_targets). sigma_rule: "reference" (runs of
-    uint8 B > 128 with the point counted twice, the reference's measured rule) or "exact" (runs of B > 0.5).
-    heatmap_centre: "exact" (Gaussian peak on the point; the reference misplaces it one pixel up-left for
-    about 45 % of the points, a bug: "reference" reproduces it). run_wrap: let run lengths wrap across rows
-    (the reference's bug; off). seed: base of every per-sample generator (seed, epoch, index).
-    bi_neighbours: donors kept per frame for BI.
-    """
-
-    shards: list[str] = field(default_factory=list)
-    frames_per_video: int = 8
-    redraw_frames: bool = True
-    image_size: int = 384
-    synthesis: Literal["sbi", "bi"] = "sbi"
-    target_mode: Literal["reference", "paper"] = "reference"
-    sigma_rule: Literal["reference", "exact"] = "reference"
-    heatmap_centre: Literal["exact", "reference"] = "exact"
-    run_wrap: bool = False
-    seed: int = 0
-    bi_neighbours: int = 30
 
 
 def video_key(row: dict) -> str:

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-DECODER_MODES = ("efpn", "fpn", "none")
+from model.config import DECODER_MODES
+
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:

@@ -8,8 +8,6 @@ No activation inside the model: sigmoids live in the losses and in scoring.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,66 +15,13 @@ import torch
 import torch.nn as nn
 
 from model.backbone import Backbone
-from model.efpn import DECODER_MODES, Decoder
+from model.config import ModelConfig
+from model.efpn import Decoder
 
 # Heads that give one value per image (global average pool + Linear); every other head is dense.
 IMAGE_LEVEL_HEADS = ("cls",)
 # Initial bias of the heatmap logits: sigmoid(-2.19) ~ 0.1, the CenterNet focal-loss prior.
 HM_BIAS_INIT = -2.19
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild the network (stored in every checkpoint as config["model"])."""
-
-    backbone: str = "tf_efficientnet_b4"  # any timm EfficientNet (optionally with a ".tag")
-    pretrained: bool = False  # ImageNet weights from timm (B4: AdvProp, tag ap_in1k)
-    backbone_weights: str | None = None  # local weights file; overrides `pretrained`
-    input_size: int = 384  # training / evaluation side, a multiple of 32
-    decoder: str = "efpn"  # efpn | fpn | none
-    skip_levels: tuple[int, ...] = (1, 2, 3)  # fused skips: 1 -> stride 32, 2 -> 16, 3 -> 8
-    heads: dict[str, int] = field(default_factory=lambda: {"cls": 1, "hm": 1, "cstency": 256})
-    head_conv: int = 64
-    dropout: float = 0.4  # on the backbone endpoints, training only
-    # Stochastic depth in the backbone's residual blocks, rate * block index / blocks (reference: 0.2).
-    drop_path_rate: float = 0.2
-    # Backbone BatchNorm momentum, PyTorch convention (the reference's TF momentum 0.99 = 0.01; timm: 0.1).
-    backbone_bn_momentum: float = 0.01
-    gamma_w: float = 1.0  # exponent of the E-FPN gate
-    reference_padding: bool = False  # pad strided convs as the reference implementation does
-
-    def __post_init__(self) -> None:
-        self.skip_levels = tuple(int(i) for i in self.skip_levels)
-        self.heads = {str(k): int(v) for k, v in dict(self.heads).items()}
-        if self.decoder not in DECODER_MODES:
-            raise ValueError(f"model.decoder must be one of {DECODER_MODES}, got {self.decoder!r}")
-        if not set(self.skip_levels) <= {1, 2, 3}:
-            raise ValueError(f"model.skip_levels must be a subset of (1, 2, 3), got {self.skip_levels}")
-        if not self.heads or any(v < 1 for v in self.heads.values()):
-            raise ValueError(f"model.heads must map head names to positive channel counts, got {self.heads}")
-        if self.input_size % 32:
-            raise ValueError(f"model.input_size must be a multiple of 32, got {self.input_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if not 0.0 < self.backbone_bn_momentum <= 1.0:
-            raise ValueError(f"model.backbone_bn_momentum must be in (0, 1], got {self.backbone_bn_momentum}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Build from a plain dict (e.g. a checkpoint's config["model"]); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dict (lists for tuples) suitable for YAML, JSON and checkpoints."""
-        d = dataclasses.asdict(self)
-        d["skip_levels"] = list(self.skip_levels)
-        return d
 
 
 class Head(nn.Module):

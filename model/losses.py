@@ -9,10 +9,11 @@ outputs (float64 stays float64).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from model.config import LossConfig
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
     """t in float32, or float64 if it already is (bf16/fp16 autocast outputs are widened)."""
@@ -21,22 +22,6 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 # sigmoid(hm) is clamped to [HM_EPS, 1 - HM_EPS] before the logs, as in CornerNet / CenterNet.
 HM_EPS = 1e-4
-
-
-@dataclass
-class LossConfig:
-    lambda_cls: float = 1.0
-    lambda_hm: float = 10.0
-    lambda_c: float = 100.0
-    # Factor on the focal loss's positive term: the reference's "label smoothing" (0.72), which the paper
-    # names as a regulariser; 1.0 switches it off.
-    hm_pos_weight: float = 0.72
-    cls_label_smoothing: float = 0.0  # targets y -> y (1 - s) + s / 2
-
-    @classmethod
-    def reference(cls) -> LossConfig:
-        """The reference implementation's SBI weights."""
-        return cls(lambda_cls=1.0, lambda_hm=100.0, lambda_c=100.0, hm_pos_weight=0.72)
 
 
 def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:

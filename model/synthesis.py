@@ -20,46 +20,9 @@ import cv2
 import numpy as np
 
 from model import colour
+from model.config import BIConfig, SBIConfig
 from model.masks import MASK_KINDS, flip_landmarks, hull_mask
 
-BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
-
-
-@dataclass
-class SBIConfig:
-    """Parameters of the SBI recipe (config section ``sbi``). Pixel values refer to the `grid` raster (the
-    recipe's 256 crops). Defaults are the reference implementation's measured behaviour."""
-
-    grid: int = 256
-    flip_p: float = 0.5                                   # landmark-aware h-flip before synthesis
-    forehead: bool = False                                # extend the hulls over the forehead (68 points)
-    translate: tuple[float, float] = (0.03, 0.015)       # max |shift| as a fraction of width, height
-    scale: tuple[float, float] = (0.95, 1 / 0.95)
-    elastic_alpha: float = 50.0
-    elastic_sigma: float = 7.0
-    resize_range: tuple[float, float] = (0.8, 1.25)       # per side, before the two blurs
-    blur1_kernels: tuple[int, int] = (5, 25)              # odd sizes, inclusive
-    blur1_float: bool = True                              # blur the float {0, 1} mask (erodes the hull)
-    blur2_kernels: tuple[int, int] = (5, 25)
-    blur2_sigma: tuple[int, int] = (5, 45)                # integer sigma, inclusive
-    blend_ratios: tuple[float, ...] = BLEND_RATIOS
-    margin: tuple[int, int] = (5, 24)                     # random crop margin per side, inclusive
-    margin_symmetric: bool = True                         # one margin for all four sides (reference)
-    rgb_shift_p: float = 0.3                              # source transform: RGB shift +-20
-    hsv_p: float = 1.0                                    # source transform: hue/sat/value +-0.3
-    brightness_contrast_p: float = 1.0                    # source transform: brightness/contrast +-0.1
-    brightness_contrast: float = 0.1
-    downscale_share: float = 0.5                          # down-up scale (else sharpen)
-
-    def __post_init__(self) -> None:
-        for name in ("blur1_kernels", "blur2_kernels"):
-            lo, hi = getattr(self, name)
-            if lo < 1 or hi < lo or lo % 2 == 0 or hi % 2 == 0:
-                raise ValueError(f"sbi.{name} must be odd sizes lo <= hi, got {(lo, hi)}")
-        if not self.blend_ratios or any(not 0 < r <= 1 for r in self.blend_ratios):
-            raise ValueError(f"sbi.blend_ratios must be values in (0, 1], got {self.blend_ratios}")
-        if not 0 <= self.margin[0] <= self.margin[1] < self.grid // 4:
-            raise ValueError(f"sbi.margin must be 0 <= lo <= hi < grid / 4, got {self.margin}")
 
 
 @dataclass
@@ -382,18 +345,6 @@ def sbi_fake_for_eval(face: np.ndarray, landmarks: np.ndarray, seed: int | np.ra
 
 
 # -------------------------------------------------------------------------------------------------- BI
-@dataclass
-class BIConfig:
-    """Parameters of BI (blended images; config section ``bi``). Pixel values refer to the `grid` raster."""
-
-    grid: int = 256
-    forehead: bool = False
-    grid_cells: int = 4                                  # piecewise-affine control grid (cells per side)
-    jitter: float = 0.03                                 # control point jitter, fraction of the side
-    morph_kernels: tuple[int, int] = (3, 15)             # odd erode/dilate kernel sizes
-    feather_kernels: tuple[int, int] = (5, 25)           # odd Gaussian kernel for the final feathering
-
-
 @lru_cache(maxsize=8)
 def _hat_functions(g: int, cells: int) -> np.ndarray:
     """Piecewise-linear "hat" function of every interior control point of a (cells+1)^2 grid over a g x g

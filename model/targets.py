@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from model.config import SIGMA_RULES
+
 MIN_OVERLAP = 0.7
 # Reference mode reads B on a uint8 scale; this tolerance makes an input already quantised to k/255 (a float32
 # that can land a hair below k/255) map back to level k exactly.
@@ -85,9 +87,6 @@ def draw_gaussian(heatmap: np.ndarray, x: int, y: int, sigma: float) -> None:
     dx = (np.arange(x0, x1) - x)[None, :].astype(np.float32)
     g = np.exp(-(dx * dx + dy * dy) / np.float32(2.0 * sigma * sigma))
     np.maximum(heatmap[y0:y1, x0:x1], g, out=heatmap[y0:y1, x0:x1])
-
-
-SIGMA_RULES = ("reference", "exact")
 
 
 def point_sigmas(b: np.ndarray, ys: np.ndarray, xs: np.ndarray, rule: str = "reference",

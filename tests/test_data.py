@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from model.augment import AugmentConfig
-from model.data import (DataConfig, EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main,
+from model.config import AugmentConfig, DataConfig
+from model.data import (EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main,
                         video_key)
 from pipeline.shards import write_index, write_shard
 from tests.face_fixtures import load_faces
@@ -174,7 +174,8 @@ def test_pair_shortcuts_equal_processing_the_whole_fake():
     """Crop-and-resize equals the affine warp of the same geometry (up to OpenCV's fixed-point rounding), the
     fake equals the real outside its mapped box, and photometric_pair (which processes the fake only near
     that box) gives exactly what processing the whole fake gives."""
-    from model.augment import (AugmentConfig, apply_geometry, photometric, photometric_pair, sample_geometry,
+    from model.config import AugmentConfig
+    from model.augment import (apply_geometry, photometric, photometric_pair, sample_geometry,
                                warp, warp_box)
     from model.synthesis import sbi
 

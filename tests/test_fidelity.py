@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.augment import AugmentConfig, sample_geometry
+from model.augment import sample_geometry
 from model.config import load_config
-from model.data import (REFERENCE_TEST_SCALE, DataConfig, EvalDataset, TrainPairDataset, eval_view,
+from model.config import AugmentConfig, DataConfig, ModelConfig, SBIConfig
+from model.data import (REFERENCE_TEST_SCALE, EvalDataset, TrainPairDataset, eval_view,
                         resolve_face_scale, training_face_scales)
-from model.laanet import ModelConfig, build_model
+from model.laanet import build_model
 from model.pair_stats import compare, load_reference, pair_figures
-from model.synthesis import SBIConfig, random_margin, soften_mask
+from model.synthesis import random_margin, soften_mask
 from tests.face_fixtures import FULL_SETS, write_example_split
 
 DRAWS_PER_FACE = 48          # as the reference measurement

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from model.losses import (LAALoss, LossConfig, classification_loss, consistency_loss,
-                          heatmap_focal_loss)
+from model.config import LossConfig
+from model.losses import LAALoss, classification_loss, consistency_loss, heatmap_focal_loss
 
 LN2 = math.log(2.0)
 

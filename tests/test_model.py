@@ -12,7 +12,8 @@ import torch.nn as nn
 from model import build_model, load_checkpoint
 from model.checkpoint import save_checkpoint
 from model.efpn import FusionLevel
-from model.laanet import HM_BIAS_INIT, ModelConfig, set_backbone_frozen
+from model.config import ModelConfig
+from model.laanet import HM_BIAS_INIT, set_backbone_frozen
 from model.losses import LAALoss
 
 SMALL = {"backbone": "tf_efficientnet_b0", "input_size": 128}
