@@ -9,7 +9,7 @@ config travels as a plain dict (``config_to_dict``) into the run folder and into
 ``config_from_dict`` rebuilds it (used by ``--resume``).
 
 Why not OmegaConf structured configs (measured with omegaconf 2.4.0): its dotlist overrides parse values
-as YAML 1.1, so ``augment.crop_mode=off`` on a string field silently becomes the string 'False' and a
+as YAML 1.1, so ``train.run_name=off`` (a string field) silently becomes the string 'False' and a
 YAML ``on``/``off`` becomes a bool; here only true/false are booleans and the wrong value is an error.
 Its errors span three lines (message, full_key, reference_type); ours are one line naming the key.
 """
