@@ -12,6 +12,29 @@ from pipeline.shards import (FAILURES_NAME, PER_FACE, TMP_SUFFIX, VIDEO_KEYS, Sh
                              load_index)
 
 
+def _check_chunks(path: Path, ds: h5py.Dataset) -> list[str]:
+    """Read ``ds`` one chunk of rows at a time; one line per run of unreadable rows (checksum or decompression).
+
+    HDF5 checks each chunk's fletcher32 on read and raises ``OSError`` when it does not match.
+    """
+    if ds.shape is None or ds.ndim == 0 or ds.shape[0] == 0:
+        return []
+    step = ds.chunks[0] if ds.chunks else ds.shape[0]
+    bad: list[tuple[int, int, str]] = []
+    for start in range(0, ds.shape[0], step):
+        stop = min(ds.shape[0], start + step)
+        try:
+            ds[start:stop]
+        except OSError as e:
+            reason = str(e).split(";")[0].strip() or type(e).__name__
+            if bad and bad[-1][1] == start:
+                bad[-1] = (bad[-1][0], stop, bad[-1][2])
+            else:
+                bad.append((start, stop, reason))
+    return [f"{path}: dataset {ds.name.lstrip('/')!r} rows {a}-{b - 1} unreadable ({why}); the shard is corrupt: "
+            f"rerun extract-frames to redo it" for a, b, why in bad]
+
+
 def verify_shard(path: Path, expected: dict | None = None, deep: bool = True) -> list[str]:
     """Problems of one shard (empty list = fine), each a line naming the file.
 
@@ -41,13 +64,14 @@ def verify_shard(path: Path, expected: dict | None = None, deep: bool = True) ->
             if (finite != r.landmark_ok).any():
                 out.append(f"{path}: landmarks finite at {int((finite != r.landmark_ok).sum())} rows that "
                            f"landmark_ok does not match")
+        if int(r.attrs["schema_version"]) >= 2:
+            for name in f:
+                if isinstance(f[name], h5py.Dataset) and not f[name].fletcher32:
+                    out.append(f"{path}: dataset {name!r} has no fletcher32 checksum")
         if deep:
-            for i in range(n):
-                try:
-                    f["faces"][i]
-                except OSError as e:
-                    out.append(f"{path}: crop {i} unreadable ({e})")
-                    break
+            for name in f:
+                if isinstance(f[name], h5py.Dataset):
+                    out += _check_chunks(path, f[name])
     for row in r.videos:
         missing = [k for k in VIDEO_KEYS if k not in row]
         if missing:

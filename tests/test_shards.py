@@ -161,3 +161,32 @@ def test_reader_lazy_and_fork_safe(tmp_path):
     proc.start()
     proc.join(30)
     assert proc.exitcode == 0 and q.get(timeout=5) == int(faces[1].sum())
+
+
+def _flip_bytes(path, dataset, row, n=8):
+    """XOR ``n`` bytes in the middle of the stored chunk that holds ``row`` of ``dataset`` (silent corruption)."""
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info_by_coord((row,) + (0,) * (f[dataset].ndim - 1))
+    with open(path, "r+b") as fh:
+        at = info.byte_offset + info.size // 2
+        fh.seek(at)
+        b = bytearray(fh.read(n))
+        fh.seek(at)
+        fh.write(bytes(x ^ 0x5A for x in b))
+
+
+@pytest.mark.parametrize("compression", ["blosc-lz4", "none"])
+def test_verify_finds_flipped_bytes_in_a_crop_chunk(tmp_path, compression):
+    """Every dataset carries fletcher32: 8 flipped bytes in one crop chunk are named by shard, dataset, row."""
+    from pipeline.verify import verify_split
+
+    faces, lms = _arrays(n=6, s=32)
+    d = tmp_path / "split"
+    p = write_shard(d / "shard-00000.h5", faces, landmarks=lms, compression=compression)
+    write_index(d, "toy", "train")
+    assert verify_split(d) == []
+    with h5py.File(p, "r") as f:
+        assert all(f[k].fletcher32 for k in f)
+    _flip_bytes(p, "faces", 4)
+    problems = verify_split(d)
+    assert len(problems) == 1 and "shard-00000.h5" in problems[0] and "'faces' rows 4-4" in problems[0], problems
