@@ -3,7 +3,9 @@
 * ``run_extract``: frames -> RetinaFace -> 1.25x crops -> ``shard-NNNNN.h5`` per group of videos.
 * ``run_landmarks``: dlib 68 points for every crop of every finished shard (shard replaced atomically).
 
-Both resume: a finished shard is skipped, an unfinished one (``.tmp`` left by a killed run) is redone.
+Both resume: a finished shard is kept, an unfinished one (``.tmp`` left by a killed run) is redone. The frames
+stage resumes by content (``pipeline.resume``): shards record their videos and settings, new videos go into
+new shards, and a folder made with other settings or other videos stops the run before any work.
 Every failure (unreadable video, frame without a face, crop without landmarks, a task that crashed) is a
 row of ``failures.jsonl`` with file, stage and reason, and a one-line message on the console; the rest of the
 run goes on (``on_error="raise"`` stops at the first unreadable video instead). ``index.json`` is written last.
@@ -19,7 +21,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -30,8 +32,9 @@ import numpy as np
 from pipeline.faces import DetectorConfig, FaceDetector, crop_face
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.manifest import VideoItem
+from pipeline.resume import PlanConflict, clear_split, plan_resume, settings_hash, video_record
 from pipeline.shards import (DEFAULT_COMPRESSION, FAILURES_NAME, INDEX_NAME, ShardReader, ShardWriter,
-                             add_landmarks, load_index, tmp_path, write_index)
+                             add_landmarks, load_index, write_index)
 from pipeline.video import VideoError, iter_frames, probe, sample_indices
 
 PROGRESS_TOPIC = "laanet-pipeline-progress"
@@ -53,6 +56,7 @@ class ExtractConfig:
     manifest_hash: str = ""
     source_root: str = ""
     decode_threads: int = 1             # ffmpeg threads per video (one worker process per core); 0 = ffmpeg's choice
+    settings: str = ""                  # extract_settings() as JSON, filled in by run_extract
 
 
 @dataclass
@@ -65,9 +69,11 @@ class LandmarkConfig:
 
 @dataclass
 class ShardJob:
-    """One task: ``items`` go into ``split_dir/name``."""
+    """One task: ``items`` go into ``split_dir/name``; ``planned`` are their ``video_record``s (taken by the
+    client when it planned the run, so the shard records what the plan compared)."""
     name: str
     items: list[VideoItem]
+    planned: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -95,12 +101,17 @@ class RunSummary:
     skipped: int
 
 
-def plan_shards(items: Sequence[VideoItem], videos_per_shard: int) -> list[ShardJob]:
-    """Split items (in their given order) into consecutive groups; shard names are stable across reruns."""
-    if videos_per_shard < 1:
-        raise ValueError("videos_per_shard must be >= 1")
-    return [ShardJob(f"shard-{k:05d}.h5", list(items[i:i + videos_per_shard]))
-            for k, i in enumerate(range(0, len(items), videos_per_shard))]
+def extract_settings(cfg: ExtractConfig, items: Sequence[VideoItem]) -> dict:
+    """The settings that shape a shard's contents (stored in every shard; a rerun must match them).
+
+    Batch size, device, decoder threads and the error policy change speed or logging, not the crops.
+    """
+    d = cfg.detector
+    settings = {"crop_scale": cfg.crop_scale, "crop_size": cfg.crop_size, "compression": cfg.compression,
+                "detector": d.backend, "detector_weights": d.weights or "", "score_threshold": d.score_threshold,
+                "max_faces": d.max_faces, "keep": d.keep, "max_side": d.max_side,
+                "frames": sorted({it.n_frames for it in items}), "segment": sorted({tuple(it.segment) for it in items})}
+    return json.loads(json.dumps(settings))  # tuples -> lists: equal to what a shard's JSON attribute gives back
 
 
 def _now() -> str:
@@ -233,13 +244,14 @@ def extract_shard(job: ShardJob, split_dir: str, cfg: ExtractConfig, progress: P
         return TaskResult(file=job.name, skipped=True)
     _limit_threads()
     detector = _detector(json.dumps(asdict(cfg.detector), sort_keys=True))
-    attrs = {"crop_scale": cfg.crop_scale, "detector": detector.name,
+    attrs = {"crop_scale": cfg.crop_scale, "detector": detector.name, "settings": cfg.settings,
+             "settings_hash": settings_hash(json.loads(cfg.settings)) if cfg.settings else "",
              "detector_weights_sha256": detector.weights_sha256, "manifest_hash": cfg.manifest_hash,
              "source_root": cfg.source_root, "detector_score_threshold": cfg.detector.score_threshold,
              "detector_max_faces": cfg.detector.max_faces}
     result = TaskResult(file=job.name)
     # A .tmp from a killed run is overwritten: ShardWriter opens it with mode "w".
-    with ShardWriter(path, cfg.crop_size, attrs, cfg.compression) as w:
+    with ShardWriter(path, cfg.crop_size, attrs, cfg.compression, planned=job.planned) as w:
         for item in job.items:
             v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size, cfg.decode_threads)
             result.failures += v.failures
@@ -470,21 +482,29 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
 
 def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, dataset: str, split: str,
                 cfg: ExtractConfig, videos_per_shard: int = 16, workers: int | None = None,
-                scheduler: str | None = None, client=None) -> RunSummary:
-    """Frames stage over ``items`` into ``split_dir``; resumes; writes failures.jsonl and index.json.
+                scheduler: str | None = None, client=None, overwrite: bool = False) -> RunSummary:
+    """Frames stage over ``items`` into ``split_dir``; resumes by content; writes failures.jsonl and index.json.
 
     ``workers=0`` runs in this process; ``client`` (a ``distributed.Client``) reuses a running cluster.
+    A folder holding shards of another plan (other settings, videos gone or changed) raises ``PipelineError``
+    before any work, unless ``overwrite`` clears it first (see ``pipeline.resume``).
     """
     t0 = time.perf_counter()
     split_dir = Path(split_dir)
     split_dir.mkdir(parents=True, exist_ok=True)
-    jobs = plan_shards(items, videos_per_shard)
-    todo = [j for j in jobs if not (split_dir / j.name).exists()]
-    skipped = len(jobs) - len(todo)
-    stale = [j.name for j in todo if tmp_path(split_dir / j.name).exists()]
-    if skipped or stale:
-        print(f"resume: {skipped} finished shards kept, {len(stale)} unfinished redone, "
-              f"{len(todo) - len(stale)} new", flush=True)
+    settings = extract_settings(cfg, items)
+    cfg = replace(cfg, settings=json.dumps(settings, sort_keys=True))
+    if overwrite and clear_split(split_dir):
+        print(f"overwrite: removed the shards, index and failures log of {split_dir}", flush=True)
+    try:
+        plan = plan_resume(split_dir, items, settings, videos_per_shard)
+    except PlanConflict as e:
+        raise PipelineError(str(e)) from e
+    todo = [ShardJob(name, its, [video_record(it) for it in its]) for name, its in plan.jobs]
+    if plan.kept or plan.removed:
+        print(f"resume: {len(plan.kept)} finished shards kept, {len(plan.removed)} unreadable redone "
+              f"({', '.join(plan.removed) or 'none'}), {sum(len(j.items) for j in todo)} videos into "
+              f"{len(todo)} shards", flush=True)
     index_path = split_dir / INDEX_NAME
     if index_path.exists() and todo:
         index_path.unlink()  # the index is written last: its absence marks a run in progress
@@ -493,7 +513,9 @@ def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, datase
         [(j, str(split_dir), cfg) for j in todo], [j.name for j in todo],
         lambda: _ProgressBar(sum(len(j.items) for j in todo), f"extract-frames {dataset}/{split}"), split_dir,
         workers, scheduler, cfg.on_error, client)
-    return _finish(split_dir, dataset, split, [j.name for j in jobs], results, failed, skipped, t0)
+    names = sorted(plan.kept + [j.name for j in todo])
+    return _finish(split_dir, dataset, split, names, results, failed, len(plan.kept), t0,
+                   {"plan": {"settings": settings, "settings_hash": settings_hash(settings)}})
 
 
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
@@ -516,13 +538,14 @@ def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: in
         [(str(split_dir / n), cfg) for n in todo], todo,
         lambda: _ProgressBar(total_videos, f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops"),
         split_dir, workers, scheduler, on_error, client)
-    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results, failed, skipped, t0)
+    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results, failed, skipped, t0,
+                   {"plan": index["plan"]} if "plan" in index else None)
 
 
 def _finish(split_dir: Path, dataset: str, split: str, names: list[str], results: list[TaskResult],
-            failed: list[str], skipped: int, t0: float) -> RunSummary:
+            failed: list[str], skipped: int, t0: float, extra: dict | None = None) -> RunSummary:
     done = [n for n in names if (split_dir / n).exists()]
-    write_index(split_dir, dataset, split, done)
+    write_index(split_dir, dataset, split, done, extra)
     index = load_index(split_dir)
     n_fail = sum(len(r.failures) for r in results) + len(failed)
     summary = RunSummary(split_dir=split_dir, shards=done, n_faces=index["n_faces"], n_videos=index["n_videos"],

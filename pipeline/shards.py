@@ -20,11 +20,14 @@ dataset            dtype, shape            meaning
 ``landmark_ok``    bool (N,)               True where dlib found a face in the crop (landmark stage)
 ``videos``         fixed-length ASCII      one JSON object per video (keys in ``VIDEO_KEYS``)
 ``no_face``        int32 (K, 2)            (video row, frame_index) of sampled frames with no face
+``planned``        fixed-length ASCII      one JSON object per video planned into the shard (id, path, size,
+                                           mtime), including videos that failed; the resume key
 =================  ======================  ===============================================================
 
 File attributes: ``schema_version``, ``crop_scale``, ``crop_size``, ``detector``, ``detector_weights_sha256``,
 ``landmark_model_sha256``, ``landmark_detector`` (how dlib's face rectangle was found, e.g.
-``dlib_hog luma@144 upsample=0``), ``created``, ``package_version``, ``manifest_hash``, ``compression``,
+``dlib_hog luma@144 upsample=0``), ``settings`` (JSON of the settings that shape the crops: frames, segment,
+crop scale and size, detector and its settings, compression) and ``settings_hash``, ``created``, ``package_version``, ``manifest_hash``, ``compression``,
 ``landmarks_done``.
 
 Every dataset is chunked and written with HDF5's fletcher32 checksum (after the compressor, so it covers the
@@ -498,12 +501,19 @@ class ShardSummary:
     n_faces: int
     n_videos: int
     landmarks: bool
+    videos: list[str] | None = None     # ids planned into the shard (None for shards without a plan)
+    settings_hash: str | None = None
+
+    def entry(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 def summarize_shard(path: Path) -> ShardSummary:
     with h5py.File(path, "r") as f:
+        planned = [r["id"] for r in read_json_rows(f, "planned")] if "planned" in f else None
         return ShardSummary(file=path.name, n_faces=int(f["faces"].shape[0]), n_videos=int(f["videos"].shape[0]),
-                            landmarks=bool(f.attrs.get("landmarks_done", False)))
+                            landmarks=bool(f.attrs.get("landmarks_done", False)), videos=planned,
+                            settings_hash=str(f.attrs["settings_hash"]) if planned is not None else None)
 
 
 def write_index(split_dir: str | os.PathLike, dataset: str, split: str,
@@ -516,7 +526,7 @@ def write_index(split_dir: str | os.PathLike, dataset: str, split: str,
     files = sorted(split_dir.glob("*.h5")) if shards is None else [split_dir / Path(s).name for s in shards]
     summaries = [summarize_shard(p) for p in files]
     index = {"schema": SCHEMA_VERSION, "dataset": dataset, "split": split,
-             "shards": [s.__dict__ for s in summaries],
+             "shards": [s.entry() for s in summaries],
              "n_faces": sum(s.n_faces for s in summaries), "n_videos": sum(s.n_videos for s in summaries),
              "failures": FAILURES_NAME,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

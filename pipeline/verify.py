@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.resume import check_index_plan, shard_plan
 from pipeline.shards import (FAILURES_NAME, PER_FACE, TMP_SUFFIX, VIDEO_KEYS, ShardError, ShardReader,
                              load_index)
 
@@ -98,12 +99,17 @@ def verify_split(split_dir: str | os.PathLike, deep: bool = True) -> list[str]:
         return [str(e)]
     out = []
     listed = {s["file"] for s in index["shards"]}
+    plans = {}
     for s in index["shards"]:
         p = split_dir / s["file"]
         if not p.is_file():
             out.append(f"{p}: listed in index.json but missing")
             continue
-        out += verify_shard(p, s, deep)
+        problems = verify_shard(p, s, deep)
+        out += problems
+        if not problems and (plan := shard_plan(p)) is not None:
+            plans[s["file"]] = plan
+    out += check_index_plan(split_dir, index, plans)
     for p in sorted(split_dir.glob("*.h5")):
         if p.name not in listed:
             out.append(f"{p}: shard not listed in index.json (rerun the stage to rebuild the index)")

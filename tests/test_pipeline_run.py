@@ -314,3 +314,60 @@ def test_on_error_raise_stops_at_first_bad_video(tmp_path, bad_dir):
         run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
                     videos_per_shard=3, workers=0)
     assert not (tmp_path / "o" / "index.json").exists() and not (tmp_path / "o" / "shard-00000.h5").exists()
+
+
+def _held(d):
+    """video id -> shard names holding it, over the split's finished shards."""
+    out = {}
+    for p in sorted(Path(d).glob("shard-*.h5")):
+        for v in ShardReader(p).videos:
+            out.setdefault(v["id"], []).append(p.name)
+    return out
+
+
+def test_rerun_with_a_new_video_puts_it_in_a_new_shard(tmp_path, sample_videos_dir):
+    for k in ("v0", "v1", "v0b"):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"{k}.mp4")
+    d = tmp_path / "out"
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v1.mp4"], frames=2))
+    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    before = {p.name: p.stat().st_mtime_ns for p in d.glob("*.h5")}
+    # the new video sorts between the old ones: shard names by position would shift every later video
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v0b.mp4", "v1.mp4"], frames=2))
+    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v0b": ["shard-00002.h5"]}
+    assert s.skipped == 2 and {p: (d / p).stat().st_mtime_ns for p in before} == before
+    assert verify_split(d) == [] and load_index(d)["shards"][2]["videos"] == ["v0b"]
+    # verify sees one video in two shards
+    shutil.copy(d / "shard-00000.h5", d / "shard-00009.h5")
+    from pipeline.shards import write_index
+
+    write_index(d, "mine", "train", extra={"plan": load_index(d)["plan"]})
+    assert any("'v0' is also in shard-00000.h5" in p for p in verify_split(d))
+
+
+def test_rerun_with_other_settings_or_videos_stops_before_any_work(tmp_path, sample_videos_dir):
+    from pipeline.runner import PipelineError
+
+    for k in ("real", "fake"):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"{k}.mp4")
+    d = tmp_path / "out"
+    real = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["real.mp4"], frames=2)),
+                       "mine", "train")
+    run_extract(real, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir())
+    with pytest.raises(PipelineError, match=r"other settings \(crop_size 128 -> 96\).*--overwrite.*--out"):
+        run_extract(real, d, "mine", "train", ExtractConfig(crop_size=96), videos_per_shard=1, workers=0)
+    more = [type(it)(**{**it.__dict__, "n_frames": 3}) for it in real]
+    with pytest.raises(PipelineError, match=r"frames \[2\] -> \[3\]"):
+        run_extract(more, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    fake = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["fake.mp4"], frames=2)),
+                       "mine", "train")
+    with pytest.raises(PipelineError, match=r"1 videos in the shards are not in this run's input \(e.g. 'real'"):
+        run_extract(fake, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    os.utime(tmp_path / "real.mp4", (1, 1))
+    with pytest.raises(PipelineError, match=r"changed on disk.*'real': mtime"):
+        run_extract(real, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir()) == before  # nothing touched
+    s = run_extract(fake, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0, overwrite=True)
+    assert s.n_videos == 1 and _held(d) == {"fake": ["shard-00000.h5"]} and verify_split(d) == []
