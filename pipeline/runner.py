@@ -21,6 +21,7 @@ import json
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -31,6 +32,7 @@ import numpy as np
 
 from pipeline.faces import DetectorConfig, FaceDetector, crop_face
 from pipeline.landmarks import LandmarkPredictor
+from pipeline.lock import SplitBusy, split_lock
 from pipeline.manifest import VideoItem
 from pipeline.resume import PlanConflict, clear_split, plan_resume, settings_hash, video_record
 from pipeline.shards import (DEFAULT_COMPRESSION, FAILURES_NAME, INDEX_NAME, ShardReader, ShardWriter,
@@ -489,9 +491,24 @@ def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, datase
     A folder holding shards of another plan (other settings, videos gone or changed) raises ``PipelineError``
     before any work, unless ``overwrite`` clears it first (see ``pipeline.resume``).
     """
+    with _holding(split_dir):
+        return _run_extract(items, Path(split_dir), dataset, split, cfg, videos_per_shard, workers, scheduler, client,
+                            overwrite)
+
+
+@contextmanager
+def _holding(split_dir: str | os.PathLike):
+    """The split's lock for one run (one writer per split); another holder is a one-line PipelineError."""
+    try:
+        with split_lock(split_dir):
+            yield
+    except SplitBusy as e:
+        raise PipelineError(str(e)) from None
+
+
+def _run_extract(items, split_dir: Path, dataset, split, cfg, videos_per_shard, workers, scheduler, client,
+                 overwrite) -> RunSummary:
     t0 = time.perf_counter()
-    split_dir = Path(split_dir)
-    split_dir.mkdir(parents=True, exist_ok=True)
     settings = extract_settings(cfg, items)
     cfg = replace(cfg, settings=json.dumps(settings, sort_keys=True))
     if overwrite and clear_split(split_dir):
@@ -521,12 +538,19 @@ def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, datase
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
                   scheduler: str | None = None, on_error: str = "skip", client=None) -> RunSummary:
     """Landmark stage over every finished shard of ``split_dir``; resumes; rewrites index.json last."""
-    t0 = time.perf_counter()
     split_dir = Path(split_dir)
     try:
         index = load_index(split_dir)
     except Exception as e:
         raise PipelineError(f"{split_dir}: run extract-frames first ({e})") from e
+    with _holding(split_dir):
+        return _run_landmarks(split_dir, index, cfg, workers, scheduler, on_error, client)
+
+
+def _run_landmarks(split_dir: Path, index: dict, cfg: LandmarkConfig, workers, scheduler, on_error, client
+                   ) -> RunSummary:
+    t0 = time.perf_counter()
+    index = load_index(split_dir)  # again, now that no other run can be rewriting it
     names = [s["file"] for s in index["shards"]]
     todo = [n for n in names if not ShardReader(split_dir / n).has_landmarks]
     skipped = len(names) - len(todo)

@@ -371,3 +371,26 @@ def test_rerun_with_other_settings_or_videos_stops_before_any_work(tmp_path, sam
     assert sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir()) == before  # nothing touched
     s = run_extract(fake, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0, overwrite=True)
     assert s.n_videos == 1 and _held(d) == {"fake": ["shard-00000.h5"]} and verify_split(d) == []
+
+
+def test_second_run_into_a_locked_split_is_refused_and_a_stale_lock_taken_over(tmp_path, sample_videos_dir):
+    shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / "clip.mp4")
+    d = tmp_path / "out"
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}  # as on NFS / Lustre: HDF5's own locks are off
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pipeline.lock import split_lock\n"
+                               "with split_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
+                               str(d)], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["extract-frames", "--input", str(tmp_path / "clip.mp4"), "--label", "real", "--out", str(d),
+                "--frames", "2", "--crop-size", "64", "--workers", "0"]
+        r = _run_cli(args, env=env)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f"pid {holder.pid}" in r.stderr and "another run is writing this split" in r.stderr
+        assert not list(d.glob("*.h5*"))
+    finally:
+        holder.kill()  # kill -9: its holder note stays behind, the kernel frees the lock itself
+        holder.wait()
+    r = _run_cli(args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"stale lock of host {os.uname().nodename} pid {holder.pid}" in r.stdout and verify_split(d) == []
