@@ -35,8 +35,8 @@ from pipeline.landmarks import LandmarkPredictor
 from pipeline.lock import SplitBusy, split_lock
 from pipeline.manifest import VideoItem
 from pipeline.resume import PlanConflict, clear_split, plan_resume, settings_hash, video_record
-from pipeline.shards import (DEFAULT_COMPRESSION, FAILURES_NAME, INDEX_NAME, ShardReader, ShardWriter,
-                             add_landmarks, load_index, write_index)
+from pipeline.shards import (DEFAULT_COMPRESSION, FAILURES_NAME, INDEX_NAME, ShardError, ShardReader, ShardWriter,
+                             add_landmarks, load_index, summarize_shard, write_index)
 from pipeline.video import VideoError, iter_frames, probe, sample_indices
 
 PROGRESS_TOPIC = "laanet-pipeline-progress"
@@ -552,8 +552,16 @@ def _run_landmarks(split_dir: Path, index: dict, cfg: LandmarkConfig, workers, s
     t0 = time.perf_counter()
     index = load_index(split_dir)  # again, now that no other run can be rewriting it
     names = [s["file"] for s in index["shards"]]
-    todo = [n for n in names if not ShardReader(split_dir / n).has_landmarks]
-    skipped = len(names) - len(todo)
+    todo, unreadable = [], []
+    for n in names:
+        try:
+            if not ShardReader(split_dir / n).has_landmarks:
+                todo.append(n)
+        except ShardError as e:  # logged as data; the other shards still get their landmarks
+            print(f"{e}", flush=True)
+            append_failures(split_dir, [failure(str(split_dir / n), "landmarks", str(e))])
+            unreadable.append(n)
+    skipped = len(names) - len(todo) - len(unreadable)
     if skipped:
         print(f"resume: {skipped} shards already have landmarks, {len(todo)} to do", flush=True)
     total_videos = sum(s["n_videos"] for s in index["shards"] if s["file"] in todo)
@@ -562,13 +570,23 @@ def _run_landmarks(split_dir: Path, index: dict, cfg: LandmarkConfig, workers, s
         [(str(split_dir / n), cfg) for n in todo], todo,
         lambda: _ProgressBar(total_videos, f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops"),
         split_dir, workers, scheduler, on_error, client)
-    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results, failed, skipped, t0,
+    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results,
+                   unreadable + failed, skipped, t0,
                    {"plan": index["plan"]} if "plan" in index else None)
 
 
 def _finish(split_dir: Path, dataset: str, split: str, names: list[str], results: list[TaskResult],
             failed: list[str], skipped: int, t0: float, extra: dict | None = None) -> RunSummary:
-    done = [n for n in names if (split_dir / n).exists()]
+    done = []
+    for n in names:
+        if not (split_dir / n).exists():
+            continue
+        try:
+            summarize_shard(split_dir / n)
+            done.append(n)
+        except (OSError, KeyError) as e:  # an index must list readable shards only; the shard is reported
+            print(f"{split_dir / n}: left out of {INDEX_NAME}: unreadable ({e}); rerun extract-frames to redo it",
+                  flush=True)
     write_index(split_dir, dataset, split, done, extra)
     index = load_index(split_dir)
     n_fail = sum(len(r.failures) for r in results) + len(failed)

@@ -394,26 +394,33 @@ class ShardReader:
             raise ShardError(f"{self.path}: not a readable HDF5 file ({e})") from e
         with f:
             _ensure_filters_for(self.path, f)
-            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            for k in REQUIRED_ATTRS:
-                if k not in self.attrs:
-                    raise ShardError(f"{self.path}: missing attribute {k!r}; not a pipeline shard")
-            if int(self.attrs["schema_version"]) not in READABLE_SCHEMAS:
-                raise ShardError(f"{self.path}: schema_version {self.attrs['schema_version']}, this code reads "
-                                 f"{READABLE_SCHEMAS}")
-            for name in PER_FACE + ("videos",):
-                if name not in f:
-                    raise ShardError(f"{self.path}: missing dataset {name!r}")
-            self.videos = read_videos_table(f)
-            self.video = f["video"][()].astype(np.int32)
-            self.frame_index = f["frame_index"][()].astype(np.int32)
-            self.has_landmarks = bool(self.attrs.get("landmarks_done", False)) and "landmarks" in f
-            n = len(self.video)
-            self.landmark_ok = f["landmark_ok"][()].astype(bool) if self.has_landmarks else np.zeros(n, bool)
-            self.no_face = f["no_face"][()].astype(np.int32) if "no_face" in f else np.zeros((0, 2), np.int32)
-            self.crop_size = int(f["faces"].shape[1])
+            try:
+                self._load(f)
+            except OSError as e:  # a checksum or decompression failure in one of the per-face tables
+                raise ShardError(f"{self.path}: unreadable ({_reason(e)}); the shard is corrupt: "
+                                 f"rerun extract-frames on its folder to redo it") from e
         self._f: h5py.File | None = None
         self._pid: int | None = None
+
+    def _load(self, f: h5py.File) -> None:
+        self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        for k in REQUIRED_ATTRS:
+            if k not in self.attrs:
+                raise ShardError(f"{self.path}: missing attribute {k!r}; not a pipeline shard")
+        if int(self.attrs["schema_version"]) not in READABLE_SCHEMAS:
+            raise ShardError(f"{self.path}: schema_version {self.attrs['schema_version']}, this code reads "
+                             f"{READABLE_SCHEMAS}")
+        for name in PER_FACE + ("videos",):
+            if name not in f:
+                raise ShardError(f"{self.path}: missing dataset {name!r}")
+        self.videos = read_videos_table(f)
+        self.video = f["video"][()].astype(np.int32)
+        self.frame_index = f["frame_index"][()].astype(np.int32)
+        self.has_landmarks = bool(self.attrs.get("landmarks_done", False)) and "landmarks" in f
+        n = len(self.video)
+        self.landmark_ok = f["landmark_ok"][()].astype(bool) if self.has_landmarks else np.zeros(n, bool)
+        self.no_face = f["no_face"][()].astype(np.int32) if "no_face" in f else np.zeros((0, 2), np.int32)
+        self.crop_size = int(f["faces"].shape[1])
 
     def _file(self) -> h5py.File:
         # A handle inherited through fork shares HDF5 state with the parent: reopen in each process.
@@ -427,18 +434,28 @@ class ShardReader:
 
     def face(self, i: int) -> np.ndarray:
         """(S, S, 3) uint8 RGB crop ``i``."""
-        return self._file()["faces"][int(i)]
+        return self.read("faces", int(i))
 
     def landmarks(self, i: int) -> np.ndarray:
         """(68, 2) float32 landmarks of crop ``i`` in crop pixels; all NaN if none or not cached yet."""
         if not self.has_landmarks:
             return np.full((N_LANDMARKS, 2), np.nan, np.float32)
-        return self._file()["landmarks"][int(i)]
+        return self.read("landmarks", int(i))
 
     def read(self, name: str, i: int | slice | np.ndarray | None = None) -> np.ndarray:
-        """Any per-face dataset (e.g. ``boxes``, ``crop_boxes``, ``kps5``, ``scores``) at rows ``i`` (all if None)."""
-        ds = self._file()[name]
-        return ds[()] if i is None else ds[i]
+        """Any per-face dataset (e.g. ``boxes``, ``crop_boxes``, ``kps5``, ``scores``) at rows ``i`` (all if None).
+
+        Raises ``ShardError`` naming the file, dataset and rows when HDF5 cannot read them (a chunk whose
+        fletcher32 checksum fails, a cut-off file).
+        """
+        try:
+            f = self._file()
+            ds = f[name]
+            return ds[()] if i is None else ds[i]
+        except OSError as e:
+            rows = "all rows" if i is None else f"row {i}" if isinstance(i, int) else f"rows {_rows(i)}"
+            raise ShardError(f"{self.path}: dataset {name!r} {rows} unreadable ({_reason(e)}); the shard is "
+                             f"corrupt: run `python -m pipeline verify` on its folder and rerun extract-frames") from e
 
     def video_row(self, i: int) -> dict:
         """The videos-table row of crop ``i``."""
@@ -467,6 +484,18 @@ class ShardReader:
             self.close()
         except Exception:  # interpreter shutdown: h5py may already be torn down; nothing to release
             return
+
+
+def _reason(e: OSError) -> str:
+    """The first clause of an h5py error (e.g. 'Can't synchronously read data (filter returned failure ...)')."""
+    return (str(e).split(";")[0].strip() or type(e).__name__)[:160]
+
+
+def _rows(i) -> str:
+    if isinstance(i, slice):
+        return f"{i.start or 0}-{(i.stop - 1) if i.stop is not None else 'end'}"
+    rows = np.asarray(i).reshape(-1)
+    return ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
 
 
 def load_index(split_dir: str | os.PathLike) -> dict:

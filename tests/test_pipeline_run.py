@@ -394,3 +394,25 @@ def test_second_run_into_a_locked_split_is_refused_and_a_stale_lock_taken_over(t
     r = _run_cli(args, env=env)
     assert r.returncode == 0, r.stderr
     assert f"stale lock of host {os.uname().nodename} pid {holder.pid}" in r.stdout and verify_split(d) == []
+
+
+def test_corrupt_shard_logged_by_landmarks_and_redone_by_extract(tmp_path, sample_videos_dir):
+    from tests.shard_faults import flip_chunk_bytes
+
+    names = []
+    for k in range(3):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
+        names.append(f"v{k}.mp4")
+    items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, names, frames=2)), "mine", "train")
+    d = tmp_path / "out"
+    run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    flip_chunk_bytes(d / "shard-00001.h5", "faces", 1)
+    s = run_landmarks(d, LandmarkConfig(), workers=0)
+    assert s.failed_shards == ["shard-00001.h5"]
+    assert [ShardReader(p).has_landmarks for p in sorted(d.glob("*.h5"))] == [True, False, True]
+    row = [f for f in _failures(d) if "shard-00001.h5" in f["file"]]
+    assert len(row) == 1 and "dataset 'faces' rows 0-1 unreadable" in row[0]["reason"], row
+    before = (d / "shard-00000.h5").stat().st_mtime_ns
+    run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)  # redoes the corrupt shard
+    assert (d / "shard-00000.h5").stat().st_mtime_ns == before and verify_split(d) == []
+    assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v2": ["shard-00002.h5"]}
