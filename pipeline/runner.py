@@ -217,8 +217,9 @@ def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1
         batch_idx.clear()
         batch.clear()
 
+    bad_images: list[tuple[int, str, str]] = []  # image folders: an unreadable image skips its frame only
     try:
-        for i, frame in iter_frames(item.path, wanted, info, decode_threads):
+        for i, frame in iter_frames(item.path, wanted, info, decode_threads, bad_images):
             n_decoded += 1
             batch_idx.append(i)
             batch.append(frame)
@@ -226,6 +227,7 @@ def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1
                 flush()
     except VideoError as e:
         fails.append(failure(item.path, "decode", str(e).split(": ", 1)[-1]))
+    fails += [failure(file, "decode", reason, i) for i, file, reason in bad_images]
     if batch:
         flush()
     n = len(faces)
@@ -273,7 +275,8 @@ def extract_shard(job: ShardJob, split_dir: str, cfg: ExtractConfig, progress: P
 
 def _video_messages(path: str, v: VideoFaces) -> list[str]:
     """One console line per problem of a video (per-frame failures summarised)."""
-    msgs = [f"{f['file']}: {f['stage']}: {f['reason']}" for f in v.failures if "frame_index" not in f]
+    msgs = [f"{f['file']}: {f['stage']}: {f['reason']}" + (f" (frame {f['frame_index']})" if "frame_index" in f else "")
+            for f in v.failures if "frame_index" not in f or f["stage"] == "decode"]
     if v.no_face:
         shown = ", ".join(str(i) for i in v.no_face[:8]) + (", ..." if len(v.no_face) > 8 else "")
         msgs.append(f"{path}: faces: no face in {len(v.no_face)} of {v.n_decoded} sampled frames (frames {shown})")

@@ -416,3 +416,25 @@ def test_corrupt_shard_logged_by_landmarks_and_redone_by_extract(tmp_path, sampl
     run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)  # redoes the corrupt shard
     assert (d / "shard-00000.h5").stat().st_mtime_ns == before and verify_split(d) == []
     assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v2": ["shard-00002.h5"]}
+
+
+def test_image_folder_bad_and_truncated_jpeg_skip_their_frame_only(tmp_path, sample_videos_dir):
+    import cv2
+
+    from pipeline.manifest import VideoItem
+    from pipeline.video import sample_frames
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    _, frames = sample_frames(sample_videos_dir / "carphone_pristine.mp4", 4)
+    for k, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{k}.jpg"), f[:, :, ::-1])
+    (folder / "1.jpg").write_bytes(b"not a jpeg at all")
+    data = (folder / "2.jpg").read_bytes()
+    (folder / "2.jpg").write_bytes(data[: len(data) * 2 // 3])  # OpenCV would decode it with grey rows
+    item = VideoItem(id="clip", path=str(folder), rel_path="clip", label=0, split="train", dataset="mine", n_frames=4)
+    d = tmp_path / "out"
+    run_extract([item], d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    bad = sorted((Path(f["file"]).name, f["frame_index"], f["reason"]) for f in _failures(d) if f["stage"] == "decode")
+    assert bad == [("1.jpg", 1, "not a readable image"), ("2.jpg", 2, "truncated JPEG (no end-of-image marker)")]
+    assert sorted(ShardReader(d / "shard-00000.h5").frame_index.tolist()) == [0, 3]
