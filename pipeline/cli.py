@@ -159,6 +159,9 @@ def extract_frames(
                               scheduler, overwrite=overwrite)
     except (ManifestError, DetectorWeightsError, PipelineError, ShardError) as e:
         _fail(str(e))
+    if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):
+        _fail(f"{summary.split_dir}: none of the {summary.n_planned} videos of this run could be read "
+              f"({summary.n_failures} failures logged in {summary.split_dir / 'failures.jsonl'})", 1)
     if summary.failed_shards:
         raise typer.Exit(1)
 

@@ -101,6 +101,8 @@ class RunSummary:
     failed_shards: list[str]
     seconds: float
     skipped: int
+    n_new_videos: int = 0               # videos this run read (0 with planned videos = every input failed)
+    n_planned: int = 0                  # videos this run set out to read (extract-frames)
 
 
 def extract_settings(cfg: ExtractConfig, items: Sequence[VideoItem]) -> dict:
@@ -534,8 +536,10 @@ def _run_extract(items, split_dir: Path, dataset, split, cfg, videos_per_shard, 
         lambda: _ProgressBar(sum(len(j.items) for j in todo), f"extract-frames {dataset}/{split}"), split_dir,
         workers, scheduler, cfg.on_error, client)
     names = sorted(plan.kept + [j.name for j in todo])
-    return _finish(split_dir, dataset, split, names, results, failed, len(plan.kept), t0,
-                   {"plan": {"settings": settings, "settings_hash": settings_hash(settings)}})
+    summary = _finish(split_dir, dataset, split, names, results, failed, len(plan.kept), t0,
+                      {"plan": {"settings": settings, "settings_hash": settings_hash(settings)}})
+    summary.n_planned = sum(len(j.items) for j in todo)
+    return summary
 
 
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
@@ -595,7 +599,8 @@ def _finish(split_dir: Path, dataset: str, split: str, names: list[str], results
     n_fail = sum(len(r.failures) for r in results) + len(failed)
     summary = RunSummary(split_dir=split_dir, shards=done, n_faces=index["n_faces"], n_videos=index["n_videos"],
                          n_frames=sum(r.n_frames for r in results), n_failures=n_fail, failed_shards=failed,
-                         seconds=time.perf_counter() - t0, skipped=skipped)
+                         seconds=time.perf_counter() - t0, skipped=skipped,
+                         n_new_videos=sum(r.n_videos for r in results))
     print(f"{split_dir}: {len(done)}/{len(names)} shards, {summary.n_videos} videos, {summary.n_faces} faces; "
           f"{n_fail} new failures logged in {split_dir / FAILURES_NAME}; {summary.seconds:.1f} s", flush=True)
     return summary

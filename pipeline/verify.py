@@ -115,6 +115,8 @@ def verify_split(split_dir: str | os.PathLike, deep: bool = True) -> list[str]:
             out.append(f"{p}: shard not listed in index.json (rerun the stage to rebuild the index)")
     for p in sorted(split_dir.glob("*" + TMP_SUFFIX)):
         out.append(f"{p}: unfinished file left by an interrupted run (rerun the stage to finish it)")
+    if index["n_videos"] == 0:
+        out.append(f"{split_dir / 'index.json'}: the split holds no video (every input failed: see its failures log)")
     if sum(s["n_faces"] for s in index["shards"]) != index["n_faces"]:
         out.append(f"{split_dir / 'index.json'}: n_faces does not equal the sum over shards")
     fails = split_dir / index.get("failures", FAILURES_NAME)

@@ -438,3 +438,13 @@ def test_image_folder_bad_and_truncated_jpeg_skip_their_frame_only(tmp_path, sam
     bad = sorted((Path(f["file"]).name, f["frame_index"], f["reason"]) for f in _failures(d) if f["stage"] == "decode")
     assert bad == [("1.jpg", 1, "not a readable image"), ("2.jpg", 2, "truncated JPEG (no end-of-image marker)")]
     assert sorted(ShardReader(d / "shard-00000.h5").frame_index.tolist()) == [0, 3]
+
+
+def test_run_where_every_input_fails_exits_non_zero(tmp_path):
+    out = tmp_path / "out"
+    r = _run_cli(["extract-frames", "--input", str(tmp_path / "nonexist.mp4"), "--label", "real", "--out", str(out),
+                  "--workers", "0"])
+    assert r.returncode == 1 and "none of the 1 videos of this run could be read" in r.stderr, r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
+    v = _run_cli(["verify", str(out)])
+    assert v.returncode == 1 and "holds no video" in v.stderr
