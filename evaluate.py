@@ -573,5 +573,18 @@ def build_report(results: dict, robustness: dict, overlay_paths: list[Path], out
     return "\n".join(parts)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """``python evaluate.py``: data and checkpoint errors end as one line (``LAANET_DEBUG=1``: traceback)."""
+    from model.cli_errors import debugging, one_line
+    from pipeline.shards import ShardError
+
+    try:
+        main(get_args_parser().parse_args(argv))
+    except (ShardError, ValueError) as err:
+        if debugging():
+            raise
+        raise SystemExit(f"evaluate.py: {one_line(err)}") from None
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli()

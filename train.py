@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
+from model.cli_errors import debugging, one_line
 from model.config import (Config, ConfigError, config_from_dict, config_to_dict, config_to_yaml, load_config,
                           save_config)
 from model.data import TrainPairDataset, collate_pairs
@@ -46,6 +47,7 @@ from model.sam import SAM, bn_running_stats_frozen
 from model.schedule import WarmupLinearSchedule, backbone_frozen
 from model.train_log import RunLogger, plot_curves
 from model.validation import build_val_loader, validate
+from pipeline.shards import ShardError
 
 log = logging.getLogger("train")
 
@@ -91,10 +93,37 @@ def main(args: argparse.Namespace) -> Path:
             if (run_dir / "last.pt").exists():
                 raise SystemExit(f"train.py: {run_dir} already holds a run (last.pt); continue it with "
                                  f"--resume {run_dir} or choose another train.run_name")
-        train(cfg, run_dir, dist, resume_state=resume_state, stop_after_epochs=args.stop_after_epochs)
+        fresh = not run_dir.exists()
+        try:
+            train(cfg, run_dir, dist, resume_state=resume_state, stop_after_epochs=args.stop_after_epochs)
+        except (ConfigError, ShardError, ValueError):
+            # A run that failed on its config or data before its first checkpoint leaves no folder behind.
+            if fresh and dist.is_main and not (run_dir / "last.pt").exists():
+                remove_run_dir(run_dir)
+            raise
     finally:
         teardown_distributed(dist)
     return run_dir
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """Delete a run folder this invocation created (closing train.log first)."""
+    import shutil
+
+    for h in list(log.handlers):
+        h.close()
+        log.removeHandler(h)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``python train.py``: config, data and checkpoint errors end as one line (``LAANET_DEBUG=1``: traceback)."""
+    try:
+        main(get_args_parser().parse_args(argv))
+    except (ConfigError, NonFiniteLossError, ShardError, ValueError) as err:
+        if debugging():
+            raise
+        raise SystemExit(f"train.py: {one_line(err)}") from None
 
 
 # --------------------------------------------------------------------------- setup
@@ -641,7 +670,4 @@ def run_epoch_end(t: Trainer, stats: dict[str, float], val_loader, val_mode: str
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ConfigError, NonFiniteLossError) as err:
-        raise SystemExit(f"train.py: {err}") from None
+    cli()

@@ -163,7 +163,9 @@ def read_bench(shard_dir: Path, png_dir: Path, n_reads: int, work: Path) -> list
     lines.append(f"read  PNG+JSON per face : {png_rate:8.1f} samples/s, {png_bytes / 1024:7.1f} KiB/face")
     for comp in COMPRESSIONS:
         path = work / f"read_{comp}.h5"
+        t0 = time.perf_counter()
         write_shard(path, faces, landmarks=lms, compression=comp)
+        write_rate = n / (time.perf_counter() - t0)
         r = ShardReader(path)
         r.face(0)
         t0 = time.perf_counter()
@@ -173,7 +175,7 @@ def read_bench(shard_dir: Path, png_dir: Path, n_reads: int, work: Path) -> list
         r.close()
         size = path.stat().st_size / n
         lines.append(f"read  shard {comp:<11}: {rate:8.1f} samples/s, {size / 1024:7.1f} KiB/face, "
-                     f"{rate / png_rate:5.2f}x PNG+JSON")
+                     f"{rate / png_rate:5.2f}x PNG+JSON; write {write_rate:7.1f} faces/s")
     return lines
 
 

@@ -68,6 +68,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Rebuild LAA-Net from a checkpoint file alone and return it in eval mode."""
     ckpt = read_checkpoint(path, map_location)
     model = build_model(model_config_from_checkpoint(ckpt))
+    own = model.state_dict()
+    differ = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in ckpt["model"].items()
+              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if differ:  # load_state_dict would raise a 40-line size-mismatch RuntimeError
+        k, theirs, ours = differ[0]
+        raise ValueError(f"{path}: weights do not match config['model'] (another architecture, e.g. other "
+                         f"head_conv or backbone?): {len(differ)} tensors differ in shape, first {k} {theirs} in "
+                         f"the file vs {ours} built from its config")
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match config['model']: missing {missing[:5]}, "

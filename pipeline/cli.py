@@ -106,6 +106,9 @@ def extract_frames(
     compression: Compression = typer.Option(DEFAULT_COMPRESSION, "--compression",
                                             help="HDF5 compression of the crops."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N videos (quick tries)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Remove the split folder's shards, index and failures log first and redo "
+                                        "it (needed when settings or videos differ from those of its shards)."),
     workers: Optional[int] = _WORKERS,
     scheduler: Optional[str] = _SCHEDULER,
     on_error: OnError = _ON_ERROR,
@@ -153,9 +156,12 @@ def extract_frames(
                             on_error=on_error.value, manifest_hash=mhash, source_root=root,
                             decode_threads=decode_threads)
         summary = run_extract(items, _split_dir(out, dataset, split), ds_name, split_name, cfg, vps, workers,
-                              scheduler)
+                              scheduler, overwrite=overwrite)
     except (ManifestError, DetectorWeightsError, PipelineError, ShardError) as e:
         _fail(str(e))
+    if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):
+        _fail(f"{summary.split_dir}: none of the {summary.n_planned} videos of this run could be read "
+              f"({summary.n_failures} failures logged in {summary.split_dir / 'failures.jsonl'})", 1)
     if summary.failed_shards:
         raise typer.Exit(1)
 

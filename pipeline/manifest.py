@@ -122,14 +122,43 @@ def _expect(cond: bool, where: Path, key: str, form: str, got: Any) -> None:
         raise ManifestError(f"{where}: {key}: expected {form}, got {got!r}")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # YAML `true` is a bool, never a count
+
+
+def _known_keys(d: dict, allowed: Any, where: Path, key: str) -> None:
+    """Every key of mapping ``d`` (at path ``key``) must be in ``allowed``; a typo is named with a suggestion."""
+    import difflib
+
+    allowed = sorted(allowed)
+    for k in d:
+        if k not in allowed:
+            close = difflib.get_close_matches(str(k), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            prefix = f"{key}." if key else ""
+            raise ManifestError(f"{where}: {prefix}{k}: unknown key{hint}; valid keys here: {', '.join(allowed)}")
+
+
+def _strings(e: dict, keys: dict[str, str], where: Path, key: str) -> None:
+    """Keys of ``e`` whose values must be non-empty strings (folders, files) or lists of them (form says so)."""
+    for k, form in keys.items():
+        if k not in e:
+            continue
+        v = e[k]
+        if form.startswith("a list"):
+            _expect(isinstance(v, list) and all(isinstance(x, str) and x for x in v), where, f"{key}.{k}", form, v)
+        else:
+            _expect(isinstance(v, str) and v, where, f"{key}.{k}", form, v)
+
+
 def _frames(d: Any, where: Path, key: str, base: dict) -> dict:
     if d is None:
         return dict(base)
-    _expect(isinstance(d, dict) and set(d) <= set(SPLITS), where, key,
-            "a mapping {train: N, val: N, test: N}", d)
+    _expect(isinstance(d, dict), where, key, "a mapping {train: N, val: N, test: N}", d)
+    _known_keys(d, SPLITS, where, key)
     out = dict(base)
     for s, n in d.items():
-        _expect(isinstance(n, int) and not isinstance(n, bool) and n > 0, where, f"{key}.{s}",
+        _expect(_is_int(n) and n > 0, where, f"{key}.{s}",
                 "a positive integer", n)
         out[s] = n
     return out
@@ -138,7 +167,8 @@ def _frames(d: Any, where: Path, key: str, base: dict) -> dict:
 def _crop(d: Any, where: Path, key: str, base: CropSettings) -> CropSettings:
     if d is None:
         return base
-    _expect(isinstance(d, dict) and set(d) <= {"scale", "size"}, where, key, "a mapping {scale: 1.25, size: 384}", d)
+    _expect(isinstance(d, dict), where, key, "a mapping {scale: 1.25, size: 384}", d)
+    _known_keys(d, ("scale", "size"), where, key)
     scale = d.get("scale", base.scale)
     size = d.get("size", base.size)
     _expect(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale >= 1.0, where,
@@ -151,8 +181,8 @@ def _crop(d: Any, where: Path, key: str, base: CropSettings) -> CropSettings:
 def _segments(d: Any, where: Path, key: str) -> dict:
     if d is None:
         return {}
-    _expect(isinstance(d, dict) and set(d) <= set(SPLITS), where, key,
-            "a mapping {split: [start, end]} with fractions 0 <= start < end <= 1", d)
+    _expect(isinstance(d, dict), where, key, "a mapping {split: [start, end]} with fractions 0 <= start < end <= 1", d)
+    _known_keys(d, SPLITS, where, key)
     out = {}
     for s, seg in d.items():
         _expect(isinstance(seg, (list, tuple)) and len(seg) == 2
@@ -188,13 +218,15 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
     except yaml.YAMLError as e:
         raise ManifestError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     _expect(isinstance(doc, dict), path, "<top level>", "a mapping with keys version, defaults, datasets", doc)
-    _expect(doc.get("version") == 1, path, "version", "1", doc.get("version"))
+    _known_keys(doc, ("version", "defaults", "datasets"), path, "")
+    _expect(_is_int(doc.get("version")) and doc.get("version") == 1, path, "version", "1", doc.get("version"))
     defaults = doc.get("defaults") or {}
     _expect(isinstance(defaults, dict), path, "defaults", "a mapping", defaults)
+    _known_keys(defaults, ("frames", "crop", "videos_per_shard"), path, "defaults")
     frames = _frames(defaults.get("frames"), path, "defaults.frames", {"train": 128, "val": 32, "test": 32})
     crop = _crop(defaults.get("crop"), path, "defaults.crop", CropSettings())
     vps = defaults.get("videos_per_shard", 16)
-    _expect(isinstance(vps, int) and vps > 0, path, "defaults.videos_per_shard", "a positive integer", vps)
+    _expect(_is_int(vps) and vps > 0, path, "defaults.videos_per_shard", "a positive integer", vps)
     ds = doc.get("datasets")
     _expect(isinstance(ds, dict) and ds, path, "datasets", "a non-empty mapping of dataset names", ds)
     out = {}
@@ -204,11 +236,14 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
         kind = e.get("kind")
         _expect(kind in KINDS, path, f"{key}.kind", f"one of {', '.join(KINDS)}", kind)
         required, optional = _KIND_KEYS[kind]
-        unknown = set(e) - _COMMON - set(required) - set(optional)
-        _expect(not unknown, path, key, f"only keys {sorted(_COMMON | set(required) | set(optional))}",
-                sorted(unknown))
+        _known_keys(e, _COMMON | set(required) | set(optional), path, key)
         for k, form in required.items():
             _expect(k in e, path, f"{key}.{k}", form, None)
+        _strings(e, {k: f for k, f in {**required, **optional}.items() if f.startswith(("a folder", "a file", "a CSV",
+                                                                                    "dataset.json", "a list of folders"))},
+                 path, key)
+        if "description" in e:
+            _expect(isinstance(e["description"], str), path, f"{key}.description", "a string", e["description"])
         root = e.get("root")
         _expect(isinstance(root, str) and root, path, f"{key}.root", "a path string (may use ${ENV:-default})", root)
         root_path = Path(expand_env(root, f"{key}.root", path)).expanduser()
@@ -221,25 +256,39 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
             m = e["methods"]
             _expect(isinstance(m, list) and m and set(m) <= set(FFPP_METHODS), path, f"{key}.methods",
                     f"a non-empty list from {list(FFPP_METHODS)}", m)
-            _expect(isinstance(e["splits"], dict) and set(e["splits"]) <= set(SPLITS), path, f"{key}.splits",
-                    required["splits"], e["splits"])
+            _expect(isinstance(e["splits"], dict), path, f"{key}.splits", required["splits"], e["splits"])
+            _known_keys(e["splits"], SPLITS, path, f"{key}.splits")
+            for sp, f in e["splits"].items():
+                _expect(isinstance(f, str) and f, path, f"{key}.splits.{sp}", "a JSON file relative to root", f)
         if kind == "list":
             vids = e["videos"]
             _expect(isinstance(vids, list) and vids, path, f"{key}.videos", required["videos"], vids)
             for i, v in enumerate(vids):
-                _expect(isinstance(v, dict) and isinstance(v.get("path"), str) and v.get("label") in (0, 1)
-                        and set(v) <= {"path", "label", "id", "method", "splits"}, path, f"{key}.videos[{i}]",
-                        "{path: file, label: 0 or 1, optional id, method, splits: [train, test, ...]}", v)
+                form = "{path: file, label: 0 or 1, optional id, method, splits: [train, test, ...]}"
+                _expect(isinstance(v, dict), path, f"{key}.videos[{i}]", form, v)
+                _known_keys(v, ("path", "label", "id", "method", "splits"), path, f"{key}.videos[{i}]")
+                _expect(isinstance(v.get("path"), str) and v["path"], path, f"{key}.videos[{i}].path", "a file path",
+                        v.get("path"))
+                _expect(_is_int(v.get("label")) and v["label"] in (0, 1), path, f"{key}.videos[{i}].label",
+                        "0 (real) or 1 (fake)", v.get("label"))
+                for k in ("id", "method"):
+                    if k in v:
+                        _expect(isinstance(v[k], str) and v[k], path, f"{key}.videos[{i}].{k}", "a string", v[k])
                 sp = v.get("splits", list(SPLITS))
                 _expect(isinstance(sp, list) and set(sp) <= set(SPLITS), path, f"{key}.videos[{i}].splits",
                         f"a list from {list(SPLITS)}", sp)
         if kind == "wilddeepfake":
             lay = e["layout"]
-            _expect(isinstance(lay, dict) and set(lay) <= set(SPLITS)
-                    and all(isinstance(v, dict) and set(v) <= {"real", "fake"} for v in lay.values()),
-                    path, f"{key}.layout", required["layout"], lay)
+            _expect(isinstance(lay, dict), path, f"{key}.layout", required["layout"], lay)
+            _known_keys(lay, SPLITS, path, f"{key}.layout")
+            for sp, v in lay.items():
+                _expect(isinstance(v, dict), path, f"{key}.layout.{sp}", "a mapping {real: dir, fake: dir}", v)
+                _known_keys(v, ("real", "fake"), path, f"{key}.layout.{sp}")
+                for lab, folder in v.items():
+                    _expect(isinstance(folder, str) and folder, path, f"{key}.layout.{sp}.{lab}",
+                            "a folder relative to root", folder)
         vps_e = e.get("videos_per_shard", vps)
-        _expect(isinstance(vps_e, int) and vps_e > 0, path, f"{key}.videos_per_shard", "a positive integer", vps_e)
+        _expect(_is_int(vps_e) and vps_e > 0, path, f"{key}.videos_per_shard", "a positive integer", vps_e)
         out[name] = DatasetEntry(name=name, kind=kind, root=root_path, raw=e,
                                  frames=_frames(e.get("frames"), path, f"{key}.frames", frames),
                                  crop=_crop(e.get("crop"), path, f"{key}.crop", crop), videos_per_shard=vps_e,

@@ -3,7 +3,9 @@
 * ``run_extract``: frames -> RetinaFace -> 1.25x crops -> ``shard-NNNNN.h5`` per group of videos.
 * ``run_landmarks``: dlib 68 points for every crop of every finished shard (shard replaced atomically).
 
-Both resume: a finished shard is skipped, an unfinished one (``.tmp`` left by a killed run) is redone.
+Both resume: a finished shard is kept, an unfinished one (``.tmp`` left by a killed run) is redone. The frames
+stage resumes by content (``pipeline.resume``): shards record their videos and settings, new videos go into
+new shards, and a folder made with other settings or other videos stops the run before any work.
 Every failure (unreadable video, frame without a face, crop without landmarks, a task that crashed) is a
 row of ``failures.jsonl`` with file, stage and reason, and a one-line message on the console; the rest of the
 run goes on (``on_error="raise"`` stops at the first unreadable video instead). ``index.json`` is written last.
@@ -19,7 +21,8 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -29,9 +32,11 @@ import numpy as np
 
 from pipeline.faces import DetectorConfig, FaceDetector, crop_face
 from pipeline.landmarks import LandmarkPredictor
+from pipeline.lock import SplitBusy, split_lock
 from pipeline.manifest import VideoItem
-from pipeline.shards import (DEFAULT_COMPRESSION, FAILURES_NAME, INDEX_NAME, ShardReader, ShardWriter,
-                             add_landmarks, load_index, tmp_path, write_index)
+from pipeline.resume import PlanConflict, clear_split, plan_resume, settings_hash, video_record
+from pipeline.shards import (DEFAULT_COMPRESSION, FAILURES_NAME, INDEX_NAME, ShardError, ShardReader, ShardWriter,
+                             add_landmarks, load_index, summarize_shard, write_index)
 from pipeline.video import VideoError, iter_frames, probe, sample_indices
 
 PROGRESS_TOPIC = "laanet-pipeline-progress"
@@ -53,6 +58,7 @@ class ExtractConfig:
     manifest_hash: str = ""
     source_root: str = ""
     decode_threads: int = 1             # ffmpeg threads per video (one worker process per core); 0 = ffmpeg's choice
+    settings: str = ""                  # extract_settings() as JSON, filled in by run_extract
 
 
 @dataclass
@@ -65,9 +71,11 @@ class LandmarkConfig:
 
 @dataclass
 class ShardJob:
-    """One task: ``items`` go into ``split_dir/name``."""
+    """One task: ``items`` go into ``split_dir/name``; ``planned`` are their ``video_record``s (taken by the
+    client when it planned the run, so the shard records what the plan compared)."""
     name: str
     items: list[VideoItem]
+    planned: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -93,14 +101,21 @@ class RunSummary:
     failed_shards: list[str]
     seconds: float
     skipped: int
+    n_new_videos: int = 0               # videos this run read (0 with planned videos = every input failed)
+    n_planned: int = 0                  # videos this run set out to read (extract-frames)
 
 
-def plan_shards(items: Sequence[VideoItem], videos_per_shard: int) -> list[ShardJob]:
-    """Split items (in their given order) into consecutive groups; shard names are stable across reruns."""
-    if videos_per_shard < 1:
-        raise ValueError("videos_per_shard must be >= 1")
-    return [ShardJob(f"shard-{k:05d}.h5", list(items[i:i + videos_per_shard]))
-            for k, i in enumerate(range(0, len(items), videos_per_shard))]
+def extract_settings(cfg: ExtractConfig, items: Sequence[VideoItem]) -> dict:
+    """The settings that shape a shard's contents (stored in every shard; a rerun must match them).
+
+    Batch size, device, decoder threads and the error policy change speed or logging, not the crops.
+    """
+    d = cfg.detector
+    settings = {"crop_scale": cfg.crop_scale, "crop_size": cfg.crop_size, "compression": cfg.compression,
+                "detector": d.backend, "detector_weights": d.weights or "", "score_threshold": d.score_threshold,
+                "max_faces": d.max_faces, "keep": d.keep, "max_side": d.max_side,
+                "frames": sorted({it.n_frames for it in items}), "segment": sorted({tuple(it.segment) for it in items})}
+    return json.loads(json.dumps(settings))  # tuples -> lists: equal to what a shard's JSON attribute gives back
 
 
 def _now() -> str:
@@ -204,8 +219,9 @@ def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1
         batch_idx.clear()
         batch.clear()
 
+    bad_images: list[tuple[int, str, str]] = []  # image folders: an unreadable image skips its frame only
     try:
-        for i, frame in iter_frames(item.path, wanted, info, decode_threads):
+        for i, frame in iter_frames(item.path, wanted, info, decode_threads, bad_images):
             n_decoded += 1
             batch_idx.append(i)
             batch.append(frame)
@@ -213,6 +229,7 @@ def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1
                 flush()
     except VideoError as e:
         fails.append(failure(item.path, "decode", str(e).split(": ", 1)[-1]))
+    fails += [failure(file, "decode", reason, i) for i, file, reason in bad_images]
     if batch:
         flush()
     n = len(faces)
@@ -233,13 +250,14 @@ def extract_shard(job: ShardJob, split_dir: str, cfg: ExtractConfig, progress: P
         return TaskResult(file=job.name, skipped=True)
     _limit_threads()
     detector = _detector(json.dumps(asdict(cfg.detector), sort_keys=True))
-    attrs = {"crop_scale": cfg.crop_scale, "detector": detector.name,
+    attrs = {"crop_scale": cfg.crop_scale, "detector": detector.name, "settings": cfg.settings,
+             "settings_hash": settings_hash(json.loads(cfg.settings)) if cfg.settings else "",
              "detector_weights_sha256": detector.weights_sha256, "manifest_hash": cfg.manifest_hash,
              "source_root": cfg.source_root, "detector_score_threshold": cfg.detector.score_threshold,
              "detector_max_faces": cfg.detector.max_faces}
     result = TaskResult(file=job.name)
     # A .tmp from a killed run is overwritten: ShardWriter opens it with mode "w".
-    with ShardWriter(path, cfg.crop_size, attrs, cfg.compression) as w:
+    with ShardWriter(path, cfg.crop_size, attrs, cfg.compression, planned=job.planned) as w:
         for item in job.items:
             v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size, cfg.decode_threads)
             result.failures += v.failures
@@ -259,7 +277,8 @@ def extract_shard(job: ShardJob, split_dir: str, cfg: ExtractConfig, progress: P
 
 def _video_messages(path: str, v: VideoFaces) -> list[str]:
     """One console line per problem of a video (per-frame failures summarised)."""
-    msgs = [f"{f['file']}: {f['stage']}: {f['reason']}" for f in v.failures if "frame_index" not in f]
+    msgs = [f"{f['file']}: {f['stage']}: {f['reason']}" + (f" (frame {f['frame_index']})" if "frame_index" in f else "")
+            for f in v.failures if "frame_index" not in f or f["stage"] == "decode"]
     if v.no_face:
         shown = ", ".join(str(i) for i in v.no_face[:8]) + (", ..." if len(v.no_face) > 8 else "")
         msgs.append(f"{path}: faces: no face in {len(v.no_face)} of {v.n_decoded} sampled frames (frames {shown})")
@@ -470,21 +489,44 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
 
 def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, dataset: str, split: str,
                 cfg: ExtractConfig, videos_per_shard: int = 16, workers: int | None = None,
-                scheduler: str | None = None, client=None) -> RunSummary:
-    """Frames stage over ``items`` into ``split_dir``; resumes; writes failures.jsonl and index.json.
+                scheduler: str | None = None, client=None, overwrite: bool = False) -> RunSummary:
+    """Frames stage over ``items`` into ``split_dir``; resumes by content; writes failures.jsonl and index.json.
 
     ``workers=0`` runs in this process; ``client`` (a ``distributed.Client``) reuses a running cluster.
+    A folder holding shards of another plan (other settings, videos gone or changed) raises ``PipelineError``
+    before any work, unless ``overwrite`` clears it first (see ``pipeline.resume``).
     """
+    with _holding(split_dir):
+        return _run_extract(items, Path(split_dir), dataset, split, cfg, videos_per_shard, workers, scheduler, client,
+                            overwrite)
+
+
+@contextmanager
+def _holding(split_dir: str | os.PathLike):
+    """The split's lock for one run (one writer per split); another holder is a one-line PipelineError."""
+    try:
+        with split_lock(split_dir):
+            yield
+    except SplitBusy as e:
+        raise PipelineError(str(e)) from None
+
+
+def _run_extract(items, split_dir: Path, dataset, split, cfg, videos_per_shard, workers, scheduler, client,
+                 overwrite) -> RunSummary:
     t0 = time.perf_counter()
-    split_dir = Path(split_dir)
-    split_dir.mkdir(parents=True, exist_ok=True)
-    jobs = plan_shards(items, videos_per_shard)
-    todo = [j for j in jobs if not (split_dir / j.name).exists()]
-    skipped = len(jobs) - len(todo)
-    stale = [j.name for j in todo if tmp_path(split_dir / j.name).exists()]
-    if skipped or stale:
-        print(f"resume: {skipped} finished shards kept, {len(stale)} unfinished redone, "
-              f"{len(todo) - len(stale)} new", flush=True)
+    settings = extract_settings(cfg, items)
+    cfg = replace(cfg, settings=json.dumps(settings, sort_keys=True))
+    if overwrite and clear_split(split_dir):
+        print(f"overwrite: removed the shards, index and failures log of {split_dir}", flush=True)
+    try:
+        plan = plan_resume(split_dir, items, settings, videos_per_shard)
+    except PlanConflict as e:
+        raise PipelineError(str(e)) from e
+    todo = [ShardJob(name, its, [video_record(it) for it in its]) for name, its in plan.jobs]
+    if plan.kept or plan.removed:
+        print(f"resume: {len(plan.kept)} finished shards kept, {len(plan.removed)} unreadable redone "
+              f"({', '.join(plan.removed) or 'none'}), {sum(len(j.items) for j in todo)} videos into "
+              f"{len(todo)} shards", flush=True)
     index_path = split_dir / INDEX_NAME
     if index_path.exists() and todo:
         index_path.unlink()  # the index is written last: its absence marks a run in progress
@@ -493,21 +535,40 @@ def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, datase
         [(j, str(split_dir), cfg) for j in todo], [j.name for j in todo],
         lambda: _ProgressBar(sum(len(j.items) for j in todo), f"extract-frames {dataset}/{split}"), split_dir,
         workers, scheduler, cfg.on_error, client)
-    return _finish(split_dir, dataset, split, [j.name for j in jobs], results, failed, skipped, t0)
+    names = sorted(plan.kept + [j.name for j in todo])
+    summary = _finish(split_dir, dataset, split, names, results, failed, len(plan.kept), t0,
+                      {"plan": {"settings": settings, "settings_hash": settings_hash(settings)}})
+    summary.n_planned = sum(len(j.items) for j in todo)
+    return summary
 
 
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
                   scheduler: str | None = None, on_error: str = "skip", client=None) -> RunSummary:
     """Landmark stage over every finished shard of ``split_dir``; resumes; rewrites index.json last."""
-    t0 = time.perf_counter()
     split_dir = Path(split_dir)
     try:
         index = load_index(split_dir)
     except Exception as e:
         raise PipelineError(f"{split_dir}: run extract-frames first ({e})") from e
+    with _holding(split_dir):
+        return _run_landmarks(split_dir, index, cfg, workers, scheduler, on_error, client)
+
+
+def _run_landmarks(split_dir: Path, index: dict, cfg: LandmarkConfig, workers, scheduler, on_error, client
+                   ) -> RunSummary:
+    t0 = time.perf_counter()
+    index = load_index(split_dir)  # again, now that no other run can be rewriting it
     names = [s["file"] for s in index["shards"]]
-    todo = [n for n in names if not ShardReader(split_dir / n).has_landmarks]
-    skipped = len(names) - len(todo)
+    todo, unreadable = [], []
+    for n in names:
+        try:
+            if not ShardReader(split_dir / n).has_landmarks:
+                todo.append(n)
+        except ShardError as e:  # logged as data; the other shards still get their landmarks
+            print(f"{e}", flush=True)
+            append_failures(split_dir, [failure(str(split_dir / n), "landmarks", str(e))])
+            unreadable.append(n)
+    skipped = len(names) - len(todo) - len(unreadable)
     if skipped:
         print(f"resume: {skipped} shards already have landmarks, {len(todo)} to do", flush=True)
     total_videos = sum(s["n_videos"] for s in index["shards"] if s["file"] in todo)
@@ -516,18 +577,30 @@ def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: in
         [(str(split_dir / n), cfg) for n in todo], todo,
         lambda: _ProgressBar(total_videos, f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops"),
         split_dir, workers, scheduler, on_error, client)
-    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results, failed, skipped, t0)
+    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results,
+                   unreadable + failed, skipped, t0,
+                   {"plan": index["plan"]} if "plan" in index else None)
 
 
 def _finish(split_dir: Path, dataset: str, split: str, names: list[str], results: list[TaskResult],
-            failed: list[str], skipped: int, t0: float) -> RunSummary:
-    done = [n for n in names if (split_dir / n).exists()]
-    write_index(split_dir, dataset, split, done)
+            failed: list[str], skipped: int, t0: float, extra: dict | None = None) -> RunSummary:
+    done = []
+    for n in names:
+        if not (split_dir / n).exists():
+            continue
+        try:
+            summarize_shard(split_dir / n)
+            done.append(n)
+        except (OSError, KeyError) as e:  # an index must list readable shards only; the shard is reported
+            print(f"{split_dir / n}: left out of {INDEX_NAME}: unreadable ({e}); rerun extract-frames to redo it",
+                  flush=True)
+    write_index(split_dir, dataset, split, done, extra)
     index = load_index(split_dir)
     n_fail = sum(len(r.failures) for r in results) + len(failed)
     summary = RunSummary(split_dir=split_dir, shards=done, n_faces=index["n_faces"], n_videos=index["n_videos"],
                          n_frames=sum(r.n_frames for r in results), n_failures=n_fail, failed_shards=failed,
-                         seconds=time.perf_counter() - t0, skipped=skipped)
+                         seconds=time.perf_counter() - t0, skipped=skipped,
+                         n_new_videos=sum(r.n_videos for r in results))
     print(f"{split_dir}: {len(done)}/{len(names)} shards, {summary.n_videos} videos, {summary.n_faces} faces; "
           f"{n_fail} new failures logged in {split_dir / FAILURES_NAME}; {summary.seconds:.1f} s", flush=True)
     return summary

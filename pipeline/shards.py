@@ -4,7 +4,7 @@ One shard holds the face crops of a group of videos. It is written by one proces
 finished by an atomic rename to ``<name>.h5``; a file without the ``.tmp`` suffix is therefore always
 complete. A split folder ends with ``index.json``, written last, listing the finished shards.
 
-Schema (``SCHEMA_VERSION = 1``; N faces, V videos, S crop side, K frames without a face):
+Schema (``SCHEMA_VERSION = 2``; N faces, V videos, S crop side, K frames without a face):
 
 =================  ======================  ===============================================================
 dataset            dtype, shape            meaning
@@ -18,14 +18,21 @@ dataset            dtype, shape            meaning
 ``video``          int32 (N,)              row of the ``videos`` table
 ``landmarks``      float32 (N, 68, 2)      dlib 68 points in crop pixels, NaN where none (landmark stage)
 ``landmark_ok``    bool (N,)               True where dlib found a face in the crop (landmark stage)
-``videos``         variable-length str     one JSON object per video (keys in ``VIDEO_KEYS``)
+``videos``         fixed-length ASCII      one JSON object per video (keys in ``VIDEO_KEYS``)
 ``no_face``        int32 (K, 2)            (video row, frame_index) of sampled frames with no face
+``planned``        fixed-length ASCII      one JSON object per video planned into the shard (id, path, size,
+                                           mtime), including videos that failed; the resume key
 =================  ======================  ===============================================================
 
 File attributes: ``schema_version``, ``crop_scale``, ``crop_size``, ``detector``, ``detector_weights_sha256``,
 ``landmark_model_sha256``, ``landmark_detector`` (how dlib's face rectangle was found, e.g.
-``dlib_hog luma@144 upsample=0``), ``created``, ``package_version``, ``manifest_hash``, ``compression``,
+``dlib_hog luma@144 upsample=0``), ``settings`` (JSON of the settings that shape the crops: frames, segment,
+crop scale and size, detector and its settings, compression) and ``settings_hash``, ``created``, ``package_version``, ``manifest_hash``, ``compression``,
 ``landmarks_done``.
+
+Every dataset is chunked and written with HDF5's fletcher32 checksum (after the compressor, so it covers the
+bytes on disk): plain h5py raises ``OSError`` on a chunk whose checksum does not match, and ``verify`` names
+the shard, dataset and rows. Tables are fixed-length strings because variable-length ones cannot carry filters.
 
 Everything above is readable with plain ``h5py`` (``json.loads`` on each ``videos`` row); crops written with
 a ``blosc-*`` compression (the default, ``DEFAULT_COMPRESSION``) need ``import hdf5plugin`` once before
@@ -43,7 +50,8 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1: before per-shard plans and checksums (still readable; resume asks for --overwrite)
 INDEX_NAME = "index.json"
 FAILURES_NAME = "failures.jsonl"
 TMP_SUFFIX = ".tmp"
@@ -121,27 +129,30 @@ class ShardWriter:
     """
 
     def __init__(self, path: str | os.PathLike, crop_size: int, attrs: dict | None = None,
-                 compression: str = DEFAULT_COMPRESSION):
+                 compression: str = DEFAULT_COMPRESSION, planned: Sequence[dict] | None = None):
         self.path = Path(path)
         self.tmp = tmp_path(self.path)
         self.crop_size = int(crop_size)
         self.videos: list[dict] = []
         self.no_face: list[tuple[int, int]] = []
         self.n = 0
+        self.planned = list(planned or [])
         self._finished = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         s = self.crop_size
         comp = _compression_kwargs(compression)
         self._f = h5py.File(self.tmp, "w")
         f = self._f
+        # fletcher32 sits after the compressor in the filter pipeline, so it checks the bytes on disk;
+        # HDF5 then refuses a corrupt chunk on read (OSError) with no extra code in any reader.
         f.create_dataset("faces", shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
-                         chunks=(1, s, s, 3), **comp)
+                         chunks=(1, s, s, 3), fletcher32=True, **comp)
         # Small per-face arrays: one chunk of many rows keeps random reads cheap.
         for name, tail, dtype in (("boxes", (4,), np.float32), ("scores", (), np.float32),
                                   ("kps5", (5, 2), np.float32), ("crop_boxes", (4,), np.float32),
                                   ("frame_index", (), np.int32), ("video", (), np.int32)):
             f.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                             chunks=(4096, *tail))
+                             chunks=(4096, *tail), fletcher32=True)
         base = {"schema_version": SCHEMA_VERSION, "crop_scale": 1.25, "crop_size": s, "detector": "unknown",
                 "detector_weights_sha256": "", "landmark_model_sha256": "", "landmark_detector": "", "package_version": _package_version(),
                 "manifest_hash": "", "landmarks_done": False}
@@ -199,9 +210,10 @@ class ShardWriter:
             landmark_ok: (N,) bool, required with ``landmarks``.
         """
         f = self._f
-        f.create_dataset("videos", data=np.array([json.dumps(r, sort_keys=True) for r in self.videos], dtype=object),
-                         dtype=h5py.string_dtype())
-        f.create_dataset("no_face", data=np.array(self.no_face, dtype=np.int32).reshape(-1, 2))
+        _write_json_rows(f, "videos", self.videos)
+        if self.planned:
+            _write_json_rows(f, "planned", self.planned)
+        _create_checked(f, "no_face", np.array(self.no_face, dtype=np.int32).reshape(-1, 2))
         if landmarks is not None:
             _write_landmarks(f, self.path, landmarks, landmark_ok, self.n)
         f.close()
@@ -224,6 +236,26 @@ class ShardWriter:
             self.abort()
 
 
+def _create_checked(f: h5py.File, name: str, data: np.ndarray, chunk_rows: int = 4096) -> None:
+    """A dataset with the fletcher32 checksum (chunked, as HDF5 filters need; empty datasets too)."""
+    data = np.asarray(data)
+    chunks = (max(1, min(len(data), chunk_rows)), *data.shape[1:])
+    f.create_dataset(name, data=data, chunks=chunks, maxshape=(None, *data.shape[1:]), fletcher32=True)
+
+
+def _write_json_rows(f: h5py.File, name: str, rows: Sequence[dict]) -> None:
+    """One JSON object per row as fixed-length ASCII bytes: variable-length strings cannot carry HDF5 filters,
+    fixed-length ones can, so the table gets a fletcher32 checksum like every other dataset."""
+    text = [json.dumps(r, sort_keys=True).encode("ascii") for r in rows]  # ensure_ascii: any name is ASCII
+    width = max([len(t) for t in text] + [1])
+    _create_checked(f, name, np.array(text, dtype=f"S{width}"))
+
+
+def read_json_rows(f: h5py.File, name: str) -> list[dict]:
+    """Rows of a JSON-rows dataset (``videos``, ``planned``) of an open shard as dicts."""
+    return [json.loads(r.decode() if isinstance(r, bytes) else r) for r in f[name][()]]
+
+
 def _write_landmarks(f: h5py.File, path: Path, landmarks: np.ndarray, landmark_ok: np.ndarray | None, n: int) -> None:
     landmarks = np.asarray(landmarks, np.float32)
     if landmarks.shape != (n, N_LANDMARKS, 2):
@@ -234,8 +266,8 @@ def _write_landmarks(f: h5py.File, path: Path, landmarks: np.ndarray, landmark_o
     for name in ("landmarks", "landmark_ok"):
         if name in f:
             del f[name]
-    f.create_dataset("landmarks", data=landmarks, chunks=(max(1, min(n, 4096)), N_LANDMARKS, 2) if n else None)
-    f.create_dataset("landmark_ok", data=landmark_ok)
+    _create_checked(f, "landmarks", landmarks)
+    _create_checked(f, "landmark_ok", landmark_ok)
     f.attrs["landmarks_done"] = True
 
 
@@ -335,7 +367,7 @@ def write_shard(path: str | os.PathLike, faces: np.ndarray, videos: Sequence[dic
 
 def read_videos_table(f: h5py.File) -> list[dict]:
     """Rows of the ``videos`` dataset of an open shard as dicts."""
-    return [json.loads(r.decode() if isinstance(r, bytes) else r) for r in f["videos"][()]]
+    return read_json_rows(f, "videos")
 
 
 class ShardReader:
@@ -362,26 +394,33 @@ class ShardReader:
             raise ShardError(f"{self.path}: not a readable HDF5 file ({e})") from e
         with f:
             _ensure_filters_for(self.path, f)
-            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            for k in REQUIRED_ATTRS:
-                if k not in self.attrs:
-                    raise ShardError(f"{self.path}: missing attribute {k!r}; not a pipeline shard")
-            if int(self.attrs["schema_version"]) != SCHEMA_VERSION:
-                raise ShardError(f"{self.path}: schema_version {self.attrs['schema_version']}, this code reads "
-                                 f"{SCHEMA_VERSION}")
-            for name in PER_FACE + ("videos",):
-                if name not in f:
-                    raise ShardError(f"{self.path}: missing dataset {name!r}")
-            self.videos = read_videos_table(f)
-            self.video = f["video"][()].astype(np.int32)
-            self.frame_index = f["frame_index"][()].astype(np.int32)
-            self.has_landmarks = bool(self.attrs.get("landmarks_done", False)) and "landmarks" in f
-            n = len(self.video)
-            self.landmark_ok = f["landmark_ok"][()].astype(bool) if self.has_landmarks else np.zeros(n, bool)
-            self.no_face = f["no_face"][()].astype(np.int32) if "no_face" in f else np.zeros((0, 2), np.int32)
-            self.crop_size = int(f["faces"].shape[1])
+            try:
+                self._load(f)
+            except OSError as e:  # a checksum or decompression failure in one of the per-face tables
+                raise ShardError(f"{self.path}: unreadable ({_reason(e)}); the shard is corrupt: "
+                                 f"rerun extract-frames on its folder to redo it") from e
         self._f: h5py.File | None = None
         self._pid: int | None = None
+
+    def _load(self, f: h5py.File) -> None:
+        self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        for k in REQUIRED_ATTRS:
+            if k not in self.attrs:
+                raise ShardError(f"{self.path}: missing attribute {k!r}; not a pipeline shard")
+        if int(self.attrs["schema_version"]) not in READABLE_SCHEMAS:
+            raise ShardError(f"{self.path}: schema_version {self.attrs['schema_version']}, this code reads "
+                             f"{READABLE_SCHEMAS}")
+        for name in PER_FACE + ("videos",):
+            if name not in f:
+                raise ShardError(f"{self.path}: missing dataset {name!r}")
+        self.videos = read_videos_table(f)
+        self.video = f["video"][()].astype(np.int32)
+        self.frame_index = f["frame_index"][()].astype(np.int32)
+        self.has_landmarks = bool(self.attrs.get("landmarks_done", False)) and "landmarks" in f
+        n = len(self.video)
+        self.landmark_ok = f["landmark_ok"][()].astype(bool) if self.has_landmarks else np.zeros(n, bool)
+        self.no_face = f["no_face"][()].astype(np.int32) if "no_face" in f else np.zeros((0, 2), np.int32)
+        self.crop_size = int(f["faces"].shape[1])
 
     def _file(self) -> h5py.File:
         # A handle inherited through fork shares HDF5 state with the parent: reopen in each process.
@@ -395,18 +434,28 @@ class ShardReader:
 
     def face(self, i: int) -> np.ndarray:
         """(S, S, 3) uint8 RGB crop ``i``."""
-        return self._file()["faces"][int(i)]
+        return self.read("faces", int(i))
 
     def landmarks(self, i: int) -> np.ndarray:
         """(68, 2) float32 landmarks of crop ``i`` in crop pixels; all NaN if none or not cached yet."""
         if not self.has_landmarks:
             return np.full((N_LANDMARKS, 2), np.nan, np.float32)
-        return self._file()["landmarks"][int(i)]
+        return self.read("landmarks", int(i))
 
     def read(self, name: str, i: int | slice | np.ndarray | None = None) -> np.ndarray:
-        """Any per-face dataset (e.g. ``boxes``, ``crop_boxes``, ``kps5``, ``scores``) at rows ``i`` (all if None)."""
-        ds = self._file()[name]
-        return ds[()] if i is None else ds[i]
+        """Any per-face dataset (e.g. ``boxes``, ``crop_boxes``, ``kps5``, ``scores``) at rows ``i`` (all if None).
+
+        Raises ``ShardError`` naming the file, dataset and rows when HDF5 cannot read them (a chunk whose
+        fletcher32 checksum fails, a cut-off file).
+        """
+        try:
+            f = self._file()
+            ds = f[name]
+            return ds[()] if i is None else ds[i]
+        except OSError as e:
+            rows = "all rows" if i is None else f"row {i}" if isinstance(i, int) else f"rows {_rows(i)}"
+            raise ShardError(f"{self.path}: dataset {name!r} {rows} unreadable ({_reason(e)}); the shard is "
+                             f"corrupt: run `python -m pipeline verify` on its folder and rerun extract-frames") from e
 
     def video_row(self, i: int) -> dict:
         """The videos-table row of crop ``i``."""
@@ -437,6 +486,18 @@ class ShardReader:
             return
 
 
+def _reason(e: OSError) -> str:
+    """The first clause of an h5py error (e.g. 'Can't synchronously read data (filter returned failure ...)')."""
+    return (str(e).split(";")[0].strip() or type(e).__name__)[:160]
+
+
+def _rows(i) -> str:
+    if isinstance(i, slice):
+        return f"{i.start or 0}-{(i.stop - 1) if i.stop is not None else 'end'}"
+    rows = np.asarray(i).reshape(-1)
+    return ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+
+
 def load_index(split_dir: str | os.PathLike) -> dict:
     """Parsed ``<split_dir>/index.json``; raises ``ShardError`` naming the folder if absent or malformed."""
     split_dir = Path(split_dir)
@@ -451,8 +512,8 @@ def load_index(split_dir: str | os.PathLike) -> dict:
     for k in ("schema", "shards", "n_faces", "n_videos"):
         if k not in index:
             raise ShardError(f"{p}: missing key {k!r}")
-    if int(index["schema"]) != SCHEMA_VERSION:
-        raise ShardError(f"{p}: schema {index['schema']}, this code reads {SCHEMA_VERSION}")
+    if int(index["schema"]) not in READABLE_SCHEMAS:
+        raise ShardError(f"{p}: schema {index['schema']}, this code reads {READABLE_SCHEMAS}")
     return index
 
 
@@ -469,12 +530,19 @@ class ShardSummary:
     n_faces: int
     n_videos: int
     landmarks: bool
+    videos: list[str] | None = None     # ids planned into the shard (None for shards without a plan)
+    settings_hash: str | None = None
+
+    def entry(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 def summarize_shard(path: Path) -> ShardSummary:
     with h5py.File(path, "r") as f:
+        planned = [r["id"] for r in read_json_rows(f, "planned")] if "planned" in f else None
         return ShardSummary(file=path.name, n_faces=int(f["faces"].shape[0]), n_videos=int(f["videos"].shape[0]),
-                            landmarks=bool(f.attrs.get("landmarks_done", False)))
+                            landmarks=bool(f.attrs.get("landmarks_done", False)), videos=planned,
+                            settings_hash=str(f.attrs["settings_hash"]) if planned is not None else None)
 
 
 def write_index(split_dir: str | os.PathLike, dataset: str, split: str,
@@ -487,7 +555,7 @@ def write_index(split_dir: str | os.PathLike, dataset: str, split: str,
     files = sorted(split_dir.glob("*.h5")) if shards is None else [split_dir / Path(s).name for s in shards]
     summaries = [summarize_shard(p) for p in files]
     index = {"schema": SCHEMA_VERSION, "dataset": dataset, "split": split,
-             "shards": [s.__dict__ for s in summaries],
+             "shards": [s.entry() for s in summaries],
              "n_faces": sum(s.n_faces for s in summaries), "n_videos": sum(s.n_videos for s in summaries),
              "failures": FAILURES_NAME,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -8,8 +8,32 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.resume import check_index_plan, shard_plan
 from pipeline.shards import (FAILURES_NAME, PER_FACE, TMP_SUFFIX, VIDEO_KEYS, ShardError, ShardReader,
                              load_index)
+
+
+def _check_chunks(path: Path, ds: h5py.Dataset) -> list[str]:
+    """Read ``ds`` one chunk of rows at a time; one line per run of unreadable rows (checksum or decompression).
+
+    HDF5 checks each chunk's fletcher32 on read and raises ``OSError`` when it does not match.
+    """
+    if ds.shape is None or ds.ndim == 0 or ds.shape[0] == 0:
+        return []
+    step = ds.chunks[0] if ds.chunks else ds.shape[0]
+    bad: list[tuple[int, int, str]] = []
+    for start in range(0, ds.shape[0], step):
+        stop = min(ds.shape[0], start + step)
+        try:
+            ds[start:stop]
+        except OSError as e:
+            reason = str(e).split(";")[0].strip() or type(e).__name__
+            if bad and bad[-1][1] == start:
+                bad[-1] = (bad[-1][0], stop, bad[-1][2])
+            else:
+                bad.append((start, stop, reason))
+    return [f"{path}: dataset {ds.name.lstrip('/')!r} rows {a}-{b - 1} unreadable ({why}); the shard is corrupt: "
+            f"rerun extract-frames to redo it" for a, b, why in bad]
 
 
 def verify_shard(path: Path, expected: dict | None = None, deep: bool = True) -> list[str]:
@@ -41,13 +65,14 @@ def verify_shard(path: Path, expected: dict | None = None, deep: bool = True) ->
             if (finite != r.landmark_ok).any():
                 out.append(f"{path}: landmarks finite at {int((finite != r.landmark_ok).sum())} rows that "
                            f"landmark_ok does not match")
+        if int(r.attrs["schema_version"]) >= 2:
+            for name in f:
+                if isinstance(f[name], h5py.Dataset) and not f[name].fletcher32:
+                    out.append(f"{path}: dataset {name!r} has no fletcher32 checksum")
         if deep:
-            for i in range(n):
-                try:
-                    f["faces"][i]
-                except OSError as e:
-                    out.append(f"{path}: crop {i} unreadable ({e})")
-                    break
+            for name in f:
+                if isinstance(f[name], h5py.Dataset):
+                    out += _check_chunks(path, f[name])
     for row in r.videos:
         missing = [k for k in VIDEO_KEYS if k not in row]
         if missing:
@@ -74,17 +99,24 @@ def verify_split(split_dir: str | os.PathLike, deep: bool = True) -> list[str]:
         return [str(e)]
     out = []
     listed = {s["file"] for s in index["shards"]}
+    plans = {}
     for s in index["shards"]:
         p = split_dir / s["file"]
         if not p.is_file():
             out.append(f"{p}: listed in index.json but missing")
             continue
-        out += verify_shard(p, s, deep)
+        problems = verify_shard(p, s, deep)
+        out += problems
+        if not problems and (plan := shard_plan(p)) is not None:
+            plans[s["file"]] = plan
+    out += check_index_plan(split_dir, index, plans)
     for p in sorted(split_dir.glob("*.h5")):
         if p.name not in listed:
             out.append(f"{p}: shard not listed in index.json (rerun the stage to rebuild the index)")
     for p in sorted(split_dir.glob("*" + TMP_SUFFIX)):
         out.append(f"{p}: unfinished file left by an interrupted run (rerun the stage to finish it)")
+    if index["n_videos"] == 0:
+        out.append(f"{split_dir / 'index.json'}: the split holds no video (every input failed: see its failures log)")
     if sum(s["n_faces"] for s in index["shards"]) != index["n_faces"]:
         out.append(f"{split_dir / 'index.json'}: n_faces does not equal the sum over shards")
     fails = split_dir / index.get("failures", FAILURES_NAME)

@@ -83,12 +83,38 @@ def image_sequence(folder: str | os.PathLike) -> list[Path]:
 
 
 def _read_image(p: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file; raises ``VideoError`` for an unreadable or truncated one.
+
+    OpenCV decodes a JPEG cut off mid-file without complaint, filling the missing rows with grey, so the
+    end-of-image marker (JPEG ``FF D9``, PNG ``IEND``) is checked first.
+    """
     import cv2
 
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    try:
+        data = Path(p).read_bytes()
+    except OSError as e:
+        raise VideoError(f"{p}: not a readable image ({e.strerror or e})") from e
+    tail = data.rstrip(b"\x00\r\n ")[-12:]
+    suffix = Path(p).suffix.lower()
+    if suffix in (".jpg", ".jpeg") and data.startswith(b"\xff\xd8") and not tail.endswith(b"\xff\xd9"):
+        raise VideoError(f"{p}: truncated JPEG (no end-of-image marker)")
+    if suffix == ".png" and data.startswith(b"\x89PNG") and b"IEND" not in tail:
+        raise VideoError(f"{p}: truncated PNG (no IEND chunk)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if img is None:
         raise VideoError(f"{p}: not a readable image")
     return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def _first_readable_image(frames: list[Path]) -> np.ndarray:
+    """The first image of a sequence that decodes (a bad first frame must not hide the whole folder)."""
+    err = None
+    for p in frames:
+        try:
+            return _read_image(p)
+        except VideoError as e:
+            err = e
+    raise VideoError(f"{Path(frames[0]).parent}: no readable image among {len(frames)} ({err})")
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -103,7 +129,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         frames = image_sequence(path)
         if not frames:
             raise VideoError(f"{path}: folder holds no {'/'.join(IMAGE_SUFFIXES)} images")
-        h, w = _read_image(frames[0]).shape[:2]
+        h, w = _first_readable_image(frames).shape[:2]
         return VideoInfo(path=path, width=w, height=h, fps=0.0, n_frames=len(frames), duration=0.0, rotation=0,
                          codec="images")
     if os.path.getsize(path) == 0:
@@ -175,7 +201,7 @@ def select_expr(indices: Sequence[int], leaf: int = 8) -> str:
 
 
 def iter_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo | None = None,
-                threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                threads: int | None = None, bad_frames: list | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode only frames ``indices`` of ``path``; yields ``(frame_index, frame)`` in increasing order.
 
     ``threads`` caps ffmpeg's decoder threads (1 when each worker process owns one core; None = ffmpeg's
@@ -183,6 +209,9 @@ def iter_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo
 
     frame: (H, W, 3) uint8 RGB, displayed orientation. If the stream ends early (a truncated file), the
     generator stops after the last decodable frame and raises ``VideoError`` saying how many were missing.
+
+    For an image folder, ``bad_frames`` (a list) collects ``(frame_index, image file, reason)`` of images that
+    cannot be read, and only those frames are skipped; without it the first bad image raises ``VideoError``.
     """
     path = str(path)
     info = info or probe(path)
@@ -192,7 +221,14 @@ def iter_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo
     if info.codec == "images":
         files = image_sequence(path)
         for i in idx:
-            yield i, _read_image(files[i])
+            try:
+                frame = _read_image(files[i])
+            except VideoError as e:
+                if bad_frames is None:
+                    raise
+                bad_frames.append((i, str(files[i]), str(e).split(": ", 1)[-1]))
+                continue
+            yield i, frame
         return
     expr = select_expr(idx)
     in_opts = {"threads": threads} if threads else {}

@@ -233,3 +233,37 @@ def test_end_to_end_on_shards_from_the_sample_videos(repo_root, tmp_path):
     assert sorted(int(r["label"]) for r in rows) == [0, 0, 1, 1]
     assert all(0.0 <= float(r["score"]) <= 1.0 and int(r["n_frames"]) >= 1 for r in rows)
     assert 0.0 <= res["video"]["auc"] <= 1.0
+
+
+def test_corrupt_shard_and_wrong_architecture_are_one_line(setup, tmp_path):
+    import shutil
+
+    from tests.shard_faults import flip_chunk_bytes
+
+    root, ckpt = setup
+    bad = tmp_path / "root"
+    shutil.copytree(root / "other", bad / "other")
+    for row in range(4 * FACES_PER_VIDEO):
+        flip_chunk_bytes(bad / "other" / "test" / "shard-00000.h5", "faces", row)
+    with pytest.raises(SystemExit) as e:
+        evaluate.cli(["--checkpoint", str(ckpt), "--dataset", "other", "--shards-root", str(bad),
+                      "--out", str(tmp_path / "o"), "--workers", "0"])
+    msg = str(e.value.code)
+    assert msg.startswith("evaluate.py: ") and "shard-00000.h5: dataset 'faces' row" in msg and "\n" not in msg
+    # weights of head_conv=8 under a config that says 16: another architecture
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["model"]["head_conv"] = 16
+    other = tmp_path / "other_arch.pt"
+    save_checkpoint(other, state)
+    with pytest.raises(SystemExit) as e:
+        evaluate.cli(["--checkpoint", str(other), "--dataset", "toy", "--shards-root", str(root),
+                      "--out", str(tmp_path / "p")])
+    msg = str(e.value.code)
+    assert "other_arch.pt: weights do not match" in msg and "differ in shape" in msg and "\n" not in msg
+    from model.predict import main as predict_main
+
+    img = tmp_path / "face.png"
+    import cv2
+
+    cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
+    assert predict_main([str(img), "--checkpoint", str(other)]) == 2

@@ -44,10 +44,10 @@ def test_project_manifest_is_valid(repo_root):
      "a positive integer"),
     ({"kind": "celebdf", "root": "x", "test_list": "l.txt", "crop": {"scale": 0.8}}, "datasets.d.crop.scale",
      "a number >= 1.0"),
-    ({"kind": "celebdf", "root": "x", "test_list": "l.txt", "colour": 1}, "datasets.d", "only keys"),
+    ({"kind": "celebdf", "root": "x", "test_list": "l.txt", "colour": 1}, "datasets.d.colour", "unknown key"),
     ({"kind": "celebdf", "test_list": "l.txt"}, "datasets.d.root", "a path string"),
-    ({"kind": "list", "root": "x", "videos": [{"path": "a.mp4", "label": "fake"}]}, "datasets.d.videos[0]",
-     "label: 0 or 1"),
+    ({"kind": "list", "root": "x", "videos": [{"path": "a.mp4", "label": "fake"}]}, "datasets.d.videos[0].label",
+     "0 (real) or 1 (fake)"),
     ({"kind": "list", "root": "x", "videos": [{"path": "a.mp4", "label": 0}], "segments": {"test": [0.7, 0.2]}},
      "datasets.d.segments.test", "0 <= start < end <= 1"),
 ])
@@ -178,3 +178,31 @@ def test_adhoc_items(tmp_path):
     with pytest.raises(ManifestError, match="no file matches"):
         adhoc_items(str(tmp_path / "*.avi"), 0, 8)
     assert adhoc_items(str(tmp_path / "missing.mp4"), 0, 8)[0].id == "missing"
+
+
+@pytest.mark.parametrize("doc, key, form", [
+    ({"defaults": {"videos_per_shrd": 4}}, "defaults.videos_per_shrd", "did you mean 'videos_per_shard'"),
+    ({"defaults": {"videos_per_shard": True}}, "defaults.videos_per_shard", "a positive integer"),
+    ({"dataset": {}}, ": dataset: unknown key", "did you mean 'datasets'"),
+    ({"defaults": {"frames": {"trian": 4}}}, "defaults.frames.trian", "did you mean 'train'"),
+    ({"defaults": {"crop": {"size": 64, "scael": 1.3}}}, "defaults.crop.scael", "did you mean 'scale'"),
+    ({"d": {"videos_per_shard": False}}, "datasets.d.videos_per_shard", "a positive integer"),
+    ({"d": {"videos": [{"path": "a.mp4", "label": True}]}}, "datasets.d.videos[0].label", "0 (real) or 1"),
+    ({"d": {"videos": [{"path": "a.mp4", "label": 0, "lable": 1}]}}, "datasets.d.videos[0].lable", "unknown key"),
+    ({"d": {"description": 3}}, "datasets.d.description", "a string"),
+    ({"w": {"kind": "wilddeepfake", "layout": {"train": {"real": 5}}}}, "datasets.w.layout.train.real", "a folder"),
+])
+def test_typos_and_wrong_types_at_every_level_name_the_key(tmp_path, doc, key, form):
+    base = {"version": 1, "datasets": {"d": {"kind": "list", "root": "x", "videos": [{"path": "a.mp4", "label": 0}]}}}
+    for k, v in doc.items():
+        if k in ("defaults", "dataset"):
+            base[k] = v
+        else:
+            base["datasets"] = {k: {**({"kind": "list", "root": "x", "videos": [{"path": "a.mp4", "label": 0}]}
+                                       if k == "d" else {"root": "x"}), **v}}
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(base))
+    with pytest.raises(ManifestError) as e:
+        load_manifest(p)
+    msg = str(e.value)
+    assert key in msg and form in msg and "\n" not in msg, msg

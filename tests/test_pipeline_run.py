@@ -314,3 +314,137 @@ def test_on_error_raise_stops_at_first_bad_video(tmp_path, bad_dir):
         run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
                     videos_per_shard=3, workers=0)
     assert not (tmp_path / "o" / "index.json").exists() and not (tmp_path / "o" / "shard-00000.h5").exists()
+
+
+def _held(d):
+    """video id -> shard names holding it, over the split's finished shards."""
+    out = {}
+    for p in sorted(Path(d).glob("shard-*.h5")):
+        for v in ShardReader(p).videos:
+            out.setdefault(v["id"], []).append(p.name)
+    return out
+
+
+def test_rerun_with_a_new_video_puts_it_in_a_new_shard(tmp_path, sample_videos_dir):
+    for k in ("v0", "v1", "v0b"):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"{k}.mp4")
+    d = tmp_path / "out"
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v1.mp4"], frames=2))
+    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    before = {p.name: p.stat().st_mtime_ns for p in d.glob("*.h5")}
+    # the new video sorts between the old ones: shard names by position would shift every later video
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v0b.mp4", "v1.mp4"], frames=2))
+    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v0b": ["shard-00002.h5"]}
+    assert s.skipped == 2 and {p: (d / p).stat().st_mtime_ns for p in before} == before
+    assert verify_split(d) == [] and load_index(d)["shards"][2]["videos"] == ["v0b"]
+    # verify sees one video in two shards
+    shutil.copy(d / "shard-00000.h5", d / "shard-00009.h5")
+    from pipeline.shards import write_index
+
+    write_index(d, "mine", "train", extra={"plan": load_index(d)["plan"]})
+    assert any("'v0' is also in shard-00000.h5" in p for p in verify_split(d))
+
+
+def test_rerun_with_other_settings_or_videos_stops_before_any_work(tmp_path, sample_videos_dir):
+    from pipeline.runner import PipelineError
+
+    for k in ("real", "fake"):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"{k}.mp4")
+    d = tmp_path / "out"
+    real = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["real.mp4"], frames=2)),
+                       "mine", "train")
+    run_extract(real, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir())
+    with pytest.raises(PipelineError, match=r"other settings \(crop_size 128 -> 96\).*--overwrite.*--out"):
+        run_extract(real, d, "mine", "train", ExtractConfig(crop_size=96), videos_per_shard=1, workers=0)
+    more = [type(it)(**{**it.__dict__, "n_frames": 3}) for it in real]
+    with pytest.raises(PipelineError, match=r"frames \[2\] -> \[3\]"):
+        run_extract(more, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    fake = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["fake.mp4"], frames=2)),
+                       "mine", "train")
+    with pytest.raises(PipelineError, match=r"1 videos in the shards are not in this run's input \(e.g. 'real'"):
+        run_extract(fake, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    os.utime(tmp_path / "real.mp4", (1, 1))
+    with pytest.raises(PipelineError, match=r"changed on disk.*'real': mtime"):
+        run_extract(real, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir()) == before  # nothing touched
+    s = run_extract(fake, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0, overwrite=True)
+    assert s.n_videos == 1 and _held(d) == {"fake": ["shard-00000.h5"]} and verify_split(d) == []
+
+
+def test_second_run_into_a_locked_split_is_refused_and_a_stale_lock_taken_over(tmp_path, sample_videos_dir):
+    shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / "clip.mp4")
+    d = tmp_path / "out"
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}  # as on NFS / Lustre: HDF5's own locks are off
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pipeline.lock import split_lock\n"
+                               "with split_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
+                               str(d)], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["extract-frames", "--input", str(tmp_path / "clip.mp4"), "--label", "real", "--out", str(d),
+                "--frames", "2", "--crop-size", "64", "--workers", "0"]
+        r = _run_cli(args, env=env)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f"pid {holder.pid}" in r.stderr and "another run is writing this split" in r.stderr
+        assert not list(d.glob("*.h5*"))
+    finally:
+        holder.kill()  # kill -9: its holder note stays behind, the kernel frees the lock itself
+        holder.wait()
+    r = _run_cli(args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"stale lock of host {os.uname().nodename} pid {holder.pid}" in r.stdout and verify_split(d) == []
+
+
+def test_corrupt_shard_logged_by_landmarks_and_redone_by_extract(tmp_path, sample_videos_dir):
+    from tests.shard_faults import flip_chunk_bytes
+
+    names = []
+    for k in range(3):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
+        names.append(f"v{k}.mp4")
+    items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, names, frames=2)), "mine", "train")
+    d = tmp_path / "out"
+    run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    flip_chunk_bytes(d / "shard-00001.h5", "faces", 1)
+    s = run_landmarks(d, LandmarkConfig(), workers=0)
+    assert s.failed_shards == ["shard-00001.h5"]
+    assert [ShardReader(p).has_landmarks for p in sorted(d.glob("*.h5"))] == [True, False, True]
+    row = [f for f in _failures(d) if "shard-00001.h5" in f["file"]]
+    assert len(row) == 1 and "dataset 'faces' rows 0-1 unreadable" in row[0]["reason"], row
+    before = (d / "shard-00000.h5").stat().st_mtime_ns
+    run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)  # redoes the corrupt shard
+    assert (d / "shard-00000.h5").stat().st_mtime_ns == before and verify_split(d) == []
+    assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v2": ["shard-00002.h5"]}
+
+
+def test_image_folder_bad_and_truncated_jpeg_skip_their_frame_only(tmp_path, sample_videos_dir):
+    import cv2
+
+    from pipeline.manifest import VideoItem
+    from pipeline.video import sample_frames
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    _, frames = sample_frames(sample_videos_dir / "carphone_pristine.mp4", 4)
+    for k, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{k}.jpg"), f[:, :, ::-1])
+    (folder / "1.jpg").write_bytes(b"not a jpeg at all")
+    data = (folder / "2.jpg").read_bytes()
+    (folder / "2.jpg").write_bytes(data[: len(data) * 2 // 3])  # OpenCV would decode it with grey rows
+    item = VideoItem(id="clip", path=str(folder), rel_path="clip", label=0, split="train", dataset="mine", n_frames=4)
+    d = tmp_path / "out"
+    run_extract([item], d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    bad = sorted((Path(f["file"]).name, f["frame_index"], f["reason"]) for f in _failures(d) if f["stage"] == "decode")
+    assert bad == [("1.jpg", 1, "not a readable image"), ("2.jpg", 2, "truncated JPEG (no end-of-image marker)")]
+    assert sorted(ShardReader(d / "shard-00000.h5").frame_index.tolist()) == [0, 3]
+
+
+def test_run_where_every_input_fails_exits_non_zero(tmp_path):
+    out = tmp_path / "out"
+    r = _run_cli(["extract-frames", "--input", str(tmp_path / "nonexist.mp4"), "--label", "real", "--out", str(out),
+                  "--workers", "0"])
+    assert r.returncode == 1 and "none of the 1 videos of this run could be read" in r.stderr, r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
+    v = _run_cli(["verify", str(out)])
+    assert v.returncode == 1 and "holds no video" in v.stderr

@@ -9,6 +9,7 @@ import pytest
 from pipeline.shards import (SCHEMA_VERSION, VIDEO_KEYS, ShardError, ShardReader, ShardWriter, add_landmarks,
                              load_index, shard_paths, write_index, write_shard)
 from pipeline.shards import tmp_path as shard_tmp_path
+from tests.shard_faults import flip_chunk_bytes
 
 
 def _arrays(n=6, s=32, seed=0):
@@ -161,3 +162,33 @@ def test_reader_lazy_and_fork_safe(tmp_path):
     proc.start()
     proc.join(30)
     assert proc.exitcode == 0 and q.get(timeout=5) == int(faces[1].sum())
+
+
+@pytest.mark.parametrize("compression", ["blosc-lz4", "none"])
+def test_verify_finds_flipped_bytes_in_a_crop_chunk(tmp_path, compression):
+    """Every dataset carries fletcher32: 8 flipped bytes in one crop chunk are named by shard, dataset, row."""
+    from pipeline.verify import verify_split
+
+    faces, lms = _arrays(n=6, s=32)
+    d = tmp_path / "split"
+    p = write_shard(d / "shard-00000.h5", faces, landmarks=lms, compression=compression)
+    write_index(d, "toy", "train")
+    assert verify_split(d) == []
+    with h5py.File(p, "r") as f:
+        assert all(f[k].fletcher32 for k in f)
+    flip_chunk_bytes(p, "faces", 4)
+    problems = verify_split(d)
+    assert len(problems) == 1 and "shard-00000.h5" in problems[0] and "'faces' rows 4-4" in problems[0], problems
+
+
+def test_reader_names_file_and_row_of_a_corrupt_crop(tmp_path):
+    faces, lms = _arrays(n=4, s=16)
+    p = write_shard(tmp_path / "shard-00000.h5", faces, landmarks=lms)
+    flip_chunk_bytes(p, "faces", 2)
+    r = ShardReader(p)
+    np.testing.assert_array_equal(r.face(1), faces[1])
+    with pytest.raises(ShardError, match=r"shard-00000.h5: dataset 'faces' row 2 unreadable .*corrupt"):
+        r.face(2)
+    flip_chunk_bytes(p, "video", 0)  # a per-face table: found when the reader opens the shard
+    with pytest.raises(ShardError, match=r"shard-00000.h5: unreadable .*corrupt"):
+        ShardReader(p)

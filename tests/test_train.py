@@ -371,6 +371,40 @@ def test_validation_falls_back_to_sbi_fakes_of_real_videos(shards, tmp_path):
     assert 0.0 <= last["val_auc_video"] <= 1.0
 
 
+def _cli_error(argv) -> str:
+    """The SystemExit message of ``train.py`` (what the user sees on stderr)."""
+    from train import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    return str(e.value.code)
+
+
+def test_data_problems_are_one_line_and_leave_no_run_folder(shards, tmp_path):
+    from tests.shard_faults import flip_chunk_bytes
+
+    base = ["--config", DEMO_CONFIG, *tiny_overrides(shards, tmp_path / "runs"), "train.epochs=1",
+            "train.max_steps_per_epoch=2"]
+    msg = _cli_error([*base, f"data.shards=[{tmp_path / 'nowhere'}]"])
+    assert msg.startswith("train.py: ") and "nowhere: no index.json" in msg and "\n" not in msg
+    no_lm = tmp_path / "nolm" / "train"
+    write_shard(no_lm / "shard-00000.h5", np.zeros((4, CROP, CROP, 3), np.uint8))
+    write_index(no_lm, "toy", "train")
+    msg = _cli_error([*base, f"data.shards=[{no_lm}]"])
+    assert "no real video with landmarks" in msg and "\n" not in msg
+    bad = tmp_path / "bad" / "train"
+    bad.mkdir(parents=True)
+    import shutil
+
+    shutil.copy(shards["train"] / "shard-00000.h5", bad / "shard-00000.h5")
+    write_index(bad, "toy", "train")
+    for row in range(24):
+        flip_chunk_bytes(bad / "shard-00000.h5", "faces", row)
+    msg = _cli_error([*base, f"data.shards=[{bad}]", "train.num_workers=1"])
+    assert "shard-00000.h5: dataset 'faces' row" in msg and "corrupt" in msg and "\n" not in msg, msg
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
 # --------------------------------------------------------------------------- CUDA only
 
 
