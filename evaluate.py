@@ -210,8 +210,8 @@ class PerturbCollate:
         self.name, self.level, self.collate = name, level, collate
 
     def __call__(self, items: list[dict]) -> dict:
-        from model import perturb
-        from model.data import to_tensor
+        from model.eval import perturb
+        from model.data.datasets import to_tensor
 
         for item in items:
             img = tensor_to_uint8(item["image"])
@@ -260,12 +260,12 @@ def run_inference(model, dataset, batch_size: int, device, flip: bool, collate, 
 def compute_metrics(frames: FrameResults, aggregate: str) -> tuple[dict, dict, object]:
     """Video-level metrics (plus frame AUC / AP) overall and per manipulation method.
 
-    Returns (metrics, per_method, videos): videos are the aggregated ``model.metrics.VideoScores``;
+    Returns (metrics, per_method, videos): videos are the aggregated ``model.eval.metrics.VideoScores``;
     per_method maps each fake method to the metrics of the set
     "real videos + that method's fakes" (the FF++ per-manipulation protocol); empty when there is only
     one fake method or no real video.
     """
-    from model import metrics
+    from model.eval import metrics
 
     videos = metrics.aggregate_videos(frames.video_ids, frames.methods, frames.labels, frames.logits, aggregate)
     out = metrics.binary_metrics(videos.label, videos.score)
@@ -330,7 +330,7 @@ def draw_overlays(model, dataset, frames: FrameResults, videos, k: int, device, 
     import torch
 
     from model.predict import score_faces
-    from model.report import OverlayItem, save_overlay_sheet
+    from model.eval.report import OverlayItem, save_overlay_sheet
 
     written = []
     for sheet, picks in pick_overlay_faces(frames, videos, k).items():
@@ -419,8 +419,8 @@ def run_robustness(model, dataset, perturbations: list[str], clean_auc: float, b
 
     Returns ``{"clean": auc, "perturbations": {type: [auc level 1..5]}, "details": {type: [per-level dicts]}}``.
     """
-    from model import perturb
-    from model.data import collate_eval
+    from model.eval import perturb
+    from model.data.datasets import collate_eval
 
     out = {"clean": clean_auc, "perturbations": {}, "details": {}}
     for kind in perturbations:
@@ -443,8 +443,9 @@ def run_robustness(model, dataset, perturbations: list[str], clean_auc: float, b
 def main(args) -> dict:
     import torch
 
-    from model import load_checkpoint, perturb, report
-    from model.data import EvalDataset, collate_eval, resolve_face_scale
+    from model import load_checkpoint
+    from model.eval import perturb, report
+    from model.data.datasets import EvalDataset, collate_eval, resolve_face_scale
     from pipeline.faces import file_sha256
 
     try:  # reject bad names before any work
@@ -543,7 +544,7 @@ def main(args) -> dict:
 
 def build_report(results: dict, robustness: dict, overlay_paths: list[Path], out: Path) -> str:
     """report.md: results table (video level unless marked), per-method breakdown, protocol, robustness."""
-    from model import report
+    from model.eval import report
 
     entries = []
     for name, r in results.items():

@@ -40,13 +40,13 @@ from model.checkpoint import save_checkpoint
 from model.cli_errors import debugging, one_line
 from model.config import (Config, ConfigError, config_from_dict, config_to_dict, config_to_yaml, load_config,
                           save_config)
-from model.data import TrainPairDataset, collate_pairs
-from model.laanet import build_model, set_backbone_frozen
-from model.losses import LAALoss
-from model.sam import SAM, bn_running_stats_frozen
-from model.schedule import WarmupLinearSchedule, backbone_frozen
-from model.train_log import RunLogger, plot_curves
-from model.validation import build_val_loader, validate
+from model.data.datasets import TrainPairDataset, collate_pairs
+from model.net.laanet import build_model, set_backbone_frozen
+from model.train.losses import LAALoss
+from model.train.sam import SAM, bn_running_stats_frozen
+from model.train.schedule import WarmupLinearSchedule, backbone_frozen
+from model.train.log import RunLogger, plot_curves
+from model.eval.validation import build_val_loader, validate
 from pipeline.shards import ShardError
 
 log = logging.getLogger("train")

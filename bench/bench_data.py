@@ -67,9 +67,9 @@ class Baseline:
     def pair(self, i: int):
         import torch
 
-        from model.masks import MASK_KINDS, hull_mask
-        from model.synthesis import affine_about_centre, elastic_warp, flip_face, to_pixels
-        from model.targets import make_targets
+        from model.data.masks import MASK_KINDS, hull_mask
+        from model.data.synthesis import affine_about_centre, elastic_warp, flip_face, to_pixels
+        from model.data.targets import make_targets
 
         rng = self.rng
         row = int(self.ok[i % len(self.ok)])
@@ -135,8 +135,8 @@ def throughput(args) -> None:
     import torch
 
     from model.config import DataConfig
-    from model.data import TrainPairDataset, collate_pairs
-    from model.synthesis import sbi
+    from model.data.datasets import TrainPairDataset, collate_pairs
+    from model.data.synthesis import sbi
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -178,7 +178,7 @@ def throughput(args) -> None:
         for row in base_rows:                                 # the baseline's frames, in its order
             p = sbi(reader.face(row), lms[row], rng)
             stats_ours.append(mask_stats(p.mask, p.ratio))
-        from model.targets import point_sigmas, reference_points
+        from model.data.targets import point_sigmas, reference_points
 
         peaks, sigmas = [], []
         for i in range(min(100, n_items)):
@@ -221,7 +221,7 @@ def throughput(args) -> None:
 
 def donor_table_bench(n: int) -> None:
     """Time build_donor_table on n synthetic faces in videos of 128 frames (FF++ train: 92k frames)."""
-    from model.bi_index import build_donor_table
+    from model.data.bi_index import build_donor_table
 
     rng = np.random.default_rng(0)
     n_videos = max(2, n // 128)
@@ -256,7 +256,7 @@ def skin_fraction(img: np.ndarray, region: np.ndarray, reference: np.ndarray) ->
 
 
 def forehead_report(args) -> None:
-    from model.masks import BROWS, EYE_A, EYE_B, FOREHEAD_RATIO, MASK_KINDS, hull_mask
+    from model.data.masks import BROWS, EYE_A, EYE_B, FOREHEAD_RATIO, MASK_KINDS, hull_mask
 
     size = 384
     faces = example_crops(size, FULL_SETS)
@@ -322,8 +322,8 @@ def fidelity_report(args) -> None:
     import warnings
 
     from model.config import load_config
-    from model.data import TrainPairDataset
-    from model.pair_stats import compare, load_reference, pair_figures
+    from model.data.datasets import TrainPairDataset
+    from model.data.pair_stats import compare, load_reference, pair_figures
 
     cv2.setNumThreads(1)
     cfg = load_config(args.config, args.overrides)

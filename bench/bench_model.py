@@ -29,7 +29,7 @@ import torch
 
 from model import build_model
 from model.config import LossConfig
-from model.losses import LAALoss
+from model.train.losses import LAALoss
 
 # Reference implementation, measured on this kind of machine with 2 threads (seconds).
 REFERENCE_S = {"forward_fp32": 0.249, "train_fp32": 0.975, "train_fp64": 3.26}

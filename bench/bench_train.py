@@ -19,9 +19,9 @@ import time
 import torch
 
 from model.config import load_config
-from model.laanet import build_model, set_backbone_frozen
-from model.losses import LAALoss
-from model.schedule import WarmupLinearSchedule
+from model.net.laanet import build_model, set_backbone_frozen
+from model.train.losses import LAALoss
+from model.train.schedule import WarmupLinearSchedule
 from train import Dist, Trainer, build_optimizer, select_amp, select_device, train_step
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from model.config import load_config
-from model.laanet import build_model
-from model.validation import build_val_loader, validate
+from model.net.laanet import build_model
+from model.eval.validation import build_val_loader, validate
 from pipeline.shards import load_index
 from train import train
 

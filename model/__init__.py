@@ -12,7 +12,7 @@ __all__ = ["build_model", "load_checkpoint"]
 
 def __getattr__(name: str) -> Any:
     if name == "build_model":
-        from model.laanet import build_model
+        from model.net.laanet import build_model
 
         return build_model
     if name == "load_checkpoint":

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from model.config import ModelConfig
-from model.laanet import LAANet, build_model
+from model.net.laanet import LAANet, build_model
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

@@ -138,7 +138,7 @@ class DataConfig:
     paper; the reference kept the epoch-0 draw, a bug: False reproduces it). image_size: network input side
     S (targets are S/4). synthesis: "sbi" (self-blended) or "bi" (blended with a landmark-nearest face of
     another video); their settings are the ``sbi`` and ``bi`` sections, the augmentation ``augment``.
-    target_mode: "reference" or "paper" (see model.targets.make_targets). sigma_rule: "reference" (runs of
+    target_mode: "reference" or "paper" (see model.data.targets.make_targets). sigma_rule: "reference" (runs of
     uint8 B > 128 with the point counted twice, the reference's measured rule) or "exact" (runs of B > 0.5).
     heatmap_centre: "exact" (Gaussian peak on the point; the reference misplaces it one pixel up-left for
     about 45 % of the points, a bug: "reference" reproduces it). run_wrap: let run lengths wrap across rows
@@ -298,7 +298,7 @@ class TrainConfig:
 
 @dataclass
 class ValConfig:
-    """Validation each epoch; video-level AUC selects ``best.pt`` (see model.validation).
+    """Validation each epoch; video-level AUC selects ``best.pt`` (see model.eval.validation).
 
     fakes: what the real validation videos are scored against: "sbi" (default, the reference: SBI
     pseudo-fakes of the val reals, so selection uses real data only), "bi", or "real" (the fake videos of

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from model.backbone import map_efficientnet_keys
+from model.net.backbone import map_efficientnet_keys
 
 # Reference decoder/head prefixes -> ours (first match wins).
 DECODER_PREFIXES = (
@@ -167,7 +167,7 @@ def _sha256(path: Path) -> str:
 def convert_reference(src: str | Path, dst: str | Path, trust_pickle: bool = False) -> Path:
     """Read a reference checkpoint ``src``, write an LAA-Net checkpoint ``dst``; returns ``dst``."""
     from model.checkpoint import save_checkpoint
-    from model.laanet import build_model
+    from model.net.laanet import build_model
 
     src = Path(src)
     if not src.is_file():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import REFERENCE_TEST_SCALE
+from model.data.datasets import REFERENCE_TEST_SCALE
 
 
 def score_faces(model, images, flip: bool = True, want_heatmap: bool = False, amp: bool = False):
@@ -97,8 +97,8 @@ def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate:
     """
     import torch
 
-    from model import metrics
-    from model.data import to_tensor
+    from model.eval import metrics
+    from model.data.datasets import to_tensor
     from pipeline.faces import FaceDetector, crop_face
 
     device = device or next(model.parameters()).device
@@ -142,8 +142,8 @@ def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate:
 def write_overlay(path: Path, crops: np.ndarray, heatmaps: np.ndarray | None, logits: np.ndarray,
                   frame_index: list[int], probability: float, k: int) -> Path:
     """PNG with the ``k`` most fake-looking faces and their predicted heatmaps (or the plain faces)."""
-    from model import metrics
-    from model.report import OverlayItem, save_overlay_sheet
+    from model.eval import metrics
+    from model.eval.report import OverlayItem, save_overlay_sheet
 
     order = np.argsort(-logits)[:k]
     size = crops.shape[1]

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from model.config import AugmentConfig, DataConfig
-from model.data import (EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main,
+from model.data.datasets import (EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main,
                         video_key)
 from pipeline.shards import write_index, write_shard
 from tests.face_fixtures import load_faces
@@ -175,9 +175,9 @@ def test_pair_shortcuts_equal_processing_the_whole_fake():
     fake equals the real outside its mapped box, and photometric_pair (which processes the fake only near
     that box) gives exactly what processing the whole fake gives."""
     from model.config import AugmentConfig
-    from model.augment import (apply_geometry, photometric, photometric_pair, sample_geometry,
+    from model.data.augment import (apply_geometry, photometric, photometric_pair, sample_geometry,
                                warp, warp_box)
-    from model.synthesis import sbi
+    from model.data.synthesis import sbi
 
     faces = load_faces(192)
     cfg = AugmentConfig(rgb_shift_p=0.7, hsv_p=0.7, brightness_contrast_p=0.7, blur_p=0.5, noise_p=0.5,

@@ -48,7 +48,7 @@ def test_two_process_gloo_run_keeps_replicas_identical(tmp_path, repo_root):
     w0 = torch.load(run_dir / "rank0.pt", weights_only=True)
     w1 = torch.load(run_dir / "rank1.pt", weights_only=True)
     start = torch.load(run_dir / "last.pt", weights_only=True)
-    params = {n for n, _ in __import__("model.laanet", fromlist=["build_model"]).build_model(
+    params = {n for n, _ in __import__("model.net.laanet", fromlist=["build_model"]).build_model(
         start["config"]["model"]).named_parameters()}
     for name in params:
         assert torch.equal(w0[name], w1[name]), name

@@ -122,7 +122,7 @@ def test_several_datasets_one_table_and_consistent_scores(setup, tmp_path):
 
 
 def test_perturb_collate_is_independent_of_batching():
-    from model import perturb
+    from model.eval import perturb
 
     def item(i):
         g = torch.Generator().manual_seed(i)
@@ -140,7 +140,7 @@ def test_perturb_collate_is_independent_of_batching():
 
 def test_tensor_to_uint8_inverts_normalisation():
     u8 = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-    from model.data import to_tensor
+    from model.data.datasets import to_tensor
 
     np.testing.assert_array_equal(evaluate.tensor_to_uint8(to_tensor(u8)), u8)
 
@@ -170,7 +170,7 @@ def test_clear_errors_before_any_work(setup, tmp_path):
 
 
 def test_heatmap_overlay_leaves_cold_pixels_and_marks_hot_ones():
-    from model.report import heatmap_overlay
+    from model.eval.report import heatmap_overlay
 
     face = np.full((64, 64, 3), 120, np.uint8)
     hm = np.zeros((16, 16), np.float32)

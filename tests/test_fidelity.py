@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.augment import sample_geometry
+from model.data.augment import sample_geometry
 from model.config import load_config
 from model.config import AugmentConfig, DataConfig, ModelConfig, SBIConfig
-from model.data import (REFERENCE_TEST_SCALE, EvalDataset, TrainPairDataset, eval_view,
+from model.data.datasets import (REFERENCE_TEST_SCALE, EvalDataset, TrainPairDataset, eval_view,
                         resolve_face_scale, training_face_scales)
-from model.laanet import build_model
-from model.pair_stats import compare, load_reference, pair_figures
-from model.synthesis import random_margin, soften_mask
+from model.net.laanet import build_model
+from model.data.pair_stats import compare, load_reference, pair_figures
+from model.data.synthesis import random_margin, soften_mask
 from tests.face_fixtures import FULL_SETS, write_example_split
 
 DRAWS_PER_FACE = 48          # as the reference measurement
@@ -134,7 +134,7 @@ def test_erasing_blacks_images_and_zeroes_targets(example_split):
     cfg, rng = _forced(2)
     geom = sample_geometry(rng, cfg, (0.0, 0.0, 1.0, 1.0))
     assert geom.applied == ("RandomErasing",)
-    from model.augment import apply_geometry
+    from model.data.augment import apply_geometry
 
     img = np.full((64, 64, 3), 200, np.uint8)
     out, m = apply_geometry(img, geom, 64), apply_geometry(np.ones((16, 16), np.float32), geom, 16, is_map=True)
@@ -205,7 +205,7 @@ def test_face_scale_train_vs_test():
 
 
 def test_face_scale_command_prints_both_sides(capsys, tmp_path):
-    from model.data import main
+    from model.data.datasets import main
 
     assert main(["face-scale", "--png", str(tmp_path / "scales.png")]) == 0
     out = capsys.readouterr().out
@@ -214,7 +214,7 @@ def test_face_scale_command_prints_both_sides(capsys, tmp_path):
 
 
 def test_validation_fakes_switch(tmp_path):
-    from model.validation import build_val_loader
+    from model.eval.validation import build_val_loader
     from pipeline.shards import write_index, write_shard
 
     split = write_example_split(tmp_path, 96, frames=2)
@@ -285,7 +285,7 @@ def test_first_blur_shortcut_equals_the_blur_it_replaces():
     """The erosion shortcut keeps the pixels where the float Gaussian blur reaches its maximum, up to float
     rounding of the blur (a window holding values a hair below 1 can still sum to the maximum): at most a
     few pixels per mask, under 1 % of the kept area."""
-    from model.synthesis import _first_blur_core
+    from model.data.synthesis import _first_blur_core
 
     rng = np.random.default_rng(0)
     for _ in range(20):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.config import LossConfig
-from model.losses import LAALoss, classification_loss, consistency_loss, heatmap_focal_loss
+from model.train.losses import LAALoss, classification_loss, consistency_loss, heatmap_focal_loss
 
 LN2 = math.log(2.0)
 

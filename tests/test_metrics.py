@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from model import metrics
+from model.eval import metrics
 
 
 def _fixed_arrays():

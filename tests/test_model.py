@@ -11,10 +11,10 @@ import torch.nn as nn
 
 from model import build_model, load_checkpoint
 from model.checkpoint import save_checkpoint
-from model.efpn import FusionLevel
+from model.net.efpn import FusionLevel
 from model.config import ModelConfig
-from model.laanet import HM_BIAS_INIT, set_backbone_frozen
-from model.losses import LAALoss
+from model.net.laanet import HM_BIAS_INIT, set_backbone_frozen
+from model.train.losses import LAALoss
 
 SMALL = {"backbone": "tf_efficientnet_b0", "input_size": 128}
 

@@ -4,7 +4,7 @@ import zlib
 import numpy as np
 import pytest
 
-from model import perturb
+from model.eval import perturb
 
 
 @pytest.fixture(scope="module")

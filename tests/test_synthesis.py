@@ -4,12 +4,12 @@ import cv2
 import numpy as np
 import pytest
 
-from model.bi_index import build_donor_table, normalise_shapes, shape_distance
-from model.masks import EYE_A, EYE_B, FLIP_INDEX, MASK_KINDS, flip_landmarks, forehead_points, hull_mask
+from model.data.bi_index import build_donor_table, normalise_shapes, shape_distance
+from model.data.masks import EYE_A, EYE_B, FLIP_INDEX, MASK_KINDS, flip_landmarks, forehead_points, hull_mask
 from model.config import BLEND_RATIOS, SBIConfig
-from model.synthesis import (bi, elastic_field, flip_face, piecewise_affine_warp,
+from model.data.synthesis import (bi, elastic_field, flip_face, piecewise_affine_warp,
                              resample_mask, sbi, sbi_fake_for_eval)
-from model.targets import boundary
+from model.data.targets import boundary
 from tests.face_fixtures import load_faces
 
 SIZE = 192

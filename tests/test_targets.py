@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.targets import (boundary, boundary_u8, draw_gaussian, draw_gaussians, gaussian_radius, make_targets,
+from model.data.targets import (boundary, boundary_u8, draw_gaussian, draw_gaussians, gaussian_radius, make_targets,
                            point_sigmas, reference_offset, reference_points, run_lengths)
 
 H = 96

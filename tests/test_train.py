@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from model.config import load_config
-from model.sam import SAM, bn_running_stats_frozen
-from model.schedule import WarmupLinearSchedule, backbone_frozen, warmup_linear_lr
+from model.train.sam import SAM, bn_running_stats_frozen
+from model.train.schedule import WarmupLinearSchedule, backbone_frozen, warmup_linear_lr
 from pipeline.shards import write_index, write_shard
 
 DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml")

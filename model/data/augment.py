@@ -14,7 +14,7 @@ zooms about the top-left corner (a bug: `scale_about: centre` is our default, `c
 Geometry is an axis-aligned map in normalised coordinates ([0, 1]^2, pixel edges) from the synthesis face to
 the output, plus the input window it reads (content outside the window is black): images are cropped and
 resized when that is all it is, warped otherwise, and maps of any resolution get the same map.
-Photometric steps run on uint8 with lookup tables (see model.colour).
+Photometric steps run on uint8 with lookup tables (see model.data.colour).
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from model import colour
+from model.data import colour
 from model.config import AugmentConfig
-from model.synthesis import to_pixels
+from model.data.synthesis import to_pixels
 
 
 def crop_map(box: tuple[float, float, float, float]) -> np.ndarray:

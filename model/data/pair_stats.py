@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.masks import MASK_KINDS
+from model.data.masks import MASK_KINDS
 
-_SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sbi_distribution.json"
-_COPY = Path(__file__).resolve().parents[1] / "tests" / "data" / "reference" / "sbi_distribution.json"
+_SHARED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "sbi_distribution.json"
+_COPY = Path(__file__).resolve().parents[2] / "tests" / "data" / "reference" / "sbi_distribution.json"
 
 
 def load_reference(path: str | Path | None = None) -> dict:

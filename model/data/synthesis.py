@@ -19,9 +19,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from model import colour
+from model.data import colour
 from model.config import BIConfig, SBIConfig
-from model.masks import MASK_KINDS, flip_landmarks, hull_mask
+from model.data.masks import MASK_KINDS, flip_landmarks, hull_mask
 
 
 
@@ -83,7 +83,7 @@ def source_colour_transform(img: np.ndarray, rng: np.random.Generator, cfg: SBIC
                             applied: list[str] | None = None) -> np.ndarray:
     """Step 3 of SBI: RGB shift +-20 (p = cfg.rgb_shift_p), hue/sat/value +-0.3 (cfg.hsv_p),
     brightness/contrast +-0.1 (cfg.brightness_contrast_p), then one of {down-up scale by 2 or 4, sharpen
-    (alpha 0.2..0.5, lightness 0.5..1)}. uint8 (h, w, 3) -> uint8 (h, w, 3); see model.colour for the uint8
+    (alpha 0.2..0.5, lightness 0.5..1)}. uint8 (h, w, 3) -> uint8 (h, w, 3); see model.data.colour for the uint8
     semantics. The names of the steps that fired are appended to `applied`. Down-up scaling samples this
     image's own pixel grid at 1/2 or 1/4 (nearest) and restores it bilinearly.
     """

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model import metrics
+from model.eval import metrics
 
 # Columns of the main table: (key in the metrics dict, header, is a percentage).
 METRIC_COLUMNS = (
@@ -88,7 +88,7 @@ def robustness_table(robustness: dict[str, dict]) -> str:
 
     ``robustness``: ``{test set: {"clean": auc, "perturbations": {name: [auc level1..5]}}}``.
     """
-    from model import perturb
+    from model.eval import perturb
 
     header = ["test set", "perturbation", "clean"] + [f"level {lv}" for lv in perturb.LEVELS] + ["mean"]
     rows = []
@@ -138,7 +138,7 @@ def plot_robustness(robustness: dict[str, dict], path: Path) -> None:
 
     Level 0 is the clean AUC, so every line starts from the same point.
     """
-    from model import perturb
+    from model.eval import perturb
 
     plt = _pyplot()
     n = max(1, len(robustness))

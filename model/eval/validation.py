@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from model.data import EvalDataset, collate_eval, resolve_face_scale
-from model.metrics import aggregate_videos, roc_auc
+from model.data.datasets import EvalDataset, collate_eval, resolve_face_scale
+from model.eval.metrics import aggregate_videos, roc_auc
 from pipeline.shards import ShardReader, shard_paths
 
 

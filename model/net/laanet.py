@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from model.backbone import Backbone
+from model.net.backbone import Backbone
 from model.config import ModelConfig
-from model.efpn import Decoder
+from model.net.efpn import Decoder
 
 # Heads that give one value per image (global average pool + Linear); every other head is dense.
 IMAGE_LEVEL_HEADS = ("cls",)

@@ -1,0 +1,5 @@
+import sys
+
+from model.data.datasets import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation parts: metrics, robustness perturbations, per-epoch validation and the report."""
