@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from model.eval import inference
+from model.eval.inference import FrameResults, score_faces
+
 # Human-readable dataset variants for the protocol; a name not listed is reported as given.
 DATASET_VARIANTS = {
     "ffpp": "FaceForensics++",
@@ -182,23 +185,6 @@ def choose_batch_size(image_size: int, flip: bool, device, requested: int = 0) -
     return int(max(1, min(cap, (free // 4) // per_face)))
 
 
-@dataclass
-class FrameResults:
-    """Per-face outputs of one pass over a test set, all (N,) in dataset order."""
-
-    logits: np.ndarray
-    labels: np.ndarray
-    video_ids: list[str]
-    methods: list[str]
-    frame_index: np.ndarray
-
-
-def _as_list(x) -> list:
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return list(x)
-
-
 class PerturbCollate:
     """Collate that perturbs each face (as uint8 at network resolution) before stacking.
 
@@ -228,32 +214,12 @@ def tensor_to_uint8(image) -> np.ndarray:
 
 def run_inference(model, dataset, batch_size: int, device, flip: bool, collate, workers: int, desc: str,
                   amp: bool = False) -> FrameResults:
-    """Cls logits of every face of ``dataset`` (flip test optional), with a progress bar."""
+    """Cls logits of every face of ``dataset`` with the one scorer (model.eval.inference), with a progress bar."""
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from model.predict import score_faces
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                         pin_memory=device.type == "cuda", persistent_workers=False)
-    logits, labels, vids, methods, frames = [], [], [], [], []
-    with tqdm(total=len(dataset), desc=desc, unit="face", dynamic_ncols=True, file=sys.stderr) as bar:
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            cls, _ = score_faces(model, images, flip=flip, want_heatmap=False, amp=amp)
-            logits.append(cls.float().cpu().numpy())
-            labels += _as_list(batch["label"])
-            vids += _as_list(batch["video_id"])
-            methods += _as_list(batch["method"])
-            frames += _as_list(batch["frame_index"])
-            bar.update(len(images))
-    return FrameResults(
-        logits=np.concatenate(logits) if logits else np.zeros(0),
-        labels=np.asarray(labels, dtype=np.int64),
-        video_ids=[str(v) for v in vids],
-        methods=[str(m) for m in methods],
-        frame_index=np.asarray(frames, dtype=np.int64),
-    )
+    return inference.run_inference(model, loader, device, flip=flip, amp=amp, desc=desc, total=len(dataset))
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -329,7 +295,6 @@ def draw_overlays(model, dataset, frames: FrameResults, videos, k: int, device, 
     """Heatmap overlay sheets for one test set; returns the PNG paths written."""
     import torch
 
-    from model.predict import score_faces
     from model.eval.report import OverlayItem, save_overlay_sheet
 
     written = []

@@ -2,7 +2,7 @@
 
     python -m bench.bench_eval [--seconds 20] [--batch-size 0] [--device cpu]   (from the repository root)
 
-Times ``model.predict.score_faces`` (the forward pass evaluate.py and predict use) on random faces with
+Times ``model.eval.inference.score_faces`` (the forward pass evaluate.py and predict use) on random faces with
 random weights (no checkpoint is needed: the cost does not depend on the weight values). The batch size is
 the one evaluate.py would choose for this device's free memory unless given. The flip test runs every face
 twice, so its baseline is the same model without it, timed in the same process; the expected ratio is
@@ -35,7 +35,7 @@ def faces_per_second(model, batch, flip: bool, seconds: float) -> tuple[float, f
     """
     import torch
 
-    from model.predict import score_faces
+    from model.eval.inference import score_faces
 
     def sync():
         if batch.device.type == "cuda":

@@ -313,6 +313,7 @@ class ValConfig:
     every: int = 1  # epochs between validations; 0 disables validation
     fakes: Literal["sbi", "bi", "real"] = "sbi"
     face_scale: float | Literal["reference", "train-median", "crop"] = "reference"
+    flip: bool = True  # flip test, as evaluation scores (the log says which protocol selected best.pt)
     max_videos: int = 0  # 0 = all; >0 keeps the first N videos (quick demos)
 
 

@@ -9,7 +9,7 @@ reference's test geometry: 1.20x its box) and resized to the network input, the 
 sigmoid of the mean face logit. Frames where no face is found are listed, never guessed. Writes a PNG with
 the predicted artefact heatmap over the most fake-looking faces.
 
-``score_faces`` (the flip-test forward pass) is shared with ``evaluate.py``.
+Faces are scored by ``model.eval.inference.score_faces``, the scorer of evaluate.py and of validation.
 """
 from __future__ import annotations
 
@@ -22,36 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from model.data.datasets import REFERENCE_TEST_SCALE
-
-
-def score_faces(model, images, flip: bool = True, want_heatmap: bool = False, amp: bool = False):
-    """Forward pass for scoring, optionally with the flip test.
-
-    Args:
-        model: LAA-Net in eval mode. images: (B, 3, S, S) float tensor in [-1, 1] on the model's device.
-        flip: also run the horizontally mirrored images and average the logits (for the heatmap, the
-            mirrored prediction is mirrored back first, so both describe the same pixels).
-        want_heatmap: also return the hm logits.
-        amp: bf16 autocast (CUDA only; ignored on CPU).
-    Returns:
-        (cls logits (B,), hm logits (B, 1, S/4, S/4) or None), float32 tensors.
-    """
-    import torch
-
-    use_amp = amp and images.device.type == "cuda"
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-        x = torch.cat([images, images.flip(-1)]) if flip else images
-        out = model(x)
-        cls = out["cls"].float().reshape(len(x), -1)[:, 0]
-        hm = out.get("hm") if want_heatmap else None
-        if hm is not None:
-            hm = hm.float()
-        if flip:
-            b = len(images)
-            cls = (cls[:b] + cls[b:]) / 2
-            if hm is not None:
-                hm = (hm[:b] + hm[b:].flip(-1)) / 2
-    return cls, hm
+from model.eval.inference import score_faces
 
 
 @dataclass

@@ -5,6 +5,7 @@ import torch
 
 from model import build_model, predict
 from model.checkpoint import save_checkpoint
+from model.eval.inference import score_faces
 
 
 def _tiny_model():
@@ -27,16 +28,16 @@ def test_flip_test_averages_logits_of_image_and_mirror():
     with torch.no_grad():
         plain = model(x)
         mirrored = model(x.flip(-1))
-    cls, hm = predict.score_faces(model, x, flip=True, want_heatmap=True)
+    cls, hm = score_faces(model, x, flip=True, want_heatmap=True)
     torch.testing.assert_close(cls, (plain["cls"][:, 0] + mirrored["cls"][:, 0]) / 2, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(hm, (plain["hm"] + mirrored["hm"].flip(-1)) / 2, rtol=1e-5, atol=1e-5)
-    cls_noflip, hm_none = predict.score_faces(model, x, flip=False)
+    cls_noflip, hm_none = score_faces(model, x, flip=False)
     torch.testing.assert_close(cls_noflip, plain["cls"][:, 0], rtol=1e-5, atol=1e-5)
     assert hm_none is None
     # A mirror-symmetric input gives the same logit with and without the flip test.
     sym = torch.cat([x[:, :, :, :32], x[:, :, :, :32].flip(-1)], dim=-1)
-    torch.testing.assert_close(predict.score_faces(model, sym, flip=True)[0],
-                               predict.score_faces(model, sym, flip=False)[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(score_faces(model, sym, flip=True)[0],
+                               score_faces(model, sym, flip=False)[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

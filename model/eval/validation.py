@@ -9,18 +9,17 @@
 - ``real``: the fake videos of the validation shards (e.g. FF++ val's four manipulations), the
   deepfake-specific signal; it needs fake videos in ``val.shards``.
 Faces are shown at ``val.face_scale`` (default the reference's test geometry, as evaluation).
-Scoring follows the evaluation protocol: cls logit per frame, video score = sigmoid(mean frame logit).
+Scoring is evaluation's (model.eval.inference): cls logit per frame, flip test as ``val.flip`` (on, as in
+evaluation), video score = sigmoid(mean frame logit).
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from model.data.datasets import EvalDataset, collate_eval, resolve_face_scale
+from model.eval.inference import run_inference
 from model.eval.metrics import aggregate_videos, roc_auc
 from pipeline.shards import ShardReader, shard_paths
 
@@ -56,7 +55,8 @@ def build_val_loader(cfg) -> tuple[DataLoader | None, str]:
                               synthetic_fakes=cfg.val.fakes, seed=cfg.data.seed, face_scale=face_scale,
                               only_real=True)
         mode = f"{cfg.val.fakes.upper()} pseudo-fakes of the real videos (val.fakes={cfg.val.fakes}) in {where}"
-    mode += f", faces at {face_scale or 'the stored crop'}x the face box"
+    mode += (f", faces at {face_scale or 'the stored crop'}x the face box, flip test "
+             f"{'on' if cfg.val.flip else 'off'} (val.flip)")
     if cfg.val.max_videos > 0:
         dataset = first_videos(dataset, cfg.val.max_videos)
     loader = DataLoader(dataset, batch_size=cfg.val.batch_size, shuffle=False, num_workers=cfg.val.num_workers,
@@ -81,40 +81,23 @@ def first_videos(dataset: EvalDataset, max_videos: int) -> Subset:
     return Subset(dataset, indices)
 
 
-@torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
-             channels_last: bool = False) -> dict[str, float]:
-    """Score every validation frame; returns ``auc_video``, ``auc_frame``, ``n_videos``, ``n_frames`` and,
-    when the model has a heatmap head, ``auc_frame_hm_peak`` (frame score = max heatmap logit).
-
-    The model is left in eval mode; the caller puts it back in train mode.
+             channels_last: bool = False, flip: bool = True) -> dict[str, float]:
+    """Score every validation frame with the evaluation scorer (`model.eval.inference`, flip test as
+    ``val.flip``); returns ``auc_video``, ``auc_frame``, ``n_videos``, ``n_frames`` and, when the model has
+    a heatmap head, ``auc_frame_hm_peak`` (frame score = max heatmap logit; a diagnostic, selection uses
+    the cls head as evaluation does). The model is left in eval mode; the caller puts it back in train mode.
     """
-    model.eval()
-    logits, hm_peak, labels, vids, methods = [], [], [], [], []
-    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    for batch in loader:
-        x = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with ctx:
-            out = model(x)
-        logits.append(out["cls"].float().flatten().cpu().numpy())
-        if "hm" in out:
-            hm_peak.append(out["hm"].float().flatten(1).amax(dim=1).cpu().numpy())
-        labels.append(np.asarray(batch["label"]).reshape(-1))
-        vids.extend(batch["video_id"])
-        methods.extend(batch["method"])
-    frame_logits = np.concatenate(logits)
-    frame_labels = np.concatenate(labels).astype(np.int64)
-    videos = aggregate_videos(vids, methods, frame_labels, frame_logits)
+    has_hm = "hm" in getattr(model, "heads", {})
+    frames = run_inference(model, loader, device, flip=flip, amp=amp_dtype, channels_last=channels_last,
+                           hm_peak=has_hm)
+    videos = aggregate_videos(frames.video_ids, frames.methods, frames.labels, frames.logits)
     out = {
         "auc_video": roc_auc(videos.label, videos.score),
-        "auc_frame": roc_auc(frame_labels, frame_logits),
+        "auc_frame": roc_auc(frames.labels, frames.logits),
         "n_videos": float(len(videos.label)),
-        "n_frames": float(len(frame_logits)),
+        "n_frames": float(len(frames.logits)),
     }
-    if hm_peak:
-        # Diagnostic only (model selection uses the cls head, as the evaluation protocol scores with it):
-        # does the heatmap branch's strongest response separate fakes from reals?
-        out["auc_frame_hm_peak"] = roc_auc(frame_labels, np.concatenate(hm_peak))
+    if len(frames.hm_peak):
+        out["auc_frame_hm_peak"] = roc_auc(frames.labels, frames.hm_peak)
     return out

@@ -1,0 +1,45 @@
+"""One scorer: validation (which selects best.pt), evaluate.py and model.predict score a face the same way."""
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import evaluate
+from model import build_model, predict
+from model.config import load_config
+from model.data.datasets import EvalDataset, collate_eval
+from model.eval import inference, validation
+from tests.test_train import SIZE, write_split
+
+
+def test_validation_evaluation_and_predict_give_the_same_scores(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model({"backbone": "test_efficientnet", "input_size": SIZE, "head_conv": 8}).eval()
+    split = write_split(tmp_path / "toy" / "val", n_videos=2, frames=3, seed=1, fake_videos=2)
+    dataset = EvalDataset([str(split)], SIZE)
+    device = torch.device("cpu")
+
+    direct = inference.run_inference(model, DataLoader(dataset, batch_size=4, collate_fn=collate_eval), device)
+    evaluated = evaluate.run_inference(model, dataset, 3, device, True, collate_eval, 0, "test")
+    np.testing.assert_allclose(evaluated.logits, direct.logits, rtol=1e-5, atol=1e-6)
+
+    seen = []
+    real_run = inference.run_inference
+
+    def recording(*args, **kw):
+        seen.append(real_run(*args, **kw))
+        return seen[-1]
+
+    monkeypatch.setattr(validation, "run_inference", recording)
+    cfg = load_config(None, [f"val.shards=[{split}]", "val.fakes=real", "val.num_workers=0",
+                             f"data.image_size={SIZE}", f"model.input_size={SIZE}", "val.frames_per_video=100"])
+    loader, mode = validation.build_val_loader(cfg)
+    assert "flip test on" in mode
+    validation.validate(model, loader, device, flip=cfg.val.flip)
+    np.testing.assert_allclose(seen[0].logits, direct.logits, rtol=1e-5, atol=1e-6)
+
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    cls, _ = predict.score_faces(model, images, flip=True)
+    np.testing.assert_allclose(cls.numpy(), direct.logits, rtol=1e-5, atol=1e-6)
+    assert predict.score_faces is inference.score_faces
+    cls_noflip, _ = inference.score_faces(model, images, flip=False)
+    assert not np.allclose(cls_noflip.numpy(), direct.logits)      # the flip test is really on
