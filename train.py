@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -36,7 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import (restore_training_state, rng_state, save_checkpoint, set_rng_state,
+                              training_state)
 from model.cli_errors import debugging, one_line
 from model.config import (Config, ConfigError, config_from_dict, config_to_dict, config_to_yaml, load_config,
                           save_config)
@@ -224,16 +224,6 @@ def setup_logging(run_dir: Path, dist: Dist) -> None:
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
-
-
-def code_version() -> str:
-    """``git describe`` of the working tree, recorded in checkpoints ("unknown" outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # --------------------------------------------------------------------------- data
@@ -491,29 +481,6 @@ def check_replicas(t: Trainer) -> float:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def rng_state() -> dict:
-    """Python, NumPy, torch (and CUDA) RNG states as tensors and plain lists, so checkpoints stay
-    loadable with ``torch.load(weights_only=True)``."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(mt), gauss], "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
-                                                             int(pos), int(has_gauss), float(cached)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def gather_rng_states(dist: Dist) -> list[dict]:
     """Every rank's RNG states (collective under DDP), so a resumed DDP run restores each rank's own."""
     if not dist.enabled:
@@ -524,38 +491,21 @@ def gather_rng_states(dist: Dist) -> list[dict]:
 
 
 def checkpoint_state(t: Trainer, val: dict | None, rng: list[dict]) -> dict:
-    return {
-        "model": t.model.state_dict(),
-        "optimizer": t.base_opt.state_dict(),
-        "schedule": t.schedule.state_dict(),
-        "scaler": t.scaler.state_dict(),
-        "epoch": t.epoch + 1,  # epochs completed
-        "step": t.step,
-        "best_auc": t.best_auc,
-        "val": val,
-        "history": t.history,
-        "rng": rng,  # one entry per rank
-        "config": config_to_dict(t.cfg),
-        "code_version": code_version(),
-        "world_size": t.dist.world_size,
-    }
+    return training_state(model=t.model, optimizer=t.base_opt, schedule=t.schedule, scaler=t.scaler,
+                          epochs_done=t.epoch + 1, step=t.step, best_auc=t.best_auc, val=val, history=t.history,
+                          rng=rng, config=config_to_dict(t.cfg), world_size=t.dist.world_size)
 
 
 def restore_state(t: Trainer, state: dict) -> None:
     """Load a ``last.pt`` state into the trainer so the next epoch is ``state["epoch"]``."""
-    t.model.load_state_dict(state["model"])
-    t.base_opt.load_state_dict(state["optimizer"])
-    t.schedule.load_state_dict(state["schedule"])
-    t.scaler.load_state_dict(state["scaler"])
-    t.epoch = int(state["epoch"])
-    t.step = int(state["step"])
-    t.best_auc = float(state["best_auc"])
-    t.history = list(state.get("history", []))
-    if len(state["rng"]) != t.dist.world_size:
-        log.warning(f"resuming a {len(state['rng'])}-process run with {t.dist.world_size} processes: "
+    counters = restore_training_state(state, model=t.model, optimizer=t.base_opt, schedule=t.schedule,
+                                      scaler=t.scaler)
+    t.epoch, t.step, t.best_auc, t.history = (counters[k] for k in ("epoch", "step", "best_auc", "history"))
+    if len(counters["rng"]) != t.dist.world_size:
+        log.warning(f"resuming a {len(counters['rng'])}-process run with {t.dist.world_size} processes: "
                     "the data order and RNG streams differ from what the original run would have done")
     else:
-        set_rng_state(state["rng"][t.dist.rank])
+        set_rng_state(counters["rng"][t.dist.rank])
 
 
 # --------------------------------------------------------------------------- the run

@@ -1,18 +1,29 @@
-"""Checkpoints: atomic save, and loading that rebuilds the network from the checkpoint alone.
+"""Checkpoints, the whole layout: atomic save, the training state, and loading that rebuilds the network
+from the checkpoint alone.
 
 A checkpoint is a dict with at least
     model   the network's state_dict
     config  the full resolved config as plain Python (config["model"] = ModelConfig fields)
-    epoch, step
-and whatever the trainer adds (optimizer, scheduler, scaler, code version...). Only tensors and plain
-Python containers/scalars may be stored: files are read with ``torch.load(weights_only=True)``.
+and, for a training checkpoint (`training_state`, read back by `restore_training_state`):
+    optimizer, schedule, scaler   their state_dicts
+    epoch       epochs completed (the next epoch to run)
+    step        optimiser steps done
+    best_auc, val, history        model selection so far
+    rng         one entry per rank: Python, NumPy, torch (and CUDA) RNG states (`rng_state`)
+    code_version                  `git describe` of the code that wrote it
+    world_size
+Converted reference checkpoints (model.convert) hold model, config and their provenance. Only tensors and
+plain Python containers/scalars are stored: files are read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
 import os
+import random
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model.config import ModelConfig
@@ -34,6 +45,71 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def code_version() -> str:
+    """``git describe`` of the working tree, recorded in checkpoints ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch (and CUDA) RNG states as tensors and plain lists, so checkpoints stay
+    loadable with ``torch.load(weights_only=True)``."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss], "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
+                                                             int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` recorded."""
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(*, model, optimizer, schedule, scaler, epochs_done: int, step: int, best_auc: float,
+                   val: dict | None, history: list, rng: list[dict], config: dict, world_size: int) -> dict:
+    """The dict a training checkpoint holds (see the module docstring)."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": int(epochs_done),
+        "step": int(step),
+        "best_auc": float(best_auc),
+        "val": val,
+        "history": history,
+        "rng": rng,
+        "config": config,
+        "code_version": code_version(),
+        "world_size": int(world_size),
+    }
+
+
+def restore_training_state(state: dict, *, model, optimizer, schedule, scaler) -> dict:
+    """Load a `training_state` dict into the given objects; returns the loop's counters
+    {"epoch", "step", "best_auc", "history", "rng"} (rng: one entry per rank of the writing run)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    scaler.load_state_dict(state["scaler"])
+    return {"epoch": int(state["epoch"]), "step": int(state["step"]), "best_auc": float(state["best_auc"]),
+            "history": list(state.get("history", [])), "rng": list(state["rng"])}
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
