@@ -185,7 +185,7 @@ def test_second_pass_does_not_touch_bn_running_statistics():
 
 
 def test_split_pairs_keeps_whole_pairs():
-    from train import split_pairs
+    from model.train.engine import split_pairs
 
     batch = {"label": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1.0]), "image": torch.arange(8.0),
              "video_id": list("abcdABCD")}
@@ -195,7 +195,7 @@ def test_split_pairs_keeps_whole_pairs():
 
 
 def fixed_batch_trainer(shards, tmp_path, *extra):
-    from train import build_trainer
+    from model.train.engine import build_trainer
 
     cfg = load_config(None, tiny_overrides(shards, tmp_path, "train.freeze_backbone_epochs=0",
                                            "train.epochs=100", "optim.lr_start=1e-3", "optim.lr_peak=1e-3",
@@ -207,7 +207,7 @@ def fixed_batch_trainer(shards, tmp_path, *extra):
 
 
 def batch_loss(t, batch) -> float:
-    from train import forward_loss, to_device
+    from model.train.engine import forward_loss, to_device
 
     t.net = t.net or t.model
     with torch.no_grad():
@@ -216,7 +216,7 @@ def batch_loss(t, batch) -> float:
 
 
 def test_one_step_on_a_fixed_batch_lowers_the_loss(shards, tmp_path):
-    from train import apply_freeze, train_step
+    from model.train.engine import apply_freeze, train_step
 
     t, batch = fixed_batch_trainer(shards, tmp_path)
     apply_freeze(t, 0)
@@ -232,7 +232,7 @@ def test_one_step_on_a_fixed_batch_lowers_the_loss(shards, tmp_path):
                                    ["train.channels_last=true", "optim.grad_clip=1.0"]],
                          ids=["accumulate", "bf16", "no-sam", "channels-last-clip"])
 def test_step_variants_update_the_weights(shards, tmp_path, extra):
-    from train import apply_freeze, train_step
+    from model.train.engine import apply_freeze, train_step
 
     t, batch = fixed_batch_trainer(shards, tmp_path, *extra)
     apply_freeze(t, 0)
@@ -243,7 +243,7 @@ def test_step_variants_update_the_weights(shards, tmp_path, extra):
 
 
 def test_forty_steps_overfit_a_tiny_batch(shards, tmp_path):
-    from train import apply_freeze, train_step
+    from model.train.engine import apply_freeze, train_step
 
     # The optimiser's check: plain focal loss, unaugmented pairs (black erased boxes and crop padding and the
     # 0.72 positive factor slow the fit of this tiny batch: 30 steps reach 0.50x of the first loss, 40 below).
@@ -257,7 +257,7 @@ def test_forty_steps_overfit_a_tiny_batch(shards, tmp_path):
 
 
 def test_non_finite_loss_stops_with_batch_ids_and_terms(shards, tmp_path):
-    from train import NonFiniteLossError, apply_freeze, train_step
+    from model.train.engine import NonFiniteLossError, apply_freeze, train_step
 
     t, batch = fixed_batch_trainer(shards, tmp_path)
     apply_freeze(t, 0)
@@ -274,7 +274,7 @@ def test_backbone_frozen_then_trained_at_the_configured_epoch(shards, tmp_path, 
     """Backbone weights are frozen for the first epochs. Its BN running statistics stay fixed too only with
     train.freeze_bn; by default (the reference) the frozen backbone keeps normalising with batch statistics
     and updating its running statistics."""
-    from train import build_trainer, train_one_epoch
+    from model.train.engine import build_trainer, train_one_epoch
 
     cfg = load_config(None, tiny_overrides(shards, tmp_path, "train.epochs=3", "train.freeze_backbone_epochs=2",
                                            "train.max_steps_per_epoch=1", f"train.freeze_bn={str(freeze_bn).lower()}"))
@@ -344,7 +344,7 @@ def test_cli_run_validates_checkpoints_and_resumes_exactly(shards, tmp_path):
 def test_sam_second_pass_updates_bn_statistics_only_when_asked(shards, tmp_path):
     """optim.sam_bn_update (default, the reference) updates BN running statistics in both SAM passes; off,
     only the first pass does. The weight update itself does not depend on it (same gradients)."""
-    from train import apply_freeze, train_step
+    from model.train.engine import apply_freeze, train_step
 
     counts, weights = {}, {}
     for flag in (True, False):
@@ -413,7 +413,7 @@ def test_data_problems_are_one_line_and_leave_no_run_folder(shards, tmp_path):
 def test_cuda_mixed_precision_step_with_sam(shards, tmp_path, amp):
     """One SAM step on CUDA under bf16 autocast, or fp16 with the GradScaler: finite, weights move, and
     the weights are not left perturbed."""
-    from train import apply_freeze, train_step
+    from model.train.engine import apply_freeze, train_step
 
     t, batch = fixed_batch_trainer(shards, tmp_path, "train.device=cuda", f"train.amp={amp}")
     apply_freeze(t, 0)

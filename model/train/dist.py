@@ -1,0 +1,95 @@
+"""Processes and devices for training: the torchrun process group, device and mixed-precision choice,
+seeding, and every rank's RNG states for checkpoints."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.checkpoint import rng_state
+from model.config import ConfigError
+
+
+@dataclass
+class Dist:
+    """Process-group facts; world_size 1 and rank 0 when not launched by torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(rank=rank, world_size=world, local_rank=local)
+
+
+def teardown_distributed(dist: Dist) -> None:
+    if dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def select_device(name: str, dist: Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.enabled:
+        name = f"cuda:{dist.local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available")
+    return torch.device(name)
+
+
+def select_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler). auto: bf16 where supported, else fp16 + scaler, CPU off."""
+    if mode == "auto":
+        if device.type != "cuda":
+            return None, False
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "off":
+        return None, False
+    if mode == "bf16":
+        return torch.bfloat16, False
+    if device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs a CUDA device (use bf16 or off on CPU)")
+    return torch.float16, True
+
+
+def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch (per rank, so dropout differs across ranks like independent workers)."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def gather_rng_states(dist: Dist) -> list[dict]:
+    """Every rank's RNG states (collective under DDP), so a resumed DDP run restores each rank's own."""
+    if not dist.enabled:
+        return [rng_state()]
+    states: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
