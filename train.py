@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -56,16 +57,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> Path:
     """Resolve the config and run folder, then train. Returns the run folder."""
     if args.config is None and args.resume is None:
-        raise SystemExit("train.py: give --config CONFIG.yaml or --resume RUN_DIR")
+        raise ConfigError("give --config CONFIG.yaml or --resume RUN_DIR")
     if args.config is not None and args.resume is not None:
-        raise SystemExit("train.py: --resume uses the run's stored config; give overrides instead of --config")
+        raise ConfigError("--resume uses the run's stored config; give overrides instead of --config")
     dist = setup_distributed()
     try:
         resume_state = None
         if args.resume is not None:
             ckpt_path = args.resume / "last.pt"
             if not ckpt_path.is_file():
-                raise SystemExit(f"train.py: {ckpt_path}: no last.pt to resume from")
+                raise ConfigError(f"{ckpt_path}: no last.pt to resume from")
             resume_state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             cfg = config_from_dict(resume_state["config"], args.overrides)
             run_dir = args.resume
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> Path:
             cfg = load_config(args.config, args.overrides)
             run_dir = make_run_dir(cfg, args.config, dist)
             if (run_dir / "last.pt").exists():
-                raise SystemExit(f"train.py: {run_dir} already holds a run (last.pt); continue it with "
+                raise ConfigError(f"{run_dir} already holds a run (last.pt); continue it with "
                                  f"--resume {run_dir} or choose another train.run_name")
         fresh = not run_dir.exists()
         try:
@@ -90,8 +91,6 @@ def main(args: argparse.Namespace) -> Path:
 
 def remove_run_dir(run_dir: Path) -> None:
     """Delete a run folder this invocation created (closing train.log first)."""
-    import shutil
-
     for h in list(log.handlers):
         h.close()
         log.removeHandler(h)

@@ -56,7 +56,7 @@ def faces_per_second(model, batch, flip: bool, seconds: float) -> tuple[float, f
 def main(args) -> None:
     import torch
 
-    from evaluate import choose_batch_size
+    from model.eval.inference import choose_batch_size
     from model import build_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

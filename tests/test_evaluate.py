@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import evaluate
+from model.data.datasets import tensor_to_uint8
+from model.eval import protocol, robustness
 from model import build_model
 from model.checkpoint import save_checkpoint
 from pipeline.shards import write_index, write_shard
@@ -129,42 +131,42 @@ def test_perturb_collate_is_independent_of_batching():
         return {"image": torch.rand(3, 32, 32, generator=g) * 2 - 1, "video_id": f"v{i}", "frame_index": i}
 
     stack = lambda items: torch.stack([it["image"] for it in items])  # noqa: E731
-    collate = evaluate.PerturbCollate("noise", 3, stack)
+    collate = robustness.PerturbCollate("noise", 3, stack)
     together = collate([item(0), item(1), item(2)])
     apart = torch.cat([collate([item(0)]), collate([item(1), item(2)])])
     torch.testing.assert_close(together, apart)
-    img = evaluate.tensor_to_uint8(item(1)["image"])
+    img = tensor_to_uint8(item(1)["image"])
     expected = perturb.apply(img, "noise", 3, seed=perturb.perturbation_seed("v1:1", "noise", 3))
-    np.testing.assert_array_equal(evaluate.tensor_to_uint8(together[1]), expected)
+    np.testing.assert_array_equal(tensor_to_uint8(together[1]), expected)
 
 
 def test_tensor_to_uint8_inverts_normalisation():
     u8 = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
     from model.data.datasets import to_tensor
 
-    np.testing.assert_array_equal(evaluate.tensor_to_uint8(to_tensor(u8)), u8)
+    np.testing.assert_array_equal(tensor_to_uint8(to_tensor(u8)), u8)
 
 
 def test_infer_compression():
-    assert evaluate.infer_compression(["a/c23/x.mp4", "b/c23/y.mp4"]) == "c23"
-    assert evaluate.infer_compression(["a/c23/x.mp4", "b/c40/y.mp4"]).startswith("mixed")
-    assert evaluate.infer_compression(["celeb/id0_0001.mp4"]).startswith("unknown")
+    assert protocol.infer_compression(["a/c23/x.mp4", "b/c23/y.mp4"]) == "c23"
+    assert protocol.infer_compression(["a/c23/x.mp4", "b/c40/y.mp4"]).startswith("mixed")
+    assert protocol.infer_compression(["celeb/id0_0001.mp4"]).startswith("unknown")
 
 
 def test_clear_errors_before_any_work(setup, tmp_path):
     root, ckpt = setup
-    with pytest.raises(SystemExit, match="rain"):
+    with pytest.raises(ValueError, match="rain"):
         evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "toy", "--shards-root", str(root),
                             "--perturb", "rain", "--out", str(tmp_path / "x")))
-    with pytest.raises(SystemExit, match="index.json"):
+    with pytest.raises(ValueError, match="index.json"):
         evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "missing", "--shards-root", str(root),
                             "--out", str(tmp_path / "y")))
-    with pytest.raises(SystemExit, match="checkpoint not found"):
+    with pytest.raises(ValueError, match="checkpoint not found"):
         evaluate.main(_args("--checkpoint", str(tmp_path / "nope.pt"), "--dataset", "toy", "--shards-root",
                             str(root), "--out", str(tmp_path / "z")))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(SystemExit, match="corrupt.pt"):
+    with pytest.raises(ValueError, match="corrupt.pt"):
         evaluate.main(_args("--checkpoint", str(corrupt), "--dataset", "toy", "--shards-root", str(root),
                             "--out", str(tmp_path / "w")))
 

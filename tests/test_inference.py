@@ -3,7 +3,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-import evaluate
 from model import build_model, predict
 from model.config import load_config
 from model.data.datasets import EvalDataset, collate_eval
@@ -19,7 +18,7 @@ def test_validation_evaluation_and_predict_give_the_same_scores(tmp_path, monkey
     device = torch.device("cpu")
 
     direct = inference.run_inference(model, DataLoader(dataset, batch_size=4, collate_fn=collate_eval), device)
-    evaluated = evaluate.run_inference(model, dataset, 3, device, True, collate_eval, 0, "test")
+    evaluated = inference.run_dataset(model, dataset, 3, device, True, collate_eval, 0, "test")
     np.testing.assert_allclose(evaluated.logits, direct.logits, rtol=1e-5, atol=1e-6)
 
     seen = []

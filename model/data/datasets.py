@@ -516,3 +516,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def tensor_to_uint8(image) -> np.ndarray:
+    """(3, S, S) float tensor in [-1, 1] -> (S, S, 3) uint8 RGB (exact inverse of ``model.data.to_tensor``)."""
+    arr = (image.detach().float().cpu().numpy().transpose(1, 2, 0) + 1.0) * 127.5
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)

@@ -25,9 +25,13 @@ Metric names as reported:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn import metrics as skm
+
+if TYPE_CHECKING:
+    from model.eval.inference import FrameResults
 
 AGGREGATIONS = ("logit-mean", "prob-mean")
 
@@ -209,3 +213,35 @@ def aggregate_videos(video_ids, methods, labels, frame_logits, mode: str = "logi
         score=score,
         n_frames=counts,
     )
+
+
+def compute_metrics(frames: FrameResults, aggregate: str) -> tuple[dict, dict, object]:
+    """Video-level metrics (plus frame AUC / AP) overall and per manipulation method.
+
+    Returns (metrics, per_method, videos): videos are the aggregated ``model.eval.metrics.VideoScores``;
+    per_method maps each fake method to the metrics of the set
+    "real videos + that method's fakes" (the FF++ per-manipulation protocol); empty when there is only
+    one fake method or no real video.
+    """
+    videos = aggregate_videos(frames.video_ids, frames.methods, frames.labels, frames.logits, aggregate)
+    out = binary_metrics(videos.label, videos.score)
+    frame_probs = sigmoid(frames.logits)
+    out["frame_auc"] = roc_auc(frames.labels, frame_probs)
+    out["frame_ap"] = average_precision(frames.labels, frame_probs)
+    out["n_faces"] = int(len(frames.logits))
+    out["n_videos"] = int(len(videos.label))
+    per_method = {}
+    fake_methods = sorted({m for m, lab in zip(videos.method, videos.label) if lab == 1})
+    has_real = bool((videos.label == 0).any())
+    if len(fake_methods) > 1 and has_real:
+        vmethod = np.asarray(videos.method)
+        fmethod = np.asarray(frames.methods)
+        for m in fake_methods:
+            vsel = (videos.label == 0) | (vmethod == m)
+            fsel = (frames.labels == 0) | (fmethod == m)
+            pm = binary_metrics(videos.label[vsel], videos.score[vsel])
+            pm["frame_auc"] = roc_auc(frames.labels[fsel], frame_probs[fsel])
+            pm["frame_ap"] = average_precision(frames.labels[fsel], frame_probs[fsel])
+            pm["n_videos"] = int(vsel.sum())
+            per_method[m] = pm
+    return out, per_method, videos

@@ -5,6 +5,7 @@ text or PNG files. Matplotlib runs on the non-interactive Agg backend (no displa
 """
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model.data.datasets import tensor_to_uint8
 from model.eval import metrics
+from model.eval.inference import FrameResults, score_faces
 
 # Columns of the main table: (key in the metrics dict, header, is a percentage).
 METRIC_COLUMNS = (
@@ -201,3 +204,123 @@ def save_overlay_sheet(items: list[OverlayItem], path: Path, title: str, columns
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pick_overlay_faces(frames: FrameResults, videos, k: int) -> dict[str, list[tuple[int, str]]]:
+    """Dataset indices of faces to draw: ``{sheet: [(face index, caption), ...]}``.
+
+    confident_fakes: the k fake videos with the highest score, each through its most fake-looking face;
+    confident_reals: the k real videos with the lowest score, each through its most real-looking face;
+    worst_mistakes: the k videos with the largest |label - score|, each through its most wrong face.
+    """
+    key_to_faces: dict[tuple[str, str], list[int]] = {}
+    for i, key in enumerate(zip(frames.methods, frames.video_ids)):
+        key_to_faces.setdefault(key, []).append(i)
+    sheets: dict[str, list[tuple[int, str]]] = {"confident_fakes": [], "confident_reals": [], "worst_mistakes": []}
+    order = {
+        "confident_fakes": [v for v in np.argsort(-videos.score) if videos.label[v] == 1],
+        "confident_reals": [v for v in np.argsort(videos.score) if videos.label[v] == 0],
+        "worst_mistakes": [v for v in np.argsort(-np.abs(videos.label - videos.score))
+                           if (videos.score[v] >= 0.5) != (videos.label[v] == 1)],
+    }
+    for sheet, vids in order.items():
+        for v in vids[:k]:
+            faces = key_to_faces[(videos.method[v], videos.video_id[v])]
+            logits = frames.logits[faces]
+            # Most fake-looking face for a fake (or a real called fake), most real-looking otherwise.
+            towards_fake = (sheet == "confident_fakes") or (sheet == "worst_mistakes" and videos.label[v] == 0)
+            face = faces[int(np.argmax(logits) if towards_fake else np.argmin(logits))]
+            name = videos.video_id[v].split("/", 1)[-1]  # drop the dataset prefix
+            name = name if len(name) <= 30 else "..." + name[-27:]
+            caption = (f"{name} f{frames.frame_index[face]}\n"
+                       f"label {'fake' if videos.label[v] else 'real'}, video p={videos.score[v]:.3f}")
+            sheets[sheet].append((face, caption))
+    return sheets
+
+
+def draw_overlays(model, dataset, frames: FrameResults, videos, k: int, device, flip: bool, out_dir: Path,
+                  prefix: str, amp: bool = False) -> list[Path]:
+    """Heatmap overlay sheets for one test set; returns the PNG paths written."""
+    import torch
+
+    from model.eval.report import OverlayItem, save_overlay_sheet
+
+    written = []
+    for sheet, picks in pick_overlay_faces(frames, videos, k).items():
+        if not picks:
+            continue
+        items = [dataset[i] for i, _ in picks]
+        images = torch.stack([it["image"] for it in items]).to(device)
+        _, hm = score_faces(model, images, flip=flip, want_heatmap=True, amp=amp)
+        probs = torch.sigmoid(hm.float())[:, 0].cpu().numpy()
+        panels = [OverlayItem(tensor_to_uint8(it["image"]), p, cap) for it, p, (_, cap) in zip(items, probs, picks)]
+        path = out_dir / f"{prefix}_{sheet}.png"
+        save_overlay_sheet(panels, path, f"{prefix}: {sheet.replace('_', ' ')} (predicted heatmap over the face)")
+        written.append(path)
+    return written
+
+
+def write_scores(path: Path, per_set: dict[str, tuple]) -> None:
+    """scores.csv: one row per video (test set, video id, label, method, score = fake probability, n_frames)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["test_set", "video_id", "label", "method", "score", "n_frames"])
+        for name, (_, videos) in per_set.items():
+            for vid, lab, m, s, n in zip(videos.video_id, videos.label, videos.method, videos.score, videos.n_frames):
+                w.writerow([name, vid, int(lab), m, f"{s:.6f}", int(n)])
+
+
+def write_frame_scores(path: Path, per_set: dict[str, tuple]) -> None:
+    """frame_scores.csv: one row per face (test set, video id, method, frame index, label, cls logit)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["test_set", "video_id", "method", "frame_index", "label", "logit"])
+        for name, (frames, _) in per_set.items():
+            for vid, m, fi, lab, lg in zip(frames.video_ids, frames.methods, frames.frame_index, frames.labels,
+                                           frames.logits):
+                w.writerow([name, vid, m, int(fi), int(lab), f"{lg:.6f}"])
+
+
+def clean_json(obj):
+    """JSON-safe copy: NaN -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {k: clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def build_report(results: dict, robustness: dict, overlay_paths: list[Path], out: Path) -> str:
+    """report.md: results table (video level unless marked), per-method breakdown, protocol, robustness."""
+    from model.eval import report
+
+    entries = []
+    for name, r in results.items():
+        v = r["video"]
+        entries.append({"name": name, "metrics": v, "n_videos": v["n_videos"], "n_real": v["n_real"],
+                        "n_fake": v["n_fake"]})
+        for m, pm in r["per_method"].items():
+            entries.append({"name": f"{name} / {m}", "metrics": pm, "n_videos": pm["n_videos"],
+                            "n_real": pm["n_real"], "n_fake": pm["n_fake"]})
+    parts = [
+        "# Evaluation report\n",
+        "## Results\n",
+        report.metrics_table(entries),
+        "\nVideo level unless marked frame. AR = balanced accuracy at 0.5 and mF1 = harmonic mean of AP and "
+        "AR (the paper's definitions as its reference code computes them); F1 is the standard F1 of the fake "
+        "class. Rows `set / Method` hold the real videos and that method's fakes.\n",
+        "## Protocol\n",
+        report.protocol_table({n: r["protocol"] for n, r in results.items()}),
+        "\n## Curves\n",
+        "![ROC](roc.png) ![PR](pr.png)\n",
+    ]
+    if robustness:
+        parts += ["\n## Robustness (video AUC %, perturbations applied to the face crops)\n",
+                  report.robustness_table(robustness), "\n![robustness](robustness.png)\n"]
+    if overlay_paths:
+        parts += ["\n## Heatmap overlays\n"] + [f"![{p.stem}]({p.relative_to(out)})\n" for p in overlay_paths]
+    return "\n".join(parts)
