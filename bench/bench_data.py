@@ -68,7 +68,8 @@ class Baseline:
         import torch
 
         from model.data.masks import MASK_KINDS, hull_mask
-        from model.data.synthesis import affine_about_centre, elastic_warp, flip_face, to_pixels
+        from model.data.blend import to_pixels
+        from model.data.sbi import affine_about_centre, elastic_warp, flip_face
         from model.data.targets import make_targets
 
         rng = self.rng
@@ -136,7 +137,7 @@ def throughput(args) -> None:
 
     from model.config import DataConfig
     from model.data.datasets import TrainPairDataset, collate_pairs
-    from model.data.synthesis import sbi
+    from model.data.sbi import sbi
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)

@@ -177,7 +177,7 @@ def test_pair_shortcuts_equal_processing_the_whole_fake():
     from model.config import AugmentConfig
     from model.data.augment import (apply_geometry, photometric, photometric_pair, sample_geometry,
                                warp, warp_box)
-    from model.data.synthesis import sbi
+    from model.data.sbi import sbi
 
     faces = load_faces(192)
     cfg = AugmentConfig(rgb_shift_p=0.7, hsv_p=0.7, brightness_contrast_p=0.7, blur_p=0.5, noise_p=0.5,

@@ -21,7 +21,7 @@ from model.data.datasets import (REFERENCE_TEST_SCALE, EvalDataset, TrainPairDat
                         resolve_face_scale, training_face_scales)
 from model.net.laanet import build_model
 from model.data.pair_stats import compare, load_reference, pair_figures
-from model.data.synthesis import random_margin, soften_mask
+from model.data.sbi import random_margin, soften_mask
 from tests.face_fixtures import FULL_SETS, write_example_split
 
 DRAWS_PER_FACE = 48          # as the reference measurement
@@ -285,7 +285,7 @@ def test_first_blur_shortcut_equals_the_blur_it_replaces():
     """The erosion shortcut keeps the pixels where the float Gaussian blur reaches its maximum, up to float
     rounding of the blur (a window holding values a hair below 1 can still sum to the maximum): at most a
     few pixels per mask, under 1 % of the kept area."""
-    from model.data.synthesis import _first_blur_core
+    from model.data.sbi import _first_blur_core
 
     rng = np.random.default_rng(0)
     for _ in range(20):

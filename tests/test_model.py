@@ -272,3 +272,19 @@ def test_backbone_weights_in_the_reference_layout(small_model, tmp_path):
     model = build_model({**SMALL, "backbone_weights": str(path)})
     for key, value in body.state_dict().items():
         assert torch.equal(model.backbone.body.state_dict()[key], value), key
+
+
+def test_python_m_model_lists_and_runs_the_tools(repo_root):
+    import subprocess
+    import sys
+
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "model", "--help"], cwd=repo_root, capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0 and all(c in out.stdout for c in ("convert", "predict", "preview", "face-scale"))
+    out = subprocess.run([sys.executable, "-m", "model", "face-scale"], cwd=repo_root, capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0 and "training   median" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "model", "train"], cwd=repo_root, capture_output=True, text=True,
+                         env=env)
+    assert bad.returncode == 2 and "unknown command 'train'" in bad.stderr

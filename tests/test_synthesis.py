@@ -7,8 +7,9 @@ import pytest
 from model.data.bi_index import build_donor_table, normalise_shapes, shape_distance
 from model.data.masks import EYE_A, EYE_B, FLIP_INDEX, MASK_KINDS, flip_landmarks, forehead_points, hull_mask
 from model.config import BLEND_RATIOS, SBIConfig
-from model.data.synthesis import (bi, elastic_field, flip_face, piecewise_affine_warp,
-                             resample_mask, sbi, sbi_fake_for_eval)
+from model.data.bi import bi, piecewise_affine_warp
+from model.data.blend import resample_mask
+from model.data.sbi import elastic_field, flip_face, sbi, sbi_fake_for_eval
 from model.data.targets import boundary
 from tests.face_fixtures import load_faces
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from model.data import colour
 from model.config import AugmentConfig
-from model.data.synthesis import to_pixels
+from model.data.blend import to_pixels
 
 
 def crop_map(box: tuple[float, float, float, float]) -> np.ndarray:

@@ -26,7 +26,8 @@ from torch.utils.data import Dataset
 from model.data.augment import apply_geometry, photometric_pair, sample_geometry, warp_box
 from model.data.bi_index import build_donor_table
 from model.config import SIGMA_RULES, AugmentConfig, BIConfig, DataConfig, SBIConfig
-from model.data.synthesis import bi, random_margin, sbi, sbi_fake_for_eval
+from model.data.bi import bi
+from model.data.sbi import random_margin, sbi, sbi_fake_for_eval
 from model.data.targets import boundary, boundary_u8, make_targets
 from pipeline.shards import ShardError, ShardReader, shard_paths
 
