@@ -508,6 +508,11 @@ def load_config(yaml_path: str | Path | None, overrides: list[str] | tuple[str, 
                 _apply(cfg, data, "")
             except ConfigError as err:
                 raise ConfigError(f"{path}: {err}") from None
+    return _finish(cfg, overrides)
+
+
+def _finish(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``key.sub=value`` overrides to ``cfg``, then validate it."""
     for text in overrides:
         key_path, value = _parse_override(text)
         _apply(cfg, _nest(key_path, value), "")
@@ -552,11 +557,7 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     version: see `upgrade_config_dict`), with overrides."""
     cfg = Config()
     _apply(cfg, upgrade_config_dict(data), "")
-    for text in overrides:
-        key_path, value = _parse_override(text)
-        _apply(cfg, _nest(key_path, value), "")
-    validate_config(cfg)
-    return cfg
+    return _finish(cfg, overrides)
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -108,23 +108,24 @@ def _forced(kind: int, **kw) -> tuple[AugmentConfig, np.random.Generator]:
     raise AssertionError("no seed picks that step")
 
 
+def _both_sides(kind: int, crop, **switch) -> tuple:
+    """The geometry of step `kind` drawn with the default config and with `switch` (same draws)."""
+    cfg, rng = _forced(kind)
+    default = sample_geometry(rng, cfg, crop)
+    cfg, rng = _forced(kind, **switch)
+    return default, sample_geometry(rng, cfg, crop)
+
+
 def test_crop_mode_switch_changes_only_the_crop_scale():
     crop = (0.05, 0.05, 0.95, 0.95)
-    cfg, rng = _forced(0)
-    shift = sample_geometry(rng, cfg, crop)
-    cfg, rng = _forced(0, crop_mode="zoom")
-    zoom = sample_geometry(rng, cfg, crop)
+    shift, zoom = _both_sides(0, crop, crop_mode="zoom")
     assert shift.applied == zoom.applied == ("RandomCrop",) and shift.window == zoom.window
     assert shift.kept == pytest.approx(0.9)                       # the reference: scale unchanged, padded
     assert zoom.kept < shift.kept or shift.window == crop          # zoom: the window fills the output
 
 
 def test_scale_about_switch_moves_the_fixed_point_only():
-    crop = (0.0, 0.0, 1.0, 1.0)
-    cfg, rng = _forced(1)
-    centre = sample_geometry(rng, cfg, crop)
-    cfg, rng = _forced(1, scale_about="corner")
-    corner = sample_geometry(rng, cfg, crop)
+    centre, corner = _both_sides(1, (0.0, 0.0, 1.0, 1.0), scale_about="corner")
     assert centre.norm[0, 0] == corner.norm[0, 0] != 1.0          # same zoom factor
     assert centre.norm[0, 0] * 0.5 + centre.norm[0, 2] == pytest.approx(0.5)   # centre stays put
     assert corner.norm[0, 2] == 0.0                                # top-left corner stays put
