@@ -25,6 +25,7 @@ import random
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -602,14 +603,18 @@ def train(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_state: di
     if dist.enabled:
         torch.distributed.barrier()
     setup_logging(run_dir, dist)
-    t, dataset, sampler, loader = build_trainer(cfg, run_dir, dist, resume_state)
+    with warnings.catch_warnings(record=True) as caught:  # data warnings (e.g. videos left out) go to train.log too
+        warnings.simplefilter("always")
+        t, dataset, sampler, loader = build_trainer(cfg, run_dir, dist, resume_state)
+    for w in caught:
+        log.warning(f"{w.category.__name__}: {w.message}")
     if t.device.type == "cpu":
         log.warning("training on CPU: fine for the demo and tests, far too slow for the paper's recipe")
     if resume_state is not None:
         log.info(f"resumed {run_dir} at epoch {t.epoch}, step {t.step}")
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
-        t.logger = RunLogger(run_dir)
+        t.logger = RunLogger(run_dir, keep_until_step=t.step if resume_state is not None else None)
     val_loader, val_mode = build_val_loader(cfg) if dist.is_main and cfg.val.every > 0 else (None, "off")
     log.info(f"run {run_dir}: {len(dataset)} pairs/epoch, {t.steps_per_epoch} steps/epoch x {cfg.train.epochs} "
              f"epochs, {dist.world_size} process(es) on {t.device}, amp={t.amp_dtype}, "
