@@ -465,7 +465,7 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
     try:
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar(event[1]))
         futures = {client.submit(fn_remote, *args, key=f"{fn_remote.__name__}-{split_dir.name}-{name}-"
-                                 f"{time.time_ns()}", retries=1, pure=False): name
+                                 f"{time.time_ns()}", retries=0 if on_error == "raise" else 1, pure=False): name
                    for name, args in zip(names, args_list)}
         for fut in as_completed(futures):
             name = futures[fut]

@@ -448,3 +448,17 @@ def test_run_where_every_input_fails_exits_non_zero(tmp_path):
     assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
     v = _run_cli(["verify", str(out)])
     assert v.returncode == 1 and "holds no video" in v.stderr
+
+
+def test_dask_on_error_raise_does_not_retry_the_failing_shard(tmp_path, bad_dir, dask_client, monkeypatch):
+    """A retry would decode the shard's good videos a second time only to fail again."""
+    from pipeline.runner import PipelineError
+
+    retries = []
+    submit = dask_client.submit
+    monkeypatch.setattr(dask_client, "submit", lambda *a, **kw: retries.append(kw.get("retries")) or submit(*a, **kw))
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["zero.mp4"]))
+    with pytest.raises(PipelineError, match=r"zero.mp4: empty file"):
+        run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
+                    videos_per_shard=1, client=dask_client)
+    assert retries == [0]
