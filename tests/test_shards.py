@@ -192,3 +192,12 @@ def test_reader_names_file_and_row_of_a_corrupt_crop(tmp_path):
     flip_chunk_bytes(p, "video", 0)  # a per-face table: found when the reader opens the shard
     with pytest.raises(ShardError, match=r"shard-00000.h5: unreadable .*corrupt"):
         ShardReader(p)
+
+
+def test_contact_sheet_captions_draw_unicode_names():
+    from pipeline.inspect_shards import draw_caption
+
+    tile = np.zeros((160, 160, 3), np.uint8)
+    accented, ascii_ = draw_caption(tile, "Sé f3"), draw_caption(tile, "S? f3")
+    assert accented.shape == tile.shape and accented.any()
+    assert not np.array_equal(accented, ascii_)  # OpenCV's fonts drew both as "S? f3"
