@@ -27,8 +27,8 @@ dataset            dtype, shape            meaning
 File attributes: ``schema_version``, ``crop_scale``, ``crop_size``, ``detector``, ``detector_weights_sha256``,
 ``landmark_model_sha256``, ``landmark_detector`` (how dlib's face rectangle was found, e.g.
 ``dlib_hog luma@144 upsample=0``), ``settings`` (JSON of the settings that shape the crops: frames, segment,
-crop scale and size, detector and its settings, compression) and ``settings_hash``, ``created``, ``package_version``, ``manifest_hash``, ``compression``,
-``landmarks_done``.
+crop scale and size, detector and its settings, compression) and ``settings_hash``, ``created``,
+``package_version``, ``manifest_hash``, ``compression``, ``landmarks_done``.
 
 Every dataset is chunked and written with HDF5's fletcher32 checksum (after the compressor, so it covers the
 bytes on disk): plain h5py raises ``OSError`` on a chunk whose checksum does not match, and ``verify`` names
