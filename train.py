@@ -66,6 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="continue the run in RUN_DIR from its last.pt (its stored config, plus any overrides)")
     p.add_argument("--stop-after-epochs", type=int, default=0, metavar="N",
                    help="end this invocation after N more epochs (checkpointed; continue with --resume)")
+    p.add_argument("--verify-shards", action="store_true",
+                   help="read every chunk of every data and val shard first (checksums) and stop on any problem; "
+                        "without it a shard is checked when opened and a corrupt crop stops the run when read")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, e.g. optim.lr_peak=3e-4 train.epochs=10")
     return p
@@ -93,6 +96,8 @@ def main(args: argparse.Namespace) -> Path:
             if (run_dir / "last.pt").exists():
                 raise SystemExit(f"train.py: {run_dir} already holds a run (last.pt); continue it with "
                                  f"--resume {run_dir} or choose another train.run_name")
+        if args.verify_shards and dist.is_main:
+            verify_shards(list(cfg.data.shards) + list(cfg.val.shards))
         fresh = not run_dir.exists()
         try:
             train(cfg, run_dir, dist, resume_state=resume_state, stop_after_epochs=args.stop_after_epochs)
@@ -104,6 +109,17 @@ def main(args: argparse.Namespace) -> Path:
     finally:
         teardown_distributed(dist)
     return run_dir
+
+
+def verify_shards(split_dirs: list[str]) -> None:
+    """``--verify-shards``: ``pipeline verify`` of every split folder before the run folder exists."""
+    from pipeline.verify import verify_split
+
+    for d in split_dirs:
+        problems = verify_split(d)
+        if problems:
+            more = f" (and {len(problems) - 1} more: run `python -m pipeline verify {d}`)" if len(problems) > 1 else ""
+            raise ShardError(f"{problems[0]}{more}")
 
 
 def remove_run_dir(run_dir: Path) -> None:

@@ -409,3 +409,19 @@ def test_videos_left_out_for_missing_landmarks_are_in_train_log(shards, tmp_path
     run = run_cli(["--config", DEMO_CONFIG, *tiny_overrides({"train": d}, tmp_path, "train.epochs=1",
                                                            "train.max_steps_per_epoch=1"), "train.run_name=half"])
     assert "left out" in (run / "train.log").read_text()
+
+
+def test_verify_shards_stops_on_a_corrupt_crop_before_the_run_starts(shards, tmp_path):
+    import shutil
+
+    from tests.shard_faults import flip_chunk_bytes
+
+    bad = tmp_path / "bad" / "train"
+    bad.mkdir(parents=True)
+    shutil.copy(shards["train"] / "shard-00000.h5", bad / "shard-00000.h5")
+    write_index(bad, "toy", "train")
+    flip_chunk_bytes(bad / "shard-00000.h5", "faces", 7)
+    msg = _cli_error(["--config", DEMO_CONFIG, "--verify-shards", *tiny_overrides(shards, tmp_path / "runs"),
+                      f"data.shards=[{bad}]"])
+    assert msg.startswith("train.py: ") and "shard-00000.h5: dataset 'faces' rows 7-7 unreadable" in msg
+    assert not (tmp_path / "runs").exists()
