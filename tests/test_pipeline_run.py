@@ -164,7 +164,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, sample_videos_dir):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--out", str(tmp_path / "killed")], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while not (d / "shard-00001.h5.tmp").exists() and time.time() < deadline and proc.poll() is None:
+    while not list(d.glob("shard-00001.h5*.tmp")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -283,7 +283,7 @@ def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, 
     killed = None
     deadline = time.time() + 60
     while killed is None and time.time() < deadline and t.is_alive():
-        for tmp in d.glob("*.h5.tmp"):
+        for tmp in d.glob("*.h5*.tmp"):
             for pid in pids:
                 try:
                     if any(f.path == str(tmp) for f in psutil.Process(pid).open_files()):
