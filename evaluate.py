@@ -563,7 +563,7 @@ def build_report(results: dict, robustness: dict, overlay_paths: list[Path], out
 
 def cli(argv: list[str] | None = None) -> None:
     """``python evaluate.py``: data and checkpoint errors end as one line (``LAANET_DEBUG=1``: traceback)."""
-    from model.cli_errors import debugging, one_line
+    from pipeline.cli_errors import debugging, one_line
     from pipeline.shards import ShardError
 
     try:

@@ -38,7 +38,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
-from model.cli_errors import debugging, one_line
 from model.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
 from model.data import TrainPairDataset, collate_pairs
 from model.laanet import build_model, set_backbone_frozen
@@ -47,6 +46,7 @@ from model.sam import SAM, bn_running_stats_frozen
 from model.schedule import WarmupLinearSchedule, backbone_frozen
 from model.train_log import RunLogger, plot_curves
 from model.validation import build_val_loader, validate
+from pipeline.cli_errors import debugging, one_line
 from pipeline.shards import ShardError
 
 log = logging.getLogger("train")

@@ -462,3 +462,22 @@ def test_dask_on_error_raise_does_not_retry_the_failing_shard(tmp_path, bad_dir,
         run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
                     videos_per_shard=1, client=dask_client)
     assert retries == [0]
+
+
+def test_unexpected_error_in_a_command_is_one_line(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    def boom(*a, **kw):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr("pipeline.verify.verify_split", boom)
+    monkeypatch.setattr(sys, "argv", ["pipeline", "verify", str(tmp_path)])
+    monkeypatch.delenv("LAANET_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.strip() == ("error: RuntimeError: disk on fire second line "
+                                                 "(set LAANET_DEBUG=1 for the traceback)")
+    monkeypatch.setenv("LAANET_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main()
