@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from model import load_checkpoint
-from model.cli_errors import debugging, one_line
 from model.data.datasets import EvalDataset, collate_eval, resolve_face_scale
 from model.eval import perturb, report
 from model.eval.inference import choose_batch_size, run_dataset
@@ -33,6 +32,7 @@ from model.eval.metrics import compute_metrics
 from model.eval.protocol import EvaluationError, build_protocol, protocol_line, resolve_test_sets
 from model.eval.report import clean_json, build_report, draw_overlays, write_frame_scores, write_scores
 from model.eval.robustness import run_robustness
+from pipeline.cli_errors import debugging, one_line
 from pipeline.faces import file_sha256
 from pipeline.shards import ShardError
 

@@ -22,19 +22,21 @@ import logging
 import math
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from model.checkpoint import save_checkpoint
-from model.cli_errors import debugging, one_line
 from model.config import Config, ConfigError, config_from_dict, config_to_yaml, load_config, save_config
 from model.eval.validation import build_val_loader, validate
 from model.train.dist import Dist, gather_rng_states, setup_distributed, teardown_distributed
 from model.train.engine import (NonFiniteLossError, Trainer, build_trainer, check_replicas, checkpoint_state,
                                 train_one_epoch)
 from model.train.log import RunLogger, plot_curves
+from pipeline.cli_errors import debugging, one_line
 from pipeline.shards import ShardError
+from pipeline.verify import verify_split
 
 log = logging.getLogger("train")
 
@@ -49,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="continue the run in RUN_DIR from its last.pt (its stored config, plus any overrides)")
     p.add_argument("--stop-after-epochs", type=int, default=0, metavar="N",
                    help="end this invocation after N more epochs (checkpointed; continue with --resume)")
+    p.add_argument("--verify-shards", action="store_true",
+                   help="read every chunk of every data and val shard first (checksums) and stop on any problem; "
+                        "without it a shard is checked when opened and a corrupt crop stops the run when read")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, e.g. optim.lr_peak=3e-4 train.epochs=10")
     return p
@@ -76,6 +81,8 @@ def main(args: argparse.Namespace) -> Path:
             if (run_dir / "last.pt").exists():
                 raise ConfigError(f"{run_dir} already holds a run (last.pt); continue it with "
                                  f"--resume {run_dir} or choose another train.run_name")
+        if args.verify_shards and dist.is_main:
+            verify_shards(list(cfg.data.shards) + list(cfg.val.shards))
         fresh = not run_dir.exists()
         try:
             train(cfg, run_dir, dist, resume_state=resume_state, stop_after_epochs=args.stop_after_epochs)
@@ -87,6 +94,15 @@ def main(args: argparse.Namespace) -> Path:
     finally:
         teardown_distributed(dist)
     return run_dir
+
+
+def verify_shards(split_dirs: list[str]) -> None:
+    """``--verify-shards``: ``pipeline verify`` of every split folder before the run folder exists."""
+    for d in split_dirs:
+        problems = verify_split(d)
+        if problems:
+            more = f" (and {len(problems) - 1} more: run `python -m pipeline verify {d}`)" if len(problems) > 1 else ""
+            raise ShardError(f"{problems[0]}{more}")
 
 
 def remove_run_dir(run_dir: Path) -> None:
@@ -166,7 +182,11 @@ def train(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_state: di
     if dist.enabled:
         torch.distributed.barrier()
     setup_logging(run_dir, dist)
-    t, dataset, sampler, loader = build_trainer(cfg, run_dir, dist, resume_state)
+    with warnings.catch_warnings(record=True) as caught:  # data warnings (e.g. videos left out) go to train.log too
+        warnings.simplefilter("always")
+        t, dataset, sampler, loader = build_trainer(cfg, run_dir, dist, resume_state)
+    for w in caught:
+        log.warning(f"{w.category.__name__}: {w.message}")
     if t.device.type == "cpu":
         log.warning("training on CPU: fine for the demo and tests, far too slow for the paper's recipe")
     if resume_state is not None:
@@ -174,7 +194,7 @@ def train(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_state: di
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         log.info(f"resolved config ({run_dir / 'config.yaml'}):\n{config_to_yaml(cfg).rstrip()}")
-        t.logger = RunLogger(run_dir)
+        t.logger = RunLogger(run_dir, keep_until_step=t.step if resume_state is not None else None)
     val_loader, val_mode = build_val_loader(cfg) if dist.is_main and cfg.val.every > 0 else (None, "off")
     log.info(f"run {run_dir}: {len(dataset)} pairs/epoch, {t.steps_per_epoch} steps/epoch x {cfg.train.epochs} "
              f"epochs, {dist.world_size} process(es) on {t.device}, amp={t.amp_dtype}, "

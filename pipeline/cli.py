@@ -233,3 +233,16 @@ def inspect(
             typer.echo(f"contact sheet: {png}")
     except ShardError as e:
         _fail(str(e))
+
+
+def main() -> None:
+    """``python -m pipeline``: an unexpected failure is one line and exit code 1 (``LAANET_DEBUG=1``: traceback)."""
+    from pipeline.cli_errors import DEBUG_ENV, debugging, one_line
+
+    try:
+        app()
+    except Exception as e:  # noqa: BLE001  (known errors are handled per command; this is the last line of defence)
+        if debugging():
+            raise
+        typer.echo(f"error: {type(e).__name__}: {one_line(e)} (set {DEBUG_ENV}=1 for the traceback)", err=True)
+        raise SystemExit(1) from None

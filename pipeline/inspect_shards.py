@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -72,6 +73,26 @@ def draw_landmarks(crop: np.ndarray, points: np.ndarray) -> np.ndarray:
     return img
 
 
+@lru_cache(maxsize=1)
+def _caption_font(size: int = 11):
+    """DejaVu Sans from matplotlib's own files: it has Latin, Greek and Cyrillic glyphs, where OpenCV's Hershey
+    fonts draw every non-ASCII character as '?'."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def draw_caption(img: np.ndarray, text: str) -> np.ndarray:
+    """Copy of an (H, W, 3) RGB tile with ``text`` (any unicode) in white on a dark outline at the bottom left."""
+    from PIL import Image, ImageDraw
+
+    pil = Image.fromarray(img)
+    ImageDraw.Draw(pil).text((3, img.shape[0] - 16), text, font=_caption_font(), fill=(255, 255, 255),
+                             stroke_width=1, stroke_fill=(0, 0, 0))
+    return np.asarray(pil).copy()
+
+
 def contact_sheet(path: str | os.PathLike, png: str | os.PathLike, n: int = 24, tile: int = 160) -> Path:
     """Write a grid of up to ``n`` crops (spread evenly over all shards) with landmarks and captions."""
     refs = []
@@ -88,9 +109,7 @@ def contact_sheet(path: str | os.PathLike, png: str | os.PathLike, n: int = 24, 
         img = draw_landmarks(r.face(i), r.landmarks(i))
         img = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
         row = r.video_row(i)
-        cap = f"{row['id'][-14:]} f{r.frame_index[i]}"
-        cv2.putText(img, cap, (3, tile - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, cap, (3, tile - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
+        img = draw_caption(img, f"{row['id'][-14:]} f{r.frame_index[i]}")
         if not r.landmark_ok[i]:
             cv2.putText(img, "no landmarks", (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 80, 80), 1, cv2.LINE_AA)
         tiles.append(img)

@@ -239,9 +239,8 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
         _known_keys(e, _COMMON | set(required) | set(optional), path, key)
         for k, form in required.items():
             _expect(k in e, path, f"{key}.{k}", form, None)
-        _strings(e, {k: f for k, f in {**required, **optional}.items() if f.startswith(("a folder", "a file", "a CSV",
-                                                                                    "dataset.json", "a list of folders"))},
-                 path, key)
+        paths = ("a folder", "a file", "a CSV", "dataset.json", "a list of folders")
+        _strings(e, {k: f for k, f in {**required, **optional}.items() if f.startswith(paths)}, path, key)
         if "description" in e:
             _expect(isinstance(e["description"], str), path, f"{key}.description", "a string", e["description"])
         root = e.get("root")

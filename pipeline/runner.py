@@ -256,7 +256,7 @@ def extract_shard(job: ShardJob, split_dir: str, cfg: ExtractConfig, progress: P
              "source_root": cfg.source_root, "detector_score_threshold": cfg.detector.score_threshold,
              "detector_max_faces": cfg.detector.max_faces}
     result = TaskResult(file=job.name)
-    # A .tmp from a killed run is overwritten: ShardWriter opens it with mode "w".
+    # Each attempt writes its own .tmp; the first to finish becomes the shard and removes the others'.
     with ShardWriter(path, cfg.crop_size, attrs, cfg.compression, planned=job.planned) as w:
         for item in job.items:
             v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size, cfg.decode_threads)
@@ -465,7 +465,7 @@ def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], 
     try:
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar(event[1]))
         futures = {client.submit(fn_remote, *args, key=f"{fn_remote.__name__}-{split_dir.name}-{name}-"
-                                 f"{time.time_ns()}", retries=1, pure=False): name
+                                 f"{time.time_ns()}", retries=0 if on_error == "raise" else 1, pure=False): name
                    for name, args in zip(names, args_list)}
         for fut in as_completed(futures):
             name = futures[fut]

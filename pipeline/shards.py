@@ -1,8 +1,8 @@
 """HDF5 shards: the storage contract between the preprocessing pipeline and everything that reads faces.
 
-One shard holds the face crops of a group of videos. It is written by one process to ``<name>.h5.tmp`` and
-finished by an atomic rename to ``<name>.h5``; a file without the ``.tmp`` suffix is therefore always
-complete. A split folder ends with ``index.json``, written last, listing the finished shards.
+One shard holds the face crops of a group of videos. It is written by one process to a per-attempt
+``<name>.h5.<host>-<pid>-<random>.tmp`` and finished by an atomic rename to ``<name>.h5``; a file without
+the ``.tmp`` suffix is therefore always complete. A split folder ends with ``index.json``, written last, listing the finished shards.
 
 Schema (``SCHEMA_VERSION = 2``; N faces, V videos, S crop side, K frames without a face):
 
@@ -27,8 +27,8 @@ dataset            dtype, shape            meaning
 File attributes: ``schema_version``, ``crop_scale``, ``crop_size``, ``detector``, ``detector_weights_sha256``,
 ``landmark_model_sha256``, ``landmark_detector`` (how dlib's face rectangle was found, e.g.
 ``dlib_hog luma@144 upsample=0``), ``settings`` (JSON of the settings that shape the crops: frames, segment,
-crop scale and size, detector and its settings, compression) and ``settings_hash``, ``created``, ``package_version``, ``manifest_hash``, ``compression``,
-``landmarks_done``.
+crop scale and size, detector and its settings, compression) and ``settings_hash``, ``created``,
+``package_version``, ``manifest_hash``, ``compression``, ``landmarks_done``.
 
 Every dataset is chunked and written with HDF5's fletcher32 checksum (after the compressor, so it covers the
 bytes on disk): plain h5py raises ``OSError`` on a chunk whose checksum does not match, and ``verify`` names
@@ -40,6 +40,7 @@ reading them (``ShardReader`` does it).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 from dataclasses import dataclass
@@ -75,9 +76,23 @@ class ShardError(Exception):
 
 
 def tmp_path(path: Path) -> Path:
-    """The in-progress name of shard ``path`` (``shard-00000.h5`` -> ``shard-00000.h5.tmp``)."""
+    """A fresh in-progress name for one attempt at shard ``path``
+    (``shard-00000.h5`` -> ``shard-00000.h5.<host>-<pid>-<random>.tmp``).
+
+    Per attempt, so two writers of the same shard (a Dask task retried while a worker thought dead still
+    runs, HDF5 file locking off on NFS) never write into one file; the rename makes one of them the shard.
+    """
+    import secrets
+    import socket
+
     path = Path(path)
-    return path.with_name(path.name + TMP_SUFFIX)
+    return path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}{TMP_SUFFIX}")
+
+
+def unfinished(path: Path) -> list[Path]:
+    """In-progress files of shard ``path`` left by attempts that did not finish (any writer, any host)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{glob.escape(path.name)}*{TMP_SUFFIX}"))
 
 
 def _compression_kwargs(compression: str) -> dict[str, Any]:
@@ -217,8 +232,14 @@ class ShardWriter:
         if landmarks is not None:
             _write_landmarks(f, self.path, landmarks, landmark_ok, self.n)
         f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except FileNotFoundError:
+            raise ShardError(f"{self.path}: another attempt finished this shard first and discarded this "
+                             f"attempt's {self.tmp.name}") from None
         self._finished = True
+        for stale in unfinished(self.path):  # other attempts' files: they can no longer replace this shard
+            stale.unlink(missing_ok=True)
         return self.path
 
     def abort(self) -> None:
@@ -292,6 +313,8 @@ def add_landmarks(path: str | os.PathLike, landmarks: np.ndarray, landmark_ok: n
         f.attrs["landmark_model_sha256"] = landmark_model_sha256
         f.attrs["landmark_detector"] = landmark_detector
     os.replace(tmp, path)
+    for stale in unfinished(path):
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -386,7 +409,7 @@ class ShardReader:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
-            hint = " (an unfinished .tmp exists: rerun the pipeline to finish it)" if tmp_path(self.path).exists() else ""
+            hint = " (an unfinished .tmp exists: rerun the pipeline to finish it)" if unfinished(self.path) else ""
             raise ShardError(f"{self.path}: shard not found{hint}")
         try:
             f = h5py.File(self.path, "r")

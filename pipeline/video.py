@@ -140,7 +140,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     err = proc.stderr
     m = _STREAM_RE.search(err)
     if proc.returncode != 0 or m is None:
-        reason = _last_error_line(err) if proc.returncode != 0 else "no video stream"
+        # A file ffmpeg opened (it printed the input header) but without a video stream, e.g. audio only:
+        # ffmpeg's own last line ("Error opening output files") would say nothing useful.
+        opened = "Input #" in err and m is None
+        reason = "no video stream" if opened or proc.returncode == 0 else _last_error_line(err)
         raise VideoError(f"{path}: not a readable video ({reason})")
     stream_line = err[m.start():err.find("\n", m.start())]
     fps_m = _FPS_RE.search(stream_line)

@@ -164,7 +164,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, sample_videos_dir):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--out", str(tmp_path / "killed")], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while not (d / "shard-00001.h5.tmp").exists() and time.time() < deadline and proc.poll() is None:
+    while not list(d.glob("shard-00001.h5*.tmp")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -283,7 +283,7 @@ def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, 
     killed = None
     deadline = time.time() + 60
     while killed is None and time.time() < deadline and t.is_alive():
-        for tmp in d.glob("*.h5.tmp"):
+        for tmp in d.glob("*.h5*.tmp"):
             for pid in pids:
                 try:
                     if any(f.path == str(tmp) for f in psutil.Process(pid).open_files()):
@@ -448,3 +448,36 @@ def test_run_where_every_input_fails_exits_non_zero(tmp_path):
     assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
     v = _run_cli(["verify", str(out)])
     assert v.returncode == 1 and "holds no video" in v.stderr
+
+
+def test_dask_on_error_raise_does_not_retry_the_failing_shard(tmp_path, bad_dir, dask_client, monkeypatch):
+    """A retry would decode the shard's good videos a second time only to fail again."""
+    from pipeline.runner import PipelineError
+
+    retries = []
+    submit = dask_client.submit
+    monkeypatch.setattr(dask_client, "submit", lambda *a, **kw: retries.append(kw.get("retries")) or submit(*a, **kw))
+    m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["zero.mp4"]))
+    with pytest.raises(PipelineError, match=r"zero.mp4: empty file"):
+        run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
+                    videos_per_shard=1, client=dask_client)
+    assert retries == [0]
+
+
+def test_unexpected_error_in_a_command_is_one_line(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    def boom(*a, **kw):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr("pipeline.verify.verify_split", boom)
+    monkeypatch.setattr(sys, "argv", ["pipeline", "verify", str(tmp_path)])
+    monkeypatch.delenv("LAANET_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.strip() == ("error: RuntimeError: disk on fire second line "
+                                                 "(set LAANET_DEBUG=1 for the traceback)")
+    monkeypatch.setenv("LAANET_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main()

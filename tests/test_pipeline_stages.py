@@ -215,3 +215,15 @@ def test_rotated_video_decodes_in_display_orientation(tmp_path, sample_videos_di
     assert (info.rotation, info.width, info.height, info.n_frames) == (90, 144, 176, 120)
     _, frames = sample_frames(rot, 2)
     assert frames.shape == (2, 176, 144, 3)
+
+
+def test_audio_only_file_is_reported_as_no_video_stream(tmp_path):
+    import subprocess
+
+    from pipeline.video import ffmpeg_exe
+
+    audio = tmp_path / "talk.m4a"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
+                    str(audio)], check=True)
+    with pytest.raises(VideoError, match=r"talk.m4a: not a readable video \(no video stream\)"):
+        probe(audio)

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.shards import (SCHEMA_VERSION, VIDEO_KEYS, ShardError, ShardReader, ShardWriter, add_landmarks,
                              load_index, shard_paths, write_index, write_shard)
-from pipeline.shards import tmp_path as shard_tmp_path
+from pipeline.shards import unfinished
 from tests.shard_faults import flip_chunk_bytes
 
 
@@ -43,7 +43,7 @@ def test_round_trip(tmp_path, compression):
     assert r.attrs["compression"] == compression
     assert r.read("boxes").shape == (6, 4)
     r.close()
-    assert not tmp_path.joinpath("s", "shard-00000.h5.tmp").exists()
+    assert not list(tmp_path.joinpath("s").glob("*.tmp"))
 
 
 def test_plain_h5py_schema(tmp_path):
@@ -95,7 +95,7 @@ def test_writer_per_video_and_interrupted_tmp(tmp_path):
 
 
 def tmp_path_exists(p):
-    return shard_tmp_path(p).exists()
+    return bool(unfinished(p))
 
 
 def test_add_landmarks_atomic(tmp_path):
@@ -192,3 +192,28 @@ def test_reader_names_file_and_row_of_a_corrupt_crop(tmp_path):
     flip_chunk_bytes(p, "video", 0)  # a per-face table: found when the reader opens the shard
     with pytest.raises(ShardError, match=r"shard-00000.h5: unreadable .*corrupt"):
         ShardReader(p)
+
+
+def test_contact_sheet_captions_draw_unicode_names():
+    from pipeline.inspect_shards import draw_caption
+
+    tile = np.zeros((160, 160, 3), np.uint8)
+    accented, ascii_ = draw_caption(tile, "Sé f3"), draw_caption(tile, "S? f3")
+    assert accented.shape == tile.shape and accented.any()
+    assert not np.array_equal(accented, ascii_)  # OpenCV's fonts drew both as "S? f3"
+
+
+def test_two_attempts_at_one_shard_write_separate_files(tmp_path):
+    """A retried task while the first attempt still runs: neither writes into the other's file."""
+    faces, _ = _arrays(n=2, s=16)
+    p = tmp_path / "shard-00000.h5"
+    row = {"id": "v", "path": "v.mp4", "label": 0, "method": "original", "source": "", "target": "", "fps": 25.0,
+           "n_frames": 2, "width": 16, "height": 16, "split": "train", "dataset": "toy"}
+    first, second = ShardWriter(p, 16), ShardWriter(p, 16)
+    assert first.tmp != second.tmp and len(unfinished(p)) == 2
+    for w in (first, second):
+        w.add_video(row, faces, [0, 1], np.zeros((2, 4)), [1, 1], np.zeros((2, 5, 2)), np.zeros((2, 4)))
+    second.finish()
+    with pytest.raises(ShardError, match="another attempt finished this shard first"):
+        first.finish()
+    assert unfinished(p) == [] and len(ShardReader(p)) == 2

@@ -405,6 +405,53 @@ def test_data_problems_are_one_line_and_leave_no_run_folder(shards, tmp_path):
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
+def test_resume_drops_the_interrupted_epochs_metrics_rows(shards, tmp_path):
+    import csv
+
+    common = tiny_overrides(shards, tmp_path, "train.epochs=2", "train.max_steps_per_epoch=2")
+    part = run_cli(["--config", DEMO_CONFIG, "--stop-after-epochs", "1", *common, "train.run_name=part"])
+    with open(part / "metrics.csv", "a", newline="") as f:  # what a run killed during epoch 2 leaves behind
+        csv.writer(f).writerows([[3, 1, "train/loss", "12345.0"], [4, 1, "train/loss", "12345.0"]])
+    run_cli(["--resume", str(part)])
+    with open(part / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = [(r["step"], r["name"]) for r in rows]
+    assert len(keys) == len(set(keys)) and "12345.0" not in {r["value"] for r in rows}
+    assert {int(r["step"]) for r in rows} == {1, 2, 3, 4}
+
+
+def test_videos_left_out_for_missing_landmarks_are_in_train_log(shards, tmp_path):
+    d = tmp_path / "half" / "train"
+    write_split(d, n_videos=4, frames=6, seed=3)
+    from pipeline.shards import ShardReader, add_landmarks
+
+    r = ShardReader(d / "shard-00000.h5")
+    lms = np.stack([r.landmarks(i) for i in range(len(r))])
+    ok = r.landmark_ok.copy()
+    lms[r.video == 0], ok[r.video == 0] = np.nan, False  # one video without any landmarks
+    r.close()
+    add_landmarks(d / "shard-00000.h5", lms, ok)
+    run = run_cli(["--config", DEMO_CONFIG, *tiny_overrides({"train": d}, tmp_path, "train.epochs=1",
+                                                           "train.max_steps_per_epoch=1"), "train.run_name=half"])
+    assert "left out" in (run / "train.log").read_text()
+
+
+def test_verify_shards_stops_on_a_corrupt_crop_before_the_run_starts(shards, tmp_path):
+    import shutil
+
+    from tests.shard_faults import flip_chunk_bytes
+
+    bad = tmp_path / "bad" / "train"
+    bad.mkdir(parents=True)
+    shutil.copy(shards["train"] / "shard-00000.h5", bad / "shard-00000.h5")
+    write_index(bad, "toy", "train")
+    flip_chunk_bytes(bad / "shard-00000.h5", "faces", 7)
+    msg = _cli_error(["--config", DEMO_CONFIG, "--verify-shards", *tiny_overrides(shards, tmp_path / "runs"),
+                      f"data.shards=[{bad}]"])
+    assert msg.startswith("train.py: ") and "shard-00000.h5: dataset 'faces' rows 7-7 unreadable" in msg
+    assert not (tmp_path / "runs").exists()
+
+
 # --------------------------------------------------------------------------- CUDA only
 
 

@@ -14,9 +14,13 @@ from pathlib import Path
 class RunLogger:
     """Append scalars to ``<run_dir>/metrics.csv`` and to TensorBoard under ``<run_dir>/tb``."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, keep_until_step: int | None = None):
+        """``keep_until_step`` (a resumed run: the checkpoint's step) drops the rows and TensorBoard events
+        logged after it by the interrupted run, which the resumed run logs again."""
         self.run_dir = Path(run_dir)
         self.csv_path = self.run_dir / "metrics.csv"
+        if keep_until_step is not None and self.csv_path.exists():
+            self._truncate(keep_until_step)
         new = not self.csv_path.exists()
         self._file = open(self.csv_path, "a", newline="")
         self._csv = csv.writer(self._file)
@@ -26,7 +30,19 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow and optional
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            purge = None if keep_until_step is None else keep_until_step + 1
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
+
+    def _truncate(self, keep_until_step: int) -> None:
+        import os
+
+        with open(self.csv_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= keep_until_step]
+        tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        os.replace(tmp, self.csv_path)
 
     def log(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():

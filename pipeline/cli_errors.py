@@ -1,4 +1,4 @@
-"""One-line errors for the command-line tools (train.py, evaluate.py, ``python -m model``).
+"""One-line errors for the command-line tools (``python -m pipeline``, train.py, evaluate.py).
 
 A user who gives a bad config, a missing or corrupt shard folder or a checkpoint of another architecture
 needs one line naming the file and what to do, not a traceback. ``LAANET_DEBUG=1`` keeps the traceback for
