@@ -3,10 +3,11 @@
     python -m model.predict clip.mp4 --checkpoint runs/x/best.pt
     python -m model.predict face.jpg --checkpoint runs/x/best.pt --overlay face_laanet.png
 
-Like the pipeline and the evaluator: ``--frames`` evenly spaced frames (32), RetinaFace (the pipeline's
-default MobileNet-0.25 backend), the best face per frame cropped square at evaluation's face scale (the
-reference's test geometry: 1.20x its box) and resized to the network input, the cls logit of each face averaged with its mirror's (flip test), video probability =
-sigmoid of the mean face logit. Frames where no face is found are listed, never guessed. Writes a PNG with
+The same path as the pipeline and the evaluator: ``--frames`` evenly spaced frames (32), the pipeline's
+crops (``pipeline.extract``: RetinaFace MobileNet-0.25, the best face per frame, 1.25x square crops at 384),
+shown at evaluation's face scale (the reference's test geometry: 1.20x the box) and network size, the cls
+logit of each face averaged with its mirror's (flip test), video probability = sigmoid of the mean face
+logit. Frames where no face is found are listed, never guessed. Writes a PNG with
 the predicted artefact heatmap over the most fake-looking faces.
 
 Faces are scored by ``model.eval.inference.score_faces``, the scorer of evaluate.py and of validation.
@@ -40,58 +41,62 @@ class Prediction:
     protocol: dict = field(default_factory=dict)
 
 
-def load_frames(path: Path, n_frames: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Frame indices (k,) and RGB uint8 frames of an image (k = 1), or ``n_frames`` evenly spaced frames of a
-    video or of a folder of frame images (as the pipeline reads them)."""
-    import cv2
+# The stored-crop geometry of the pipeline (pipeline.runner.ExtractConfig): predict cuts the same crops and
+# then shows them to the network exactly as evaluation shows stored crops (model.data.datasets.eval_view).
+STORED_CROP_SCALE, STORED_CROP_SIZE = 1.25, 384
 
-    from pipeline.video import IMAGE_SUFFIXES, sample_frames
+
+def face_crops(path: Path, n_frames: int, detector) -> tuple[np.ndarray, list[int], list[int], int]:
+    """The pipeline's stored crops of one input: (crops uint8 (F, 384, 384, 3), frame index per crop, sampled
+    frames without a face, frames sampled). Videos and frame folders go through pipeline.extract.extract_video,
+    the function that fills the shards; a single image through the same detect-and-crop step."""
+    from pipeline.extract import detect_and_crop, extract_video
+    from pipeline.manifest import VideoItem
+    from pipeline.video import IMAGE_SUFFIXES, VideoError, read_image
 
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{path}: not a readable image")
-        return np.zeros(1, np.int64), [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)]
-    indices, frames = sample_frames(path, n_frames)
-    return indices, list(frames)
+        frame = read_image(path)
+        _, det, crops = next(detect_and_crop([frame], [0], detector, STORED_CROP_SCALE, STORED_CROP_SIZE))
+        if not crops:
+            return np.zeros((0, STORED_CROP_SIZE, STORED_CROP_SIZE, 3), np.uint8), [], [0], 1
+        return np.stack([crops[0][0]]), [0], [], 1
+    item = VideoItem(id=path.stem, path=str(path), rel_path=path.name, label=0, split="predict", dataset="predict",
+                     n_frames=n_frames)
+    v = extract_video(item, detector, STORED_CROP_SCALE, STORED_CROP_SIZE)
+    if v.row is None or v.n_decoded == 0:
+        reasons = "; ".join(f["reason"] for f in v.failures if f["stage"] == "decode") or "no frame could be read"
+        raise VideoError(f"{path}: {reasons}")
+    return v.faces, [int(i) for i in v.frame_index], [int(i) for i in v.no_face], v.n_decoded
 
 
 def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate: str = "logit-mean",
-            crop_scale: float = REFERENCE_TEST_SCALE, detector=None, overlay: Path | None = None, overlay_faces: int = 4,
-            device=None) -> Prediction:
-    """Sample frames of ``path``, detect and crop the best face per frame, score the faces and aggregate.
+            face_scale: float | None = REFERENCE_TEST_SCALE, detector=None, overlay: Path | None = None,
+            overlay_faces: int = 4, device=None) -> Prediction:
+    """Sample frames of ``path``, cut the pipeline's crops of the best face per frame, show them at
+    ``face_scale`` as evaluation does, score them with the one scorer and aggregate.
 
     Args:
-        path: a video (anything ffmpeg decodes) or an image. model: LAA-Net in eval mode.
+        path: a video (anything ffmpeg decodes), a folder of frame images, or an image. model: LAA-Net in eval mode.
         detector: a ``pipeline.faces.FaceDetector`` (built with the pipeline defaults when None).
         overlay: PNG to write with the heatmap over the ``overlay_faces`` most fake-looking faces (None: none).
     """
     import torch
 
+    from model.data.datasets import eval_view, to_tensor
     from model.eval import metrics
-    from model.data.datasets import to_tensor
-    from pipeline.faces import FaceDetector, crop_face
+    from pipeline.faces import FaceDetector
 
     device = device or next(model.parameters()).device
     size = int(model.config.input_size)
-    indices, frames = load_frames(path, n_frames)
     detector = detector or FaceDetector()
-    detections = detector.detect(frames)
-    crops, found, missing = [], [], []
-    for i, frame, det in zip(indices, frames, detections):
-        if len(det) == 0:
-            missing.append(int(i))
-            continue
-        crop, _ = crop_face(frame, det.boxes[0], scale=crop_scale, size=size)
-        crops.append(crop)
-        found.append(int(i))
-    pred = Prediction(path=str(path), probability=None, n_sampled=len(indices), frame_index=found,
+    stored, found, missing, n_sampled = face_crops(Path(path), n_frames, detector)
+    pred = Prediction(path=str(path), probability=None, n_sampled=n_sampled, frame_index=found,
                       no_face_frames=missing,
                       protocol={"frames": n_frames, "flip_test": flip, "aggregation": aggregate,
-                                "crop_scale": crop_scale, "detector": detector.name, "input_size": size})
-    if not crops:
+                                "face_scale": face_scale, "detector": detector.name, "input_size": size})
+    if not len(stored):
         return pred
-    crops_arr = np.stack(crops)
+    crops_arr = np.stack([eval_view(f, size, STORED_CROP_SCALE, face_scale) for f in stored])
     logits, hms = [], []
     for start in range(0, len(crops_arr), 16):
         x = to_tensor(crops_arr[start:start + 16]).to(device)
@@ -134,9 +139,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=32, help="evenly spaced frames to sample from a video")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--aggregate", choices=("logit-mean", "prob-mean"), default="logit-mean")
-    p.add_argument("--crop-scale", type=float, default=REFERENCE_TEST_SCALE,
-                   help="face crop side in face-box sides; default: evaluation's reference test geometry "
-                        "(the 1.25x crop minus 5/256 per side)")
+    p.add_argument("--face-scale", type=float, default=REFERENCE_TEST_SCALE,
+                   help="faces are shown at this many face-box sides, as evaluate.py shows them; default: the "
+                        "reference's test geometry (the 1.25x crop minus 5/256 per side)")
     p.add_argument("--overlay", default=None, help="overlay PNG path (default: <input stem>_laanet.png here)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overlay = Path(args.overlay) if args.overlay else Path(f"{path.stem}_laanet.png")
     try:
-        pred = predict(path, model, args.frames, args.flip, args.aggregate, args.crop_scale, overlay=overlay,
+        pred = predict(path, model, args.frames, args.flip, args.aggregate, args.face_scale, overlay=overlay,
                        device=device)
     except (VideoError, ValueError) as e:
         print(f"model.predict: {e}", file=sys.stderr)

@@ -23,21 +23,20 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from pipeline.faces import DetectorConfig, FaceDetector, crop_face
+from pipeline.extract import VideoFaces, extract_video, failure
+from pipeline.faces import DetectorConfig, FaceDetector
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.lock import SplitBusy, split_lock
 from pipeline.manifest import VideoItem
 from pipeline.resume import PlanConflict, clear_split, plan_resume, settings_hash, video_record
 from pipeline.shards import (DEFAULT_COMPRESSION, FAILURES_NAME, INDEX_NAME, ShardError, ShardReader, ShardWriter,
                              add_landmarks, load_index, summarize_shard, write_index)
-from pipeline.video import VideoError, iter_frames, probe, sample_indices
 
 PROGRESS_TOPIC = "laanet-pipeline-progress"
 ProgressFn = Callable[[dict], None]
@@ -118,18 +117,6 @@ def extract_settings(cfg: ExtractConfig, items: Sequence[VideoItem]) -> dict:
     return json.loads(json.dumps(settings))  # tuples -> lists: equal to what a shard's JSON attribute gives back
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def failure(file: str, stage: str, reason: str, frame_index: int | None = None) -> dict:
-    """A failures.jsonl row."""
-    row = {"file": file, "stage": stage, "reason": reason, "time": _now()}
-    if frame_index is not None:
-        row["frame_index"] = int(frame_index)
-    return row
-
-
 @lru_cache(maxsize=2)
 def _detector(cfg_json: str) -> FaceDetector:
     """One detector per worker process and configuration (the cache key is the config as JSON)."""
@@ -158,87 +145,6 @@ def _limit_threads() -> None:
     import cv2
 
     cv2.setNumThreads(1)
-
-
-@dataclass
-class VideoFaces:
-    """Output of ``extract_video``: the crops of one video and what went wrong. Arrays have n rows."""
-    row: dict | None
-    faces: np.ndarray
-    frame_index: np.ndarray
-    boxes: np.ndarray
-    scores: np.ndarray
-    kps5: np.ndarray
-    crop_boxes: np.ndarray
-    no_face: list[int]
-    n_decoded: int
-    failures: list[dict]
-
-
-def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1.25, crop_size: int = 384,
-                  decode_threads: int | None = 1) -> VideoFaces:
-    """Sample, detect and crop one video; never raises for a bad video (it returns failures instead).
-
-    Frames stream from ffmpeg in detector-sized batches, so memory holds one batch of frames plus the crops.
-    ``row`` is None when the video could not be read at all.
-    """
-    s = crop_size
-    faces, fidx, boxes, scores, kps, cboxes, no_face, fails = [], [], [], [], [], [], [], []
-    try:
-        info = probe(item.path)
-    except VideoError as e:
-        return VideoFaces(None, np.zeros((0, s, s, 3), np.uint8), np.zeros(0, np.int32), np.zeros((0, 4)),
-                          np.zeros(0), np.zeros((0, 5, 2)), np.zeros((0, 4)), [], 0,
-                          [failure(item.path, "decode", str(e).split(": ", 1)[-1])])
-    row = {"id": item.id, "path": item.rel_path, "label": item.label, "method": item.method,
-           "source": item.source, "target": item.target, "fps": info.fps, "n_frames": info.n_frames,
-           "width": info.width, "height": info.height, "split": item.split, "dataset": item.dataset}
-    if info.damage:
-        # Frames are sampled among those that can be read; the damage is logged, not hidden.
-        fails.append(failure(item.path, "decode", f"damaged or truncated stream, {info.n_frames} readable frames "
-                                                  f"({info.damage})"))
-    wanted = sample_indices(info.n_frames, item.n_frames, item.segment)
-    batch_idx: list[int] = []
-    batch: list[np.ndarray] = []
-    n_decoded = 0
-
-    def flush() -> None:
-        for i, frame, det in zip(batch_idx, batch, detector.detect(batch)):
-            if len(det) == 0:
-                no_face.append(i)
-                fails.append(failure(item.path, "faces", "no face detected", i))
-                continue
-            for k in range(len(det)):
-                crop, cb = crop_face(frame, det.boxes[k], crop_scale, s)
-                faces.append(crop)
-                fidx.append(i)
-                boxes.append(det.boxes[k])
-                scores.append(det.scores[k])
-                kps.append(det.kps5[k])
-                cboxes.append(cb)
-        batch_idx.clear()
-        batch.clear()
-
-    bad_images: list[tuple[int, str, str]] = []  # image folders: an unreadable image skips its frame only
-    try:
-        for i, frame in iter_frames(item.path, wanted, info, decode_threads, bad_images):
-            n_decoded += 1
-            batch_idx.append(i)
-            batch.append(frame)
-            if len(batch) == detector.cfg.batch_size:
-                flush()
-    except VideoError as e:
-        fails.append(failure(item.path, "decode", str(e).split(": ", 1)[-1]))
-    fails += [failure(file, "decode", reason, i) for i, file, reason in bad_images]
-    if batch:
-        flush()
-    n = len(faces)
-    return VideoFaces(row=row,
-                      faces=np.stack(faces) if n else np.zeros((0, s, s, 3), np.uint8),
-                      frame_index=np.asarray(fidx, np.int32), boxes=np.asarray(boxes, np.float32).reshape(n, 4),
-                      scores=np.asarray(scores, np.float32), kps5=np.asarray(kps, np.float32).reshape(n, 5, 2),
-                      crop_boxes=np.asarray(cboxes, np.float32).reshape(n, 4), no_face=no_face,
-                      n_decoded=n_decoded, failures=fails)
 
 
 def extract_shard(job: ShardJob, split_dir: str, cfg: ExtractConfig, progress: ProgressFn | None = None

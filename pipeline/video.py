@@ -82,7 +82,7 @@ def image_sequence(folder: str | os.PathLike) -> list[Path]:
     return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=key)
 
 
-def _read_image(p: Path) -> np.ndarray:
+def read_image(p: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file; raises ``VideoError`` for an unreadable or truncated one.
 
     OpenCV decodes a JPEG cut off mid-file without complaint, filling the missing rows with grey, so the
@@ -111,7 +111,7 @@ def _first_readable_image(frames: list[Path]) -> np.ndarray:
     err = None
     for p in frames:
         try:
-            return _read_image(p)
+            return read_image(p)
         except VideoError as e:
             err = e
     raise VideoError(f"{Path(frames[0]).parent}: no readable image among {len(frames)} ({err})")
@@ -225,7 +225,7 @@ def iter_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo
         files = image_sequence(path)
         for i in idx:
             try:
-                frame = _read_image(files[i])
+                frame = read_image(files[i])
             except VideoError as e:
                 if bad_frames is None:
                     raise

@@ -62,6 +62,7 @@ def _list_manifest(path, root, videos, frames=4, vps=1):
     return path
 
 
+@pytest.mark.slow
 def test_sample_end_to_end(tmp_path, repo_root):
     m = load_manifest(repo_root / "data_manifest.yaml")
     out = {}
@@ -150,6 +151,7 @@ def _shard_content(d):
     return out
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(tmp_path, sample_videos_dir):
     vids = []
     for k in range(4):
@@ -201,6 +203,7 @@ def test_leftover_tmp_is_redone_and_landmarks_resume(tmp_path, sample_videos_dir
     assert all(x["landmarks"] for x in load_index(d)["shards"]) and verify_split(d) == []
 
 
+@pytest.mark.slow
 def test_cli_adhoc_verify_inspect_and_errors(tmp_path, sample_videos_dir):
     vids = tmp_path / "videos"
     vids.mkdir()
@@ -245,6 +248,7 @@ def dask_client():
         yield client
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_two_workers(tmp_path, sample_videos_dir, dask_client):
     # Workers start without Dask's MALLOC_TRIM_THRESHOLD_ (it costs this pipeline 18 % CPU, see local_cluster).
     env = dask_client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
@@ -261,6 +265,7 @@ def test_dask_local_cluster_two_workers(tmp_path, sample_videos_dir, dask_client
     assert all(x["landmarks"] for x in load_index(d)["shards"]) and verify_split(d) == []
 
 
+@pytest.mark.slow
 def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, dask_client):
     """SIGKILL the worker process that is writing a shard: its task is redone elsewhere, nothing is lost."""
     import threading

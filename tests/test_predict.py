@@ -91,3 +91,27 @@ def test_unreadable_input_gives_one_line_error(tiny_checkpoint, tmp_path, capsys
     assert predict.main([str(bad), "--checkpoint", str(tiny_checkpoint)]) == 2
     err = capsys.readouterr().err.strip()
     assert "broken.mp4" in err and len(err.splitlines()) == 1
+
+
+def test_predict_shows_the_network_the_faces_evaluation_shows(tmp_path, sample_videos_dir):
+    """One crop path: predict's inputs for a video equal the EvalDataset images of the shards the pipeline
+    writes for the same video (same frames, same crops, same face scale, same resize)."""
+    from pathlib import Path
+
+    from model.data.datasets import EvalDataset, eval_view, to_tensor
+    from model.predict import STORED_CROP_SCALE, face_crops
+    from pipeline.faces import FaceDetector
+    from pipeline.manifest import VideoItem
+    from pipeline.runner import ExtractConfig, run_extract
+
+    video = Path(sample_videos_dir) / "carphone_pristine.mp4"
+    item = VideoItem(id="carphone", path=str(video), rel_path=video.name, label=0, split="test", dataset="x",
+                     n_frames=5)
+    split = tmp_path / "x" / "test"
+    assert not run_extract([item], split, "x", "test", ExtractConfig(), videos_per_shard=1, workers=0).failed_shards
+    ds = EvalDataset([str(split)], 128)
+    evaluation = torch.stack([ds[i]["image"] for i in sorted(range(len(ds)), key=lambda i: ds[i]["frame_index"])])
+    crops, frames, missing, _ = face_crops(video, 5, FaceDetector())
+    assert len(crops) == len(ds) > 0 and frames == sorted(ds[i]["frame_index"] for i in range(len(ds)))
+    ours = torch.stack([to_tensor(eval_view(c, 128, STORED_CROP_SCALE, ds.face_scale)) for c in crops])
+    assert torch.equal(ours, evaluation)
