@@ -450,7 +450,17 @@ class ShardReader:
         if self._f is None or self._pid != os.getpid():
             self._f = h5py.File(self.path, "r")
             self._pid = os.getpid()
+            self._datasets = {}
         return self._f
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        # Looking a dataset up by name costs about as much as reading one crop: keep the handles.
+        f = self._file()
+        cache = self.__dict__.setdefault("_datasets", {})
+        ds = cache.get(name)
+        if ds is None:
+            ds = cache[name] = f[name]
+        return ds
 
     def __len__(self) -> int:
         return len(self.video)
@@ -472,8 +482,7 @@ class ShardReader:
         fletcher32 checksum fails, a cut-off file).
         """
         try:
-            f = self._file()
-            ds = f[name]
+            ds = self._dataset(name)
             return ds[()] if i is None else ds[i]
         except OSError as e:
             rows = "all rows" if i is None else f"row {i}" if isinstance(i, int) else f"rows {_rows(i)}"
@@ -489,11 +498,13 @@ class ShardReader:
             self._f.close()
         self._f = None
         self._pid = None
+        self._datasets = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_f"] = None
         state["_pid"] = None
+        state["_datasets"] = {}
         return state
 
     def __enter__(self) -> "ShardReader":
