@@ -24,6 +24,7 @@ import numpy as np
 
 from model.data.datasets import REFERENCE_TEST_SCALE
 from model.eval.inference import score_faces
+from pipeline.extract import CROP_SCALE, CROP_SIZE
 
 
 @dataclass
@@ -41,9 +42,9 @@ class Prediction:
     protocol: dict = field(default_factory=dict)
 
 
-# The stored-crop geometry of the pipeline (pipeline.runner.ExtractConfig): predict cuts the same crops and
-# then shows them to the network exactly as evaluation shows stored crops (model.data.datasets.eval_view).
-STORED_CROP_SCALE, STORED_CROP_SIZE = 1.25, 384
+# predict cuts the pipeline's stored crops (pipeline.extract: CROP_SCALE, CROP_SIZE) and then shows them to the
+# network exactly as evaluation shows stored crops (model.data.datasets.eval_view).
+STORED_CROP_SCALE, STORED_CROP_SIZE = CROP_SCALE, CROP_SIZE
 
 
 def face_crops(path: Path, n_frames: int, detector) -> tuple[np.ndarray, list[int], list[int], int]:

@@ -13,6 +13,9 @@ from pipeline.faces import FaceDetector, crop_face
 from pipeline.manifest import VideoItem
 from pipeline.video import VideoError, iter_frames, probe, sample_indices
 
+# The stored crop: a square of CROP_SCALE x the detector box's larger side, resized to CROP_SIZE pixels.
+CROP_SCALE, CROP_SIZE = 1.25, 384
+
 
 def detect_and_crop(frames: list[np.ndarray], indices: list[int], detector: FaceDetector, crop_scale: float,
                     crop_size: int):
@@ -49,7 +52,7 @@ class VideoFaces:
     failures: list[dict]
 
 
-def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = 1.25, crop_size: int = 384,
+def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = CROP_SCALE, crop_size: int = CROP_SIZE,
                   decode_threads: int | None = 1) -> VideoFaces:
     """Sample, detect and crop one video; never raises for a bad video (it returns failures instead).
 

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pipeline.extract import VideoFaces, extract_video, failure
+from pipeline.extract import CROP_SCALE, CROP_SIZE, VideoFaces, extract_video, failure
 from pipeline.faces import DetectorConfig, FaceDetector
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.lock import SplitBusy, split_lock
@@ -49,8 +49,8 @@ class PipelineError(Exception):
 @dataclass
 class ExtractConfig:
     """Settings of the frames stage (the CLI fills it from options and the manifest)."""
-    crop_scale: float = 1.25
-    crop_size: int = 384
+    crop_scale: float = CROP_SCALE
+    crop_size: int = CROP_SIZE
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     compression: str = DEFAULT_COMPRESSION
     on_error: str = "skip"              # "skip": log and go on; "raise": stop at the first failed video

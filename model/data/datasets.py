@@ -59,18 +59,25 @@ def fit_face(face: np.ndarray, landmarks: np.ndarray | None, size: int) -> tuple
     return face, landmarks
 
 
+def view_fraction(crop_scale: float, face_scale: float | None) -> float:
+    """Side fraction of a stored crop (`crop_scale` x the face box) that shows `face_scale` face-box sides
+    (None: the whole crop); ValueError when the crop is smaller than that."""
+    if face_scale is None:
+        return 1.0
+    frac = face_scale / crop_scale
+    if not 0.1 < frac <= 1.0 + 1e-9:
+        raise ValueError(f"face scale {face_scale:.3f} needs a crop of at least that many face-box sides; "
+                         f"the shard's crops are {crop_scale:.3f}x")
+    return frac
+
+
 def eval_view(face: np.ndarray, size: int, crop_scale: float, face_scale: float | None) -> np.ndarray:
     """The evaluation view of a stored (S, S, 3) crop of `crop_scale` x the face box: its central square
     of `face_scale` face-box sides (None: the whole crop), resized to (size, size, 3)."""
-    if face_scale is not None:
-        frac = face_scale / crop_scale
-        if not 0.1 < frac <= 1.0 + 1e-9:
-            raise ValueError(f"face scale {face_scale:.3f} needs a crop of at least that many face-box sides; "
-                             f"the shard's crops are {crop_scale:.3f}x")
-        s = face.shape[0]
-        cut = int(round(s * (1.0 - frac) / 2))
-        if cut > 0:
-            face = face[cut:s - cut, cut:s - cut]
+    s = face.shape[0]
+    cut = int(round(s * (1.0 - view_fraction(crop_scale, face_scale)) / 2))
+    if cut > 0:
+        face = face[cut:s - cut, cut:s - cut]
     return fit_face(face, None, size)[0]
 
 
@@ -127,6 +134,8 @@ class _Shards:
         self.readers = [ShardReader(p) for d in split_dirs for p in shard_paths(d)]
         if not self.readers:
             raise ValueError(f"no finished shards listed in {', '.join(map(str, split_dirs))}")
+        # Face scale of each shard's stored crops (crop side / face-box side).
+        self.crop_scales = [float(r.attrs.get("crop_scale", 1.25)) for r in self.readers]
 
     def videos(self):
         """Yield (shard number, video row dict, rows of that video's faces sorted by frame index)."""
@@ -174,8 +183,6 @@ class TrainPairDataset(Dataset):
         # All landmarks in memory (544 bytes a face, 50 MB for FF++'s 92k training frames): one HDF5 read per
         # item instead of two. Read with short-lived handles so nothing is open when workers fork.
         self.landmarks = [r.read("landmarks") if r.has_landmarks else None for r in self.shards.readers]
-        # Face scale of the stored crops (crop side / face-box side), for the face scale of each pair.
-        self.crop_scales = [float(r.attrs.get("crop_scale", 1.25)) for r in self.shards.readers]
         for r in self.shards.readers:
             r.close()
         self.skipped = {"frames_without_landmarks": 0, "videos_without_landmarks": 0, "fake_videos": 0}
@@ -289,7 +296,7 @@ class TrainPairDataset(Dataset):
         return {"real": real, "fake": fake, "heatmap": heatmap, "consistency": consistency, "boundary": b,
                 "mask": mask, "video_id": self.videos[v][0], "frame_index": int(reader.frame_index[row]),
                 "kind": pair.kind, "ratio": pair.ratio, "flipped": pair.flipped, "aug_side": pair.aug_side,
-                "applied": applied, "face_scale": float(self.crop_scales[si]) * geom.kept}
+                "applied": applied, "face_scale": self.shards.crop_scales[si] * geom.kept}
 
 
 def collate_pairs(pairs: list[dict]) -> dict:
@@ -349,9 +356,8 @@ class EvalDataset(Dataset):
         self.seed = int(seed)
         self.shards = _Shards(list(split_dirs))
         self.face_scale = face_scale
-        self.crop_scales = [float(r.attrs.get("crop_scale", 1.25)) for r in self.shards.readers]
-        for cs in set(self.crop_scales):
-            eval_view(np.zeros((8, 8, 3), np.uint8), 8, cs, face_scale)     # fail now, not in a worker
+        for cs in set(self.shards.crop_scales):
+            view_fraction(cs, face_scale)                               # fail now, not in a worker
         self.skipped = {"frames_without_landmarks": 0}
         # (shard, row, label, video_id, method, synthetic)
         self.items: list[tuple[int, int, int, str, str, bool]] = []
@@ -407,7 +413,7 @@ class EvalDataset(Dataset):
                 dsi, drow = self._donors[(si, row)]
                 donor = self.shards.readers[dsi]
                 face = bi(face, lm, donor.face(drow), donor.landmarks(drow), np.random.default_rng(seed)).fake
-        face = eval_view(face, self.image_size, self.crop_scales[si], self.face_scale)
+        face = eval_view(face, self.image_size, self.shards.crop_scales[si], self.face_scale)
         return {"image": to_tensor(face), "label": label, "video_id": key, "method": method,
                 "frame_index": int(reader.frame_index[row]), "shard": str(reader.path), "row": row}
 
@@ -452,6 +458,18 @@ def _load_run_config(path: str | None, overrides: list[str]):
     return load_config(path, overrides)
 
 
+def _reference_scale_line() -> str:
+    """The reference implementation's measured training face scales (sbi_distribution.json)."""
+    from model.data.pair_stats import load_reference
+
+    try:
+        st = load_reference()["margin_and_scale"]["final_side_over_face_box"]["stats"]
+    except FileNotFoundError:
+        return "  reference implementation: sbi_distribution.json not found"
+    return (f"  reference implementation (measured): training median {st['q50']:.3f} q5 {st['q05']:.3f} "
+            f"q95 {st['q95']:.3f}; it tests at {REFERENCE_TEST_SCALE:.3f}")
+
+
 def face_scale_report(cfg, crop_scale: float, png: str | None = None) -> str:
     """Training face scales (median, q5, q95 of `training_face_scales`) beside the scales evaluation shows
     faces at ("reference" and "train-median"), as printable lines; optionally a histogram PNG."""
@@ -463,7 +481,7 @@ def face_scale_report(cfg, crop_scale: float, png: str | None = None) -> str:
              f"  training   median {q50:.3f}  q5 {q5:.3f}  q95 {q95:.3f}  mean {scales.mean():.3f}",
              f"  evaluation reference {ref:.3f} (1.25x crop minus 5/256 per side; the default), "
              f"train-median {q50:.3f} (--face-scale train-median), crop {crop_scale:.3f} (--face-scale crop)",
-             f"  reference implementation (measured): training median 1.104 q5 1.016 q95 1.201, test 1.201"]
+             _reference_scale_line()]
     if png:
         import matplotlib
 
