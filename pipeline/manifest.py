@@ -35,6 +35,10 @@ SPLITS = ("train", "val", "test")
 KINDS = ("ffpp", "celebdf", "dfd", "dfdc", "dfdcp", "wilddeepfake", "list")
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
 FFPP_COMPRESSIONS = ("raw", "c23", "c40")
+# Splits of FF++ whose manipulated videos are listed. The SBI and BI recipes train on real videos only (their fakes
+# are synthesised from them), so by default the train split holds the 720 originals and not the 2,880 fakes,
+# which would be 80 % of its storage; `fake_splits: [train, val, test]` lists them too (e.g. for BI research).
+FFPP_FAKE_SPLITS = ("val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -196,7 +200,8 @@ def _segments(d: Any, where: Path, key: str) -> dict:
 _KIND_KEYS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "ffpp": ({"compression": "one of raw, c23, c40", "methods": f"a list from {list(FFPP_METHODS)}",
               "splits": "a mapping {train: train.json, val: val.json, test: test.json} (official pair lists)"},
-             {"originals": "a folder relative to root (default original_sequences/youtube)"}),
+             {"originals": "a folder relative to root (default original_sequences/youtube)",
+              "fake_splits": "a list from ['train', 'val', 'test'] (default [val, test])"}),
     "celebdf": ({"test_list": "a file relative to root (List_of_testing_videos.txt)"},
                 {"real_dirs": "a list of folders", "fake_dirs": "a list of folders"}),
     "dfd": ({"compression": "one of raw, c23, c40"}, {"originals": "a folder", "manipulated": "a folder"}),
@@ -259,6 +264,9 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
             _known_keys(e["splits"], SPLITS, path, f"{key}.splits")
             for sp, f in e["splits"].items():
                 _expect(isinstance(f, str) and f, path, f"{key}.splits.{sp}", "a JSON file relative to root", f)
+            fs = e.get("fake_splits", list(FFPP_FAKE_SPLITS))
+            _expect(isinstance(fs, list) and set(fs) <= set(SPLITS), path, f"{key}.fake_splits",
+                    f"a list from {list(SPLITS)}", fs)
         if kind == "list":
             vids = e["videos"]
             _expect(isinstance(vids, list) and vids, path, f"{key}.videos", required["videos"], vids)
@@ -349,6 +357,8 @@ def _ffpp(e: DatasetEntry, split: str, key: str, mpath: Path) -> list[dict]:
     for i in ids:
         rows.append({"id": f"original/{i}", "path": f"{orig}/{comp}/videos/{i}.mp4", "label": 0,
                      "method": "original", "source": i})
+    if split not in raw.get("fake_splits", FFPP_FAKE_SPLITS):
+        return rows
     for m in raw["methods"]:
         if m == "DeepFakeDetection":
             continue  # no official pair split: listed by the `dfd` kind instead

@@ -39,6 +39,8 @@ def test_project_manifest_is_valid(repo_root):
     ({"kind": "ffpp", "root": "x", "compression": "c23", "methods": ["DeepFake"], "splits": {}},
      "datasets.d.methods", "a non-empty list from"),
     ({"kind": "ffpp", "root": "x", "compression": "c23", "splits": {}}, "datasets.d.methods", "a list from"),
+    ({"kind": "ffpp", "root": "x", "compression": "c23", "methods": ["Deepfakes"], "splits": {},
+      "fake_splits": ["dev"]}, "datasets.d.fake_splits", "a list from"),
     ({"kind": "videos", "root": "x"}, "datasets.d.kind", "one of ffpp, celebdf"),
     ({"kind": "celebdf", "root": "x", "test_list": "l.txt", "frames": {"train": 0}}, "datasets.d.frames.train",
      "a positive integer"),
@@ -96,6 +98,14 @@ def test_ffpp_official_pairs(tmp_path):
     train = list_videos(m, "ffpp", "train")
     ids = {it.id for it in train}
     assert {"original/000", "original/003", "original/054", "original/071"} <= ids
+    assert len(train) == 4 and all(it.label == 0 for it in train) and not any("953" in i for i in ids)
+    assert len(list_videos(m, "ffpp", "test")) == 2 + 4  # fakes are listed in test by default (fake_splits)
+    p = _write(tmp_path, {"ffpp": {"kind": "ffpp", "root": str(root), "compression": "c40",
+                                   "methods": ["Deepfakes", "FaceSwap"], "fake_splits": ["train", "test"],
+                                   "splits": {"train": "splits/train.json", "test": "splits/test.json"}}})
+    m = load_manifest(p)
+    train = list_videos(m, "ffpp", "train")
+    ids = {it.id for it in train}
     assert {"Deepfakes/071_054", "Deepfakes/054_071", "FaceSwap/000_003", "FaceSwap/003_000"} <= ids
     assert len(train) == 4 + 2 * 2 * 2 and not any("953" in i for i in ids)
     fake = next(it for it in train if it.id == "Deepfakes/071_054")
