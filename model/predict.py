@@ -322,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 verdict = "FAKE" if pred.probability >= 0.5 else "REAL"
                 row.update(score=f"{pred.probability:.6f}", verdict=verdict)
-                if not args.json:
+                if not args.json:  # results on stdout, messages and the bar on stderr
                     tqdm.write(f"{path}: fake probability {pred.probability:.4f} ({verdict} at 0.5) from "
                                f"{len(pred.face_logits)} faces in {pred.n_sampled} frames"
-                               + (f" ({len(pred.no_face_frames)} without a face)" if pred.no_face_frames else ""))
+                               + (f" ({len(pred.no_face_frames)} without a face)" if pred.no_face_frames else ""),
+                               file=sys.stdout)
         rows.append(row)
         write_csv(csv_path, rows)  # after every clip: an interrupted run leaves the clips done so far
     write_csv(csv_path, rows)

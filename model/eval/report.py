@@ -262,8 +262,9 @@ def save_overlay_sheet(items: list[OverlayItem], path: Path, title: str, columns
         ax_face.imshow(item.face)
         ax_hm.imshow(heatmap_overlay(item.face, item.heatmap, lo, hi))
         scale = "fixed range" if hm_range is not None else "range of this map"
+        digits = min(6, max(3, math.ceil(-math.log10(hi - lo)) + 1)) if hi > lo else 3  # tell lo and hi apart
         lines = ([cut_left(item.name, max_chars)] if item.name else []) + [item.caption] + \
-            [f"hm max {float(np.max(item.heatmap)):.3f}, colours: {scale} {lo:.3f}..{hi:.3f}"]
+            [f"hm max {float(np.max(item.heatmap)):.{digits}f}, colours: {scale} {lo:.{digits}f}..{hi:.{digits}f}"]
         ax_face.set_title("\n".join(lines), fontsize=CAPTION_PT, loc="left")
         norm = matplotlib.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
         bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_hm, fraction=0.046, pad=0.02)
