@@ -33,7 +33,8 @@ from model.eval.inference import choose_batch_size, run_dataset
 from model.eval.metrics import compute_metrics
 from model.eval.protocol import (EvaluationError, build_protocol, class_refusal, faces_per_video, protocol_line,
                                  resolve_test_sets)
-from model.eval.report import clean_json, build_report, draw_overlays, write_frame_scores, write_scores
+from model.eval.report import (HelpFormatter, build_report, clean_json, draw_overlays, write_frame_scores,
+                               write_scores)
 from model.eval.robustness import run_robustness
 from pipeline.cli_errors import debugging, one_line
 from pipeline.faces import file_sha256
@@ -52,13 +53,9 @@ with the other sets and exits non-zero when no set could be evaluated.
 """
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in --help, examples kept as written."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python evaluate.py", description=__doc__.split("\n\n")[0],
-                                epilog=EXAMPLES, formatter_class=_HelpFormatter)
+                                epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint from train.py or a converted reference one (a run folder names the ones inside)")
     p.add_argument("--dataset", nargs="*", default=[],

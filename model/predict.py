@@ -223,12 +223,12 @@ option or checkpoint).
 """
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in --help, examples kept as written."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model.predict", formatter_class=_HelpFormatter, epilog=EXAMPLES,
+    from model.eval.report import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m model.predict", formatter_class=HelpFormatter, epilog=EXAMPLES,
                                 description="Fake probability of videos and images, with heatmap overlays.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="video or image files, folders of frame images, or folders holding those")

@@ -76,8 +76,9 @@ def test_end_to_end_writes_every_output(setup, tmp_path):
     assert p["frames_per_video"] == {"median": 2, "min": 2, "max": 2} and p["frames_per_video_requested"] == 2
     assert p["frames_per_video_stored"] == {"median": 3, "min": 3, "max": 3}
     assert p["flip_test"] is True and p["aggregation"] == "logit-mean" and p["videos"] == "2 real / 4 fake"
-    assert p["compression"] == "c23 (guessed from file names)" and p["checkpoint_sha256"] == summary["test_sets"]["toy/test"]["protocol"][
-        "checkpoint_sha256"] and len(p["checkpoint_sha256"]) == 64
+    assert p["compression"] == "c23 (guessed from file names)"
+    assert p["checkpoint_sha256"] == summary["test_sets"]["toy/test"]["protocol"]["checkpoint_sha256"]
+    assert len(p["checkpoint_sha256"]) == 64
     assert p["sampled_frames_without_face"] == 1 and p["videos_without_faces (not scored)"] == 0
     v = res["video"]
     assert v["n_videos"] == 6 and v["n_real"] == 2 and v["n_fake"] == 4 and v["n_faces"] == 12
@@ -300,7 +301,8 @@ def test_two_folders_as_one_set_match_sklearn_auc(setup, own_folders, tmp_path, 
 
     _, ckpt = setup
     real, fake = own_folders
-    for how, argv in (("set", ["--set", f"mine={real},{fake}"]), ("merge", ["--shards", str(real), str(fake), "--merge"])):
+    for how, argv in (("set", ["--set", f"mine={real},{fake}"]),
+                      ("merge", ["--shards", str(real), str(fake), "--merge"])):
         out = tmp_path / how
         summary = evaluate.main(_args("--checkpoint", str(ckpt), *argv, "--frames", "0", "--overlays", "2",
                                       "--workers", "0", "--out", str(out)))

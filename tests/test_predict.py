@@ -135,7 +135,8 @@ def test_batch_over_two_videos_and_a_broken_file(tiny_checkpoint, sample_videos_
     (folder / "notes.txt").write_text("not a clip")
     built = []
     real_init = faces.FaceDetector.__init__
-    monkeypatch.setattr(faces.FaceDetector, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
+    monkeypatch.setattr(faces.FaceDetector, "__init__",
+                        lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
     out = tmp_path / "out"
     assert predict.main([str(folder), "--checkpoint", str(tiny_checkpoint), "--frames", "2", "--overlay-faces", "2",
                          "--out", str(out)]) == 0

@@ -5,6 +5,7 @@ text or PNG files. Matplotlib runs on the non-interactive Agg backend (no displa
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 from dataclasses import dataclass
@@ -29,6 +30,18 @@ METRIC_COLUMNS = (
     ("frame_auc", "frame AUC", True),
     ("frame_ap", "frame AP", True),
 )
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of evaluate.py and model.predict: examples kept as written, "(default: X)" after every flag whose
+    help does not already say it (flags that are off or empty by default say nothing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _pyplot():
