@@ -31,8 +31,8 @@ from model.data.datasets import EvalDataset, collate_eval, resolve_face_scale
 from model.eval import perturb, report
 from model.eval.inference import choose_batch_size, run_dataset
 from model.eval.metrics import compute_metrics
-from model.eval.protocol import (EvaluationError, build_protocol, class_refusal, faces_per_video, protocol_line,
-                                 resolve_test_sets)
+from model.eval.protocol import (EvaluationError, build_protocol, class_refusal, duplicate_video,
+                                 faces_per_video, protocol_line, resolve_test_sets)
 from model.eval.report import (HelpFormatter, build_report, clean_json, draw_overlays, write_frame_scores,
                                write_scores)
 from model.eval.robustness import run_robustness
@@ -152,7 +152,8 @@ def main(args) -> dict:
         labels = {key: label for _, _, label, key, method, _ in dataset.items}
         n_fake = sum(labels.values())
         n_real = len(labels) - n_fake
-        reason = class_refusal(ts.name, n_real, n_fake, args.synthetic_fakes, len(args.shards) > 1)
+        reason = duplicate_video(ts.name, dataset) or \
+            class_refusal(ts.name, n_real, n_fake, args.synthetic_fakes, len(args.shards) > 1)
         if reason:
             print(f"evaluate.py: {reason}; not evaluated", file=sys.stderr)
             refused[ts.name] = reason

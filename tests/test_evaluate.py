@@ -352,6 +352,15 @@ def test_single_class_sets_are_refused(setup, own_folders, tmp_path, capsys):
     assert "reals: only real videos (3)" in capsys.readouterr().err
 
 
+def test_the_same_video_in_two_merged_folders_is_refused(setup, own_folders, tmp_path):
+    _, ckpt = setup
+    real, fake = own_folders
+    with pytest.raises(SystemExit) as e:
+        evaluate.cli(["--checkpoint", str(ckpt), "--set", f"twice={real},{real},{fake}", "--overlays", "0",
+                      "--workers", "0", "--out", str(tmp_path)])
+    assert "twice: video adhoc/original/r0 is stored twice" in str(e.value.code)
+
+
 def test_compression_from_the_manifest_else_marked_guessed(repo_root):
     manifest = repo_root / "data_manifest.yaml"
     assert protocol.resolve_compression(None, manifest, {"dfd": {""}}, ["x/c40/a.mp4"]).startswith(

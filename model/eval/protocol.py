@@ -116,6 +116,22 @@ def class_refusal(name: str, n_real: int, n_fake: int, synthetic: str | None, se
     return f"{name}: no video with a face to score"
 
 
+def duplicate_video(name: str, dataset) -> str | None:
+    """Why a test set cannot be scored because two stored videos share one key (they would be averaged into
+    one "video", e.g. two merged folders that both hold ``clip1.mp4`` with the same label), or None."""
+    from model.data.datasets import video_key
+
+    seen: dict[str, int] = {}
+    for si, row, _ in dataset.shards.videos():
+        key = video_key(row)
+        if key in seen:
+            a, b = dataset.shards.readers[seen[key]].path, dataset.shards.readers[si].path
+            return (f"{name}: video {key} is stored twice ({a} and {b}); one set cannot hold the same video id "
+                    f"twice (prepare the folders with distinct file names or evaluate them as separate sets)")
+        seen[key] = si
+    return None
+
+
 def faces_per_video(video_ids: list[str]) -> dict:
     """Median / min / max faces per video of a list with one video id per face (what is actually scored)."""
     _, counts = np.unique(np.asarray(video_ids, dtype=object).astype(str), return_counts=True)
