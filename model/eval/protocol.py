@@ -55,8 +55,7 @@ def _index_of(d: Path) -> dict:
 
 def _joined(values: list[str]) -> str:
     """One name for several folders: the common value, or the distinct values joined with '+'."""
-    distinct = list(dict.fromkeys(values))
-    return "+".join(distinct)
+    return "+".join(dict.fromkeys(values))
 
 
 def _folder_set(name: str | None, folders: list[Path]) -> TestSet:
@@ -107,9 +106,8 @@ def class_refusal(name: str, n_real: int, n_fake: int, synthetic: str | None, se
     merge = " (or evaluate the folders as one set: --merge, or --set NAME=REAL_DIR,FAKE_DIR)" if several_folders \
         else " (several folders as one set: --set NAME=REAL_DIR,FAKE_DIR)"
     if n_real:
-        hint = "add fakes" + ("" if synthetic else " or use --synthetic-fakes sbi")
-        if synthetic:
-            hint = f"no real face had landmarks for a synthetic ({synthetic}) fake; add fakes"
+        hint = (f"no real face had landmarks for a synthetic ({synthetic}) fake; add fakes" if synthetic
+                else "add fakes or use --synthetic-fakes sbi")
         return f"{name}: only real videos ({n_real}): AUC needs both; {hint}{merge}"
     if n_fake:
         return f"{name}: only fake videos ({n_fake}): AUC needs both; add real videos{merge}"
