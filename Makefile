@@ -82,11 +82,14 @@ demo: $(STAMP)
 	rm -rf $(DEMO_OUT)/runs/demo_cpu
 	$(PY) train.py --config configs/demo_cpu.yaml train.out_dir=$(DEMO_OUT)/runs \
 		data.shards=[$(DEMO_OUT)/shards/sample/train] val.shards=[$(DEMO_OUT)/shards/sample/val]
+	$(PY) -m model.data preview --shards $(DEMO_OUT)/shards/sample/train --config configs/demo_cpu.yaml \
+		--out $(DEMO_OUT)/eval/training_pairs.png
 	$(PY) evaluate.py --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt --shards $(DEMO_OUT)/shards/sample/test \
-		--synthetic-fakes sbi --frames 8 --workers 1 --out $(DEMO_OUT)/eval
-	$(PY) -m model.predict data/sample/videos/carphone_pristine.mp4 --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt \
-		--frames 8 --overlay $(DEMO_OUT)/predict_carphone.png
-	@echo "demo evaluation report: $(DEMO_OUT)/eval/report.md (plots and overlays next to it)"
+		--synthetic-fakes sbi --frames 8 --workers 1 --training-preview $(DEMO_OUT)/eval/training_pairs.png \
+		--out $(DEMO_OUT)/eval
+	$(PY) -m model.predict data/sample/videos --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt \
+		--frames 8 --out $(DEMO_OUT)/predict
+	@echo "demo evaluation report: $(DEMO_OUT)/eval/report.md (plots and overlays next to it); predictions: $(DEMO_OUT)/predict/predictions.csv"
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do m=$$(basename $$b .py); echo "== $$m"; PYTHONPATH=. $(PY) -m bench.$$m || exit 1; done

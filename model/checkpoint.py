@@ -112,6 +112,22 @@ def restore_training_state(state: dict, *, model, optimizer, schedule, scaler) -
             "history": list(state.get("history", [])), "rng": list(state["rng"])}
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file that ``path`` names; raises ValueError (one line) for a missing path, and for a
+    folder (a run directory) with the checkpoints inside it, so that the user picks one."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        inside = sorted(path.glob("*.pt")) or sorted(path.glob("*/*.pt"))
+        if not inside:
+            raise ValueError(f"{path}: a folder with no checkpoint (*.pt) inside; give the checkpoint file")
+        best = next((p for p in inside if p.name == "best.pt"), inside[0])
+        others = ", ".join(str(p.relative_to(path)) for p in inside[:6]) + (" ..." if len(inside) > 6 else "")
+        raise ValueError(f"{path}: a folder, not a checkpoint; did you mean {best}? (inside: {others})")
+    raise ValueError(f"{path}: checkpoint not found")
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint dict (raises a one-line error naming the file otherwise)."""
     path = Path(path)
