@@ -137,10 +137,6 @@ def write_overlay(path: Path, crops: np.ndarray, heatmaps: np.ndarray | None, lo
     return path
 
 
-# What ffmpeg decodes and a folder scan picks up as a video (other files in a folder are skipped and counted).
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
-
-
 def _is_frame_folder(folder: Path) -> bool:
     from pipeline.video import IMAGE_SUFFIXES
 
@@ -155,6 +151,8 @@ def expand_inputs(paths: list[str | Path], recursive: bool = False) -> tuple[lis
     ``recursive``, also everything below its other sub-folders. Files of other types in a collection are
     skipped (counted). Order: as given, folders sorted by name; a clip named twice is scored once.
     """
+    from pipeline.video import VIDEO_SUFFIXES
+
     clips, missing, skipped = [], [], 0
 
     def scan(folder: Path) -> None:

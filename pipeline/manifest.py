@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from pipeline.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
 SPLITS = ("train", "val", "test")
 KINDS = ("ffpp", "celebdf", "dfd", "dfdc", "dfdcp", "wilddeepfake", "list")
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
@@ -39,7 +41,6 @@ FFPP_COMPRESSIONS = ("raw", "c23", "c40")
 # are synthesised from them), so by default the train split holds the 720 originals and not the 2,880 fakes,
 # which would be 80 % of its storage; `fake_splits: [train, val, test]` lists them too (e.g. for BI research).
 FFPP_FAKE_SPLITS = ("val", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 class ManifestError(Exception):
@@ -501,7 +502,6 @@ _LISTERS: dict[str, Callable[[DatasetEntry, str, str, Path], list[dict]]] = {
 }
 
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 # Words in a folder name that say what its videos are: `real/`, `fake/`, FF++'s `original_sequences/` and
 # `manipulated_sequences/`, Celeb-DF's `Celeb-real/`, `YouTube-real/` and `Celeb-synthesis/`, WildDeepfake's
 # `real_train/` and `fake_test/`. A name is split into words at every non-alphanumeric character.
