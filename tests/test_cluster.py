@@ -295,3 +295,14 @@ def test_worker_without_the_project_stops_the_run(separate_cluster, sample_video
     assert "\n" not in err and err.startswith("error: workers cannot run this client's project code: worker tcp://")
     assert "cannot import the project" in err
     assert not list((client_dir / "out").glob("*.h5")) and not (client_dir / "out" / "index.json").exists()
+
+
+def test_other_project_code_on_a_worker_is_one_line(thread_cluster, monkeypatch):
+    # As a worker with another installed version would answer the check (the in-process worker runs this module).
+    monkeypatch.setattr(cluster, "_worker_code", lambda: ("0.0.9", "ffffffffffff"))
+    with pytest.raises(ClusterError) as e:
+        cluster.check_versions(thread_cluster[1])
+    msg = str(e.value)
+    assert msg.startswith("workers cannot run this client's project code: worker inproc://") and "\n" not in msg
+    assert f"laanet 0.0.9, code ffffffffffff (client: laanet {cluster.project_version()}, code " \
+           f"{cluster.code_hash()}" in msg
