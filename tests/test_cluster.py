@@ -20,6 +20,7 @@ from pipeline import cluster
 from pipeline.cli import app
 from pipeline.cluster import ClusterError, check_workers, choose_cluster, version_mismatches
 from pipeline.faces import MOBILENET_ONNX
+from pipeline.landmarks import default_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -261,12 +262,16 @@ def test_separate_scheduler_and_workers_relative_out(separate_cluster, sample_vi
     (client_dir / "videos").mkdir(parents=True)
     for name in ("a", "b"):
         shutil.copy(sample_videos_dir / "carphone_pristine.mp4", client_dir / "videos" / f"{name}.mp4")
+    # model files given by relative paths too: the workers' folder has none of them
+    shutil.copy(MOBILENET_ONNX, client_dir / "det.onnx")
+    (client_dir / "lm.dat").symlink_to(default_model_path())
     sched = os.path.relpath(c["file"], client_dir)
     r = _cli(["extract-frames", "--input", "videos/*.mp4", "--label", "real", "--frames", "3", "--crop-size", "96",
-              "--out", "out", "--scheduler-file", sched], client_dir, c["env"])
+              "--out", "out", "--detector-weights", "det.onnx", "--scheduler-file", sched], client_dir, c["env"])
     assert r.returncode == 0, r.stderr
     assert "Dask: 2 workers" in r.stdout
-    r = _cli(["cache-landmarks", "--out", "out", "--scheduler-file", sched], client_dir, c["env"])
+    r = _cli(["cache-landmarks", "--out", "out", "--landmark-model", "lm.dat", "--scheduler-file", sched],
+             client_dir, c["env"])
     assert r.returncode == 0, r.stderr
     index = json.loads((client_dir / "out" / "index.json").read_text())
     assert index["n_videos"] == 2 and index["n_faces"] == 6 and all(s["landmarks"] for s in index["shards"])
