@@ -204,7 +204,6 @@ def cache_landmarks(
     """
     from pipeline.landmarks import resolve_model_path
     from pipeline.runner import LandmarkConfig, PipelineError, run_landmarks
-
     from pipeline.shards import INDEX_NAME
 
     try:
