@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from pipeline.cluster import ClusterError, absolute, check_workers, dask_client
 from pipeline.faces import DetectorConfig, DetectorWeightsError
 from pipeline.landmarks import LandmarkModelError
 from pipeline.manifest import ManifestError
@@ -46,6 +47,10 @@ _WORKERS = typer.Option(None, "--workers", "-w", min=0,
                              "process without Dask).")
 _SCHEDULER = typer.Option(None, "--scheduler",
                           help="Address of an existing Dask scheduler (tcp://host:port); overrides --workers.")
+_SCHEDULER_FILE = typer.Option(None, "--scheduler-file",
+                               help="Scheduler file written by `dask scheduler --scheduler-file FILE` (dask-mpi, "
+                                    "SLURM); overrides --workers. Without --scheduler/--scheduler-file, "
+                                    "DASK_SCHEDULER_ADDRESS is used unless --workers is given.")
 _ON_ERROR = typer.Option(OnError.skip, "--on-error",
                          help="skip: log a failed video/shard in failures.jsonl and go on; raise: stop at the "
                               "first one.")
@@ -130,6 +135,7 @@ def extract_frames(
                                         "it (needed when settings or videos differ from those of its shards)."),
     workers: Optional[int] = _WORKERS,
     scheduler: Optional[str] = _SCHEDULER,
+    scheduler_file: Optional[Path] = _SCHEDULER_FILE,
     on_error: OnError = _ON_ERROR,
 ) -> None:
     """Sample frames, detect faces (RetinaFace), save 1.25x square crops into HDF5 shards.
@@ -173,7 +179,9 @@ def extract_frames(
             typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
         if limit:
             items = items[:limit]
-        det = DetectorConfig(backend=detector.value, weights=str(detector_weights) if detector_weights else None,
+        # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
+        items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
+        det = DetectorConfig(backend=detector.value, weights=absolute(detector_weights),
                              score_threshold=score_threshold, max_faces=max_faces, keep=keep,
                              max_side=max_side or None, batch_size=batch_size, device=device)
         # Build the detector once here so a missing weight file fails before any worker starts.
@@ -182,9 +190,15 @@ def extract_frames(
         cfg = ExtractConfig(crop_scale=c_scale, crop_size=c_size, detector=det, compression=compression.value,
                             on_error=on_error.value, manifest_hash=mhash, source_root=root,
                             decode_threads=decode_threads)
-        summary = run_extract(items, _split_dir(out, dataset, split), ds_name, split_name, cfg, vps, workers,
-                              scheduler, overwrite=overwrite)
-    except (ManifestError, DetectorWeightsError, PipelineError, ShardError) as e:
+        split_dir = _split_dir(Path(absolute(out)), dataset, split)
+        with dask_client(workers, scheduler, scheduler_file) as client:
+            if client is not None:
+                check_workers(client, split_dir, [("detector weights", det.weights)] if det.weights else [],
+                              ["detector"] if det.backend == "mobilenet0.25" and not det.weights else [],
+                              [it.path for it in items])
+            summary = run_extract(items, split_dir, ds_name, split_name, cfg, vps, workers, None, client=client,
+                                  overwrite=overwrite)
+    except (ManifestError, DetectorWeightsError, PipelineError, ShardError, ClusterError) as e:
         _fail(str(e))
     if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):
         _fail(f"{summary.split_dir}: none of the {summary.n_planned} videos of this run could be read "
@@ -206,6 +220,7 @@ def cache_landmarks(
                                  help="dlib detector upsampling of each crop (1 helps crops under ~150 px)."),
     workers: Optional[int] = _WORKERS,
     scheduler: Optional[str] = _SCHEDULER,
+    scheduler_file: Optional[Path] = _SCHEDULER_FILE,
     on_error: OnError = _ON_ERROR,
 ) -> None:
     """Add dlib 68-point landmarks (crop pixels; NaN + landmark_ok=False where none) to finished shards.
@@ -216,13 +231,22 @@ def cache_landmarks(
     """
     from pipeline.landmarks import resolve_model_path
     from pipeline.runner import LandmarkConfig, PipelineError, run_landmarks
+    from pipeline.shards import INDEX_NAME
 
     try:
         _check_dataset(manifest, dataset)
-        resolve_model_path(landmark_model)  # fail on a missing model before any worker starts
-        cfg = LandmarkConfig(model_path=str(landmark_model) if landmark_model else None, upsample=upsample)
-        summary = run_landmarks(_split_dir(out, dataset, split), cfg, workers, scheduler, on_error.value)
-    except (LandmarkModelError, ManifestError, PipelineError, ShardError) as e:
+        model_path = absolute(landmark_model)  # absolute: a relative path would be resolved on each worker
+        resolve_model_path(model_path)  # fail on a missing model before any worker starts
+        cfg = LandmarkConfig(model_path=model_path, upsample=upsample)
+        split_dir = _split_dir(Path(absolute(out)), dataset, split)
+        if not (split_dir / INDEX_NAME).is_file():
+            raise PipelineError(f"{split_dir}: run extract-frames first (no {INDEX_NAME})")
+        with dask_client(workers, scheduler, scheduler_file) as client:
+            if client is not None:
+                check_workers(client, split_dir, [("landmark model", model_path)] if model_path else [],
+                              [] if model_path else ["landmarks"])
+            summary = run_landmarks(split_dir, cfg, workers, None, on_error.value, client=client)
+    except (LandmarkModelError, ManifestError, PipelineError, ShardError, ClusterError) as e:
         _fail(str(e))
     if summary.failed_shards:
         raise typer.Exit(1)

@@ -305,22 +305,11 @@ def local_cluster(n_workers: int, dashboard_address: str | None = ":0"):
 
 
 def make_client(workers: int | None, scheduler: str | None):
-    """A Dask client: an existing cluster at ``scheduler``, or a LocalCluster of single-threaded processes."""
-    from distributed import Client
+    """A Dask client: an existing cluster at ``scheduler`` (or DASK_SCHEDULER_ADDRESS), or a LocalCluster of
+    single-threaded processes; environment checked (see ``pipeline.cluster.make_client``)."""
+    from pipeline.cluster import make_client as connect
 
-    if scheduler:
-        client = Client(scheduler)
-    else:
-        client = Client(local_cluster(workers or os.cpu_count() or 1))
-    link = client.dashboard_link
-    try:
-        import bokeh  # noqa: F401  (the dashboard is served only when bokeh is installed)
-        note = ""
-    except ImportError:
-        note = " (install bokeh>=3.1 for the web page)"
-    n_workers = len(client.scheduler_info().get("workers", {}))
-    print(f"Dask: {n_workers} workers, dashboard {link}{note}", flush=True)
-    return client
+    return connect(workers, scheduler)
 
 
 def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], names: list[str],
