@@ -69,7 +69,7 @@ def test_sample_end_to_end(tmp_path, repo_root):
     for split in ("train", "test"):
         items = [type(it)(**{**it.__dict__, "n_frames": 6}) for it in list_videos(m, "sample", split)]
         d = tmp_path / split
-        s = run_extract(items, d, "sample", split, _cfg(), videos_per_shard=1, workers=0)
+        s = run_extract(items, d, "sample", split, _cfg(), shard_bytes=1, workers=0)
         assert s.n_videos == 2 and not s.failed_shards
         run_landmarks(d, LandmarkConfig(), workers=0)
         assert verify_split(d) == []
@@ -105,7 +105,7 @@ def test_bad_inputs_logged_and_rest_completes(tmp_path, bad_dir, capsys):
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, names))
     items = list_videos(m, "mine", "train")
     d = tmp_path / "out"
-    s = run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=2, workers=0)
+    s = run_extract(items, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     err = capsys.readouterr().out + capsys.readouterr().err
     fails = _failures(d)
     by_file = {}
@@ -191,7 +191,7 @@ def test_leftover_tmp_is_redone_and_landmarks_resume(tmp_path, sample_videos_dir
     d = tmp_path / "out"
     d.mkdir()
     (d / "shard-00000.h5.tmp").write_bytes(b"half a shard")
-    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     assert not list(d.glob("*.tmp")) and ShardReader(d / "shard-00000.h5").videos[0]["id"] == "a"
     # landmarks for one shard only, then a full run: the done shard is kept as is
     from pipeline.runner import landmark_shard
@@ -257,7 +257,7 @@ def test_dask_local_cluster_two_workers(tmp_path, sample_videos_dir, dask_client
         shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v1.mp4", "nope.mp4"], frames=3))
     d = tmp_path / "out"
-    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1,
+    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), shard_bytes=1,
                     client=dask_client)
     assert s.n_videos == 2 and s.n_faces == 6 and len(s.shards) == 3
     assert [f["stage"] for f in _failures(d)] == ["decode"]
@@ -278,12 +278,12 @@ def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, 
         names.append(f"v{k}.mp4")
     items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, names, frames=24)), "mine",
                         "train")
-    run_extract(items, tmp_path / "ref", "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(items, tmp_path / "ref", "mine", "train", _cfg(), shard_bytes=1, workers=0)
     d = tmp_path / "out"
     pids = set(dask_client.run(os.getpid).values())
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("s", run_extract(
-        items, d, "mine", "train", _cfg(), videos_per_shard=1, client=dask_client)))
+        items, d, "mine", "train", _cfg(), shard_bytes=1, client=dask_client)))
     t.start()
     killed = None
     deadline = time.time() + 60
@@ -317,7 +317,7 @@ def test_on_error_raise_stops_at_first_bad_video(tmp_path, bad_dir):
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["good.mp4", "zero.mp4", "noise.mp4"]))
     with pytest.raises(PipelineError, match=r"zero.mp4: empty file"):
         run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
-                    videos_per_shard=3, workers=0)
+                    shard_bytes=1, workers=0)
     assert not (tmp_path / "o" / "index.json").exists() and not (tmp_path / "o" / "shard-00000.h5").exists()
 
 
@@ -335,11 +335,11 @@ def test_rerun_with_a_new_video_puts_it_in_a_new_shard(tmp_path, sample_videos_d
         shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"{k}.mp4")
     d = tmp_path / "out"
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v1.mp4"], frames=2))
-    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     before = {p.name: p.stat().st_mtime_ns for p in d.glob("*.h5")}
     # the new video sorts between the old ones: shard names by position would shift every later video
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v0b.mp4", "v1.mp4"], frames=2))
-    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v0b": ["shard-00002.h5"]}
     assert s.skipped == 2 and {p: (d / p).stat().st_mtime_ns for p in before} == before
     assert verify_split(d) == [] and load_index(d)["shards"][2]["videos"] == ["v0b"]
@@ -359,22 +359,22 @@ def test_rerun_with_other_settings_or_videos_stops_before_any_work(tmp_path, sam
     d = tmp_path / "out"
     real = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["real.mp4"], frames=2)),
                        "mine", "train")
-    run_extract(real, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(real, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir())
     with pytest.raises(PipelineError, match=r"other settings \(crop_size 128 -> 96\).*--overwrite.*--out"):
-        run_extract(real, d, "mine", "train", ExtractConfig(crop_size=96), videos_per_shard=1, workers=0)
+        run_extract(real, d, "mine", "train", ExtractConfig(crop_size=96), shard_bytes=1, workers=0)
     more = [type(it)(**{**it.__dict__, "n_frames": 3}) for it in real]
     with pytest.raises(PipelineError, match=r"frames \[2\] -> \[3\]"):
-        run_extract(more, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+        run_extract(more, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     fake = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["fake.mp4"], frames=2)),
                        "mine", "train")
     with pytest.raises(PipelineError, match=r"1 videos in the shards are not in this run's input \(e.g. 'real'"):
-        run_extract(fake, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+        run_extract(fake, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     os.utime(tmp_path / "real.mp4", (1, 1))
     with pytest.raises(PipelineError, match=r"changed on disk.*'real': mtime"):
-        run_extract(real, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+        run_extract(real, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir()) == before  # nothing touched
-    s = run_extract(fake, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0, overwrite=True)
+    s = run_extract(fake, d, "mine", "train", _cfg(), shard_bytes=1, workers=0, overwrite=True)
     assert s.n_videos == 1 and _held(d) == {"fake": ["shard-00000.h5"]} and verify_split(d) == []
 
 
@@ -410,7 +410,7 @@ def test_corrupt_shard_logged_by_landmarks_and_redone_by_extract(tmp_path, sampl
         names.append(f"v{k}.mp4")
     items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, names, frames=2)), "mine", "train")
     d = tmp_path / "out"
-    run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(items, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     flip_chunk_bytes(d / "shard-00001.h5", "faces", 1)
     s = run_landmarks(d, LandmarkConfig(), workers=0)
     assert s.failed_shards == ["shard-00001.h5"]
@@ -418,7 +418,7 @@ def test_corrupt_shard_logged_by_landmarks_and_redone_by_extract(tmp_path, sampl
     row = [f for f in _failures(d) if "shard-00001.h5" in f["file"]]
     assert len(row) == 1 and "dataset 'faces' rows 0-1 unreadable" in row[0]["reason"], row
     before = (d / "shard-00000.h5").stat().st_mtime_ns
-    run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)  # redoes the corrupt shard
+    run_extract(items, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)  # redoes the corrupt shard
     assert (d / "shard-00000.h5").stat().st_mtime_ns == before and verify_split(d) == []
     assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v2": ["shard-00002.h5"]}
 
@@ -439,7 +439,7 @@ def test_image_folder_bad_and_truncated_jpeg_skip_their_frame_only(tmp_path, sam
     (folder / "2.jpg").write_bytes(data[: len(data) * 2 // 3])  # OpenCV would decode it with grey rows
     item = VideoItem(id="clip", path=str(folder), rel_path="clip", label=0, split="train", dataset="mine", n_frames=4)
     d = tmp_path / "out"
-    run_extract([item], d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract([item], d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     bad = sorted((Path(f["file"]).name, f["frame_index"], f["reason"]) for f in _failures(d) if f["stage"] == "decode")
     assert bad == [("1.jpg", 1, "not a readable image"), ("2.jpg", 2, "truncated JPEG (no end-of-image marker)")]
     assert sorted(ShardReader(d / "shard-00000.h5").frame_index.tolist()) == [0, 3]
@@ -465,7 +465,7 @@ def test_dask_on_error_raise_does_not_retry_the_failing_shard(tmp_path, bad_dir,
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["zero.mp4"]))
     with pytest.raises(PipelineError, match=r"zero.mp4: empty file"):
         run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
-                    videos_per_shard=1, client=dask_client)
+                    shard_bytes=1, client=dask_client)
     assert retries == [0]
 
 
