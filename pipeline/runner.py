@@ -373,28 +373,48 @@ def _lost(e: BaseException) -> PipelineError:
 
 
 @contextmanager
+def _quiet_client_log():
+    """Keep distributed's client logger to itself while a run uses it: when the scheduler goes away it logs
+    every failed reconnection attempt with a 40-line traceback, which the run replaces by one line."""
+    import logging
+
+    log = logging.getLogger("distributed.client")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextmanager
 def _dask_client(workers: int | None, scheduler: str | None, client):
     """``client`` as given, None for an in-process run (``workers=0``), or a new one that is closed afterwards.
 
     A scheduler lost while the client is used or closed is one ``PipelineError`` line.
     """
-    if client is not None or (workers == 0 and not scheduler):
-        yield client
+    if client is None and workers == 0 and not scheduler:
+        yield None
+        return
+    if client is not None:
+        with _quiet_client_log():
+            yield client
         return
     try:
         client = make_client(workers, scheduler)  # prints the dashboard address before the bar starts
     except _lost_scheduler_errors() as e:
         raise _lost(e) from None
-    try:
-        yield client
-    finally:
-        cluster = getattr(client, "cluster", None)
+    with _quiet_client_log():  # also while closing: the client's reconnection attempts log until it is closed
         try:
-            client.close()
-            if cluster is not None and not scheduler:
-                cluster.close()
-        except _lost_scheduler_errors():  # already gone: nothing left to release
-            pass
+            yield client
+        finally:
+            cluster = getattr(client, "cluster", None)
+            try:
+                client.close()
+                if cluster is not None and not scheduler:
+                    cluster.close()
+            except _lost_scheduler_errors():  # already gone: nothing left to release
+                pass
 
 
 def _run_tasks(fn: Callable, tasks: list[_Task], bar: _ProgressBar, client, on_error: str, stage: str
@@ -451,7 +471,7 @@ def _run_tasks(fn: Callable, tasks: list[_Task], bar: _ProgressBar, client, on_e
             if fut.status == "error":
                 handle(task, None, fut.exception())
             elif fut.status == "cancelled":  # the client lost its scheduler: every future is cancelled
-                raise _lost(fut.exception() if fut.done() else TimeoutError("future cancelled"))
+                raise _lost(ConnectionError("connection closed, the run's tasks were cancelled"))
             else:
                 handle(task, fut.result(), None)
         client.unsubscribe_topic(topic)

@@ -166,18 +166,18 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, sample_videos_dir):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--out", str(tmp_path / "killed")], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while not list(d.glob("shard-00001.h5*.tmp")) and time.time() < deadline and proc.poll() is None:
+    while len(list(d.glob(".staging/v-*.h5"))) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (d / "shard-00000.h5").exists() and not (d / "shard-00003.h5").exists()
+    assert len(list(d.glob(".staging/v-*.h5"))) >= 2 and not list(d.glob("shard-*.h5"))
     assert not (d / "index.json").exists()
     assert verify_split(d)  # an interrupted split does not pass verification
     again = _run_cli(args + ["--out", str(tmp_path / "killed")], timeout=120)
     assert again.returncode == 0, again.stderr
-    assert "resume:" in again.stdout and not list(d.glob("*.tmp"))
+    assert "resume:" in again.stdout and not list(d.glob("*.tmp")) and not list(d.glob(".staging/*"))
     a, b = _shard_content(tmp_path / "full" / "mine" / "train"), _shard_content(d)
-    assert a.keys() == b.keys() and len(a) == 4
+    assert a.keys() == b.keys() and len(a) == 1  # 4 small videos: one shard under the default size bound
     for name in a:
         for k in a[name]:
             np.testing.assert_array_equal(a[name][k], b[name][k], err_msg=f"{name}/{k}")
@@ -267,7 +267,7 @@ def test_dask_local_cluster_two_workers(tmp_path, sample_videos_dir, dask_client
 
 @pytest.mark.slow
 def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, dask_client):
-    """SIGKILL the worker process that is writing a shard: its task is redone elsewhere, nothing is lost."""
+    """SIGKILL the worker process that is writing a video's file: its task is redone elsewhere, nothing is lost."""
     import threading
 
     import psutil
@@ -288,7 +288,7 @@ def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, 
     killed = None
     deadline = time.time() + 60
     while killed is None and time.time() < deadline and t.is_alive():
-        for tmp in d.glob("*.h5*.tmp"):
+        for tmp in d.glob(".staging/*.tmp"):
             for pid in pids:
                 try:
                     if any(f.path == str(tmp) for f in psutil.Process(pid).open_files()):
@@ -301,9 +301,9 @@ def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, 
                 break
         time.sleep(0.005)
     t.join(120)
-    assert killed is not None, "no worker was caught writing a shard"
+    assert killed is not None, "no worker was caught writing a video's file"
     s = box["s"]
-    assert len(s.shards) == 4 and not s.failed_shards and not list(d.glob("*.tmp"))
+    assert len(s.shards) == 4 and not s.failed_shards and not list(d.glob("*.tmp")) and not list(d.glob(".staging/*"))
     a, b = _shard_content(tmp_path / "ref"), _shard_content(d)
     assert a.keys() == b.keys()
     for name in a:
@@ -486,3 +486,195 @@ def test_unexpected_error_in_a_command_is_one_line(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("LAANET_DEBUG", "1")
     with pytest.raises(RuntimeError):
         cli.main()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One task per video: commits that never replace, size-bounded packing, per-video resume, progress, a lost
+# scheduler.
+
+
+def _copies(tmp_path, sample_videos_dir, n, frames=2):
+    names = []
+    for k in range(n):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
+        names.append(f"v{k}.mp4")
+    return list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, names, frames=frames)), "mine",
+                       "train")
+
+
+def _job(d, item, cfg):
+    from pipeline.resume import staged_path, video_record
+    from pipeline.runner import VideoJob, extract_settings
+
+    cfg.settings = json.dumps(extract_settings(cfg, [item]), sort_keys=True)
+    return VideoJob(item, video_record(item), str(staged_path(d, item.id)))
+
+
+def test_late_duplicate_attempt_cannot_replace_the_committed_video(tmp_path, sample_videos_dir, monkeypatch):
+    """Attempt A starts, stalls (a frozen worker); attempt B of the same video runs and commits; A wakes up and
+    finishes: B's file stays, byte for byte, and A's temporary file is gone."""
+    from pipeline import runner
+
+    item = _copies(tmp_path, sample_videos_dir, 1)[0]
+    d = tmp_path / "out"
+    cfg = _cfg()
+    job = _job(d, item, cfg)
+    real = runner.extract_video
+    calls = []
+
+    def stalls_first(*a, **kw):
+        v = real(*a, **kw)
+        calls.append(1)
+        if len(calls) == 1:  # A is frozen here; B runs from start to commit meanwhile
+            b = runner.extract_one(job, cfg)
+            assert not b.duplicate and Path(job.staged).exists()
+            box["committed"] = Path(job.staged).read_bytes()
+            v.faces = 255 - v.faces  # A's crops differ, so a replaced file would show
+        return v
+
+    box = {}
+    monkeypatch.setattr(runner, "extract_video", stalls_first)
+    a = runner.extract_one(job, cfg)
+    assert a.duplicate and len(calls) == 2
+    assert Path(job.staged).read_bytes() == box["committed"]
+    assert [p.name for p in Path(job.staged).parent.iterdir()] == [Path(job.staged).name]  # no .tmp left
+    # a third attempt that starts after the commit does no work at all
+    assert runner.extract_one(job, cfg).skipped and len(calls) == 2
+
+
+def _flaky_task(marker: str, progress=None):
+    """Reports progress for its video, then fails on its first attempt only (Dask retries it)."""
+    from pipeline.runner import TaskResult
+
+    progress({"key": "clip", "videos": 1, "frames": 3, "faces": 3})
+    if not os.path.exists(marker):
+        Path(marker).write_text("failed once")
+        raise RuntimeError("first attempt fails")
+    return TaskResult(file="clip.mp4", n_videos=1, n_frames=3, n_faces=3)
+
+
+def test_progress_counts_a_retried_video_once(tmp_path, dask_client):
+    from pipeline.runner import _ProgressBar, _run_tasks, _Task
+
+    bar = _ProgressBar(1, "test")
+    results, homeless, failed = _run_tasks(_flaky_task, [_Task("clip", "clip.mp4", (str(tmp_path / "m"),))], bar,
+                                           dask_client, "skip", "task")
+    time.sleep(0.5)  # events of both attempts have arrived by now
+    assert (tmp_path / "m").exists() and len(results) == 1 and not failed and not homeless
+    assert bar.bar.n == 1 and bar.frames == 3 and bar.faces == 3
+    bar.close()
+
+
+def test_two_runs_on_one_scheduler_use_their_own_progress_topics(tmp_path, dask_client):
+    from pipeline.runner import PROGRESS_TOPIC_PREFIX, _ProgressBar, _run_tasks, _Task
+
+    topics = []
+    subscribe = dask_client.subscribe_topic
+
+    def spy(topic, handler):
+        topics.append(topic)
+        return subscribe(topic, handler)
+
+    dask_client.subscribe_topic = spy
+    try:
+        for k in range(2):
+            (tmp_path / f"m{k}").write_text("no failure")
+            bar = _ProgressBar(1, "test")
+            _run_tasks(_flaky_task, [_Task("clip", "clip.mp4", (str(tmp_path / f"m{k}"),))], bar, dask_client,
+                       "skip", "task")
+            bar.close()
+    finally:
+        dask_client.subscribe_topic = subscribe
+    assert len(set(topics)) == 2 and all(t.startswith(PROGRESS_TOPIC_PREFIX) for t in topics)
+
+
+def test_packing_respects_the_size_bound_and_plain_h5py_reads_the_shards(tmp_path, sample_videos_dir):
+    import hdf5plugin  # noqa: F401  (the crops' Blosc filter)
+
+    items = _copies(tmp_path, sample_videos_dir, 5)
+    one = tmp_path / "one"
+    run_extract(items, one, "mine", "train", _cfg(), shard_bytes=1, workers=0)  # a video over the bound: alone
+    sizes = [p.stat().st_size for p in sorted(one.glob("shard-*.h5"))]
+    assert len(sizes) == 5
+    bound = int(2.5 * max(sizes))
+    d = tmp_path / "packed"
+    s = run_extract(items, d, "mine", "train", _cfg(), shard_bytes=bound, workers=0)
+    shards = sorted(d.glob("shard-*.h5"))
+    assert [p.name for p in shards] == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"] == s.shards
+    assert all(p.stat().st_size <= bound for p in shards)
+    assert not list(d.glob(".staging/*")) and verify_split(d) == []
+    ids, faces = [], []
+    for p in shards:
+        with h5py.File(p, "r") as f:
+            ids += [json.loads(r)["id"] for r in f["videos"][()]]
+            faces.append(f["faces"][()])
+            assert f["faces"].chunks[0] == 1 and f["video"][()].max() == len(f["videos"]) - 1
+    assert ids == ["v0", "v1", "v2", "v3", "v4"]  # input order
+    ref = np.concatenate([h5py.File(p, "r")["faces"][()] for p in sorted(one.glob("shard-*.h5"))])
+    np.testing.assert_array_equal(np.concatenate(faces), ref)
+
+
+def test_resume_per_video_after_an_interruption(tmp_path, sample_videos_dir, monkeypatch):
+    """Two videos packed, one staged, one staged again after its shard was committed (packing interrupted),
+    an orphan temporary: the rerun extracts only the missing video and every video ends in one shard."""
+    from pipeline import runner
+
+    items = _copies(tmp_path, sample_videos_dir, 4)
+    d = tmp_path / "out"
+    run_extract(items[:2], d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
+    cfg = _cfg()
+    for it in (items[0], items[2]):
+        runner.extract_one(_job(d, it, cfg), cfg)
+    orphan = d / ".staging" / "v-0123.h5.host-1-dead.tmp"
+    orphan.write_bytes(b"half a video")
+    calls = []
+    real = runner.extract_video
+    monkeypatch.setattr(runner, "extract_video", lambda it, *a, **kw: calls.append(it.id) or real(it, *a, **kw))
+    s = run_extract(items, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
+    assert calls == ["v3"] and s.skipped == 3 and s.n_planned == 1
+    assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v2": ["shard-00002.h5"],
+                        "v3": ["shard-00003.h5"]}
+    assert not orphan.exists() and not list(d.glob(".staging/*")) and verify_split(d) == []
+
+
+def test_failure_rows_survive_reruns(tmp_path, bad_dir):
+    """A failed video's rows live in its committed file: a worker that finished while its client died, and
+    any number of reruns, leave exactly one copy of each row in failures.jsonl."""
+    from pipeline import runner
+
+    items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["good.mp4", "zero.mp4",
+                                                                                    "noise.mp4"])), "mine", "train")
+    d = tmp_path / "out"
+    cfg = _cfg()
+    runner.extract_one(_job(d, items[1], cfg), cfg)  # zero.mp4 committed; its client never saw the result
+    for _ in range(2):
+        run_extract(items, d, "mine", "train", _cfg(), workers=0)
+        rows = _failures(d)
+        assert sorted(Path(r["file"]).name for r in rows if r["stage"] == "decode") == ["zero.mp4"]
+        assert len([r for r in rows if Path(r["file"]).name == "noise.mp4"]) == 4
+        assert verify_split(d) == []
+
+
+def test_lost_scheduler_is_one_line_and_the_rerun_completes(tmp_path, sample_videos_dir, monkeypatch, capsys):
+    """The connection to the scheduler closes during as_completed: one PipelineError line, nothing packed;
+    the rerun keeps what was committed and finishes."""
+    import distributed
+    from distributed.comm.core import CommClosedError
+
+    from pipeline.runner import PipelineError
+
+    items = _copies(tmp_path, sample_videos_dir, 3)
+    out = tmp_path / "out"
+
+    def closed(futures, *a, **kw):
+        raise CommClosedError("in <TCP (closed) ConnectionPool.gather local=tcp://127.0.0.1:1234>: Stream is closed")
+
+    monkeypatch.setattr(distributed, "as_completed", closed)
+    with pytest.raises(PipelineError) as e:
+        run_extract(items, out, "mine", "train", _cfg(), workers=1)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("lost the Dask scheduler (CommClosedError") and "rerun" in msg
+    assert not list(out.glob("shard-*.h5")) and not (out / "index.json").exists()
+    monkeypatch.undo()
+    s = run_extract(items, out, "mine", "train", _cfg(), workers=0)
+    assert s.n_videos == 3 and verify_split(out) == []
