@@ -463,6 +463,9 @@ def _run_tasks(fn: Callable, tasks: list[_Task], bar: _ProgressBar, client, on_e
     lost = _lost_scheduler_errors()
     try:
         client.subscribe_topic(topic, lambda event: bar(event[1]))
+        # Submitted longest first as well: the scheduler hands a task to an idle worker as soon as it arrives,
+        # so priorities alone would let the first-listed short videos start before a long one listed last.
+        tasks = sorted(tasks, key=lambda t: -t.priority)
         futures = {client.submit(_remote, fn, topic, *task.args, key=f"{fn.__name__}-{topic[-8:]}-{task.name}",
                                  priority=task.priority, retries=0 if on_error == "raise" else 1, pure=False): task
                    for task in tasks}
