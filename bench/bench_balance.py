@@ -112,13 +112,14 @@ def main() -> None:
     ap.add_argument("--png", type=Path, default=Path("balance.png"), help="per-worker timeline of the last round")
     args = ap.parse_args()
 
-    import dask
     from distributed import Client, get_task_stream
 
     from pipeline.faces import DetectorConfig
     from pipeline.runner import ExtractConfig, local_cluster, preload_models
 
-    dask.config.set({"distributed.scheduler.work-stealing": True})
+    import os
+
+    load0 = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="bench_balance_"))
     scenarios = make_videos(root)
     cfg = ExtractConfig(crop_size=384, detector=DetectorConfig())
@@ -140,7 +141,8 @@ def main() -> None:
                     timelines[(name, mode)] = (spans, wall)
                     shutil.rmtree(out)
     print(f"{len(workers)} workers (1 thread each), {args.frames} frames per video, crops 384; "
-          f"busy = task compute seconds from the task stream, wall = the whole call")
+          f"busy = task compute seconds from the task stream, wall = the whole call; load average "
+          f"{load0:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores")
     print(f"{'scenario':<22} {'mode':<7} {'round':>5} {'wall s':>7} {'busy s per worker':>20} "
           f"{'busy/wall per worker':>22} {'mean':>6}")
     for name, mode, r, wall, b, u in rows:
