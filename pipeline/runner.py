@@ -180,8 +180,13 @@ def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None =
     """
     t0 = time.perf_counter()
     item, path = job.item, Path(job.staged)
+    want = settings_hash(json.loads(cfg.settings)) if cfg.settings else ""
     if path.exists():
-        return TaskResult(file=item.path, skipped=True)
+        if _settings_hash_of(path) == want:
+            return TaskResult(file=item.path, skipped=True)
+        # Committed after this run's plan by an attempt of an earlier run with other settings (its worker
+        # outlived its client, e.g. before --overwrite): stale work of another plan, redone here.
+        path.unlink(missing_ok=True)
     _limit_threads()
     detector = _detector(json.dumps(asdict(cfg.detector), sort_keys=True))
     v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size, cfg.decode_threads)
@@ -205,6 +210,17 @@ def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None =
         progress({"key": item.id, "videos": 1, "frames": v.n_decoded, "faces": len(v.faces)})
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _settings_hash_of(path: Path) -> str | None:
+    """The ``settings_hash`` attribute of a committed file (None when it cannot be read)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("settings_hash", ""))
+    except OSError:
+        return None
 
 
 def probe_cost(path: str) -> float:
@@ -601,7 +617,7 @@ def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, worke
             results, homeless, failed = _run_tasks(extract_one, tasks, bar, c, cfg.on_error, "task")
         finally:
             bar.close()
-    _pack(split_dir, items, shard_bytes, homeless)
+    _pack(split_dir, items, shard_bytes, settings_hash(settings), homeless)
     summary = _finish(split_dir, dataset, split, results, homeless, failed, n_kept, t0,
                       {"plan": {"settings": settings, "settings_hash": settings_hash(settings),
                                 "shard_bytes": shard_bytes}})
@@ -609,15 +625,28 @@ def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, worke
     return summary
 
 
-def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, homeless: list[dict]) -> list[str]:
+def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_hash: str, homeless: list[dict]
+          ) -> list[str]:
     """Pack the split's staged videos, in input order, into new shards of at most ``shard_bytes``; returns names.
 
     Interruption-safe: a shard is committed (never replacing) before its staged files are removed; a rerun
-    drops staged files whose video a shard holds and packs the rest.
+    drops staged files whose video a shard holds and packs the rest. A staged file made with other settings
+    than ``want_hash`` (a worker of an earlier run that outlived its client) is removed, not packed.
     """
     from tqdm import tqdm
 
-    staged = [p for p in (staged_path(split_dir, it.id) for it in items) if p.exists()]
+    staged = []
+    for it in items:
+        p = staged_path(split_dir, it.id)
+        if not p.exists():
+            continue
+        if _settings_hash_of(p) != want_hash:
+            p.unlink(missing_ok=True)
+            why = "committed by an attempt with other settings (an earlier run's worker); removed, rerun to redo it"
+            print(f"{it.path}: pack: {why}", flush=True)
+            homeless.append(failure(it.path, "pack", why))
+            continue
+        staged.append(p)
     if not staged:
         return []
     groups: list[list[Path]] = []

@@ -678,3 +678,18 @@ def test_lost_scheduler_is_one_line_and_the_rerun_completes(tmp_path, sample_vid
     monkeypatch.undo()
     s = run_extract(items, out, "mine", "train", _cfg(), workers=0)
     assert s.n_videos == 3 and verify_split(out) == []
+
+
+def test_a_staged_file_of_another_plan_is_redone_not_kept(tmp_path, sample_videos_dir):
+    """A worker of an earlier run (other settings) that outlived its client commits after this run planned:
+    this run's task redoes the video instead of keeping the stale file."""
+    from pipeline import runner
+
+    item = _copies(tmp_path, sample_videos_dir, 1)[0]
+    d = tmp_path / "out"
+    old = ExtractConfig(crop_size=64, detector=DetectorConfig(batch_size=4))
+    runner.extract_one(_job(d, item, old), old)
+    cfg = _cfg()
+    job = _job(d, item, cfg)
+    r = runner.extract_one(job, cfg)
+    assert not r.skipped and not r.duplicate and ShardReader(job.staged).crop_size == CROP
