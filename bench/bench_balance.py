@@ -14,7 +14,7 @@ Both use the same workers with the detector preloaded. Per worker, busy time is 
 intervals from distributed's task stream (``client.get_task_stream``); wall time is the whole call (for
 "now" including probing, packing and the index, which "before" does not do). Rounds alternate before/now.
 
-    PYTHONPATH=. python -m bench.bench_balance --frames 32 --rounds 2 --png balance.png
+    PYTHONPATH=. python -m bench.bench_balance --frames 32 --rounds 3 --png out/bench_balance.png
 """
 from __future__ import annotations
 
@@ -109,7 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=32, help="frames sampled per video")
     ap.add_argument("--rounds", type=int, default=2, help="alternating before/now rounds per scenario")
-    ap.add_argument("--png", type=Path, default=Path("balance.png"), help="per-worker timeline of the last round")
+    ap.add_argument("--png", type=Path, default=Path("out/bench_balance.png"),
+                    help="per-worker timeline of the last round")
     args = ap.parse_args()
 
     from distributed import Client, get_task_stream
@@ -179,6 +180,7 @@ def plot(timelines: dict, workers: list[str], png: Path) -> None:
     axes[-1, 0].set_xlabel("seconds since the call started (blue: small video or group, red: task with the "
                            "1080p clip, grey: probe)")
     fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
 
 
