@@ -230,7 +230,7 @@ def probe_cost(path: str) -> float:
 
     try:
         info = probe(path)
-    except VideoError:
+    except (VideoError, OSError, ValueError):  # only a scheduling hint: the video's own task reports the problem
         return 0.0
     return float(info.n_frames) * info.width * info.height
 
@@ -419,7 +419,10 @@ def _dask_client(workers: int | None, scheduler: str | None, client):
     try:
         client = make_client(workers, scheduler)  # prints the dashboard address before the bar starts
     except _lost_scheduler_errors() as e:
-        raise _lost(e) from None
+        from pipeline.cli_errors import one_line
+
+        raise PipelineError(f"cannot reach the Dask scheduler {scheduler or '(local cluster)'} "
+                            f"({type(e).__name__}: {one_line(e)})") from None
     with _quiet_client_log():  # also while closing: the client's reconnection attempts log until it is closed
         try:
             yield client
