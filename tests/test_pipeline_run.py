@@ -693,3 +693,48 @@ def test_a_staged_file_of_another_plan_is_redone_not_kept(tmp_path, sample_video
     job = _job(d, item, cfg)
     r = runner.extract_one(job, cfg)
     assert not r.skipped and not r.duplicate and ShardReader(job.staged).crop_size == CROP
+
+
+@pytest.mark.slow
+def test_killed_scheduler_is_one_line_and_the_rerun_completes(tmp_path, sample_videos_dir):
+    """The reviewer's case: `dask scheduler` killed mid-run. One error line (no traceback), exit 2; the rerun
+    keeps the committed videos and finishes."""
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    for k in range(8):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", vids / f"c{k}.mp4")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"}
+    sched_file = tmp_path / "scheduler.json"
+    dask_bin = Path(sys.executable).parent / "dask"
+    sched = subprocess.Popen([str(dask_bin), "scheduler", "--scheduler-file", str(sched_file), "--port", "0",
+                              "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        worker = subprocess.Popen([str(dask_bin), "worker", address, "--nthreads", "1", "--no-dashboard"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = tmp_path / "out"
+        args = ["extract-frames", "--input", str(vids / "*.mp4"), "--label", "real", "--out", str(out), "--frames",
+                "60"]
+        run = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--scheduler", address], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not list(out.glob(".staging/v-*.h5")) and time.time() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        sched.kill()
+        _, err = run.communicate(timeout=120)
+    finally:
+        for p in (sched, worker):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert run.returncode == 2, err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("extract-frames")]
+    assert len(lines) == 1 and lines[0].startswith("error: lost the Dask scheduler"), err
+    assert not list(out.glob("shard-*.h5"))
+    again = _run_cli(args + ["--workers", "0"], timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resume:" in again.stdout and verify_split(out) == [] and load_index(out)["n_videos"] == 8
