@@ -13,6 +13,7 @@ priorities. "now" is ``run_extract`` itself (probe for priorities, one task per 
 Both use the same workers with the detector preloaded. Per worker, busy time is the sum of its task compute
 intervals from distributed's task stream (``client.get_task_stream``); wall time is the whole call (for
 "now" including probing, packing and the index, which "before" does not do). Rounds alternate before/now.
+Last, packing itself: raw chunk copy against decoding and re-encoding the same crops, in CPU seconds.
 
     PYTHONPATH=. python -m bench.bench_balance --frames 32 --rounds 3 --png out/bench_balance.png
 """
@@ -93,6 +94,53 @@ def run_now(client, items, out: Path, cfg) -> float:
     return time.perf_counter() - t0
 
 
+def bench_pack(shard: Path, root: Path, repeats: int = 3) -> None:
+    """Packing: ``pack_shard`` (crop chunks copied as stored) against writing the same shard through
+    ``ShardWriter`` from decoded crops (decompress + recompress), alternating, on per-video files cut from
+    ``shard``."""
+    import h5py
+    import numpy as np
+
+    from pipeline.shards import ShardReader, ShardWriter, pack_shard, read_json_rows
+
+    r = ShardReader(shard)
+    with h5py.File(shard, "r") as f:
+        attrs = dict(f.attrs)
+        planned = read_json_rows(f, "planned")
+    comp = str(attrs["compression"])
+    parts = []
+    for v, row in enumerate(r.videos):
+        rows = np.flatnonzero(r.video == v)
+        p = root / f"part-{v:03d}.h5"
+        w = ShardWriter(p, r.crop_size, attrs, comp, planned=[planned[v]])
+        w.add_video(row, r.read("faces", rows), r.frame_index[rows], r.read("boxes", rows), r.read("scores", rows),
+                    r.read("kps5", rows), r.read("crop_boxes", rows))
+        parts.append(w.finish())
+    mb = sum(p.stat().st_size for p in parts) / 1e6
+    raw, recompress = [], []
+    for k in range(repeats):
+        out = root / f"packed-{k}.h5"
+        t0 = time.process_time()
+        pack_shard(parts, out)
+        raw.append(time.process_time() - t0)
+        out.unlink()
+        t0 = time.process_time()
+        w = ShardWriter(out, r.crop_size, attrs, comp)
+        for p in parts:
+            pr = ShardReader(p)
+            w.add_video(pr.videos[0], pr.read("faces"), pr.frame_index, pr.read("boxes"), pr.read("scores"),
+                        pr.read("kps5"), pr.read("crop_boxes"))
+            pr.close()
+        w.finish()
+        recompress.append(time.process_time() - t0)
+        out.unlink()
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    print(f"packing {len(parts)} per-video files, {len(r)} crops, {mb:.0f} MB ({comp}), CPU seconds per round: "
+          f"raw chunk copy {', '.join(f'{x:.2f}' for x in raw)} vs decode + re-encode "
+          f"{', '.join(f'{x:.2f}' for x in recompress)}: median {mb / med(raw):.0f} vs {mb / med(recompress):.0f} "
+          f"MB per CPU-second ({med(recompress) / med(raw):.1f}x)")
+
+
 def busy(stream: list[dict], t_start: float) -> tuple[dict[str, float], list[tuple[str, float, float, str]]]:
     """Compute seconds per worker, and (worker, start, stop, key) intervals relative to ``t_start``."""
     per = defaultdict(float)
@@ -124,7 +172,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_balance_"))
     scenarios = make_videos(root)
     cfg = ExtractConfig(crop_size=384, detector=DetectorConfig())
-    rows, timelines = [], {}
+    rows, timelines, packed = [], {}, None
     with local_cluster(2, dashboard_address=None) as cluster, Client(cluster) as client:
         workers = sorted(client.scheduler_info()["workers"])
         client.run(preload_models, cfg.detector)
@@ -140,6 +188,9 @@ def main() -> None:
                     util = [per.get(w, 0.0) / wall for w in workers]
                     rows.append((name, mode, r, wall, [per.get(w, 0.0) for w in workers], util))
                     timelines[(name, mode)] = (spans, wall)
+                    if mode == "now" and name.startswith("b") and r == args.rounds - 1:
+                        packed = out / "shard-00000.h5"
+                        continue  # kept for the packing measurement
                     shutil.rmtree(out)
     print(f"{len(workers)} workers (1 thread each), {args.frames} frames per video, crops 384; "
           f"busy = task compute seconds from the task stream, wall = the whole call; load average "
@@ -153,6 +204,7 @@ def main() -> None:
         w = {m: [row[3] for row in rows if row[0] == name and row[1] == m] for m in ("before", "now")}
         ratios = [b / n for b, n in zip(w["before"], w["now"])]
         print(f"{name}: wall before / now per round: {', '.join(f'{x:.2f}x' for x in ratios)}")
+    bench_pack(packed, root)
     plot(timelines, workers, args.png)
     print(f"timeline: {args.png}")
     shutil.rmtree(root, ignore_errors=True)
