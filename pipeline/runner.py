@@ -182,8 +182,9 @@ def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None =
     item, path = job.item, Path(job.staged)
     want = settings_hash(json.loads(cfg.settings)) if cfg.settings else ""
     if path.exists():
-        if _settings_hash_of(path) == want:
-            return TaskResult(file=item.path, skipped=True)
+        committed = _committed(path)
+        if committed is not None and committed[0] == want:
+            return TaskResult(file=item.path, skipped=True, n_videos=committed[1], n_faces=committed[2])
         # Committed after this run's plan by an attempt of an earlier run with other settings (its worker
         # outlived its client, e.g. before --overwrite): stale work of another plan, redone here.
         path.unlink(missing_ok=True)
@@ -212,14 +213,14 @@ def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None =
     return result
 
 
-def _settings_hash_of(path: Path) -> str | None:
-    """The ``settings_hash`` attribute of a committed file (None when it cannot be read)."""
+def _committed(path: Path) -> tuple[str, int, int] | None:
+    """(settings_hash, videos, faces) of a committed file; None when it cannot be read."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return str(f.attrs.get("settings_hash", ""))
-    except OSError:
+            return str(f.attrs.get("settings_hash", "")), int(f["videos"].shape[0]), int(f["faces"].shape[0])
+    except (OSError, KeyError):
         return None
 
 
@@ -643,7 +644,7 @@ def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_ha
         p = staged_path(split_dir, it.id)
         if not p.exists():
             continue
-        if _settings_hash_of(p) != want_hash:
+        if (_committed(p) or ("",))[0] != want_hash:
             p.unlink(missing_ok=True)
             why = "committed by an attempt with other settings (an earlier run's worker); removed, rerun to redo it"
             print(f"{it.path}: pack: {why}", flush=True)

@@ -539,7 +539,8 @@ def test_late_duplicate_attempt_cannot_replace_the_committed_video(tmp_path, sam
     assert Path(job.staged).read_bytes() == box["committed"]
     assert [p.name for p in Path(job.staged).parent.iterdir()] == [Path(job.staged).name]  # no .tmp left
     # a third attempt that starts after the commit does no work at all
-    assert runner.extract_one(job, cfg).skipped and len(calls) == 2
+    third = runner.extract_one(job, cfg)
+    assert third.skipped and third.n_videos == 1 and third.n_faces == a.n_faces and len(calls) == 2
 
 
 def _flaky_task(marker: str, progress=None):
