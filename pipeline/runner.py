@@ -497,11 +497,15 @@ def _run_tasks(fn: Callable, tasks: list[_Task], bar: _ProgressBar, client, on_e
                 raise _lost(ConnectionError("connection closed, the run's tasks were cancelled"))
             else:
                 handle(task, fut.result(), None)
-        client.unsubscribe_topic(topic)
     except PipelineError:
         raise
     except lost as e:
         raise _lost(e) from None
+    finally:
+        try:
+            client.unsubscribe_topic(topic)
+        except lost:  # the scheduler is gone, and the topic with it
+            pass
     return results, homeless, failed
 
 
