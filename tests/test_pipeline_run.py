@@ -739,3 +739,9 @@ def test_killed_scheduler_is_one_line_and_the_rerun_completes(tmp_path, sample_v
     again = _run_cli(args + ["--workers", "0"], timeout=300)
     assert again.returncode == 0, again.stderr
     assert "resume:" in again.stdout and verify_split(out) == [] and load_index(out)["n_videos"] == 8
+
+
+def test_cli_shard_size_is_checked_before_any_work(tmp_path):
+    r = _run_cli(["extract-frames", "--input", str(tmp_path / "*.mp4"), "--label", "real", "--out",
+                  str(tmp_path / "x"), "--shard-size", "lots"])
+    assert r.returncode == 2 and "--shard-size: not a size: 'lots'" in r.stderr and not (tmp_path / "x").exists()

@@ -254,3 +254,14 @@ def test_pack_copies_chunks_raw_and_plain_h5py_reads_the_shard(tmp_path):
         assert len(f["failures"]) == 3 and f.attrs["settings_hash"] == "abc"
         assert f["faces"].id.read_direct_chunk((3, 0, 0, 0)) == src["faces"].id.read_direct_chunk((0, 0, 0, 0))
     assert ShardReader(out).video_row(5)["id"] == "v2" and not unfinished(out)
+
+
+def test_parse_size_units_and_errors():
+    from pipeline.shards import DEFAULT_SHARD_BYTES, parse_size
+
+    assert parse_size("1GB") == 10 ** 9 and parse_size("1GiB") == DEFAULT_SHARD_BYTES == 2 ** 30
+    assert parse_size("512MB") == 512 * 10 ** 6 and parse_size("1.5g") == 1.5e9 and parse_size("800k") == 800_000
+    assert parse_size("1000") == 1000 and parse_size(7) == 7
+    for bad in ("lots", "0", "-1GB", "1XB", ""):
+        with pytest.raises(ValueError, match="not a size"):
+            parse_size(bad)
