@@ -736,7 +736,11 @@ def rebuild_failures(split_dir: Path, shards: Sequence[str], extra: Sequence[dic
     out = split_dir / FAILURES_NAME
     old = []
     if out.exists():
-        old = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        for line in out.read_text().splitlines():
+            try:
+                old.append(json.loads(line))
+            except ValueError:  # a line cut off by a killed writer of the old log: nothing to keep
+                continue
     rows: list[dict] = []
     files = [split_dir / n for n in shards] + sorted((split_dir / STAGING_NAME).glob("v-*.h5"))
     for p in files:
