@@ -560,7 +560,7 @@ def local_cluster(n_workers: int, dashboard_address: str | None = ":0"):
     mmap threshold: every frame, crop and batch buffer (>= 128 KiB) is then mmap'ed and zero-filled afresh.
     Measured on this pipeline (``bench/bench_pipeline.py`` workload, one process): 25x the page faults and
     18 % more CPU time per face. The workers here start without it; their memory stays bounded by one
-    shard's crops (see the benchmark's peak RSS per worker). For a cluster you start yourself, set
+    video's crops (see the benchmark's peak RSS per worker). For a cluster you start yourself, set
     ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in its Dask config for the same.
     """
     import dask
