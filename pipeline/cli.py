@@ -15,7 +15,7 @@ from pipeline.cluster import ClusterError, absolute, check_workers, dask_client
 from pipeline.faces import DetectorConfig, DetectorWeightsError
 from pipeline.landmarks import LandmarkModelError
 from pipeline.manifest import ManifestError
-from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, ShardError
+from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, ShardError, parse_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops + dlib "
@@ -125,8 +125,9 @@ def extract_frames(
                                        help="ffmpeg decoder threads per video (1 suits one worker per core; more "
                                             "when workers are fewer than cores, e.g. with a GPU detector; 0 = "
                                             "ffmpeg's choice)."),
-    videos_per_shard: Optional[int] = typer.Option(None, "--videos-per-shard", min=1,
-                                                   help="Videos per shard = per Dask task (default: manifest)."),
+    shard_size: str = typer.Option("1GiB", "--shard-size",
+                                   help="Upper bound of a shard's size (e.g. 1GB, 512MB, 2GiB); finished videos "
+                                        "are packed into shards up to it (one Dask task per video either way)."),
     compression: Compression = typer.Option(DEFAULT_COMPRESSION, "--compression",
                                             help="HDF5 compression of the crops."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N videos (quick tries)."),
@@ -153,6 +154,10 @@ def extract_frames(
     if keep not in ("score", "area"):
         _fail(f"--keep: expected score or area, got {keep!r}")
     try:
+        shard_bytes = parse_size(shard_size)
+    except ValueError as e:
+        _fail(f"--shard-size: {e}")
+    try:
         if dataset:
             m = load_manifest(manifest)
             entry = m.entry(dataset)
@@ -160,7 +165,6 @@ def extract_frames(
             if frames:
                 items = [type(it)(**{**it.__dict__, "n_frames": frames}) for it in items]
             c_size, c_scale = crop_size or entry.crop.size, crop_scale or entry.crop.scale
-            vps = videos_per_shard or entry.videos_per_shard
             mhash, root, ds_name, split_name = entry.hash, str(entry.root), dataset, split
         else:
             if label and label_from_folder:
@@ -171,7 +175,7 @@ def extract_frames(
             labels = [None] * len(input) if label_from_folder else \
                 [1 if lab == Label.fake else 0 for lab in label]
             items = adhoc_items(input, labels if len(labels) > 1 else labels[0], frames or 32)
-            c_size, c_scale, vps = crop_size or 384, crop_scale or 1.25, videos_per_shard or 16
+            c_size, c_scale = crop_size or 384, crop_scale or 1.25
             mhash, ds_name, split_name = "", "adhoc", "test"
             first = items[0]
             root = str(Path(first.path).parents[len(Path(first.rel_path).parts) - 1])
@@ -196,8 +200,8 @@ def extract_frames(
                 check_workers(client, split_dir, [("detector weights", det.weights)] if det.weights else [],
                               ["detector"] if det.backend == "mobilenet0.25" and not det.weights else [],
                               [it.path for it in items])
-            summary = run_extract(items, split_dir, ds_name, split_name, cfg, vps, workers, None, client=client,
-                                  overwrite=overwrite)
+            summary = run_extract(items, split_dir, ds_name, split_name, cfg, shard_bytes, workers, None,
+                                  client=client, overwrite=overwrite)
     except (ManifestError, DetectorWeightsError, PipelineError, ShardError, ClusterError) as e:
         _fail(str(e))
     if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):

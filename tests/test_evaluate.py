@@ -219,7 +219,7 @@ def test_end_to_end_on_shards_from_the_sample_videos(repo_root, tmp_path):
     items = [type(it)(**{**it.__dict__, "n_frames": 6}) for it in list_videos(m, "sample", "test")]
     split_dir = tmp_path / "shards" / "sample" / "test"
     cfg = ExtractConfig(crop_size=128, detector=DetectorConfig(batch_size=4))
-    assert not run_extract(items, split_dir, "sample", "test", cfg, videos_per_shard=1, workers=0).failed_shards
+    assert not run_extract(items, split_dir, "sample", "test", cfg, workers=0).failed_shards
     run_landmarks(split_dir, LandmarkConfig(), workers=0)
 
     ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")

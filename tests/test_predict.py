@@ -108,7 +108,7 @@ def test_predict_shows_the_network_the_faces_evaluation_shows(tmp_path, sample_v
     item = VideoItem(id="carphone", path=str(video), rel_path=video.name, label=0, split="test", dataset="x",
                      n_frames=5)
     split = tmp_path / "x" / "test"
-    assert not run_extract([item], split, "x", "test", ExtractConfig(), videos_per_shard=1, workers=0).failed_shards
+    assert not run_extract([item], split, "x", "test", ExtractConfig(), workers=0).failed_shards
     ds = EvalDataset([str(split)], 128)
     evaluation = torch.stack([ds[i]["image"] for i in sorted(range(len(ds)), key=lambda i: ds[i]["frame_index"])])
     crops, frames, missing, _ = face_crops(video, 5, FaceDetector())
