@@ -92,7 +92,14 @@ def extract_frames(
     max_faces: int = typer.Option(1, "--max-faces", min=1, help="Faces kept per frame (each is one crop)."),
     keep: str = typer.Option("score", "--keep", help="Which faces to keep first: score or area."),
     max_side: int = typer.Option(1280, "--max-side", min=0,
-                                 help="Frames with a longer side are downscaled for detection (0 = never)."),
+                                 help="Finest detection level: frames with a longer side are downscaled to it "
+                                      "(0 = never)."),
+    face_px: int = typer.Option(DetectorConfig.face_px, "--face-px", min=0,
+                                help="Detection resolution follows the faces: the coarsest level (halving from "
+                                     "--max-side, not below --min-side) where the kept faces are at least this "
+                                     "many pixels (0 = one pass at --max-side)."),
+    min_side: int = typer.Option(DetectorConfig.min_side, "--min-side", min=16,
+                                 help="Longer side of the coarsest detection level (with --face-px)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
                                              help="Frames per detector call (default: 1 on CPU, where it is "
                                                   "fastest per core; 16 on a GPU)."),
@@ -148,7 +155,8 @@ def extract_frames(
             items = items[:limit]
         det = DetectorConfig(backend=detector.value, weights=str(detector_weights) if detector_weights else None,
                              score_threshold=score_threshold, max_faces=max_faces, keep=keep,
-                             max_side=max_side or None, batch_size=batch_size, device=device)
+                             max_side=max_side or None, face_px=face_px or None, min_side=min_side,
+                             batch_size=batch_size, device=device)
         # Build the detector once here so a missing weight file fails before any worker starts.
         from pipeline.faces import FaceDetector
         FaceDetector(DetectorConfig(**det.__dict__))
