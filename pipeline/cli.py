@@ -14,7 +14,7 @@ import typer
 from pipeline.faces import DetectorConfig, DetectorWeightsError
 from pipeline.landmarks import LandmarkModelError
 from pipeline.manifest import ManifestError
-from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, ShardError
+from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, ShardError, check_compression
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops + dlib "
@@ -36,7 +36,12 @@ class OnError(str, enum.Enum):
     raise_ = "raise"
 
 
-Compression = enum.Enum("Compression", {c.replace("-", "_"): c for c in COMPRESSIONS}, type=str)
+def _compression_option(value: str) -> str:
+    try:
+        return check_compression(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
 
 _DATASET = typer.Option(None, "--dataset", "-d", help="Dataset name from the manifest (e.g. ffpp, cdf2, sample).")
 _SPLIT = typer.Option("train", "--split", "-s", help="Split: train, val or test.")
@@ -110,8 +115,9 @@ def extract_frames(
                                             "ffmpeg's choice)."),
     videos_per_shard: Optional[int] = typer.Option(None, "--videos-per-shard", min=1,
                                                    help="Videos per shard = per Dask task (default: manifest)."),
-    compression: Compression = typer.Option(DEFAULT_COMPRESSION, "--compression",
-                                            help="HDF5 compression of the crops."),
+    compression: str = typer.Option(DEFAULT_COMPRESSION, "--compression", callback=_compression_option,
+                                    help=f"HDF5 compression of the crops: {', '.join(COMPRESSIONS)}, with "
+                                         f"':LEVEL' (0-9) for gzip and blosc-*, e.g. blosc-zstd:3."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N videos (quick tries)."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Remove the split folder's shards, index and failures log first and redo "
@@ -160,7 +166,7 @@ def extract_frames(
         # Build the detector once here so a missing weight file fails before any worker starts.
         from pipeline.faces import FaceDetector
         FaceDetector(DetectorConfig(**det.__dict__))
-        cfg = ExtractConfig(crop_scale=c_scale, crop_size=c_size, detector=det, compression=compression.value,
+        cfg = ExtractConfig(crop_scale=c_scale, crop_size=c_size, detector=det, compression=compression,
                             on_error=on_error.value, manifest_hash=mhash, source_root=root,
                             decode_threads=decode_threads)
         summary = run_extract(items, _split_dir(out, dataset, split), ds_name, split_name, cfg, vps, workers,

@@ -96,22 +96,38 @@ def unfinished(path: Path) -> list[Path]:
 
 
 def _compression_kwargs(compression: str) -> dict[str, Any]:
-    """h5py ``create_dataset`` keyword arguments for a compression name in ``COMPRESSIONS``."""
-    if compression == "none":
-        return {}
-    if compression == "lzf":
-        return {"compression": "lzf"}
-    if compression == "gzip":
-        return {"compression": "gzip", "compression_opts": 4}
-    if compression.startswith("blosc-"):
-        import hdf5plugin  # registers the Blosc filter with HDF5; only needed for this choice
+    """h5py ``create_dataset`` keyword arguments for a compression name: one of ``COMPRESSIONS``, optionally
+    with a level, ``NAME:LEVEL`` (0-9; gzip and blosc-* only), e.g. ``blosc-zstd:3``."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"unknown shard compression {compression!r} ({why}); expected one of "
+                          f"{', '.join(COMPRESSIONS)}, with ':LEVEL' (0-9) for gzip and blosc-*")
 
-        cname = compression.split("-", 1)[1]
-        if cname not in ("lz4", "lz4hc", "zstd"):
-            raise ValueError(f"unknown shard compression {compression!r}; expected one of {', '.join(COMPRESSIONS)}")
-        # Byte shuffle does nothing for uint8 pixels and only costs time.
-        return dict(hdf5plugin.Blosc(cname=cname, clevel=5, shuffle=hdf5plugin.Blosc.NOSHUFFLE))
-    raise ValueError(f"unknown shard compression {compression!r}; expected one of {', '.join(COMPRESSIONS)}")
+    name, _, level_text = str(compression).partition(":")
+    if name not in COMPRESSIONS:
+        raise bad(f"no codec {name!r}")
+    if level_text:
+        if name in ("none", "lzf"):
+            raise bad(f"{name} has no levels")
+        if not level_text.isdigit() or not 0 <= int(level_text) <= 9:
+            raise bad(f"level {level_text!r} is not 0-9")
+    level = int(level_text) if level_text else None
+    if name == "none":
+        return {}
+    if name == "lzf":
+        return {"compression": "lzf"}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4 if level is None else level}
+    import hdf5plugin  # registers the Blosc filter with HDF5; only needed for this choice
+
+    # Byte shuffle does nothing for uint8 pixels and only costs time.
+    return dict(hdf5plugin.Blosc(cname=name.split("-", 1)[1], clevel=5 if level is None else level,
+                                 shuffle=hdf5plugin.Blosc.NOSHUFFLE))
+
+
+def check_compression(compression: str) -> str:
+    """``compression`` if it names a shard compression, else ``ValueError`` saying why (for CLI checks)."""
+    _compression_kwargs(compression)
+    return compression
 
 
 def _ensure_filters_for(path: Path, f: h5py.File) -> None:
@@ -140,7 +156,7 @@ class ShardWriter:
         path: final shard path, e.g. ``shards/ffpp/train/shard-00000.h5``.
         crop_size: S, the side of the square crops.
         attrs: file attributes (see module docstring); ``schema_version`` and ``created`` are filled in.
-        compression: one of ``COMPRESSIONS``.
+        compression: one of ``COMPRESSIONS``, optionally ``NAME:LEVEL`` (see ``_compression_kwargs``).
     """
 
     def __init__(self, path: str | os.PathLike, crop_size: int, attrs: dict | None = None,
