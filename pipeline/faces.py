@@ -235,8 +235,9 @@ class FaceDetector:
 
     Detection resolution (chosen for the faces, not the frame): the levels of a frame are its size capped at
     ``max_side`` (the finest), then halved while the longer side stays >= ``min_side``. A frame is detected
-    at the coarsest level first and moves one level finer until the level finds ``max_faces`` faces whose
-    larger box side is at least ``face_px`` pixels at that level; the finest level's result is taken as it is.
+    at the coarsest level first and moves finer until a level finds ``max_faces`` faces whose larger box side
+    is at least ``face_px`` pixels at that level (a face found too small says how much finer to go, so levels
+    in between are skipped); the finest level's result is taken as it is.
     So a talking head (a 250-px face in a 720p frame) is found at 1/8 of the pixels of a full pass, while a
     small face (a crowd, a 60-px face in a large frame) or a frame without faces climbs to the finest level
     and is detected as a single pass at ``max_side`` would (at most ~1.33x its cost: each level has 1/4 of
@@ -292,24 +293,30 @@ class FaceDetector:
         for shape, ids in by_shape.items():
             h, w = shape[:2]
             scales = self.levels(h, w)
-            pending = ids
+            queue: dict[int, list[int]] = {0: ids}  # level -> frames to detect there
             for level, scale in enumerate(scales):
-                finest = level == len(scales) - 1
-                climb = []
-                for i, det in zip(pending, self._detect_at(frames, pending, h, w, scale)):
-                    if finest or self._enough(det, scale):
+                todo = queue.pop(level, [])
+                for i, det in zip(todo, self._detect_at(frames, todo, h, w, scale)):
+                    nxt = self._next_level(det, scales, level)
+                    if nxt is None:
                         out[i] = det
                     else:
-                        climb.append(i)
-                pending = climb
+                        queue.setdefault(nxt, []).append(i)
         return out  # type: ignore[return-value]
 
-    def _enough(self, det: Detections, scale: float) -> bool:
-        """A level's detections are final when it kept max_faces faces, each >= face_px at that level."""
-        if len(det) < self.cfg.max_faces:
-            return False
-        side = np.maximum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1]) * scale
-        return bool(side.min() >= self.cfg.face_px)
+    def _next_level(self, det: Detections, scales: list[float], level: int) -> int | None:
+        """None when ``det`` (found at ``scales[level]``) is final: the finest level, or max_faces faces each
+        >= face_px there. Otherwise the level to try next: the first at which the smallest face found would
+        reach face_px (a face found gives its own scale), or simply the next one when fewer faces were found."""
+        if level == len(scales) - 1:
+            return None
+        if len(det) == 0:
+            return level + 1
+        smallest = float(np.min(np.maximum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])))
+        if len(det) >= self.cfg.max_faces and smallest * scales[level] >= self.cfg.face_px:
+            return None
+        return next((k for k in range(level + 1, len(scales)) if smallest * scales[k] >= self.cfg.face_px),
+                    len(scales) - 1) if len(det) >= self.cfg.max_faces else level + 1
 
     def _detect_at(self, frames: Sequence[np.ndarray], ids: list[int], h: int, w: int, scale: float
                    ) -> list[Detections]:
