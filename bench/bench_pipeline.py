@@ -293,7 +293,7 @@ def detection_check(work: Path, n_frames: int) -> list[str]:
     default = DetectorConfig()
     settings = [("full resolution (reference)", dict(max_side=None, face_px=None)),
                 (f"default: face_px {default.face_px}, levels {default.min_side}..{default.max_side}", {}),
-                ("face_px 32", dict(face_px=32)), ("face_px 64", dict(face_px=64)), ("face_px 96", dict(face_px=96)),
+                *[(f"face_px {v}", dict(face_px=v)) for v in (32, 48, 64, 96) if v != default.face_px],
                 ("one pass at max_side 1280 (previous default)", dict(face_px=None)),
                 ("one pass at max_side 640", dict(max_side=640, face_px=None))]
     results = {}

@@ -238,10 +238,10 @@ class FaceDetector:
     at the coarsest level first and moves finer until a level finds ``max_faces`` faces whose larger box side
     is at least ``face_px`` pixels at that level (a face found too small says how much finer to go, so levels
     in between are skipped); the finest level's result is taken as it is.
-    So a talking head (a 250-px face in a 720p frame) is found at 1/8 of the pixels of a full pass, while a
-    small face (a crowd, a 60-px face in a large frame) or a frame without faces climbs to the finest level
-    and is detected as a single pass at ``max_side`` would (at most ~1.33x its cost: each level has 1/4 of
-    the pixels of the next). ``face_px=None`` is that single pass. With ``max_faces`` > 1 a frame with fewer
+    So a talking head (a 300-px face in a 720p frame) is detected at the 320-px level, 75 px there, with 1/16
+    of the pixels of a 1280 pass, while a small face (a crowd, a 60-px face in a large frame) or a frame
+    without faces climbs to the finest level and is detected as a single pass at ``max_side`` would (at most
+    ~1.33x its cost: each level has 1/4 of the pixels of the next). ``face_px=None`` is that single pass. With ``max_faces`` > 1 a frame with fewer
     faces also climbs to the finest level, so none of a crowd is lost to the coarse levels.
     """
 
@@ -312,11 +312,13 @@ class FaceDetector:
             return None
         if len(det) == 0:
             return level + 1
+        if len(det) < self.cfg.max_faces:
+            return level + 1
         smallest = float(np.min(np.maximum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])))
-        if len(det) >= self.cfg.max_faces and smallest * scales[level] >= self.cfg.face_px:
+        if smallest * scales[level] >= self.cfg.face_px:
             return None
         return next((k for k in range(level + 1, len(scales)) if smallest * scales[k] >= self.cfg.face_px),
-                    len(scales) - 1) if len(det) >= self.cfg.max_faces else level + 1
+                    len(scales) - 1)
 
     def _detect_at(self, frames: Sequence[np.ndarray], ids: list[int], h: int, w: int, scale: float
                    ) -> list[Detections]:
