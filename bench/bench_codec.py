@@ -10,9 +10,11 @@ training Dataset does per sample) from the page cache, so decompression and HDF5
 Codecs run in a different order each round (the machine's speed drifts); the median of the rounds is the
 figure. One process, one thread, CPU-seconds.
 
-Rule for the default: the smallest bytes per face among the codecs whose random read is at least
-``--read-floor`` faces per CPU-second (default 1200 = 10 x the ~120 training pairs/s one core makes, so
-reading takes at most a tenth of a training step's time). Prints a table and writes ``codecs.png``.
+Rule for the default: the smallest bytes per face among the codecs that read at least ``--read-floor``
+faces per CPU-second (default 1200 = 10 x the ~120 training pairs/s one core makes, so a random read takes
+at most a tenth of a training pair's time) and write at least ``--write-floor`` faces per CPU-second
+(default 150 = 10 x the ~15 HD faces per CPU-second the frames + landmarks stages make, so writing takes at
+most a tenth of preprocessing). Prints a table and writes ``codecs.png``.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--reads", type=int, default=300, help="random single-face reads per codec and round")
     p.add_argument("--read-floor", type=float, default=1200.0,
                    help="faces per CPU-second a codec must read to be eligible as default")
+    p.add_argument("--write-floor", type=float, default=150.0,
+                   help="faces per CPU-second a codec must write to be eligible as default")
     p.add_argument("--codecs", nargs="+", default=list(CODECS))
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir); keeps the "
                                                               "HD clips between runs")
@@ -96,7 +100,7 @@ def main(args) -> None:
         s = stats[codec]
         rows.append((codec, float(np.median(s["bytes"])), float(np.median(s["write"])), float(np.median(s["read"])),
                      s["read"]))
-    eligible = [row for row in rows if row[3] >= args.read_floor]
+    eligible = [row for row in rows if row[3] >= args.read_floor and row[2] >= args.write_floor]
     pick = min(eligible, key=lambda row: row[1]) if eligible else max(rows, key=lambda row: row[3])
     fastest = max(row[3] for row in rows)
     print(f"{'codec':<14} {'KiB/face':>9} {'% raw':>6} {'write f/CPU-s':>14} {'read f/CPU-s':>13} {'% fastest':>9}"
@@ -105,33 +109,38 @@ def main(args) -> None:
         mark = "  <- default by the rule" if codec == pick[0] else ""
         print(f"{codec:<14} {b / 1024:9.1f} {b / raw:6.1%} {w:14.1f} {rd:13.1f} {rd / fastest:9.1%}  "
               + ", ".join(f"{x:.0f}" for x in per) + mark)
-    rule = (f"smallest bytes/face among codecs reading >= {args.read_floor:.0f} faces/CPU-s" if eligible else
-            f"no codec reads {args.read_floor:.0f} faces/CPU-s: the fastest reader")
-    print(f"rule: {rule} -> {pick[0]} ({pick[1] / 1024:.1f} KiB/face, {pick[3]:.0f} faces/CPU-s read)")
-    plot(rows, pick[0], args.read_floor, raw, args.out)
+    floors = f"reading >= {args.read_floor:.0f} and writing >= {args.write_floor:.0f} faces/CPU-s"
+    rule = (f"smallest bytes/face among codecs {floors}" if eligible else
+            f"no codec is {floors}: the fastest reader")
+    print(f"rule: {rule} -> {pick[0]} ({pick[1] / 1024:.1f} KiB/face = {pick[1] / raw:.1%} of raw, "
+          f"{pick[3]:.0f} faces/CPU-s read, {pick[2]:.0f} written)")
+    plot(rows, pick[0], args.read_floor, args.write_floor, raw, args.out)
     print(f"chart: {args.out}")
     if args.workdir is None:
         shutil.rmtree(work)
 
 
-def plot(rows, pick: str, floor: float, raw: int, out: Path) -> None:
+def plot(rows, pick: str, read_floor: float, write_floor: float, raw: int, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for codec, b, w, rd, _ in rows:
-        ax.scatter(b / 1024, rd, color="tab:red" if codec == pick else "tab:blue", zorder=3)
-        ax.annotate(codec, (b / 1024, rd), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.axhline(floor, color="grey", ls="--", lw=1, label=f"read floor {floor:.0f} faces/CPU-s")
-    ax.axvline(raw / 1024, color="grey", ls=":", lw=1, label="raw size")
-    ax.set_xlabel("KiB per 384-px HD face (on disk)")
-    ax.set_ylabel("random single-face reads per CPU-second")
-    ax.set_yscale("log")
-    ax.set_title(f"Shard crop codecs (red: the default, {pick})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, col, floor, what in ((axes[0], 3, read_floor, "random single-face reads"),
+                                 (axes[1], 2, write_floor, "faces written")):
+        for row in rows:
+            codec, b = row[0], row[1]
+            ax.scatter(b / 1024, row[col], color="tab:red" if codec == pick else "tab:blue", zorder=3)
+            ax.annotate(codec, (b / 1024, row[col]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.axhline(floor, color="grey", ls="--", lw=1, label=f"floor {floor:.0f} faces/CPU-s")
+        ax.axvline(raw / 1024, color="grey", ls=":", lw=1, label="raw size")
+        ax.set_xlabel("KiB per 384-px HD face (on disk)")
+        ax.set_ylabel(f"{what} per CPU-second")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Shard crop codecs on HD crops (red: the default by the rule, {pick})")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -61,10 +61,12 @@ N_LANDMARKS = 68
 VIDEO_KEYS = ("id", "path", "label", "method", "source", "target", "fps", "n_frames", "width", "height",
               "split", "dataset")
 
-# Chosen with bench/bench_pipeline.py by random-read speed first: Blosc-LZ4 read 4-7x more crops per second
-# than lzf or gzip, at ~73 % of the raw size; blosc-zstd is the choice for smaller files (~49 %) at about half
-# LZ4's read speed. Blosc needs `import hdf5plugin` before h5py reads the crops (ShardReader does it).
-DEFAULT_COMPRESSION = "blosc-lz4"
+# Chosen with bench/bench_codec.py on 384-px crops of HD videos: the smallest bytes per face among the codecs
+# that read >= 1200 random faces per CPU-second (a tenth of a ~120 pairs/s training core's time) and write
+# >= 150 (a tenth of preprocessing's time). Blosc-zstd level 3 stores ~56 % of raw where Blosc-LZ4 stored
+# ~74 %; LZ4 reads ~2.5x faster (`--compression blosc-lz4` where reading speed matters more than disk).
+# Blosc needs `import hdf5plugin` before h5py reads the crops (ShardReader does it).
+DEFAULT_COMPRESSION = "blosc-zstd:3"
 COMPRESSIONS = ("none", "lzf", "gzip", "blosc-lz4", "blosc-lz4hc", "blosc-zstd")
 
 REQUIRED_ATTRS = ("schema_version", "crop_scale", "crop_size", "detector", "created")
