@@ -15,7 +15,8 @@ from pipeline.cluster import ClusterError, absolute, check_workers, dask_client
 from pipeline.faces import DetectorConfig, DetectorWeightsError
 from pipeline.landmarks import LandmarkModelError
 from pipeline.manifest import ManifestError
-from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_SHARD_BYTES, ShardError, parse_size
+from pipeline.shards import (COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_SHARD_BYTES, ShardError, check_compression,
+                             parse_size)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops + dlib "
@@ -36,8 +37,6 @@ class OnError(str, enum.Enum):
     skip = "skip"
     raise_ = "raise"
 
-
-Compression = enum.Enum("Compression", {c.replace("-", "_"): c for c in COMPRESSIONS}, type=str)
 
 _DATASET = typer.Option(None, "--dataset", "-d", help="Dataset name from the manifest (e.g. ffpp, cdf2, sample).")
 _SPLIT = typer.Option("train", "--split", "-s", help="Split: train, val or test.")
@@ -116,7 +115,14 @@ def extract_frames(
     max_faces: int = typer.Option(1, "--max-faces", min=1, help="Faces kept per frame (each is one crop)."),
     keep: str = typer.Option("score", "--keep", help="Which faces to keep first: score or area."),
     max_side: int = typer.Option(1280, "--max-side", min=0,
-                                 help="Frames with a longer side are downscaled for detection (0 = never)."),
+                                 help="Finest detection level: frames with a longer side are downscaled to it "
+                                      "(0 = never)."),
+    face_px: int = typer.Option(DetectorConfig.face_px, "--face-px", min=0,
+                                help="Detection resolution follows the faces: the coarsest level (halving from "
+                                     "--max-side, not below --min-side) where the kept faces are at least this "
+                                     "many pixels (0 = one pass at --max-side)."),
+    min_side: int = typer.Option(DetectorConfig.min_side, "--min-side", min=16,
+                                 help="Longer side of the coarsest detection level (with --face-px)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
                                              help="Frames per detector call (default: 1 on CPU, where it is "
                                                   "fastest per core; 16 on a GPU)."),
@@ -129,8 +135,9 @@ def extract_frames(
         None, "--shard-size", help="Upper bound of a shard's size (e.g. 1GB, 512MB, 2GiB; default: the manifest's "
                                    "shard_size, 1GiB); finished videos are packed into shards up to it (one Dask "
                                    "task per video either way)."),
-    compression: Compression = typer.Option(DEFAULT_COMPRESSION, "--compression",
-                                            help="HDF5 compression of the crops."),
+    compression: str = typer.Option(DEFAULT_COMPRESSION, "--compression",
+                                    help=f"HDF5 compression of the crops: {', '.join(COMPRESSIONS)}, with "
+                                         f"':LEVEL' (0-9) for gzip and blosc-*, e.g. blosc-zstd:3."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N videos (quick tries)."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Remove the split folder's shards, index and failures log first and redo "
@@ -158,6 +165,10 @@ def extract_frames(
         shard_bytes = parse_size(shard_size) if shard_size else None
     except ValueError as e:
         _fail(f"--shard-size: {e}")
+    try:
+        compression = check_compression(compression)
+    except ValueError as e:
+        _fail(f"--compression: {e}")
     try:
         if dataset:
             m = load_manifest(manifest)
@@ -189,11 +200,12 @@ def extract_frames(
         items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
         det = DetectorConfig(backend=detector.value, weights=absolute(detector_weights),
                              score_threshold=score_threshold, max_faces=max_faces, keep=keep,
-                             max_side=max_side or None, batch_size=batch_size, device=device)
+                             max_side=max_side or None, face_px=face_px or None, min_side=min_side,
+                             batch_size=batch_size, device=device)
         # Build the detector once here so a missing weight file fails before any worker starts.
         from pipeline.faces import FaceDetector
         FaceDetector(DetectorConfig(**det.__dict__))
-        cfg = ExtractConfig(crop_scale=c_scale, crop_size=c_size, detector=det, compression=compression.value,
+        cfg = ExtractConfig(crop_scale=c_scale, crop_size=c_size, detector=det, compression=compression,
                             on_error=on_error.value, manifest_hash=mhash, source_root=root,
                             decode_threads=decode_threads)
         split_dir = _split_dir(Path(absolute(out)), dataset, split)
@@ -203,8 +215,7 @@ def extract_frames(
                               ["detector"] if det.backend == "mobilenet0.25" and not det.weights else [],
                               [it.path for it in items])
             summary = run_extract(items, split_dir, ds_name, split_name, cfg, shard_bytes or DEFAULT_SHARD_BYTES,
-                                  workers, None,
-                                  client=client, overwrite=overwrite)
+                                  workers, None, client=client, overwrite=overwrite)
     except (ManifestError, DetectorWeightsError, PipelineError, ShardError, ClusterError) as e:
         _fail(str(e))
     if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):

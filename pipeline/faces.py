@@ -62,7 +62,9 @@ class DetectorConfig:
     nms_iou: float = 0.4
     max_faces: int = 1                   # faces kept per frame
     keep: str = "score"                  # order used to keep faces: "score" | "area"
-    max_side: int | None = 1280          # frames with a longer side are downscaled for detection
+    max_side: int | None = 1280          # finest detection level: frames with a longer side are downscaled to it
+    face_px: int | None = 64             # detection resolution follows the faces (FaceDetector); None: one pass
+    min_side: int = 160                  # longer side of the coarsest detection level (face_px mode)
     batch_size: int | None = None        # frames per network call; None: 1 on CPU, 16 on CUDA (see FaceDetector)
     threads: int = 1                     # intra-op threads (one worker process per core)
     device: str = "cpu"                  # resnet50 only
@@ -229,8 +231,18 @@ class FaceDetector:
     """Batched RetinaFace: ``detect(frames)`` -> one ``Detections`` per frame.
 
     Build once per process (it loads the network); frames of one call may differ in size (they are run in
-    batches of equal size). Frames whose longer side exceeds ``max_side`` are downscaled for the network and
-    the results mapped back to the original pixels.
+    batches of equal size). Results are always in the original frame's pixels.
+
+    Detection resolution (chosen for the faces, not the frame): the levels of a frame are its size capped at
+    ``max_side`` (the finest), then halved while the longer side stays >= ``min_side``. A frame is detected
+    at the coarsest level first and moves finer until a level finds ``max_faces`` faces whose larger box side
+    is at least ``face_px`` pixels at that level (a face found too small says how much finer to go, so levels
+    in between are skipped); the finest level's result is taken as it is.
+    So a talking head (a 300-px face in a 720p frame) is detected at the 320-px level, 75 px there, with 1/16
+    of the pixels of a 1280 pass, while a small face (a crowd, a 60-px face in a large frame) or a frame
+    without faces climbs to the finest level and is detected as a single pass at ``max_side`` would (at most
+    ~1.33x its cost: each level has 1/4 of the pixels of the next). ``face_px=None`` is that single pass. With ``max_faces`` > 1 a frame with fewer
+    faces also climbs to the finest level, so none of a crowd is lost to the coarse levels.
     """
 
     def __init__(self, cfg: DetectorConfig | None = None, **overrides):
@@ -258,6 +270,17 @@ class FaceDetector:
             self._priors[(h, w)] = prior_boxes(h, w)
         return self._priors[(h, w)]
 
+    def levels(self, height: int, width: int) -> list[float]:
+        """Detection scales (network input / frame pixels) of a ``height`` x ``width`` frame, coarsest first."""
+        cfg = self.cfg
+        long = max(height, width)
+        top = min(1.0, cfg.max_side / long) if cfg.max_side else 1.0
+        scales = [top]
+        if cfg.face_px:
+            while long * scales[-1] / 2 >= cfg.min_side:
+                scales.append(scales[-1] / 2)
+        return scales[::-1]
+
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """Detect faces in RGB uint8 frames, each (H, W, 3). Returns one ``Detections`` per frame, in order."""
         cfg = self.cfg
@@ -269,19 +292,49 @@ class FaceDetector:
             by_shape.setdefault(f.shape, []).append(i)
         for shape, ids in by_shape.items():
             h, w = shape[:2]
-            scale = 1.0
-            if cfg.max_side and max(h, w) > cfg.max_side:
-                scale = cfg.max_side / max(h, w)
-            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-            priors = self._priors_for(nh, nw)
-            for start in range(0, len(ids), cfg.batch_size):
-                chunk = ids[start:start + cfg.batch_size]
-                batch = np.stack([frames[i] if scale == 1.0 else
-                                  cv2.resize(frames[i], (nw, nh), interpolation=cv2.INTER_AREA) for i in chunk])
-                loc, prob, kps = self.net(batch)
-                for b, i in enumerate(chunk):
-                    out[i] = self._postprocess(loc[b], prob[b], kps[b], priors, nw / scale, nh / scale)
+            scales = self.levels(h, w)
+            queue: dict[int, list[int]] = {0: ids}  # level -> frames to detect there
+            for level, scale in enumerate(scales):
+                todo = queue.pop(level, [])
+                for i, det in zip(todo, self._detect_at(frames, todo, h, w, scale)):
+                    nxt = self._next_level(det, scales, level)
+                    if nxt is None:
+                        out[i] = det
+                    else:
+                        queue.setdefault(nxt, []).append(i)
         return out  # type: ignore[return-value]
+
+    def _next_level(self, det: Detections, scales: list[float], level: int) -> int | None:
+        """None when ``det`` (found at ``scales[level]``) is final: the finest level, or max_faces faces each
+        >= face_px there. Otherwise the level to try next: the first at which the smallest face found would
+        reach face_px (a face found gives its own scale), or simply the next one when fewer faces were found."""
+        if level == len(scales) - 1:
+            return None
+        if len(det) == 0:
+            return level + 1
+        if len(det) < self.cfg.max_faces:
+            return level + 1
+        smallest = float(np.min(np.maximum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])))
+        if smallest * scales[level] >= self.cfg.face_px:
+            return None
+        return next((k for k in range(level + 1, len(scales)) if smallest * scales[k] >= self.cfg.face_px),
+                    len(scales) - 1)
+
+    def _detect_at(self, frames: Sequence[np.ndarray], ids: list[int], h: int, w: int, scale: float
+                   ) -> list[Detections]:
+        """Detections of frames ``ids`` (all h x w) run at ``scale``, mapped back to frame pixels."""
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        priors = self._priors_for(nh, nw)
+        res = []
+        for start in range(0, len(ids), self.cfg.batch_size):
+            chunk = ids[start:start + self.cfg.batch_size]
+            batch = np.stack([frames[i] if (nh, nw) == (h, w) else
+                              cv2.resize(frames[i], (nw, nh), interpolation=cv2.INTER_AREA) for i in chunk])
+            loc, prob, kps = self.net(batch)
+            # boxes come out as fractions of the input, which covers the whole frame: scale by the frame's size
+            res += [self._postprocess(loc[b], prob[b], kps[b], priors, w, h)
+                    for b in range(len(chunk))]
+        return res
 
     def _postprocess(self, loc, prob, kps, priors, width: float, height: float) -> Detections:
         cfg = self.cfg

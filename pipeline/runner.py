@@ -129,6 +129,7 @@ def extract_settings(cfg: ExtractConfig, items: Sequence[VideoItem]) -> dict:
     settings = {"crop_scale": cfg.crop_scale, "crop_size": cfg.crop_size, "compression": cfg.compression,
                 "detector": d.backend, "detector_weights": d.weights or "", "score_threshold": d.score_threshold,
                 "max_faces": d.max_faces, "keep": d.keep, "max_side": d.max_side,
+                "face_px": d.face_px, "min_side": d.min_side if d.face_px else None,
                 "frames": sorted({it.n_frames for it in items}), "segment": sorted({tuple(it.segment) for it in items})}
     return json.loads(json.dumps(settings))  # tuples -> lists: equal to what a shard's JSON attribute gives back
 

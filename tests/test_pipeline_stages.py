@@ -132,6 +132,70 @@ def test_detector_downscales_large_frames(detector, sample_videos_dir):
     np.testing.assert_allclose(small.boxes[0] / 4, ref.boxes[0], atol=3)
 
 
+def _iou(a, b):
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
+
+
+class _Inputs:
+    """Wraps a detector's network to record the input size of every call (which level ran)."""
+
+    def __init__(self, det):
+        self.net, self.sizes = det.net, []
+        det.net = self
+
+    def __call__(self, batch):
+        self.sizes.append(batch.shape[1:3])
+        return self.net(batch)
+
+
+def test_detection_levels_follow_faces(sample_videos_dir):
+    """A talking head is detected at a coarse level, near the full-resolution box; the levels halve from
+    max_side down to min_side; face_px=None is the single pass at max_side."""
+    _, frames = sample_frames(sample_videos_dir / "carphone_pristine.mp4", 4)
+    big = [cv2.resize(f, (176 * 4, 144 * 4), interpolation=cv2.INTER_CUBIC) for f in frames]  # ~240-px face
+    det = FaceDetector()
+    assert (det.cfg.face_px, det.cfg.min_side, det.cfg.max_side) == (64, 160, 1280)
+    assert det.levels(576, 704) == [0.25, 0.5, 1.0]
+    assert det.levels(1080, 1920) == pytest.approx([1 / 12, 1 / 6, 1 / 3, 2 / 3])
+    assert det.levels(144, 176) == [1.0] and FaceDetector(face_px=None).levels(1080, 1920) == [pytest.approx(2 / 3)]
+    seen = _Inputs(det)
+    coarse = det.detect(big)
+    full = FaceDetector(max_side=None, face_px=None).detect(big)
+    # 60 px at 176x144 is under face_px 64, 120 px at 352x288 is enough: no frame needs the 704 pass
+    assert (144, 176) in seen.sizes and (288, 352) in seen.sizes and (576, 704) not in seen.sizes
+    for c, f in zip(coarse, full):
+        assert len(c) == len(f) == 1
+        side = max(f.boxes[0, 2] - f.boxes[0, 0], f.boxes[0, 3] - f.boxes[0, 1])
+        assert _iou(c.boxes[0], f.boxes[0]) > 0.8
+        assert np.abs(c.boxes[0] - f.boxes[0]).max() < 0.1 * side
+        assert np.abs(c.kps5[0] - f.kps5[0]).max() < 0.1 * side
+
+
+def test_detection_keeps_small_face_in_large_frame(sample_videos_dir):
+    """The carphone clip's ~60-px face centred in a black 1920x1080 frame (a small face in a DFDC-sized
+    frame): the coarse levels cannot hold it at face_px, so the frame climbs to the finest level and the face
+    is kept, where one pass at 640 loses it; the box matches the full-resolution pass."""
+    _, frames = sample_frames(sample_videos_dir / "carphone_pristine.mp4", 4)
+    canvas = []
+    for f in frames:
+        c = np.zeros((1080, 1920, 3), np.uint8)
+        c[468:612, 872:1048] = f
+        canvas.append(c)
+    det = FaceDetector()
+    seen = _Inputs(det)
+    got = det.detect(canvas)
+    full = FaceDetector(max_side=None, face_px=None).detect(canvas)
+    assert (720, 1280) in seen.sizes  # climbed to max_side
+    for g, f in zip(got, full):
+        assert len(g) == len(f) == 1
+        side = max(f.boxes[0, 2] - f.boxes[0, 0], f.boxes[0, 3] - f.boxes[0, 1])
+        assert 872 < f.boxes[0, 0] < f.boxes[0, 2] < 1048 and 40 < side < 90
+        assert _iou(g.boxes[0], f.boxes[0]) > 0.75 and np.abs(g.boxes[0] - f.boxes[0]).max() < 0.15 * side
+    assert sum(len(d) for d in FaceDetector(max_side=640, face_px=None).detect(canvas)) < len(canvas)
+
+
 def test_resnet50_offline_error(tmp_path):
     from pipeline.faces import DetectorWeightsError
 
@@ -227,3 +291,24 @@ def test_audio_only_file_is_reported_as_no_video_stream(tmp_path):
                     str(audio)], check=True)
     with pytest.raises(VideoError, match=r"talk.m4a: not a readable video \(no video stream\)"):
         probe(audio)
+
+
+def test_detection_resolution_is_part_of_the_settings_hash():
+    """Resume compares the settings hash: changing how the detection resolution is chosen must show."""
+    from dataclasses import replace
+
+    from pipeline.faces import DetectorConfig
+    from pipeline.manifest import VideoItem
+    from pipeline.resume import settings_hash
+    from pipeline.runner import ExtractConfig, extract_settings
+
+    items = [VideoItem(id="a", path="/x/a.mp4", rel_path="a.mp4", label=0, split="test", dataset="d", n_frames=8)]
+
+    def h(**kw):
+        return settings_hash(extract_settings(ExtractConfig(detector=replace(DetectorConfig(), **kw)), items))
+
+    base = h()
+    assert extract_settings(ExtractConfig(), items)["face_px"] == 64
+    assert len({base, h(face_px=48), h(face_px=None), h(min_side=320), h(max_side=640)}) == 5
+    assert h(face_px=None, min_side=320) == h(face_px=None)  # min_side means nothing without face_px
+    assert h(batch_size=4) == base  # speed settings do not shape the crops

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.shards import (SCHEMA_VERSION, AlreadyCommitted, VIDEO_KEYS, ShardError, ShardReader, ShardWriter, add_landmarks,
+from pipeline.shards import (DEFAULT_COMPRESSION, SCHEMA_VERSION, AlreadyCommitted, VIDEO_KEYS, ShardError, ShardReader, ShardWriter, add_landmarks,
                              load_index, shard_paths, write_index, write_shard)
 from pipeline.shards import unfinished
 from tests.shard_faults import flip_chunk_bytes
@@ -54,7 +54,7 @@ def test_plain_h5py_schema(tmp_path):
     p = write_shard(tmp_path / "x.h5", faces, landmarks=lms, no_face=np.array([[0, 7]]))
     with h5py.File(p, "r") as f:
         assert f["faces"].dtype == np.uint8 and f["faces"].shape == (3, 16, 16, 3)
-        assert f["faces"].chunks == (1, 16, 16, 3) and f.attrs["compression"] == "blosc-lz4"
+        assert f["faces"].chunks == (1, 16, 16, 3) and f.attrs["compression"] == DEFAULT_COMPRESSION
         np.testing.assert_array_equal(f["faces"][2], faces[2])
         for name, shape, dt in [("boxes", (3, 4), np.float32), ("scores", (3,), np.float32),
                                 ("kps5", (3, 5, 2), np.float32), ("crop_boxes", (3, 4), np.float32),
