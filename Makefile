@@ -21,12 +21,13 @@ STAMP      := $(VENV)/.installed
 
 DATASET    ?= sample
 SPLIT      ?= train
-SHARDS     ?= shards
+DEMO_OUT   ?= out/demo
+# The embedded sample is prepared by `make demo` under $(DEMO_OUT)/shards; every other dataset under shards/.
+SHARDS     ?= $(if $(filter sample,$(DATASET)),$(DEMO_OUT)/shards,shards)
 WORKERS    ?=
 SCHEDULER  ?=
 CONFIG     ?= configs/laanet_sbi.yaml
 CKPT       ?=
-DEMO_OUT   ?= out/demo
 
 DASK_OPTS  := $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
@@ -63,7 +64,7 @@ verify: $(STAMP)
 	$(PY) -m pipeline verify $(SHARDS)/$(DATASET)/$(SPLIT)
 
 inspect: $(STAMP)
-	$(PY) -m pipeline inspect $(SHARDS)/$(DATASET)/$(SPLIT)
+	$(PY) -m pipeline inspect $(SHARDS)/$(DATASET)/$(SPLIT) --png out/inspect/$(DATASET)_$(SPLIT).png
 
 train: $(STAMP)
 	$(if $(NPROC),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC),$(PY)) train.py \
@@ -75,6 +76,7 @@ evaluate: $(STAMP)
 		--out $(or $(EVAL_OUT),out/eval/$(DATASET)_$(SPLIT))
 
 demo: $(STAMP)
+	@mkdir -p $(DEMO_OUT) && date +%s > $(DEMO_OUT)/.started
 	$(PY) -m pipeline extract-frames --dataset sample --split train --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline cache-landmarks --dataset sample --split train --out $(DEMO_OUT)/shards
 	$(PY) -m pipeline extract-frames --dataset sample --split val --out $(DEMO_OUT)/shards
@@ -92,7 +94,15 @@ demo: $(STAMP)
 		--out $(DEMO_OUT)/eval
 	$(PY) -m model.predict data/sample/videos --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt \
 		--frames 8 --out $(DEMO_OUT)/predict
-	@echo "demo evaluation report: $(DEMO_OUT)/eval/report.md (plots and overlays next to it); predictions: $(DEMO_OUT)/predict/predictions.csv"
+	@s=$$(( $$(date +%s) - $$(cat $(DEMO_OUT)/.started) )); echo; \
+	echo "make demo: done in $$((s / 60)) min $$((s % 60)) s. What it showed, on the two embedded real clips:"; \
+	echo "  - preprocessing: frames -> RetinaFace crops -> dlib landmarks -> HDF5 shards (contact sheet: $(DEMO_OUT)/sample_train.png)"; \
+	echo "  - training: SBI pseudo-fakes and their heatmap/consistency targets ($(DEMO_OUT)/eval/training_pairs.png), SAM,"; \
+	echo "    LR schedule, backbone freezing, validation and best.pt selection ($(DEMO_OUT)/runs/demo_cpu/)"; \
+	echo "  - evaluation and prediction: report $(DEMO_OUT)/eval/report.md, scores $(DEMO_OUT)/predict/predictions.csv"; \
+	echo "What it is not: the demo model is a small EfficientNet-B0 trained from random weights for a few CPU minutes"; \
+	echo "on two real clips. It does NOT detect deepfakes, and its AUC (on synthetic SBI fakes) says nothing about"; \
+	echo "LAA-Net. A real detector: configs/laanet_sbi.yaml on FF++ with ImageNet weights, on GPUs (docs/training.md)."
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do m=$$(basename $$b .py); echo "== $$m"; PYTHONPATH=. $(PY) -m bench.$$m || exit 1; done
