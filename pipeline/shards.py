@@ -412,7 +412,7 @@ class ShardReader:
             hint = " (an unfinished .tmp exists: rerun the pipeline to finish it)" if unfinished(self.path) else ""
             raise ShardError(f"{self.path}: shard not found{hint}")
         try:
-            f = h5py.File(self.path, "r")
+            f = h5py.File(self.path, "r", locking=False)
         except OSError as e:
             raise ShardError(f"{self.path}: not a readable HDF5 file ({e})") from e
         with f:
@@ -447,8 +447,10 @@ class ShardReader:
 
     def _file(self) -> h5py.File:
         # A handle inherited through fork shares HDF5 state with the parent: reopen in each process.
+        # Finished shards never change, so readers skip HDF5's file locks (locking=False): no lock calls
+        # per open, and no failures on file systems without locks (some NFS/Lustre mounts).
         if self._f is None or self._pid != os.getpid():
-            self._f = h5py.File(self.path, "r")
+            self._f = h5py.File(self.path, "r", locking=False)
             self._pid = os.getpid()
             self._datasets = {}
         return self._f
