@@ -93,7 +93,8 @@ def shards(tmp_path_factory) -> dict[str, Path]:
 def tiny_overrides(shards: dict[str, Path], out_dir: Path, *extra: str) -> list[str]:
     return [f"data.shards=[{shards['train']}]", "model.backbone=test_efficientnet", "model.pretrained=false",
             f"model.input_size={SIZE}", f"data.image_size={SIZE}", "model.head_conv=16", "model.dropout=0.0", "model.drop_path_rate=0.0",
-            "train.device=cpu", "train.num_workers=0", "train.batch_pairs=2", "train.channels_last=false",
+            "train.device=cpu", "train.num_workers=0", "train.batch_pairs=2", "optim.lr_base_batch_pairs=2",
+            "train.channels_last=false",
             "train.log_every=1", f"train.out_dir={out_dir}", "val.every=0", *extra]
 
 
@@ -119,8 +120,12 @@ def test_schedule_sets_lr_and_resumes_from_its_state():
     sched2 = WarmupLinearSchedule(opt2, 40, 5e-5, 2e-4, 0.25)
     sched2.load_state_dict(sched.state_dict())
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
-    with pytest.raises(ValueError, match="40 steps"):
-        WarmupLinearSchedule(opt2, 41, 5e-5, 2e-4, 0.25).load_state_dict(sched.state_dict())
+    # another total (train.epochs changed on resume): the same step on the rebuilt curve
+    sched3 = WarmupLinearSchedule(opt2, 80, 5e-5, 2e-4, 0.25)
+    assert sched3.load_state_dict(sched.state_dict()) == 40
+    assert sched3.last_step == 13 and opt2.param_groups[0]["lr"] == pytest.approx(warmup_linear_lr(13, 80, 5e-5, 2e-4, 0.25))
+    with pytest.raises(ValueError, match="13 optimiser steps"):
+        WarmupLinearSchedule(opt2, 12, 5e-5, 2e-4, 0.25).load_state_dict(sched.state_dict())
 
 
 def test_backbone_frozen_for_the_first_epochs_only():
