@@ -213,8 +213,9 @@ class TrainPairDataset(Dataset):
         self.shards = _Shards(cfg.shards, cfg.max_open_shards)
         # All landmarks in memory (544 bytes a face, 50 MB for FF++'s 92k training frames): one HDF5 read per
         # item instead of two. Read with short-lived handles so nothing is open when workers fork.
-        self.landmarks = [r.read("landmarks") if r.has_landmarks else None for r in self.shards.readers]
-        for r in self.shards.readers:
+        self.landmarks = []
+        for r in self.shards.readers:  # one file open at a time
+            self.landmarks.append(r.read("landmarks") if r.has_landmarks else None)
             r.close()
         self.skipped = {"frames_without_landmarks": 0, "videos_without_landmarks": 0, "fake_videos": 0}
         # One entry per usable video: (video key, shard number, rows with landmarks sorted by frame index).
@@ -444,10 +445,9 @@ class EvalDataset(Dataset):
         if not fakes:
             return {}
         faces = [(si, r) for si, r, *_ in fakes]
-        lms = np.stack([self.shards.readers[si].landmarks(r) for si, r in faces])
+        lms = np.stack([self.shards.open(si).landmarks(r) for si, r in faces])
         vids = np.unique([f[3] for f in fakes], return_inverse=True)[1]
-        for reader in self.shards.readers:
-            reader.close()
+        self.shards.close()  # nothing open when workers fork
         table = build_donor_table(lms, vids, k=1)
         if (table[:, 0] < 0).any():
             raise ValueError("synthetic_fakes='bi' needs at least two real videos with landmarks")
