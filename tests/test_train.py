@@ -553,6 +553,11 @@ def test_resume_from_last_pt_with_more_epochs_rebuilds_the_schedule(shards, tmp_
     assert lrs[5] == pytest.approx(warmup_linear_lr(4, 6, 2e-4, 1e-3, 0.25))  # step 5 logs the LR of step 4 (demo LRs)
     msg = _cli_error(["--resume", str(run), "train.epochs=2"])
     assert msg == "train.py: train.epochs=2, but the run has already done 3 epochs; give train.epochs >= 3"
+    msg = _cli_error(["--resume", str(run), "train.epochs=4", "model.head_conv=32"])  # other overrides: one line
+    assert msg.startswith("train.py: the checkpoint's weights do not fit the model of the resumed config") and \
+        "size mismatch for heads." in msg and "\n" not in msg
+    msg = _cli_error(["--resume", str(run), "train.max_steps_per_epoch=1"])
+    assert "the run has done 6 optimiser steps, more than the 3 = train.epochs 3 x 1 steps per epoch" in msg
 
 
 def read_metrics_series(run: Path, name: str) -> list[tuple[int, float]]:

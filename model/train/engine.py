@@ -300,8 +300,17 @@ def restore_state(t: Trainer, state: dict) -> None:
         raise ConfigError(f"train.epochs={t.cfg.train.epochs}, but the run has already done {done} epochs; "
                           f"give train.epochs >= {done}")
     old_total = state.get("schedule", {}).get("total_steps")
-    counters = restore_training_state(state, model=t.model, optimizer=t.base_opt, schedule=t.schedule,
-                                      scaler=t.scaler)
+    if int(state.get("step", 0)) > t.schedule.total_steps:
+        raise ConfigError(f"the run has done {state['step']} optimiser steps, more than the {t.schedule.total_steps} "
+                          f"= train.epochs {t.cfg.train.epochs} x {t.steps_per_epoch} steps per epoch of the resumed "
+                          "config (did train.epochs, train.max_steps_per_epoch, train.batch_pairs or the data change?)")
+    try:
+        counters = restore_training_state(state, model=t.model, optimizer=t.base_opt, schedule=t.schedule,
+                                          scaler=t.scaler)
+    except RuntimeError as err:  # load_state_dict lists every mismatching tensor over many lines
+        first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))
+        raise ConfigError(f"the checkpoint's weights do not fit the model of the resumed config (a model.* "
+                          f"override on --resume?): {first}") from err
     t.epoch, t.step, t.best_auc, t.history = (counters[k] for k in ("epoch", "step", "best_auc", "history"))
     if old_total is not None and int(old_total) != t.schedule.total_steps:
         log.warning(f"LR schedule rebuilt: the run was planned for {old_total} steps, now "
