@@ -125,7 +125,7 @@ class Trainer:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     steps_per_epoch: int
-    plan: BatchPlan
+    plan: BatchPlan | None = None  # None: batch_plan(cfg, world size)
     net: nn.Module | None = None
     net_frozen: bool | None = None
     logger: RunLogger | None = None
@@ -133,6 +133,10 @@ class Trainer:
     epoch: int = 0
     best_auc: float = -math.inf
     history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.plan is None:
+            self.plan = batch_plan(self.cfg, self.dist.world_size)
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimizer, SAM | None]:
