@@ -686,3 +686,21 @@ def test_persistent_workers_still_draw_a_new_epoch(shards, tmp_path):
     assert workers[0] is workers[1]  # the same worker processes served both epochs
     assert sorted(seen[0][0]) != sorted(seen[1][0])  # frames re-drawn
     assert not torch.equal(seen[0][1], seen[1][1])  # pseudo-fakes differ
+
+
+def test_shard_readers_open_without_locks_and_next_to_a_locking_handle(tmp_path):
+    import h5py
+
+    from pipeline.shards import ShardReader
+
+    split = write_sharded_split(tmp_path / "one" / "train", n_shards=1, videos_per_shard=1, frames=2)
+    path = split / "shard-00000.h5"
+    r = ShardReader(path)
+    face = r.face(1)
+    assert not r._f.id.get_access_plist().get_file_locking()[0]  # no HDF5 file locks for readers
+    r.close()
+    with h5py.File(path, "r") as other:  # this process already holds the file with h5py's default flags
+        r2 = ShardReader(path)
+        np.testing.assert_array_equal(r2.face(1), face)
+        np.testing.assert_array_equal(other["faces"][1], face)
+        r2.close()
