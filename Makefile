@@ -1,7 +1,8 @@
 # LAA-Net: make targets per dataset stage. Everything runs inside the project virtual environment (.venv),
 # which `make install` creates from requirements.txt (pinned versions tested together).
 #
-#   make install                               create .venv and install pinned dependencies
+#   make install                               create .venv, install pinned dependencies and the project
+#                                              (editable: .venv/bin/python imports pipeline/model from any folder)
 #   make test                                  the fast tests (CPU, under 3 minutes; not the slow ones)
 #   make test-all                              every test: slow end-to-end ones too (gpu ones skip without CUDA)
 #   make frames    DATASET=ffpp SPLIT=train    sample frames, detect faces, write HDF5 shards
@@ -34,12 +35,14 @@ DASK_OPTS  := $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--schedule
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	# retinaface-pytorch pins torch 1.9 in its metadata; its code runs on current torch.
 	$(PY) -m pip install --quiet --no-deps retinaface-pytorch==0.0.8
+	# The project itself, editable: laanet-* commands, and Dask workers started from .venv (any folder) import it.
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -82,11 +85,14 @@ demo: $(STAMP)
 	rm -rf $(DEMO_OUT)/runs/demo_cpu
 	$(PY) train.py --config configs/demo_cpu.yaml train.out_dir=$(DEMO_OUT)/runs \
 		data.shards=[$(DEMO_OUT)/shards/sample/train] val.shards=[$(DEMO_OUT)/shards/sample/val]
+	$(PY) -m model.data preview --shards $(DEMO_OUT)/shards/sample/train --config configs/demo_cpu.yaml \
+		--out $(DEMO_OUT)/eval/training_pairs.png
 	$(PY) evaluate.py --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt --shards $(DEMO_OUT)/shards/sample/test \
-		--synthetic-fakes sbi --frames 8 --workers 1 --out $(DEMO_OUT)/eval
-	$(PY) -m model.predict data/sample/videos/carphone_pristine.mp4 --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt \
-		--frames 8 --overlay $(DEMO_OUT)/predict_carphone.png
-	@echo "demo evaluation report: $(DEMO_OUT)/eval/report.md (plots and overlays next to it)"
+		--synthetic-fakes sbi --frames 8 --workers 1 --training-preview $(DEMO_OUT)/eval/training_pairs.png \
+		--out $(DEMO_OUT)/eval
+	$(PY) -m model.predict data/sample/videos --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt \
+		--frames 8 --out $(DEMO_OUT)/predict
+	@echo "demo evaluation report: $(DEMO_OUT)/eval/report.md (plots and overlays next to it); predictions: $(DEMO_OUT)/predict/predictions.csv"
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do m=$$(basename $$b .py); echo "== $$m"; PYTHONPATH=. $(PY) -m bench.$$m || exit 1; done

@@ -1,7 +1,7 @@
 """Evaluate a LAA-Net checkpoint on prepared test shards: metrics, curves, heatmap overlays, robustness.
 
     python evaluate.py --checkpoint runs/x/best.pt --dataset ffpp cdf2 --split test --out runs/x/eval
-    python evaluate.py --checkpoint ckpt.pt --shards shards/mine/test --perturb all --out out/eval
+    python evaluate.py --checkpoint ckpt.pt --set mine=shards/mine_real,shards/mine_fake --out out/eval
 
 Protocol (LAA-Net paper Table 1): ``--frames`` evenly spaced faces per video (32), score = the cls head
 only, flip test averages the logits of each face and its mirror, video score = sigmoid of the mean frame
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,43 +26,79 @@ from pathlib import Path
 import torch
 
 from model import load_checkpoint
+from model.checkpoint import resolve_checkpoint
 from model.data.datasets import EvalDataset, collate_eval, resolve_face_scale
 from model.eval import perturb, report
 from model.eval.inference import choose_batch_size, run_dataset
 from model.eval.metrics import compute_metrics
-from model.eval.protocol import EvaluationError, build_protocol, protocol_line, resolve_test_sets
-from model.eval.report import clean_json, build_report, draw_overlays, write_frame_scores, write_scores
+from model.eval.protocol import (EvaluationError, build_protocol, class_refusal, duplicate_video,
+                                 faces_per_video, protocol_line, resolve_test_sets)
+from model.eval.report import (HelpFormatter, build_report, clean_json, draw_overlays, write_frame_scores,
+                               write_scores)
 from model.eval.robustness import run_robustness
 from pipeline.cli_errors import debugging, one_line
 from pipeline.faces import file_sha256
 from pipeline.shards import ShardError
 
+EXAMPLES = """examples:
+  python evaluate.py --checkpoint runs/x/best.pt --dataset ffpp cdf2 --split test --out runs/x/eval
+  # your own real and fake videos (two pipeline folders) as ONE test set:
+  python evaluate.py --checkpoint runs/x/best.pt --set mine=shards/mine_real,shards/mine_fake --out out/eval/mine
+  python evaluate.py --checkpoint best.pt --shards shards/real shards/fake --merge --out out/eval/mine
+  # real videos only: pair each with a synthetic blended fake
+  python evaluate.py --checkpoint best.pt --shards shards/mine_real --synthetic-fakes sbi --out out/eval/sbi
 
+A test set holding one class only (only real or only fake videos) is refused with one line; the run goes on
+with the other sets and exits non-zero when no set could be evaluated.
+"""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
-    p.add_argument("--checkpoint", required=True, help="checkpoint from train.py or a converted reference one")
-    p.add_argument("--dataset", nargs="*", default=[], help="dataset names under --shards-root (several: one table)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--shards-root", default="shards", help="folder holding <dataset>/<split>/index.json")
-    p.add_argument("--shards", nargs="*", default=[], help="ad-hoc split folders (each holds an index.json)")
-    p.add_argument("--frames", type=int, default=32, help="faces per video, evenly spaced (0 = all stored)")
+    p = argparse.ArgumentParser(prog="python evaluate.py", description=__doc__.split("\n\n")[0],
+                                epilog=EXAMPLES, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint from train.py or a converted reference one (a run folder names the ones inside)")
+    p.add_argument("--dataset", nargs="*", default=[],
+                   help="dataset names: each --shards-root/NAME/--split is one test set (several: one table)")
+    p.add_argument("--split", default="test", help="split of the --dataset names")
+    p.add_argument("--shards-root", default="shards", help="root of shards: holds <dataset>/<split>/index.json")
+    p.add_argument("--shards", nargs="*", default=[],
+                   help="ad-hoc split folders (each holds an index.json); each is one test set unless --merge")
+    p.add_argument("--merge", action="store_true", help="evaluate all --shards folders as one test set")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=DIR[,DIR...]",
+                   help="one test set named NAME made of these split folders (repeatable), e.g. "
+                        "mine=shards/real,shards/fake")
+    p.add_argument("--frames", type=int, default=32,
+                   help="frames (faces) per video, evenly spaced among the stored ones (0 = all stored); the "
+                        "report states how many were actually scored")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="flip test: average the cls logits of each face and its mirror")
-    p.add_argument("--aggregate", choices=("logit-mean", "prob-mean"), default="logit-mean")
+    p.add_argument("--aggregate", choices=("logit-mean", "prob-mean"), default="logit-mean",
+                   help="video score: sigmoid of the mean face logit, or the mean face probability")
     p.add_argument("--face-scale", default="reference",
-                   help="how large faces are shown, in face-box sides: 'reference' (default: the reference's test "
+                   help="how large faces are shown, in face-box sides: 'reference' (the reference's test "
                         "geometry, the 1.25x crop minus 5/256 per side = 1.20x), 'train-median' (the median scale "
                         "of the default training recipe, 1.11x; see python -m model.data face-scale), 'crop' "
                         "(the whole stored crop) or a number")
     p.add_argument("--perturb", nargs="*", default=[], help="robustness: 'all' or perturbation names")
     p.add_argument("--synthetic-fakes", choices=("sbi", "bi"), default=None,
                    help="pair every real face with a synthetic blended fake (for sets without fakes)")
-    p.add_argument("--compression", default=None, help="compression of the source videos, for the protocol "
-                   "(default: read from the video paths, e.g. c23)")
+    p.add_argument("--manifest", default="data_manifest.yaml",
+                   help="dataset manifest: the protocol's compression comes from its datasets.<name>.compression")
+    p.add_argument("--compression", default=None,
+                   help="compression of the source videos, for the protocol (default: from --manifest, else "
+                        "guessed from the video file names, e.g. c23, and marked so)")
+    p.add_argument("--all-metrics", action="store_true",
+                   help="also print the threshold metrics at 0.5 (Acc, AR, mF1, F1) and the frame-level AUC / AP "
+                        "(metrics.json always holds them)")
     p.add_argument("--overlays", type=int, default=8, help="faces per overlay sheet (0: no overlays)")
-    p.add_argument("--batch-size", type=int, default=0, help="0: chosen from the free memory")
+    p.add_argument("--hm-range", default="image", metavar="image|LO,HI",
+                   help="colour range of the heatmap overlays: 'image' stretches each heatmap from its own min to "
+                        "max (stated on its colour bar), LO,HI a fixed range of probabilities, e.g. 0,1")
+    p.add_argument("--training-preview", default=None, metavar="PNG",
+                   help="link this PNG (python -m model.data preview: the pairs the network trained on) in "
+                        "report.md; copied into --out when it lies elsewhere")
+    p.add_argument("--batch-size", type=int, default=0, help="faces per forward pass (0: chosen from the free memory)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="DataLoader worker processes reading and resizing faces (default: cores, at most 8)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
@@ -69,21 +106,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast on CUDA (off: float32, the paper's numbers)")
     p.add_argument("--out", required=True, help="output folder")
     return p
-
-
-# ----------------------------------------------------------------------------------------------- test sets
-
-
-# ----------------------------------------------------------------------------------------------- inference
-
-
-# ----------------------------------------------------------------------------------------------- metrics
-
-
-# ----------------------------------------------------------------------------------------------- overlays
-
-
-# ----------------------------------------------------------------------------------------------- outputs
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -94,10 +116,12 @@ def main(args) -> dict:
         raise EvaluationError(f"--perturb: {e}") from e
     if args.frames < 0:
         raise EvaluationError(f"--frames must be >= 0, got {args.frames}")
-    ckpt_path = Path(args.checkpoint)
-    if not ckpt_path.is_file():
-        raise EvaluationError(f"{ckpt_path}: checkpoint not found")
+    hm_range = report.parse_hm_range(args.hm_range)
+    ckpt_path = resolve_checkpoint(args.checkpoint)
     test_sets = resolve_test_sets(args)
+    preview = Path(args.training_preview) if args.training_preview else None
+    if preview is not None and not preview.is_file():
+        raise EvaluationError(f"--training-preview {preview}: no such file")
     out = Path(args.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
 
@@ -113,7 +137,7 @@ def main(args) -> dict:
     print(f"checkpoint {ckpt_path} sha256={sha[:12]} input {image_size}x{image_size} on {device}, "
           f"batch {batch_size}{' (flip test: x2 images)' if args.flip else ''}", file=sys.stderr)
 
-    per_set, results, curves, robustness, overlay_paths = {}, {}, {}, {}, []
+    per_set, results, curves, robustness, overlay_paths, refused = {}, {}, {}, {}, [], {}
     for ts in test_sets:
         ds_kwargs = {"synthetic_fakes": args.synthetic_fakes} if args.synthetic_fakes else {}
         ts.protocol = build_protocol(ts, args, image_size, sha, device)
@@ -121,43 +145,55 @@ def main(args) -> dict:
         ts.protocol["face_scale"] = f"{face_scale:.3f}x the face box ({args.face_scale})" if face_scale else \
             "the whole stored crop"
         try:
-            dataset = EvalDataset([ts.split_dir], image_size, frames_per_video=args.frames or None,
-                                  face_scale=face_scale, **ds_kwargs)
+            dataset = EvalDataset([str(d) for d in ts.split_dirs], image_size,
+                                  frames_per_video=args.frames or None, face_scale=face_scale, **ds_kwargs)
         except ValueError as e:
-            raise EvaluationError(f"{ts.split_dir}: {e}") from e
+            raise EvaluationError(f"{ts.name}: {e}") from e
+        labels = {key: label for _, _, label, key, method, _ in dataset.items}
+        n_fake = sum(labels.values())
+        n_real = len(labels) - n_fake
+        reason = duplicate_video(ts.name, dataset) or \
+            class_refusal(ts.name, n_real, n_fake, args.synthetic_fakes, len(args.shards) > 1)
+        if reason:
+            print(f"evaluate.py: {reason}; not evaluated", file=sys.stderr)
+            refused[ts.name] = reason
+            continue
+        ts.protocol["videos"] = f"{n_real} real / {n_fake} fake"
+        ts.protocol["frames_per_video"] = faces_per_video([it[3] for it in dataset.items])
         if args.synthetic_fakes:
             ts.protocol["real faces without landmarks (no synthetic fake)"] = \
                 dataset.skipped.get("frames_without_landmarks", 0)
         print("protocol: " + protocol_line(ts.protocol), file=sys.stderr)
         t0 = time.perf_counter()
         frames = run_dataset(model, dataset, batch_size, device, args.flip, collate_eval, args.workers,
-                               desc=ts.name, amp=args.amp)
+                             desc=ts.name, amp=args.amp)
         seconds = time.perf_counter() - t0
-        if len(frames.logits) == 0:
-            raise EvaluationError(f"{ts.split_dir}: no faces to evaluate")
         video_metrics, per_method, videos = compute_metrics(frames, args.aggregate)
         per_set[ts.name] = (frames, videos)
         curves[ts.name] = (videos.label, videos.score)
         results[ts.name] = {"protocol": ts.protocol, "video": video_metrics, "per_method": per_method,
                             "faces_per_second": len(frames.logits) / max(seconds, 1e-9)}
-        print(f"{ts.name}: video AUC {100 * video_metrics['auc']:.2f} AP {100 * video_metrics['ap']:.2f} "
-              f"EER {100 * video_metrics['eer']:.2f} ({video_metrics['n_videos']} videos, "
-              f"{video_metrics['n_faces']} faces) | {protocol_line(ts.protocol)}")
-        prefix = ts.name.replace("/", "_")
+        print(report.console_line(ts.name, video_metrics, args.all_metrics) + " | " + protocol_line(ts.protocol))
+        prefix = ts.name.replace("/", "_").replace(",", "+")
         if args.overlays > 0 and has_hm:
             overlay_paths += draw_overlays(model, dataset, frames, videos, args.overlays, device, args.flip,
-                                           out / "overlays", prefix, amp=args.amp)
+                                           out / "overlays", prefix, amp=args.amp, hm_range=hm_range)
         elif args.overlays > 0:
             print(f"{ts.name}: the checkpoint has no hm head, so no heatmap overlays", file=sys.stderr)
         if perturbations:
             robustness[ts.name] = run_robustness(model, dataset, perturbations, video_metrics["auc"], batch_size,
                                                  device, args, ts.name)
             results[ts.name]["robustness"] = robustness[ts.name]
+    if not results:
+        raise EvaluationError("nothing could be evaluated: " + " | ".join(refused.values()))
 
     # ---- files
     report.plot_curves(curves, out / "roc.png", out / "pr.png")
     if robustness:
         report.plot_robustness(robustness, out / "robustness.png")
+    if preview is not None and out.resolve() not in preview.resolve().parents:
+        shutil.copy2(preview, out / preview.name)
+        preview = out / preview.name
     write_scores(out / "scores.csv", per_set)
     write_frame_scores(out / "frame_scores.csv", per_set)
     summary = {
@@ -172,9 +208,11 @@ def main(args) -> dict:
             "frame_auc": "frame-level ROC AUC", "frame_ap": "frame-level average precision",
         },
         "test_sets": results,
+        "not_evaluated": refused,
     }
     (out / "metrics.json").write_text(json.dumps(clean_json(summary), indent=1))
-    md = build_report(results, robustness, overlay_paths, out)
+    md = build_report(results, robustness, overlay_paths, out, all_metrics=args.all_metrics, refused=refused,
+                      training_preview=preview)
     (out / "report.md").write_text(md)
     print("\n" + md)
     print(f"report: {out / 'report.md'} (metrics.json, scores.csv, roc.png, pr.png"

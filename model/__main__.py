@@ -4,7 +4,7 @@ import sys
 
 USAGE = """usage: python -m model COMMAND [ARGS]
   convert     convert a reference LAA-Net checkpoint (python -m model.convert)
-  predict     is this video or image fake? (python -m model.predict)
+  predict     are these videos or images fake? a CSV and overlays (python -m model.predict)
   preview     PNG grid of training pairs and their targets (python -m model.data preview)
   face-scale  training face scales beside evaluation's (python -m model.data face-scale)"""
 

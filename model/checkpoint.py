@@ -112,32 +112,27 @@ def restore_training_state(state: dict, *, model, optimizer, schedule, scaler) -
             "history": list(state.get("history", [])), "rng": list(state["rng"])}
 
 
-CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run folder holds, in the order a folder is resolved
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
-    """``path`` as a checkpoint file, or a one-line ``FileNotFoundError`` that says what to give instead.
-
-    A file is returned as it is. A folder is not guessed at (best.pt and last.pt of a run are different
-    models): the error names the checkpoints inside it, e.g. ``runs/x: a folder, not a checkpoint file; did
-    you mean runs/x/best.pt? (it holds best.pt, last.pt)``. For callers taking ``--checkpoint``.
-    """
+    """The checkpoint file that ``path`` names; raises ValueError (one line) for a missing path, and for a
+    folder (a run directory) with the checkpoints inside it, so that the user picks one."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.pt"))
-        if not found:
-            raise FileNotFoundError(f"{path}: a folder, not a checkpoint file, and it holds no *.pt checkpoint")
-        first = next((n for n in CHECKPOINT_NAMES if n in found), found[0])
-        raise FileNotFoundError(f"{path}: a folder, not a checkpoint file; did you mean {path / first}? "
-                                f"(it holds {', '.join(found)})")
-    raise FileNotFoundError(f"{path}: checkpoint not found")
+        inside = sorted(path.glob("*.pt")) or sorted(path.glob("*/*.pt"))
+        if not inside:
+            raise ValueError(f"{path}: a folder with no checkpoint (*.pt) inside; give the checkpoint file")
+        best = next((p for p in inside if p.name == "best.pt"), inside[0])
+        others = ", ".join(str(p.relative_to(path)) for p in inside[:6]) + (" ..." if len(inside) > 6 else "")
+        raise ValueError(f"{path}: a folder, not a checkpoint; did you mean {best}? (inside: {others})")
+    raise ValueError(f"{path}: checkpoint not found")
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint dict (raises a one-line error naming the file otherwise)."""
-    path = resolve_checkpoint(path)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name and reason

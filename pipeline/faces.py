@@ -3,8 +3,8 @@
 Backends (``FaceDetector(backend=...)``):
 
 * ``mobilenet0.25`` (default): RetinaFace MobileNet-0.25 as ONNX, run with onnxruntime. Weights ship with
-  the project in ``weights/retinaface_mobilenet0.25.onnx`` (MIT, see ``weights/NOTICE``). Input: BGR float
-  minus the per-channel mean (104, 117, 127).
+  the project as package data in ``pipeline/weights/retinaface_mobilenet0.25.onnx`` (MIT, see
+  ``pipeline/weights/NOTICE``). Input: BGR float minus the per-channel mean (104, 117, 127).
 * ``resnet50``: the paper's RetinaFace ResNet-50, network from the ``retinaface-pytorch`` package, run with
   torch. Its published weights are downloaded on first use when online, or given with ``weights=PATH``.
   Input: RGB normalised with ImageNet mean/std.
@@ -27,7 +27,7 @@ import numpy as np
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 STEPS = (8, 16, 32)
 VARIANCES = (0.1, 0.2)
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # package data: installed with the package
 MOBILENET_ONNX = WEIGHTS_DIR / "retinaface_mobilenet0.25.onnx"
 RESNET50_URL = ("https://github.com/ternaus/retinaface/releases/download/0.01/"
                 "retinaface_resnet50_2020-07-20-f168fae3c.zip")
@@ -144,7 +144,7 @@ class _OnnxMobileNet:
         path = Path(cfg.weights) if cfg.weights else MOBILENET_ONNX
         if not path.is_file():
             raise DetectorWeightsError(f"{path}: RetinaFace MobileNet-0.25 ONNX weights not found (they ship in "
-                                       f"the project's weights/ folder; pass --detector-weights PATH)")
+                                       f"the package's pipeline/weights/ folder; pass --detector-weights PATH)")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = cfg.threads
         opts.inter_op_num_threads = 1

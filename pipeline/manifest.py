@@ -27,15 +27,20 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
+
+from pipeline.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 SPLITS = ("train", "val", "test")
 KINDS = ("ffpp", "celebdf", "dfd", "dfdc", "dfdcp", "wilddeepfake", "list")
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
 FFPP_COMPRESSIONS = ("raw", "c23", "c40")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# Splits of FF++ whose manipulated videos are listed. The SBI and BI recipes train on real videos only (their fakes
+# are synthesised from them), so by default the train split holds the 720 originals and not the 2,880 fakes,
+# which would be 80 % of its storage; `fake_splits: [train, val, test]` lists them too (e.g. for BI research).
+FFPP_FAKE_SPLITS = ("val", "test")
 
 
 class ManifestError(Exception):
@@ -196,7 +201,8 @@ def _segments(d: Any, where: Path, key: str) -> dict:
 _KIND_KEYS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "ffpp": ({"compression": "one of raw, c23, c40", "methods": f"a list from {list(FFPP_METHODS)}",
               "splits": "a mapping {train: train.json, val: val.json, test: test.json} (official pair lists)"},
-             {"originals": "a folder relative to root (default original_sequences/youtube)"}),
+             {"originals": "a folder relative to root (default original_sequences/youtube)",
+              "fake_splits": "a list from ['train', 'val', 'test'] (default [val, test])"}),
     "celebdf": ({"test_list": "a file relative to root (List_of_testing_videos.txt)"},
                 {"real_dirs": "a list of folders", "fake_dirs": "a list of folders"}),
     "dfd": ({"compression": "one of raw, c23, c40"}, {"originals": "a folder", "manipulated": "a folder"}),
@@ -259,6 +265,9 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
             _known_keys(e["splits"], SPLITS, path, f"{key}.splits")
             for sp, f in e["splits"].items():
                 _expect(isinstance(f, str) and f, path, f"{key}.splits.{sp}", "a JSON file relative to root", f)
+            fs = e.get("fake_splits", list(FFPP_FAKE_SPLITS))
+            _expect(isinstance(fs, list) and set(fs) <= set(SPLITS), path, f"{key}.fake_splits",
+                    f"a list from {list(SPLITS)}", fs)
         if kind == "list":
             vids = e["videos"]
             _expect(isinstance(vids, list) and vids, path, f"{key}.videos", required["videos"], vids)
@@ -304,7 +313,7 @@ def _need(path: Path, key: str, manifest: Path, what: str = "file") -> Path:
 
 
 def _videos_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv", ".webm"))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
 
 
 def list_videos(manifest: Manifest, dataset: str, split: str) -> list[VideoItem]:
@@ -349,6 +358,8 @@ def _ffpp(e: DatasetEntry, split: str, key: str, mpath: Path) -> list[dict]:
     for i in ids:
         rows.append({"id": f"original/{i}", "path": f"{orig}/{comp}/videos/{i}.mp4", "label": 0,
                      "method": "original", "source": i})
+    if split not in raw.get("fake_splits", FFPP_FAKE_SPLITS):
+        return rows
     for m in raw["methods"]:
         if m == "DeepFakeDetection":
             continue  # no official pair split: listed by the `dfd` kind instead
@@ -491,33 +502,92 @@ _LISTERS: dict[str, Callable[[DatasetEntry, str, str, Path], list[dict]]] = {
 }
 
 
-def adhoc_items(pattern: str, label: int, n_frames: int, dataset: str = "adhoc", split: str = "test"
-                ) -> list[VideoItem]:
-    """Videos matching a glob (``'videos/*.mp4'``) as items of one ad-hoc split, all with ``label``.
+# Words in a folder name that say what its videos are: `real/`, `fake/`, FF++'s `original_sequences/` and
+# `manipulated_sequences/`, Celeb-DF's `Celeb-real/`, `YouTube-real/` and `Celeb-synthesis/`, WildDeepfake's
+# `real_train/` and `fake_test/`. A name is split into words at every non-alphanumeric character.
+REAL_WORDS = frozenset({"real", "reals", "original", "originals", "pristine", "genuine", "bonafide"})
+FAKE_WORDS = frozenset({"fake", "fakes", "manipulated", "synthesis", "synthesized", "synthetic", "deepfake",
+                        "deepfakes", "forged", "forgery", "swapped"})
 
-    Files that do not exist are kept as items (they fail later with a logged, named error); a pattern that
-    matches nothing at all is an error.
-    """
+
+def label_from_folders(folders: Sequence[str]) -> int | None:
+    """0 (real) or 1 (fake) from the first folder name, top down, whose words name exactly one of the two
+    (see ``REAL_WORDS``/``FAKE_WORDS``); None when no folder does."""
+    for name in folders:
+        words = set(re.split(r"[^0-9a-z]+", name.lower()))
+        real, fake = bool(words & REAL_WORDS), bool(words & FAKE_WORDS)
+        if real != fake:
+            return 0 if real else 1
+    return None
+
+
+def _expand_input(pattern: str) -> list[tuple[str, str]]:
+    """(file, folder the label is read below) for a glob, a single file or a folder (its videos, recursively)."""
     import glob
 
-    paths = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    expanded = os.path.expanduser(pattern)
+    if os.path.isdir(expanded):
+        top = os.path.abspath(expanded)
+        files = sorted(str(p) for p in Path(top).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        if not files:
+            raise ManifestError(f"--input {pattern!r}: the folder holds no video files "
+                                f"({', '.join(VIDEO_SUFFIXES)})")
+        return [(f, os.path.dirname(top)) for f in files]
+    paths = sorted(glob.glob(expanded, recursive=True))
     if not paths:
         if any(c in pattern for c in "*?["):
             raise ManifestError(f"--input {pattern!r}: no file matches")
-        paths = [pattern]  # a single named file: the pipeline reports it (and logs it) if it is missing
-    common = os.path.commonpath([os.path.abspath(p) for p in paths]) if len(paths) > 1 else \
-        os.path.dirname(os.path.abspath(paths[0]))
+        paths = [expanded]  # a single named file: the pipeline reports it (and logs it) if it is missing
+    # A glob's labels are read from the folders below its fixed part ('data/*/x.mp4' -> below data/).
+    fixed = re.split(r"[*?\[]", expanded, maxsplit=1)[0]
+    base = os.path.abspath(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed) or ".")
+    return [(os.path.abspath(p), base) for p in paths]
+
+
+def adhoc_items(pattern: str | Sequence[str], label: int | None | Sequence[int | None], n_frames: int,
+                dataset: str = "adhoc", split: str = "test") -> list[VideoItem]:
+    """Videos of one ad-hoc split from one or more inputs, each a glob (``'videos/*.mp4'``), a file or a folder
+    (its video files, recursively), with one label per input (0 real, 1 fake). A label of None reads it from the
+    folder names between the input and the file, and for a folder input its own name too (``label_from_folders``:
+    ``mine/real/a.mp4``, ``mine/fake/b.mp4``, FF++'s ``original_sequences``/``manipulated_sequences``).
+
+    Ids are paths relative to the inputs' common folder, without suffix. Files that do not exist are kept as
+    items (they fail later with a logged, named error); an input that matches nothing is an error, and so is a
+    video whose folders name no label.
+    """
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    labels = list(label) if isinstance(label, (list, tuple)) else [label] * len(patterns)
+    if len(labels) != len(patterns):
+        raise ManifestError(f"{len(patterns)} --input but {len(labels)} --label: give one --label for all "
+                            f"inputs, one per --input (in order), or --label-from-folder")
+    found: list[tuple[str, int]] = []
+    for pat, lab in zip(patterns, labels):
+        for path, base in _expand_input(pat):
+            if lab is None:
+                rel_parts = Path(os.path.relpath(path, base)).parts[:-1]
+                lab_f = label_from_folders(rel_parts)
+                if lab_f is None:
+                    raise ManifestError(f"{path}: no folder between {base} and the file says real or fake "
+                                        f"(e.g. real/, fake/, original_sequences/); give --label for this input")
+                found.append((path, lab_f))
+            else:
+                found.append((path, int(lab)))
+    seen_paths: set[str] = set()
+    found = [(p, lab) for p, lab in found if not (p in seen_paths or seen_paths.add(p))]
+    common = os.path.commonpath([p for p, _ in found]) if len(found) > 1 else os.path.dirname(found[0][0])
+    if len(found) > 1 and common in {p for p, _ in found}:
+        common = os.path.dirname(common)
     items = []
     seen: dict[str, int] = {}
-    for p in paths:
-        rel = os.path.relpath(os.path.abspath(p), common)
+    for p, lab in found:
+        rel = os.path.relpath(p, common)
         vid = str(Path(rel).with_suffix(""))
         if vid in seen:
             seen[vid] += 1
             vid = f"{vid}#{seen[vid]}"
         else:
             seen[vid] = 0
-        items.append(VideoItem(id=vid, path=os.path.abspath(p), rel_path=rel, label=label, split=split,
-                               dataset=dataset, method="original" if label == 0 else "unknown",
+        items.append(VideoItem(id=vid, path=p, rel_path=rel, label=lab, split=split,
+                               dataset=dataset, method="original" if lab == 0 else "unknown",
                                n_frames=n_frames))
     return items

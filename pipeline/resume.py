@@ -1,15 +1,20 @@
 """Resume by content: which videos and settings a split folder already holds, and what a rerun still has to do.
 
-Every shard records the videos planned into it (``planned`` dataset: id, path, size, mtime) and the settings
-that shape its contents (``settings`` JSON attribute and its ``settings_hash``). A rerun compares them with
-its own plan, never with shard names:
+A video's work is committed once, in its own file under the split's ``.staging/`` folder, and later packed
+into a ``shard-NNNNN.h5``. Every shard and staged file records the videos planned into it (``planned``
+dataset: id, path, size, mtime) and the settings that shape its contents (``settings`` JSON attribute and
+its ``settings_hash``). A rerun compares them with its own plan, never with file names:
 
-* same settings, same videos: finished shards are kept, the rest is redone (a kill-and-resume);
-* videos that no shard holds yet go into new shards, named with the lowest free numbers;
+* same settings, same videos: committed videos (packed or staged) are kept, the rest is redone;
+* videos that no file holds yet are extracted; all staged videos are then packed into new shards, named
+  with the lowest free numbers;
+* a staged file of a video that a shard already holds (packing was interrupted after the shard's commit)
+  is removed, so a video is never in two shards;
 * other settings, or videos that are gone or changed on disk: ``PlanConflict`` before any work, one line
   naming what differs (``--overwrite`` redoes the split, a new ``--out`` keeps both).
 
-A finished shard whose header or checksums cannot be read is removed and its videos are redone.
+A committed file whose header or checksums cannot be read is removed and its videos are redone; temporary
+files of unfinished attempts are removed.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from typing import Sequence
 import h5py
 
 from pipeline.manifest import VideoItem
-from pipeline.shards import (FAILURES_NAME, INDEX_NAME, TMP_SUFFIX, ShardError, read_json_rows)
+from pipeline.shards import (FAILURES_NAME, INDEX_NAME, STAGING_NAME, TMP_SUFFIX, ShardError, read_json_rows)
 
 
 class PlanConflict(Exception):
@@ -55,17 +60,37 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def staged_path(split_dir: str | os.PathLike, video_id: str) -> Path:
+    """The committed per-video file of ``video_id`` in ``split_dir/.staging`` (named by a hash: ids hold slashes)."""
+    return Path(split_dir) / STAGING_NAME / f"v-{hashlib.sha1(video_id.encode()).hexdigest()[:24]}.h5"
+
+
+def free_shard_names(split_dir: Path, n: int) -> list[str]:
+    """The ``n`` lowest ``shard-NNNNN.h5`` names not taken in ``split_dir``."""
+    taken = {p.name for p in Path(split_dir).glob("shard-*.h5")}
+    names, k = [], 0
+    while len(names) < n:
+        name = f"shard-{k:05d}.h5"
+        if name not in taken:
+            names.append(name)
+        k += 1
+    return names
+
+
 @dataclass
 class ResumePlan:
-    """``kept``: finished shards to keep; ``jobs``: (shard name, items) still to write; ``removed``: corrupt
-    shards deleted (their videos are in ``jobs``)."""
+    """``kept``: finished shards to keep; ``staged``: video id -> its committed, not yet packed file;
+    ``todo``: videos still to extract (input order); ``removed``: unreadable files deleted (their videos are
+    in ``todo``); ``dropped``: staged files deleted because a shard already holds their video."""
     kept: list[str]
-    jobs: list[tuple[str, list[VideoItem]]]
+    staged: dict[str, Path]
+    todo: list[VideoItem]
     removed: list[str]
+    dropped: list[str]
 
 
 def _read_plan(path: Path) -> tuple[dict, list[dict]] | None:
-    """(settings, planned rows) of a finished shard; None when its header or any checksum cannot be read."""
+    """(settings, planned rows) of a committed file; None when its header or any checksum cannot be read."""
     try:
         import hdf5plugin  # noqa: F401  (Blosc crops: the checksum pass decompresses them)
 
@@ -90,14 +115,12 @@ def _diff(old: dict, new: dict) -> str:
     return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
 
-def plan_resume(split_dir: Path, items: Sequence[VideoItem], settings: dict, videos_per_shard: int
-                ) -> ResumePlan:
-    """Compare ``split_dir``'s shards with this run's ``items`` and ``settings``; raises ``PlanConflict``.
+def plan_resume(split_dir: Path, items: Sequence[VideoItem], settings: dict) -> ResumePlan:
+    """Compare ``split_dir``'s shards and staged files with this run's ``items`` and ``settings``.
 
-    Unfinished ``.tmp`` files are removed (the caller holds the split's lock, so no other run owns them).
+    Raises ``PlanConflict``. Temporary files of unfinished attempts are removed (the caller holds the
+    split's lock, so no other run owns them).
     """
-    if videos_per_shard < 1:
-        raise ValueError("videos_per_shard must be >= 1")
     split_dir = Path(split_dir)
     records = {it.id: video_record(it) for it in items}
     if len(records) != len(items):
@@ -105,12 +128,15 @@ def plan_resume(split_dir: Path, items: Sequence[VideoItem], settings: dict, vid
         dup = next(it.id for it in items if it.id in seen or seen.add(it.id))
         raise PlanConflict(f"{split_dir}: video id {dup!r} appears twice in this run's input; ids must be unique")
     hint = "rerun with --overwrite to redo the split, or give a new --out"
-    kept, removed, held = [], [], {}
-    for p in sorted(split_dir.glob("shard-*.h5")):
+    kept, removed, dropped, held = [], [], [], {}
+    staging = split_dir / STAGING_NAME
+    staged: dict[str, Path] = {}
+    shards = sorted(split_dir.glob("shard-*.h5"))
+    for p in shards + sorted(staging.glob("v-*.h5")):
         plan = _read_plan(p)
         if plan is None:
             p.unlink()
-            removed.append(p.name)
+            removed.append(str(p.relative_to(split_dir)))
             continue
         old_settings, planned = plan
         if not planned and not old_settings:
@@ -118,6 +144,15 @@ def plan_resume(split_dir: Path, items: Sequence[VideoItem], settings: dict, vid
         if old_settings != settings:
             raise PlanConflict(f"{split_dir}: shards were made with other settings ({_diff(old_settings, settings)}); "
                                f"{hint}")
+        if p.parent == staging:
+            row = planned[0]
+            if row["id"] in held:  # packed, but the staged file outlived the packing: the shard's copy wins
+                p.unlink()
+                dropped.append(row["id"])
+                continue
+            staged[row["id"]] = p
+            held[row["id"]] = (str(p.relative_to(split_dir)), row)
+            continue
         for row in planned:
             held[row["id"]] = (p.name, row)
         kept.append(p.name)
@@ -133,24 +168,18 @@ def plan_resume(split_dir: Path, items: Sequence[VideoItem], settings: dict, vid
                          if held[i][1].get(k) != now[k])
         raise PlanConflict(f"{split_dir}: {len(changed)} videos changed on disk since their shard was made "
                            f"(e.g. {i!r}: {what}); {hint}")
-    for t in split_dir.glob("*" + TMP_SUFFIX):
-        t.unlink()
+    for t in list(split_dir.glob("*" + TMP_SUFFIX)) + list(staging.glob("*" + TMP_SUFFIX)):
+        t.unlink(missing_ok=True)
     todo = [it for it in items if it.id not in held]
-    taken = set(kept)
-    names, k = [], 0
-    while len(names) * videos_per_shard < len(todo):
-        name = f"shard-{k:05d}.h5"
-        if name not in taken:
-            names.append(name)
-        k += 1
-    jobs = [(name, list(todo[j * videos_per_shard:(j + 1) * videos_per_shard])) for j, name in enumerate(names)]
-    return ResumePlan(kept=kept, jobs=jobs, removed=removed)
+    return ResumePlan(kept=kept, staged=staged, todo=todo, removed=removed, dropped=dropped)
 
 
 def clear_split(split_dir: Path) -> int:
-    """``--overwrite``: remove this pipeline's files from a split folder (shards, temporaries, index, failures)."""
+    """``--overwrite``: remove this pipeline's files from a split folder (shards, staged videos, temporaries,
+    index, failures)."""
     n = 0
-    for pattern in ("shard-*.h5", "*" + TMP_SUFFIX, INDEX_NAME, FAILURES_NAME):
+    for pattern in ("shard-*.h5", "*" + TMP_SUFFIX, INDEX_NAME, FAILURES_NAME, f"{STAGING_NAME}/v-*.h5",
+                    f"{STAGING_NAME}/*{TMP_SUFFIX}"):
         for p in Path(split_dir).glob(pattern):
             p.unlink()
             n += 1

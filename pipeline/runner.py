@@ -1,14 +1,25 @@
-"""Run the stages over many videos: one task per group of videos writes one shard; Dask spreads the tasks.
+"""Run the stages over many videos: one Dask task per video (longest first); finished videos are packed into
+size-bounded shards.
 
-* ``run_extract``: frames -> RetinaFace -> 1.25x crops -> ``shard-NNNNN.h5`` per group of videos.
+* ``run_extract``: frames -> RetinaFace -> 1.25x crops. Each video is one task that commits its own file in the
+  split's ``.staging/`` folder (a per-attempt temporary file, committed without replacing, so a late or duplicate
+  attempt can never replace or corrupt it). Tasks are submitted with Dask ``priority`` = frames x pixels from a
+  probe, so the longest videos start first and a 1080p clip does not become the straggler. The client then
+  packs the staged videos, in input order, into ``shard-NNNNN.h5`` files of at most ``shard_bytes``
+  (``pipeline.shards.pack_shard``: crop chunks copied raw) and removes the staged files.
 * ``run_landmarks``: dlib 68 points for every crop of every finished shard (shard replaced atomically).
 
-Both resume: a finished shard is kept, an unfinished one (``.tmp`` left by a killed run) is redone. The frames
-stage resumes by content (``pipeline.resume``): shards record their videos and settings, new videos go into
-new shards, and a folder made with other settings or other videos stops the run before any work.
-Every failure (unreadable video, frame without a face, crop without landmarks, a task that crashed) is a
-row of ``failures.jsonl`` with file, stage and reason, and a one-line message on the console; the rest of the
-run goes on (``on_error="raise"`` stops at the first unreadable video instead). ``index.json`` is written last.
+Both resume by content (``pipeline.resume``): committed videos, packed or staged, are kept; the rest is redone;
+a folder made with other settings or other videos stops the run before any work. Every failure (unreadable
+video, frame without a face, crop without landmarks) is stored with the video's result (the ``failures``
+dataset of its staged file, then of its shard), and ``failures.jsonl`` is rebuilt from the split at the end
+of every run, plus the rows of this run that have no file (a task that crashed: its video is redone next
+time). Each problem is also one line on the console; the rest of the run goes on (``on_error="raise"``
+stops at the first unreadable video instead). ``index.json`` is written last.
+
+Progress is a tqdm bar over videos, fed by worker events on a topic of this run only (two runs on one
+scheduler do not mix) and counting each video once, however often its task is retried. A lost scheduler is
+one line (``PipelineError``); the rerun resumes.
 
 Workers: ``workers=0`` runs in this process (debugging, tests); otherwise a Dask ``LocalCluster`` with
 ``workers`` single-threaded processes (default: one per core), or an existing cluster via ``scheduler``.
@@ -21,6 +32,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -34,16 +46,18 @@ from pipeline.faces import DetectorConfig, FaceDetector
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.lock import SplitBusy, split_lock
 from pipeline.manifest import VideoItem
-from pipeline.resume import PlanConflict, clear_split, plan_resume, settings_hash, video_record
-from pipeline.shards import (DEFAULT_COMPRESSION, FAILURES_NAME, INDEX_NAME, ShardError, ShardReader, ShardWriter,
-                             add_landmarks, load_index, summarize_shard, write_index)
+from pipeline.resume import (PlanConflict, clear_split, free_shard_names, plan_resume, settings_hash, staged_path,
+                             video_record)
+from pipeline.shards import (DEFAULT_COMPRESSION, DEFAULT_SHARD_BYTES, FAILURES_NAME, INDEX_NAME, STAGING_NAME,
+                             TMP_SUFFIX, AlreadyCommitted, ShardError, ShardReader, ShardWriter, add_landmarks,
+                             load_index, pack_shard, read_failures, stored_bytes, summarize_shard, write_index)
 
-PROGRESS_TOPIC = "laanet-pipeline-progress"
+PROGRESS_TOPIC_PREFIX = "laanet-pipeline-progress-"  # + run id: one topic per run
 ProgressFn = Callable[[dict], None]
 
 
 class PipelineError(Exception):
-    """A run cannot go on (``on_error="raise"`` and a video failed, or no task could finish)."""
+    """A run cannot go on (``on_error="raise"`` and a video failed, the scheduler was lost, ...); one line."""
 
 
 @dataclass
@@ -69,24 +83,26 @@ class LandmarkConfig:
 
 
 @dataclass
-class ShardJob:
-    """One task: ``items`` go into ``split_dir/name``; ``planned`` are their ``video_record``s (taken by the
-    client when it planned the run, so the shard records what the plan compared)."""
-    name: str
-    items: list[VideoItem]
-    planned: list[dict] = field(default_factory=list)
+class VideoJob:
+    """One task of the frames stage: ``item`` goes into its committed file ``staged``; ``planned`` is its
+    ``video_record`` (taken by the client when it planned the run, so the file records what the plan compared)."""
+    item: VideoItem
+    planned: dict
+    staged: str
 
 
 @dataclass
 class TaskResult:
     """What a task reports back to the client (small: no arrays)."""
-    file: str
+    file: str                           # the video's path (frames stage) or the shard's name (landmarks)
     n_faces: int = 0
     n_videos: int = 0
     n_frames: int = 0
     failures: list[dict] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    skipped: bool = False
+    skipped: bool = False               # already committed when the task started
+    duplicate: bool = False             # another attempt committed the video first; this one was discarded
 
 
 @dataclass
@@ -97,9 +113,9 @@ class RunSummary:
     n_videos: int
     n_frames: int
     n_failures: int
-    failed_shards: list[str]
+    failed_shards: list[str]            # tasks that failed as a whole (videos of the frames stage, or shards)
     seconds: float
-    skipped: int
+    skipped: int                        # committed videos kept (frames stage) or shards already done (landmarks)
     n_new_videos: int = 0               # videos this run read (0 with planned videos = every input failed)
     n_planned: int = 0                  # videos this run set out to read (extract-frames)
 
@@ -147,38 +163,82 @@ def _limit_threads() -> None:
     cv2.setNumThreads(1)
 
 
-def extract_shard(job: ShardJob, split_dir: str, cfg: ExtractConfig, progress: ProgressFn | None = None
-                  ) -> TaskResult:
-    """Task body of the frames stage: write ``split_dir/job.name`` from ``job.items``; skip if finished."""
+def _file_attrs(cfg: ExtractConfig, detector: FaceDetector) -> dict:
+    return {"crop_scale": cfg.crop_scale, "detector": detector.name, "settings": cfg.settings,
+            "settings_hash": settings_hash(json.loads(cfg.settings)) if cfg.settings else "",
+            "detector_weights_sha256": detector.weights_sha256, "manifest_hash": cfg.manifest_hash,
+            "source_root": cfg.source_root, "detector_score_threshold": cfg.detector.score_threshold,
+            "detector_max_faces": cfg.detector.max_faces}
+
+
+def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None = None) -> TaskResult:
+    """Task body of the frames stage: extract one video and commit its file ``job.staged``; skip if committed.
+
+    The video's failures are stored in the file with its crops. The commit never replaces: when another
+    attempt of the same video (a retry, or a worker presumed dead that woke up) committed first, this
+    attempt's file is discarded and the result says ``duplicate``.
+    """
     t0 = time.perf_counter()
-    path = Path(split_dir) / job.name
+    item, path = job.item, Path(job.staged)
+    want = settings_hash(json.loads(cfg.settings)) if cfg.settings else ""
     if path.exists():
-        return TaskResult(file=job.name, skipped=True)
+        committed = _committed(path)
+        if committed is not None and committed[0] == want:
+            return TaskResult(file=item.path, skipped=True, n_videos=committed[1], n_faces=committed[2])
+        # Committed after this run's plan by an attempt of an earlier run with other settings (its worker
+        # outlived its client, e.g. before --overwrite): stale work of another plan, redone here.
+        path.unlink(missing_ok=True)
     _limit_threads()
     detector = _detector(json.dumps(asdict(cfg.detector), sort_keys=True))
-    attrs = {"crop_scale": cfg.crop_scale, "detector": detector.name, "settings": cfg.settings,
-             "settings_hash": settings_hash(json.loads(cfg.settings)) if cfg.settings else "",
-             "detector_weights_sha256": detector.weights_sha256, "manifest_hash": cfg.manifest_hash,
-             "source_root": cfg.source_root, "detector_score_threshold": cfg.detector.score_threshold,
-             "detector_max_faces": cfg.detector.max_faces}
-    result = TaskResult(file=job.name)
-    # Each attempt writes its own .tmp; the first to finish becomes the shard and removes the others'.
-    with ShardWriter(path, cfg.crop_size, attrs, cfg.compression, planned=job.planned) as w:
-        for item in job.items:
-            v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size, cfg.decode_threads)
-            result.failures += v.failures
-            if v.row is None and cfg.on_error == "raise":
-                raise PipelineError(f"{item.path}: {v.failures[0]['reason']}")
-            if v.row is not None:
-                w.add_video(v.row, v.faces, v.frame_index, v.boxes, v.scores, v.kps5, v.crop_boxes, v.no_face)
-                result.n_videos += 1
-                result.n_faces += len(v.faces)
-            result.n_frames += v.n_decoded
-            if progress:
-                progress({"videos": 1, "frames": v.n_decoded, "faces": len(v.faces),
-                          "messages": _video_messages(item.path, v)})
+    v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size, cfg.decode_threads)
+    if v.row is None and cfg.on_error == "raise":
+        raise PipelineError(f"{item.path}: {v.failures[0]['reason']}")
+    result = TaskResult(file=item.path, failures=v.failures, messages=_video_messages(item.path, v),
+                        n_frames=v.n_decoded, n_videos=int(v.row is not None), n_faces=len(v.faces))
+    w = ShardWriter(path, cfg.crop_size, _file_attrs(cfg, detector), cfg.compression, planned=[job.planned])
+    try:
+        if v.row is not None:
+            w.add_video(v.row, v.faces, v.frame_index, v.boxes, v.scores, v.kps5, v.crop_boxes, v.no_face)
+        w.failures = list(v.failures)
+        w.finish()
+    except AlreadyCommitted:
+        result.duplicate = True
+    except BaseException:
+        w.abort()
+        w.tmp.unlink(missing_ok=True)
+        raise
+    if progress:
+        progress({"key": item.id, "videos": 1, "frames": v.n_decoded, "faces": len(v.faces)})
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _committed(path: Path) -> tuple[str, int, int] | None:
+    """(settings_hash, videos, faces) of a committed file; None when it cannot be read."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("settings_hash", "")), int(f["videos"].shape[0]), int(f["faces"].shape[0])
+    except (OSError, KeyError):
+        return None
+
+
+def probe_cost(path: str) -> float:
+    """Work estimate of one video for scheduling: decoded frames x pixels (0 when it cannot be probed: it fails
+    fast). Sampling N frames still decodes every frame before the last one (inter-coded streams)."""
+    from pipeline.video import VideoError, probe
+
+    try:
+        info = probe(path)
+    except (VideoError, OSError, ValueError):  # only a scheduling hint: the video's own task reports the problem
+        return 0.0
+    return float(info.n_frames) * info.width * info.height
+
+
+def probe_costs(paths: list[str]) -> list[float]:
+    """``probe_cost`` of several videos (one task probes a batch: a probe takes tens of milliseconds)."""
+    return [probe_cost(p) for p in paths]
 
 
 def _video_messages(path: str, v: VideoFaces) -> list[str]:
@@ -218,26 +278,35 @@ def landmark_shard(shard: str, cfg: LandmarkConfig, progress: ProgressFn | None 
             row = reader.video_row(start + j)
             result.failures.append(failure(os.path.join(root, row["path"]) if root else row["path"], "landmarks",
                                            "dlib found no face in the crop", int(reader.frame_index[start + j])))
-        if progress:
+        if progress:  # keyed by shard and block: a retried task does not count its videos twice
             finished = int(((last_row >= start) & (last_row < stop)).sum())
-            progress({"videos": finished, "frames": stop - start, "faces": stop - start, "messages": []})
+            progress({"key": f"{path.name}#{start}", "group": path.name, "videos": finished, "frames": stop - start,
+                      "faces": stop - start})
     reader.close()
-    add_landmarks(path, pts, ok, pred.model_sha256, pred.settings)
+    add_landmarks(path, pts, ok, pred.model_sha256, pred.settings, result.failures)
     result.n_frames = n
     result.seconds = time.perf_counter() - t0
+    bad = int((~ok).sum())
+    result.messages = [f"{path}: landmarks: dlib found no face in {bad} of {n} crops"] if bad else []
     if progress:
-        bad = int((~ok).sum())
-        progress({"videos": int((last_row < 0).sum()), "frames": 0, "faces": 0,  # videos without any crop
-                  "messages": [f"{path}: landmarks: dlib found no face in {bad} of {n} crops"] if bad else []})
+        progress({"key": f"{path.name}#end", "group": path.name, "videos": int((last_row < 0).sum()), "frames": 0,  # no-crop videos
+                  "faces": 0})
     return result
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Client side: scheduling, progress, failures log, index.
+# ----------------------------------------------------------------------------------------------------------
+# Client side: scheduling, progress, packing, failures log, index.
 
 
 class _ProgressBar:
-    """tqdm over videos with frames/s in the postfix; fed by task events (thread-safe)."""
+    """tqdm over videos with frames/s in the postfix; fed by task events and results (thread-safe).
+
+    Every event names its ``key`` (a video, or a block of a shard) and its ``group`` (the task's video or
+    shard); an event whose key was seen is ignored, and ``finish_group`` tops the count up to the group's
+    videos when its result arrives and ignores its later events. A retried task, or an event that arrives
+    after its result, therefore never counts a video twice.
+    """
 
     def __init__(self, total: int, desc: str, unit_frames: str = "frames"):
         from tqdm import tqdm
@@ -248,162 +317,228 @@ class _ProgressBar:
         self.t0 = time.perf_counter()
         self.unit_frames = unit_frames
         self.lock = threading.Lock()
+        self.seen: set[str] = set()
+        self.counted: dict[str, int] = {}
+        self.closed: set[str] = set()
 
     def __call__(self, ev: dict) -> None:
         with self.lock:
-            for m in ev.get("messages", []):
-                self.bar.write(m)
-            self.frames += ev.get("frames", 0)
-            self.faces += ev.get("faces", 0)
-            dt = max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"{self.frames / dt:.1f} {self.unit_frames}/s, {self.faces} faces", refresh=False)
-            self.bar.update(min(ev.get("videos", 0), self.bar.total - self.bar.n))
+            key, group = ev.get("key"), ev.get("group", ev.get("key"))
+            if key is not None and (key in self.seen or group in self.closed):
+                return
+            self.seen.add(key)
+            self.counted[group] = self.counted.get(group, 0) + ev.get("videos", 0)
+            self._add(ev.get("videos", 0), ev.get("frames", 0), ev.get("faces", 0))
+
+    def finish_group(self, group: str, videos: int, frames: int = 0, faces: int = 0) -> None:
+        """A task's result: its group counts ``videos`` in all (frames and faces only if no event came)."""
+        with self.lock:
+            if group in self.closed:
+                return
+            self.closed.add(group)
+            had_events = group in self.counted
+            self._add(max(0, videos - self.counted.get(group, 0)), 0 if had_events else frames,
+                      0 if had_events else faces)
+
+    def _add(self, videos: int, frames: int, faces: int) -> None:
+        self.frames += frames
+        self.faces += faces
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{self.frames / dt:.1f} {self.unit_frames}/s, {self.faces} faces", refresh=False)
+        self.bar.update(min(videos, self.bar.total - self.bar.n))
+
+    def write(self, msg: str) -> None:
+        self.bar.write(msg)
 
     def close(self) -> None:
         self.bar.close()
 
 
-def append_failures(split_dir: Path, rows: list[dict]) -> None:
-    """Append rows to ``split_dir/failures.jsonl`` (written by the client only: one writer)."""
-    if not rows:
-        return
-    with open(split_dir / FAILURES_NAME, "a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+@dataclass
+class _Task:
+    """One Dask task as the client sees it: ``name`` (video id or shard name), ``file`` (named in messages),
+    ``args`` of the task body, ``priority`` (higher starts first), ``n_videos`` for the progress bar."""
+    name: str
+    file: str
+    args: tuple
+    priority: float = 0.0
+    n_videos: int = 1
 
 
-def _worker_progress(ev: dict) -> None:
+def _remote(fn: Callable, topic: str, *args) -> TaskResult:
+    """Run task body ``fn`` on a worker, its progress events going to this run's topic."""
     from distributed import get_worker
 
-    get_worker().log_event(PROGRESS_TOPIC, ev)
+    worker = get_worker()
+    return fn(*args, lambda ev: worker.log_event(topic, ev))
 
 
-def _extract_task(job: ShardJob, split_dir: str, cfg: ExtractConfig) -> TaskResult:
-    return extract_shard(job, split_dir, cfg, _worker_progress)
+def _lost_scheduler_errors() -> tuple[type[BaseException], ...]:
+    from concurrent.futures import CancelledError
+
+    from distributed.comm.core import CommClosedError
+
+    return CommClosedError, CancelledError, TimeoutError, ConnectionError, OSError
 
 
-def _landmark_task(shard: str, cfg: LandmarkConfig) -> TaskResult:
-    return landmark_shard(shard, cfg, _worker_progress)
+def _lost(e: BaseException) -> PipelineError:
+    from pipeline.cli_errors import one_line
+
+    reason = one_line(e) or type(e).__name__
+    return PipelineError(f"lost the Dask scheduler ({type(e).__name__}: {reason}); committed videos are kept: "
+                         f"rerun the same command to resume")
 
 
-def local_cluster(n_workers: int, dashboard_address: str | None = ":0"):
-    """A LocalCluster of ``n_workers`` single-threaded worker processes, set up for this pipeline.
+@contextmanager
+def _quiet_client_log():
+    """Keep distributed's client logger to itself while a run uses it: when the scheduler goes away it logs
+    every failed reconnection attempt with a 40-line traceback, which the run replaces by one line."""
+    import logging
 
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off glibc's adaptive
-    mmap threshold: every frame, crop and batch buffer (>= 128 KiB) is then mmap'ed and zero-filled afresh.
-    Measured on this pipeline (``bench/bench_pipeline.py`` workload, one process): 25x the page faults and
-    18 % more CPU time per face. The workers here start without it; their memory stays bounded by one
-    shard's crops (see the benchmark's peak RSS per worker). For a cluster you start yourself, set
-    ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in its Dask config for the same.
-    """
-    import dask
-    from distributed import LocalCluster
-
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                            dashboard_address=dashboard_address, silence_logs=40)
-
-
-def make_client(workers: int | None, scheduler: str | None):
-    """A Dask client: an existing cluster at ``scheduler``, or a LocalCluster of single-threaded processes."""
-    from distributed import Client
-
-    if scheduler:
-        client = Client(scheduler)
-    else:
-        client = Client(local_cluster(workers or os.cpu_count() or 1))
-    link = client.dashboard_link
+    log = logging.getLogger("distributed.client")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
     try:
-        import bokeh  # noqa: F401  (the dashboard is served only when bokeh is installed)
-        note = ""
-    except ImportError:
-        note = " (install bokeh>=3.1 for the web page)"
-    n_workers = len(client.scheduler_info().get("workers", {}))
-    print(f"Dask: {n_workers} workers, dashboard {link}{note}", flush=True)
-    return client
+        yield
+    finally:
+        log.setLevel(level)
 
 
-def _run_tasks(fn_local: Callable, fn_remote: Callable, args_list: list[tuple], names: list[str],
-               make_bar: Callable[[], _ProgressBar], split_dir: Path, workers: int | None, scheduler: str | None,
-               on_error: str, client=None) -> tuple[list[TaskResult], list[str]]:
-    """Run one task per args tuple in-process (workers=0), on ``client``, or on a new Dask cluster.
+@contextmanager
+def _dask_client(workers: int | None, scheduler: str | None, client):
+    """``client`` as given, None for an in-process run (``workers=0``), or a new one that is closed afterwards.
 
-    Returns the results and the names of tasks that failed as a whole.
+    A scheduler lost while the client is used or closed is one ``PipelineError`` line.
+    """
+    if client is None and workers == 0 and not scheduler:
+        yield None
+        return
+    if client is not None:
+        with _quiet_client_log():
+            yield client
+        return
+    try:
+        client = make_client(workers, scheduler)  # prints the dashboard address before the bar starts
+    except _lost_scheduler_errors() as e:
+        from pipeline.cli_errors import one_line
+
+        raise PipelineError(f"cannot reach the Dask scheduler {scheduler or '(local cluster)'} "
+                            f"({type(e).__name__}: {one_line(e)})") from None
+    with _quiet_client_log():  # also while closing: the client's reconnection attempts log until it is closed
+        try:
+            yield client
+        finally:
+            cluster = getattr(client, "cluster", None)
+            try:
+                client.close()
+                if cluster is not None and not scheduler:
+                    cluster.close()
+            except _lost_scheduler_errors():  # already gone: nothing left to release
+                pass
+
+
+def _run_tasks(fn: Callable, tasks: list[_Task], bar: _ProgressBar, client, on_error: str, stage: str
+               ) -> tuple[list[TaskResult], list[dict], list[str]]:
+    """Run ``fn(*task.args, progress)`` for every task, in this process (``client`` None) or on Dask.
+
+    Returns the results, the failure rows of tasks that failed as a whole (they have no file to live in:
+    their video or shard is redone by the next run) and the names of those tasks.
     """
     results: list[TaskResult] = []
+    homeless: list[dict] = []
     failed: list[str] = []
-    bar: _ProgressBar | None = None
 
-    def handle(name: str, res: TaskResult | None, exc: BaseException | None) -> None:
+    def handle(task: _Task, res: TaskResult | None, exc: BaseException | None) -> None:
         if exc is not None:
-            if on_error == "raise":
+            if isinstance(exc, PipelineError):
                 raise exc
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            bar.bar.write(f"{split_dir / name}: shard: task failed ({reason})")
-            append_failures(split_dir, [failure(str(split_dir / name), "shard", reason)])
-            failed.append(name)
+            if on_error == "raise":
+                raise PipelineError(f"{task.file}: {stage}: task failed ({reason})")
+            bar.write(f"{task.file}: {stage}: task failed ({reason})")
+            homeless.append(failure(task.file, stage, f"task failed ({reason})"))
+            failed.append(task.name)
+            bar.finish_group(task.name, task.n_videos)
             return
-        append_failures(split_dir, res.failures)
+        for m in res.messages:
+            bar.write(m)
+        bar.finish_group(task.name, task.n_videos, res.n_frames, res.n_faces)
         results.append(res)
 
-    if workers == 0 and not scheduler and client is None:
-        bar = make_bar()
-        try:
-            for name, args in zip(names, args_list):
-                try:
-                    res = fn_local(*args, bar)
-                except PipelineError:
-                    raise
-                except Exception as e:  # noqa: BLE001  (a crashed task is logged as data; the run goes on)
-                    handle(name, None, e)
-                    continue
-                handle(name, res, None)
-        finally:
-            bar.close()
-        return results, failed
+    if client is None:
+        for task in tasks:
+            try:
+                res = fn(*task.args, bar)
+            except PipelineError:
+                raise
+            except Exception as e:  # noqa: BLE001  (a crashed task is logged as data; the run goes on)
+                handle(task, None, e)
+                continue
+            handle(task, res, None)
+        return results, homeless, failed
 
     from distributed import as_completed
 
-    own = client is None
-    if own:
-        client = make_client(workers, scheduler)  # prints the dashboard address before the bar starts
-    bar = make_bar()
+    topic = PROGRESS_TOPIC_PREFIX + uuid.uuid4().hex  # this run's events only, whoever else uses the scheduler
+    lost = _lost_scheduler_errors()
     try:
-        client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar(event[1]))
-        futures = {client.submit(fn_remote, *args, key=f"{fn_remote.__name__}-{split_dir.name}-{name}-"
-                                 f"{time.time_ns()}", retries=0 if on_error == "raise" else 1, pure=False): name
-                   for name, args in zip(names, args_list)}
+        client.subscribe_topic(topic, lambda event: bar(event[1]))
+        # Submitted longest first as well: the scheduler hands a task to an idle worker as soon as it arrives,
+        # so priorities alone would let the first-listed short videos start before a long one listed last.
+        tasks = sorted(tasks, key=lambda t: -t.priority)
+        futures = {client.submit(_remote, fn, topic, *task.args, key=f"{fn.__name__}-{topic[-8:]}-{task.name}",
+                                 priority=task.priority, retries=0 if on_error == "raise" else 1, pure=False): task
+                   for task in tasks}
         for fut in as_completed(futures):
-            name = futures[fut]
+            task = futures[fut]
             if fut.status == "error":
-                exc = fut.exception()
-                if isinstance(exc, PipelineError):
-                    raise exc
-                handle(name, None, exc)
+                handle(task, None, fut.exception())
+            elif fut.status == "cancelled":  # the client lost its scheduler: every future is cancelled
+                raise _lost(ConnectionError("connection closed, the run's tasks were cancelled"))
             else:
-                handle(name, fut.result(), None)
-        client.unsubscribe_topic(PROGRESS_TOPIC)
+                handle(task, fut.result(), None)
+    except PipelineError:
+        raise
+    except lost as e:
+        raise _lost(e) from None
     finally:
-        bar.close()
-        if own:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None and not scheduler:
-                cluster.close()
-    return results, failed
+        try:
+            client.unsubscribe_topic(topic)
+        except lost:  # the scheduler is gone, and the topic with it
+            pass
+    return results, homeless, failed
+
+
+def _probe_priorities(client, jobs: list[VideoJob]) -> list[float]:
+    """frames x pixels of every job's video, probed on the cluster in batches (0 for unreadable videos)."""
+    if client is None or not jobs:
+        return [0.0] * len(jobs)  # in one process the order does not change the total time
+    batch = 16
+    paths = [j.item.path for j in jobs]
+    chunks = [paths[i:i + batch] for i in range(0, len(paths), batch)]
+    futures = client.map(probe_costs, chunks, key=[f"probe-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(chunks))],
+                         pure=False)
+    out: list[float] = []
+    for costs in client.gather(futures):
+        out += costs
+    return out
 
 
 def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, dataset: str, split: str,
-                cfg: ExtractConfig, videos_per_shard: int = 16, workers: int | None = None,
+                cfg: ExtractConfig, shard_bytes: int = DEFAULT_SHARD_BYTES, workers: int | None = None,
                 scheduler: str | None = None, client=None, overwrite: bool = False) -> RunSummary:
     """Frames stage over ``items`` into ``split_dir``; resumes by content; writes failures.jsonl and index.json.
 
-    ``workers=0`` runs in this process; ``client`` (a ``distributed.Client``) reuses a running cluster.
-    A folder holding shards of another plan (other settings, videos gone or changed) raises ``PipelineError``
-    before any work, unless ``overwrite`` clears it first (see ``pipeline.resume``).
+    One task per video (longest first); finished videos are packed, in input order, into shards of at most
+    ``shard_bytes`` (a single larger video gets a shard of its own). ``workers=0`` runs in this process;
+    ``client`` (a ``distributed.Client``) reuses a running cluster. A folder holding shards of another plan
+    (other settings, videos gone or changed) raises ``PipelineError`` before any work, unless ``overwrite``
+    clears it first (see ``pipeline.resume``).
     """
+    if shard_bytes < 1:
+        raise PipelineError(f"shard size must be at least 1 byte, got {shard_bytes}")
     with _holding(split_dir):
-        return _run_extract(items, Path(split_dir), dataset, split, cfg, videos_per_shard, workers, scheduler, client,
+        return _run_extract(items, Path(split_dir), dataset, split, cfg, shard_bytes, workers, scheduler, client,
                             overwrite)
 
 
@@ -417,35 +552,125 @@ def _holding(split_dir: str | os.PathLike):
         raise PipelineError(str(e)) from None
 
 
-def _run_extract(items, split_dir: Path, dataset, split, cfg, videos_per_shard, workers, scheduler, client,
+
+def local_cluster(n_workers: int, dashboard_address: str | None = ":0"):
+    """A LocalCluster of ``n_workers`` single-threaded worker processes, set up for this pipeline.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off glibc's adaptive
+    mmap threshold: every frame, crop and batch buffer (>= 128 KiB) is then mmap'ed and zero-filled afresh.
+    Measured on this pipeline (``bench/bench_pipeline.py`` workload, one process): 25x the page faults and
+    18 % more CPU time per face. The workers here start without it; their memory stays bounded by one
+    video's crops (see the benchmark's peak RSS per worker). For a cluster you start yourself, set
+    ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in its Dask config for the same.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                            dashboard_address=dashboard_address, silence_logs=40)
+
+
+def make_client(workers: int | None, scheduler: str | None):
+    """A Dask client: an existing cluster at ``scheduler`` (or DASK_SCHEDULER_ADDRESS), or a LocalCluster of
+    single-threaded processes; environment checked (see ``pipeline.cluster.make_client``)."""
+    from pipeline.cluster import make_client as connect
+
+    return connect(workers, scheduler)
+
+
+
+def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, workers, scheduler, client,
                  overwrite) -> RunSummary:
     t0 = time.perf_counter()
     settings = extract_settings(cfg, items)
     cfg = replace(cfg, settings=json.dumps(settings, sort_keys=True))
     if overwrite and clear_split(split_dir):
-        print(f"overwrite: removed the shards, index and failures log of {split_dir}", flush=True)
+        print(f"overwrite: removed the shards, staged videos, index and failures log of {split_dir}", flush=True)
     try:
-        plan = plan_resume(split_dir, items, settings, videos_per_shard)
+        plan = plan_resume(split_dir, items, settings)
     except PlanConflict as e:
         raise PipelineError(str(e)) from e
-    todo = [ShardJob(name, its, [video_record(it) for it in its]) for name, its in plan.jobs]
-    if plan.kept or plan.removed:
-        print(f"resume: {len(plan.kept)} finished shards kept, {len(plan.removed)} unreadable redone "
-              f"({', '.join(plan.removed) or 'none'}), {sum(len(j.items) for j in todo)} videos into "
-              f"{len(todo)} shards", flush=True)
+    n_kept = len(items) - len(plan.todo)
+    if plan.kept or plan.staged or plan.removed or plan.dropped:
+        print(f"resume: {n_kept} videos kept ({len(plan.kept)} shards, {len(plan.staged)} staged videos), "
+              f"{len(plan.removed)} unreadable files redone ({', '.join(plan.removed) or 'none'}), "
+              f"{len(plan.dropped)} staged copies of packed videos removed, {len(plan.todo)} videos to do",
+              flush=True)
     index_path = split_dir / INDEX_NAME
-    if index_path.exists() and todo:
+    if index_path.exists() and (plan.todo or plan.staged):
         index_path.unlink()  # the index is written last: its absence marks a run in progress
-    results, failed = _run_tasks(
-        lambda job, sd, c, b: extract_shard(job, sd, c, b), _extract_task,
-        [(j, str(split_dir), cfg) for j in todo], [j.name for j in todo],
-        lambda: _ProgressBar(sum(len(j.items) for j in todo), f"extract-frames {dataset}/{split}"), split_dir,
-        workers, scheduler, cfg.on_error, client)
-    names = sorted(plan.kept + [j.name for j in todo])
-    summary = _finish(split_dir, dataset, split, names, results, failed, len(plan.kept), t0,
-                      {"plan": {"settings": settings, "settings_hash": settings_hash(settings)}})
-    summary.n_planned = sum(len(j.items) for j in todo)
+    (split_dir / STAGING_NAME).mkdir(parents=True, exist_ok=True)
+    jobs = [VideoJob(it, video_record(it), str(staged_path(split_dir, it.id))) for it in plan.todo]
+    bar = None
+    with _dask_client(workers, scheduler, client) as c:
+        try:
+            priorities = _probe_priorities(c, jobs)
+        except _lost_scheduler_errors() as e:
+            raise _lost(e) from None
+        tasks = [_Task(j.item.id, j.item.path, (j, cfg), p) for j, p in zip(jobs, priorities)]
+        bar = _ProgressBar(len(jobs), f"extract-frames {dataset}/{split}")
+        try:
+            results, homeless, failed = _run_tasks(extract_one, tasks, bar, c, cfg.on_error, "task")
+        finally:
+            bar.close()
+    _pack(split_dir, items, shard_bytes, settings_hash(settings), homeless)
+    summary = _finish(split_dir, dataset, split, results, homeless, failed, n_kept, t0,
+                      {"plan": {"settings": settings, "settings_hash": settings_hash(settings),
+                                "shard_bytes": shard_bytes}})
+    summary.n_planned = len(jobs)
     return summary
+
+
+def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_hash: str, homeless: list[dict]
+          ) -> list[str]:
+    """Pack the split's staged videos, in input order, into new shards of at most ``shard_bytes``; returns names.
+
+    Interruption-safe: a shard is committed (never replacing) before its staged files are removed; a rerun
+    drops staged files whose video a shard holds and packs the rest. A staged file made with other settings
+    than ``want_hash`` (a worker of an earlier run that outlived its client) is removed, not packed.
+    """
+    from tqdm import tqdm
+
+    staged = []
+    for it in items:
+        p = staged_path(split_dir, it.id)
+        if not p.exists():
+            continue
+        if (_committed(p) or ("",))[0] != want_hash:
+            p.unlink(missing_ok=True)
+            why = "committed by an attempt with other settings (an earlier run's worker); removed, rerun to redo it"
+            print(f"{it.path}: pack: {why}", flush=True)
+            homeless.append(failure(it.path, "pack", why))
+            continue
+        staged.append(p)
+    if not staged:
+        return []
+    groups: list[list[Path]] = []
+    size = 0
+    for p in staged:
+        b = stored_bytes(p)
+        if not groups or size + b > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += b
+    names = free_shard_names(split_dir, len(groups))
+    done = []
+    with tqdm(total=len(staged), desc=f"pack {split_dir.name}", unit="video", dynamic_ncols=True) as bar:
+        for name, group in zip(names, groups):
+            try:
+                pack_shard(group, split_dir / name)
+            except (ShardError, OSError) as e:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                bar.write(f"{split_dir / name}: pack: {reason}; its {len(group)} videos stay staged for the rerun")
+                homeless.append(failure(str(split_dir / name), "pack", reason))
+                continue
+            for p in group:
+                p.unlink()
+            done.append(name)
+            bar.update(len(group))
+    return done
 
 
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
@@ -464,49 +689,86 @@ def _run_landmarks(split_dir: Path, index: dict, cfg: LandmarkConfig, workers, s
                    ) -> RunSummary:
     t0 = time.perf_counter()
     index = load_index(split_dir)  # again, now that no other run can be rewriting it
-    names = [s["file"] for s in index["shards"]]
-    todo, unreadable = [], []
-    for n in names:
+    entries = {s["file"]: s for s in index["shards"]}
+    todo, unreadable, homeless = [], [], []
+    for n in entries:
         try:
             if not ShardReader(split_dir / n).has_landmarks:
                 todo.append(n)
         except ShardError as e:  # logged as data; the other shards still get their landmarks
             print(f"{e}", flush=True)
-            append_failures(split_dir, [failure(str(split_dir / n), "landmarks", str(e))])
+            homeless.append(failure(str(split_dir / n), "landmarks", str(e)))
             unreadable.append(n)
-    skipped = len(names) - len(todo) - len(unreadable)
+    skipped = len(entries) - len(todo) - len(unreadable)
     if skipped:
         print(f"resume: {skipped} shards already have landmarks, {len(todo)} to do", flush=True)
-    total_videos = sum(s["n_videos"] for s in index["shards"] if s["file"] in todo)
-    results, failed = _run_tasks(
-        lambda shard, c, b: landmark_shard(shard, c, b), _landmark_task,
-        [(str(split_dir / n), cfg) for n in todo], todo,
-        lambda: _ProgressBar(total_videos, f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops"),
-        split_dir, workers, scheduler, on_error, client)
-    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), names, results,
-                   unreadable + failed, skipped, t0,
-                   {"plan": index["plan"]} if "plan" in index else None)
+    # Larger shards first (their crop count), so the last shard to finish is a small one.
+    tasks = [_Task(n, str(split_dir / n), (str(split_dir / n), cfg), float(entries[n]["n_faces"]),
+                   entries[n]["n_videos"]) for n in todo]
+    bar = _ProgressBar(sum(t.n_videos for t in tasks),
+                       f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops")
+    with _dask_client(workers, scheduler, client) as c:
+        try:
+            results, more, failed = _run_tasks(landmark_shard, tasks, bar, c, on_error, "landmarks")
+        finally:
+            bar.close()
+    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), results, homeless + more,
+                   unreadable + failed, skipped, t0, {"plan": index["plan"]} if "plan" in index else None)
 
 
-def _finish(split_dir: Path, dataset: str, split: str, names: list[str], results: list[TaskResult],
+def rebuild_failures(split_dir: Path, shards: Sequence[str], extra: Sequence[dict] = ()) -> Path:
+    """Write ``failures.jsonl`` from the rows stored in the split (shards in order, then staged videos), then
+    ``extra`` (rows of this run without a file). Shards written before files stored their failures keep the
+    rows the old log has for their videos. Written to a temporary name and renamed."""
+    import h5py
+
+    out = split_dir / FAILURES_NAME
+    old = []
+    if out.exists():
+        for line in out.read_text().splitlines():
+            try:
+                old.append(json.loads(line))
+            except ValueError:  # a line cut off by a killed writer of the old log: nothing to keep
+                continue
+    rows: list[dict] = []
+    files = [split_dir / n for n in shards] + sorted((split_dir / STAGING_NAME).glob("v-*.h5"))
+    for p in files:
+        try:
+            with h5py.File(p, "r") as f:
+                if "failures" in f:
+                    rows += read_failures(f)
+                    continue
+                legacy = {str(p)} | {r["path"] for r in (json.loads(x) for x in f["planned"][()])} \
+                    if "planned" in f else {str(p)}
+        except OSError:  # an unreadable file: its own row is in ``extra``
+            continue
+        rows += [r for r in old if r.get("file") in legacy or r.get("file", "").startswith(str(p))]
+    rows += list(extra)
+    tmp = out.with_name(out.name + TMP_SUFFIX)
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, out)
+    return out
+
+
+def _finish(split_dir: Path, dataset: str, split: str, results: list[TaskResult], homeless: list[dict],
             failed: list[str], skipped: int, t0: float, extra: dict | None = None) -> RunSummary:
+    names = sorted(p.name for p in split_dir.glob("shard-*.h5"))
     done = []
     for n in names:
-        if not (split_dir / n).exists():
-            continue
         try:
             summarize_shard(split_dir / n)
             done.append(n)
         except (OSError, KeyError) as e:  # an index must list readable shards only; the shard is reported
             print(f"{split_dir / n}: left out of {INDEX_NAME}: unreadable ({e}); rerun extract-frames to redo it",
                   flush=True)
+    rebuild_failures(split_dir, done, homeless)
     write_index(split_dir, dataset, split, done, extra)
     index = load_index(split_dir)
-    n_fail = sum(len(r.failures) for r in results) + len(failed)
+    n_fail = sum(len(r.failures) for r in results) + len(homeless)
     summary = RunSummary(split_dir=split_dir, shards=done, n_faces=index["n_faces"], n_videos=index["n_videos"],
                          n_frames=sum(r.n_frames for r in results), n_failures=n_fail, failed_shards=failed,
                          seconds=time.perf_counter() - t0, skipped=skipped,
                          n_new_videos=sum(r.n_videos for r in results))
-    print(f"{split_dir}: {len(done)}/{len(names)} shards, {summary.n_videos} videos, {summary.n_faces} faces; "
-          f"{n_fail} new failures logged in {split_dir / FAILURES_NAME}; {summary.seconds:.1f} s", flush=True)
+    print(f"{split_dir}: {len(done)} shards, {summary.n_videos} videos, {summary.n_faces} faces; "
+          f"{n_fail} new failures, all in {split_dir / FAILURES_NAME}; {summary.seconds:.1f} s", flush=True)
     return summary

@@ -1,8 +1,12 @@
 """HDF5 shards: the storage contract between the preprocessing pipeline and everything that reads faces.
 
-One shard holds the face crops of a group of videos. It is written by one process to a per-attempt
-``<name>.h5.<host>-<pid>-<random>.tmp`` and finished by an atomic rename to ``<name>.h5``; a file without
-the ``.tmp`` suffix is therefore always complete. A split folder ends with ``index.json``, written last, listing the finished shards.
+One shard holds the face crops of a group of videos, up to a size bound (``DEFAULT_SHARD_BYTES``). Every
+file is written by one process to a per-attempt ``<name>.h5.<host>-<pid>-<uuid>.tmp`` and committed
+without replacing (``commit_no_replace``: a hard link to the final name, which fails if that name exists):
+a file without the ``.tmp`` suffix is always complete, and a late or duplicate attempt can never replace
+or corrupt a committed one. The pipeline first commits one file per video into the split's hidden
+``.staging/`` folder, then ``pack_shard`` copies them (raw chunks, no recompression) into ``shard-NNNNN.h5``.
+A split folder ends with ``index.json``, written last, listing the finished shards.
 
 Schema (``SCHEMA_VERSION = 2``; N faces, V videos, S crop side, K frames without a face):
 
@@ -56,7 +60,11 @@ READABLE_SCHEMAS = (1, 2)  # 1: before per-shard plans and checksums (still read
 INDEX_NAME = "index.json"
 FAILURES_NAME = "failures.jsonl"
 TMP_SUFFIX = ".tmp"
+STAGING_NAME = ".staging"  # per-video committed files of a split, waiting to be packed into shards
 N_LANDMARKS = 68
+# Shards are packed up to this many bytes of stored data (a video larger than the bound gets a shard of its
+# own): big enough that a split of FF++ train is tens of files, small enough to copy and verify one at a time.
+DEFAULT_SHARD_BYTES = 1 << 30
 
 VIDEO_KEYS = ("id", "path", "label", "method", "source", "target", "fps", "n_frames", "width", "height",
               "split", "dataset")
@@ -75,18 +83,58 @@ class ShardError(Exception):
     """A shard or split folder is missing, unfinished or does not follow the schema (message names the file)."""
 
 
+class AlreadyCommitted(ShardError):
+    """Another attempt committed this file first; this attempt's temporary file was discarded."""
+
+
+def commit_no_replace(tmp: Path, final: Path) -> Path:
+    """Give the finished temporary file ``tmp`` its final name ``final``, never replacing an existing one.
+
+    ``os.link`` fails when ``final`` exists (POSIX, also on NFS and Lustre), unlike ``os.replace``: a
+    worker that was frozen (SIGSTOP, a long GC or NFS stall) and wakes after its task was redone elsewhere
+    cannot put its file over the committed one. ``tmp`` is removed either way. Raises ``AlreadyCommitted``
+    when another attempt got there first.
+    """
+    tmp, final = Path(tmp), Path(final)
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise AlreadyCommitted(f"{final}: another attempt finished it first; discarded {tmp.name}") from None
+    except FileNotFoundError:  # our temporary file was removed by the attempt that committed first
+        if final.exists():
+            raise AlreadyCommitted(f"{final}: another attempt finished it first and discarded {tmp.name}") from None
+        raise ShardError(f"{final}: its temporary file {tmp.name} disappeared before the commit") from None
+    tmp.unlink()
+    return final
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in a size such as ``1GB``, ``1.5GiB``, ``512MB``, ``800k`` or ``1000000`` (decimal and binary units)."""
+    import re
+
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", str(text).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"not a size: {text!r} (expected e.g. 1GB, 512MB, 1.5GiB or a number of bytes)")
+    power = " kmgt".index(m.group(2) or " ")
+    return max(1, int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** power))
+
+
 def tmp_path(path: Path) -> Path:
     """A fresh in-progress name for one attempt at shard ``path``
-    (``shard-00000.h5`` -> ``shard-00000.h5.<host>-<pid>-<random>.tmp``).
+    (``shard-00000.h5`` -> ``shard-00000.h5.<host>-<pid>-<uuid>.tmp``).
 
     Per attempt, so two writers of the same shard (a Dask task retried while a worker thought dead still
-    runs, HDF5 file locking off on NFS) never write into one file; the rename makes one of them the shard.
+    runs, HDF5 file locking off on NFS) never write into one file; ``commit_no_replace`` makes the first
+    to finish the shard.
     """
-    import secrets
     import socket
+    import uuid
 
     path = Path(path)
-    return path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}{TMP_SUFFIX}")
+    return path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}{TMP_SUFFIX}")
 
 
 def unfinished(path: Path) -> list[Path]:
@@ -130,7 +178,8 @@ def _check_video_row(row: dict, where: str) -> dict:
 
 
 class ShardWriter:
-    """Appends the faces of one video at a time into ``<path>.tmp``; ``finish()`` renames it to ``path``.
+    """Appends the faces of one video at a time into ``<path>.<attempt>.tmp``; ``finish()`` commits it to ``path``
+    without replacing (``commit_no_replace``; ``AlreadyCommitted`` if another attempt finished first).
 
     Peak memory is one video's crops, whatever the shard size. Use as a context manager: leaving the block
     with an exception closes the temporary file and leaves it on disk (a rerun sees it as unfinished and
@@ -152,11 +201,14 @@ class ShardWriter:
         self.no_face: list[tuple[int, int]] = []
         self.n = 0
         self.planned = list(planned or [])
+        self.failures: list[dict] = []
         self._finished = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         s = self.crop_size
         comp = _compression_kwargs(compression)
-        self._f = h5py.File(self.tmp, "w")
+        # "x", not "w": "w" truncates an existing file before HDF5 takes its lock, so a name clash (never
+        # expected with a uuid per attempt) must fail instead of destroying another attempt's file.
+        self._f = h5py.File(self.tmp, "x")
         f = self._f
         # fletcher32 sits after the compressor in the filter pipeline, so it checks the bytes on disk;
         # HDF5 then refuses a corrupt chunk on read (OSError) with no extra code in any reader.
@@ -228,22 +280,20 @@ class ShardWriter:
         _write_json_rows(f, "videos", self.videos)
         if self.planned:
             _write_json_rows(f, "planned", self.planned)
+        _write_json_rows(f, "failures", self.failures)  # always (even empty): marks a file that stores them
         _create_checked(f, "no_face", np.array(self.no_face, dtype=np.int32).reshape(-1, 2))
         if landmarks is not None:
             _write_landmarks(f, self.path, landmarks, landmark_ok, self.n)
         f.close()
-        try:
-            os.replace(self.tmp, self.path)
-        except FileNotFoundError:
-            raise ShardError(f"{self.path}: another attempt finished this shard first and discarded this "
-                             f"attempt's {self.tmp.name}") from None
         self._finished = True
+        commit_no_replace(self.tmp, self.path)
         for stale in unfinished(self.path):  # other attempts' files: they can no longer replace this shard
             stale.unlink(missing_ok=True)
         return self.path
 
     def abort(self) -> None:
         """Close the temporary file without finishing; the ``.tmp`` stays and marks the shard unfinished."""
+        self._finished = True
         if self._f.id.valid:
             self._f.close()
 
@@ -292,16 +342,25 @@ def _write_landmarks(f: h5py.File, path: Path, landmarks: np.ndarray, landmark_o
     f.attrs["landmarks_done"] = True
 
 
+def read_failures(f: h5py.File) -> list[dict]:
+    """Failure rows stored in an open shard or staged file (none for files written before they were stored)."""
+    return read_json_rows(f, "failures") if "failures" in f else []
+
+
 def add_landmarks(path: str | os.PathLike, landmarks: np.ndarray, landmark_ok: np.ndarray,
-                  landmark_model_sha256: str = "", landmark_detector: str = "") -> Path:
+                  landmark_model_sha256: str = "", landmark_detector: str = "",
+                  failures: Sequence[dict] = ()) -> Path:
     """Store landmarks in a finished shard without ever leaving it half-written.
 
-    The shard is copied to ``<path>.tmp``, the landmark datasets are added to the copy, and the copy
-    replaces the original by an atomic rename (readers holding the old file keep a complete view).
+    The shard is copied to a per-attempt ``.tmp``, the landmark datasets are added to the copy, and the copy
+    replaces the original by an atomic rename (readers holding the old file keep a complete view). This is
+    the one replacing commit: every attempt derives the same landmarks from the same committed crops, so a
+    late attempt can only put an equal, complete file in place.
 
     Args:
         landmarks: (N, 68, 2) float32 crop pixels, NaN where none. landmark_ok: (N,) bool.
         landmark_model_sha256, landmark_detector: provenance stored as file attributes.
+        failures: the landmark stage's failure rows; they replace the shard's earlier ``landmarks`` rows.
     """
     import shutil
 
@@ -312,6 +371,11 @@ def add_landmarks(path: str | os.PathLike, landmarks: np.ndarray, landmark_ok: n
         _write_landmarks(f, path, landmarks, landmark_ok, f["faces"].shape[0])
         f.attrs["landmark_model_sha256"] = landmark_model_sha256
         f.attrs["landmark_detector"] = landmark_detector
+        rows = [r for r in read_failures(f) if r.get("stage") != "landmarks"] + list(failures)
+        if "failures" in f:
+            del f["failures"]
+        if rows:
+            _write_json_rows(f, "failures", rows)
     os.replace(tmp, path)
     for stale in unfinished(path):
         stale.unlink(missing_ok=True)
@@ -385,6 +449,62 @@ def write_shard(path: str | os.PathLike, faces: np.ndarray, videos: Sequence[dic
         return writer.finish(landmarks, landmark_ok)
     except BaseException:
         writer.abort()
+        raise
+
+
+def stored_bytes(path: str | os.PathLike) -> int:
+    """Bytes a staged file adds to a shard: its file size (crops dominate; chunks are copied as stored)."""
+    return Path(path).stat().st_size
+
+
+def pack_shard(sources: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:
+    """Concatenate finished single-writer files (the per-video staged files) into one shard at ``path``.
+
+    Crop chunks are copied as stored (``read_direct_chunk``/``write_direct_chunk``: no decompression or
+    recompression, and each chunk keeps its fletcher32 checksum); the small per-face arrays and tables are
+    concatenated, ``video`` and ``no_face`` rows renumbered. Attributes come from the first source (all were
+    made with one plan). The result goes to a per-attempt ``.tmp`` and is committed without replacing, so
+    packing can be interrupted at any point: the sources are untouched until the caller removes them.
+    Sources without landmarks only (landmarks are added to finished shards).
+    """
+    path = Path(path)
+    sources = [Path(p) for p in sources]
+    if not sources:
+        raise ShardError(f"{path}: nothing to pack")
+    with h5py.File(sources[0], "r") as first:  # one source open at a time: a shard may gather thousands
+        _ensure_filters_for(sources[0], first)
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in first.attrs.items()}
+        crop_size = int(first["faces"].shape[1])
+    compression = str(attrs.get("compression", DEFAULT_COMPRESSION))
+    writer = ShardWriter(path, crop_size, attrs, compression)
+    try:
+        dst = writer._f["faces"]
+        for src_path in sources:
+            with h5py.File(src_path, "r") as f:
+                if f.attrs.get("settings_hash") != attrs.get("settings_hash") or \
+                        str(f.attrs.get("compression", DEFAULT_COMPRESSION)) != compression:
+                    raise ShardError(f"{src_path}: made with other settings than {sources[0].name}; cannot pack")
+                base_video, n0, n = len(writer.videos), writer.n, f["faces"].shape[0]
+                small = {name: f[name][()] for name in PER_FACE if name != "faces"}
+                small["video"] = small["video"].astype(np.int32) + base_video
+                for name, data in small.items():
+                    writer._f[name].resize(n0 + n, axis=0)
+                    writer._f[name][n0:n0 + n] = data
+                dst.resize(n0 + n, axis=0)
+                src = f["faces"].id
+                for i in range(n):
+                    mask, chunk = src.read_direct_chunk((i, 0, 0, 0))
+                    dst.id.write_direct_chunk((n0 + i, 0, 0, 0), chunk, mask)
+                writer.n += n
+                writer.videos += read_videos_table(f)
+                writer.planned += read_json_rows(f, "planned") if "planned" in f else []
+                writer.failures += read_failures(f)
+                if "no_face" in f:
+                    writer.no_face += [(int(v) + base_video, int(i)) for v, i in f["no_face"][()]]
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        writer.tmp.unlink(missing_ok=True)
         raise
 
 

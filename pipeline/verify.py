@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 
 from pipeline.resume import check_index_plan, shard_plan
-from pipeline.shards import (FAILURES_NAME, PER_FACE, TMP_SUFFIX, VIDEO_KEYS, ShardError, ShardReader,
-                             load_index)
+from pipeline.shards import (FAILURES_NAME, PER_FACE, STAGING_NAME, TMP_SUFFIX, VIDEO_KEYS, ShardError,
+                             ShardReader, load_index)
 
 
 def _check_chunks(path: Path, ds: h5py.Dataset) -> list[str]:
@@ -91,7 +91,8 @@ def verify_shard(path: Path, expected: dict | None = None, deep: bool = True) ->
 
 
 def verify_split(split_dir: str | os.PathLike, deep: bool = True) -> list[str]:
-    """Problems of a split folder: its index, every listed shard, leftover .tmp files, unlisted shards."""
+    """Problems of a split folder: its index, every listed shard, leftover .tmp files, unpacked staged videos,
+    unlisted shards."""
     split_dir = Path(split_dir)
     try:
         index = load_index(split_dir)
@@ -113,8 +114,12 @@ def verify_split(split_dir: str | os.PathLike, deep: bool = True) -> list[str]:
     for p in sorted(split_dir.glob("*.h5")):
         if p.name not in listed:
             out.append(f"{p}: shard not listed in index.json (rerun the stage to rebuild the index)")
-    for p in sorted(split_dir.glob("*" + TMP_SUFFIX)):
+    for p in sorted(split_dir.glob("*" + TMP_SUFFIX)) + sorted((split_dir / STAGING_NAME).glob("*" + TMP_SUFFIX)):
         out.append(f"{p}: unfinished file left by an interrupted run (rerun the stage to finish it)")
+    staged = sorted((split_dir / STAGING_NAME).glob("v-*.h5"))
+    if staged:
+        out.append(f"{split_dir / STAGING_NAME}: {len(staged)} extracted videos not packed into shards yet (e.g. "
+                   f"{staged[0].name}); rerun extract-frames to pack them")
     if index["n_videos"] == 0:
         out.append(f"{split_dir / 'index.json'}: the split holds no video (every input failed: see its failures log)")
     if sum(s["n_faces"] for s in index["shards"]) != index["n_faces"]:

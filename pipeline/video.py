@@ -73,6 +73,8 @@ def _last_error_line(stderr: str) -> str:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# Files taken as videos where a folder is scanned (ad-hoc inputs, the manifest's folder listings, predict).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
 
 
 def image_sequence(folder: str | os.PathLike) -> list[Path]:

@@ -73,9 +73,12 @@ def test_end_to_end_writes_every_output(setup, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     res = metrics["test_sets"]["toy/test"]
     p = res["protocol"]
-    assert p["frames_per_video"] == 2 and p["flip_test"] is True and p["aggregation"] == "logit-mean"
-    assert p["compression"] == "c23" and p["checkpoint_sha256"] == summary["test_sets"]["toy/test"]["protocol"][
-        "checkpoint_sha256"] and len(p["checkpoint_sha256"]) == 64
+    assert p["frames_per_video"] == {"median": 2, "min": 2, "max": 2} and p["frames_per_video_requested"] == 2
+    assert p["frames_per_video_stored"] == {"median": 3, "min": 3, "max": 3}
+    assert p["flip_test"] is True and p["aggregation"] == "logit-mean" and p["videos"] == "2 real / 4 fake"
+    assert p["compression"] == "c23 (guessed from file names)"
+    assert p["checkpoint_sha256"] == summary["test_sets"]["toy/test"]["protocol"]["checkpoint_sha256"]
+    assert len(p["checkpoint_sha256"]) == 64
     assert p["sampled_frames_without_face"] == 1 and p["videos_without_faces (not scored)"] == 0
     v = res["video"]
     assert v["n_videos"] == 6 and v["n_real"] == 2 and v["n_fake"] == 4 and v["n_faces"] == 12
@@ -216,7 +219,7 @@ def test_end_to_end_on_shards_from_the_sample_videos(repo_root, tmp_path):
     items = [type(it)(**{**it.__dict__, "n_frames": 6}) for it in list_videos(m, "sample", "test")]
     split_dir = tmp_path / "shards" / "sample" / "test"
     cfg = ExtractConfig(crop_size=128, detector=DetectorConfig(batch_size=4))
-    assert not run_extract(items, split_dir, "sample", "test", cfg, videos_per_shard=1, workers=0).failed_shards
+    assert not run_extract(items, split_dir, "sample", "test", cfg, workers=0).failed_shards
     run_landmarks(split_dir, LandmarkConfig(), workers=0)
 
     ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")
@@ -269,3 +272,141 @@ def test_corrupt_shard_and_wrong_architecture_are_one_line(setup, tmp_path):
 
     cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
     assert predict_main([str(img), "--checkpoint", str(other)]) == 2
+
+
+def _write_folder(d, dataset, videos, faces_per_video, seed):
+    """One pipeline-style split folder holding ``videos`` with ``faces_per_video[i]`` faces each."""
+    rng = np.random.default_rng(seed)
+    n = int(sum(faces_per_video))
+    write_shard(d / "shard-00000.h5", rng.integers(0, 256, size=(n, SIZE, SIZE, 3), dtype=np.uint8),
+                videos=[dict(v, split="test", dataset=dataset) for v in videos],
+                video=np.repeat(np.arange(len(videos)), faces_per_video),
+                frame_index=np.concatenate([np.arange(k) * 5 for k in faces_per_video]))
+    write_index(d, dataset=dataset, split="test")
+    return d
+
+
+@pytest.fixture(scope="module")
+def own_folders(tmp_path_factory):
+    """The issue's case: the pipeline's ad-hoc mode run once on real clips and once on fake clips."""
+    root = tmp_path_factory.mktemp("mine")
+    real = [{"id": f"r{i}", "method": "original", "label": 0, "path": f"real/r{i}.mp4"} for i in range(3)]
+    fake = [{"id": f"f{i}", "method": "unknown", "label": 1, "path": f"fake/f{i}.mp4"} for i in range(3)]
+    return (_write_folder(root / "real", "adhoc", real, [3, 2, 4], seed=3),
+            _write_folder(root / "fake", "adhoc", fake, [3, 3, 1], seed=4))
+
+
+def test_two_folders_as_one_set_match_sklearn_auc(setup, own_folders, tmp_path, capsys):
+    from sklearn.metrics import roc_auc_score
+
+    _, ckpt = setup
+    real, fake = own_folders
+    for how, argv in (("set", ["--set", f"mine={real},{fake}"]),
+                      ("merge", ["--shards", str(real), str(fake), "--merge"])):
+        out = tmp_path / how
+        summary = evaluate.main(_args("--checkpoint", str(ckpt), *argv, "--frames", "0", "--overlays", "2",
+                                      "--workers", "0", "--out", str(out)))
+        (name,) = summary["test_sets"]
+        res = summary["test_sets"][name]
+        with open(out / "scores.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 6 and {r["test_set"] for r in rows} == {name}
+        auc = roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
+        assert np.isfinite(res["video"]["auc"]) and res["video"]["auc"] == pytest.approx(auc, abs=1e-6)
+        # frames_per_video is what is stored and scored: 3, 2, 4, 3, 3, 1 faces.
+        assert res["protocol"]["frames_per_video"] == {"median": 3, "min": 1, "max": 4}
+        assert res["protocol"]["frames_per_video_stored"] == {"median": 3, "min": 1, "max": 4}
+        assert res["protocol"]["videos"] == "3 real / 3 fake"
+        report_md = (out / "report.md").read_text()
+        assert "3 real / 3 fake" in report_md and "frame AUC" not in report_md
+        assert (out / "overlays" / f"{name.replace('/', '_')}_confident_fakes.png").is_file()
+    assert "3 real / 3 fake videos" in capsys.readouterr().out
+
+
+def test_frames_cap_is_reported_as_scored(setup, own_folders, tmp_path):
+    _, ckpt = setup
+    real, fake = own_folders
+    summary = evaluate.main(_args("--checkpoint", str(ckpt), "--set", f"mine={real},{fake}", "--frames", "2",
+                                  "--overlays", "0", "--workers", "0", "--all-metrics", "--out", str(tmp_path)))
+    p = summary["test_sets"]["mine"]["protocol"]
+    assert p["frames_per_video"] == {"median": 2, "min": 1, "max": 2} and p["frames_per_video_requested"] == 2
+    assert "frame AUC" in (tmp_path / "report.md").read_text()
+
+
+def test_single_class_sets_are_refused(setup, own_folders, tmp_path, capsys):
+    _, ckpt = setup
+    real, fake = own_folders
+    with pytest.raises(SystemExit) as e:
+        evaluate.cli(["--checkpoint", str(ckpt), "--shards", str(real), str(fake), "--workers", "0",
+                      "--out", str(tmp_path / "a")])
+    msg = str(e.value.code)
+    assert msg.startswith("evaluate.py: nothing could be evaluated") and "\n" not in msg
+    assert "only real videos (3): AUC needs both; add fakes or use --synthetic-fakes sbi" in msg
+    assert "only fake videos (3)" in msg and "--merge" in msg
+    assert not (tmp_path / "a" / "report.md").exists()
+    # One refused set among good ones: the others are evaluated and the report says what was left out.
+    summary = evaluate.main(_args("--checkpoint", str(ckpt), "--set", f"mine={real},{fake}", "--set",
+                                  f"reals={real}", "--overlays", "0", "--workers", "0", "--out", str(tmp_path / "b")))
+    assert list(summary["test_sets"]) == ["mine"] and "reals" in summary["not_evaluated"]
+    assert "only real videos" in (tmp_path / "b" / "report.md").read_text().split("## Not evaluated")[1]
+    assert "reals: only real videos (3)" in capsys.readouterr().err
+
+
+def test_the_same_video_in_two_merged_folders_is_refused(setup, own_folders, tmp_path):
+    _, ckpt = setup
+    real, fake = own_folders
+    with pytest.raises(SystemExit) as e:
+        evaluate.cli(["--checkpoint", str(ckpt), "--set", f"twice={real},{real},{fake}", "--overlays", "0",
+                      "--workers", "0", "--out", str(tmp_path)])
+    assert "twice: video adhoc/original/r0 is stored twice" in str(e.value.code)
+
+
+def test_compression_from_the_manifest_else_marked_guessed(repo_root):
+    manifest = repo_root / "data_manifest.yaml"
+    assert protocol.resolve_compression(None, manifest, {"dfd": {""}}, ["x/c40/a.mp4"]).startswith(
+        "c23 (from data_manifest.yaml datasets.dfd.compression")
+    assert protocol.resolve_compression(None, manifest, {"mine": {""}}, ["x/c40/a.mp4"]) == \
+        "c40 (guessed from file names)"
+    assert protocol.resolve_compression(None, manifest, {"dfd": {"0123"}}, []).endswith(
+        "the entry changed since these shards were made)")
+    assert protocol.resolve_compression("c0", manifest, {"dfd": {""}}, []) == "c0 (given by --compression)"
+    assert protocol.resolve_compression(None, None, {"mine": {""}}, ["a.mp4"]).startswith("unknown")
+
+
+def test_help_shows_defaults_and_examples():
+    parser = evaluate.get_args_parser()
+    text = parser.format_help()
+    assert "examples:" in text and "--set mine=" in text and "(default: 32)" in text
+    assert all(a.help for a in parser._actions), [a.dest for a in parser._actions if not a.help]
+    for flag in ("--shards-root", "--frames", "--workers", "--device", "--out"):
+        assert flag in text
+
+
+def test_checkpoint_folder_names_the_checkpoints_inside(setup, tmp_path):
+    import shutil
+
+    root, ckpt = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ckpt, run / "best.pt")
+    shutil.copy(ckpt, run / "last.pt")
+    with pytest.raises(SystemExit) as e:
+        evaluate.cli(["--checkpoint", str(run), "--dataset", "toy", "--shards-root", str(root),
+                      "--out", str(tmp_path / "o")])
+    assert f"did you mean {run / 'best.pt'}?" in str(e.value.code) and "last.pt" in str(e.value.code)
+
+
+def test_overlay_sheet_scales_each_heatmap_and_cuts_long_names_from_the_left(tmp_path):
+    from model.eval.report import OverlayItem, cut_left, heatmap_overlay, heatmap_range, save_overlay_sheet
+
+    face = np.full((64, 64, 3), 120, np.uint8)
+    hm = np.full((16, 16), 0.40, np.float32)
+    hm[4:8, 4:8] = 0.42  # a weak but real peak: invisible on a 0..1 scale, red when scaled to its own range
+    assert heatmap_range(hm, None) == pytest.approx((0.40, 0.42))
+    fixed, own = heatmap_overlay(face, hm, 0.0, 1.0), heatmap_overlay(face, hm, *heatmap_range(hm, None))
+    assert abs(int(fixed[24, 24, 0]) - int(fixed[56, 56, 0])) < 15
+    assert own[24, 24, 0] > own[24, 24, 2] + 40 and (own[56, 56] == face[56, 56]).all()
+    assert cut_left("short", 10) == "short" and cut_left("a/very/long/name.mp4", 9) == "\u2026name.mp4"
+    path = tmp_path / "sheet.png"
+    save_overlay_sheet([OverlayItem(face, hm, "label fake", "x" * 200 + "_end f3")], path, "t")
+    assert path.is_file() and path.stat().st_size > 1000

@@ -1,5 +1,6 @@
 """data_manifest.yaml: validation errors name the key and the expected form; each dataset kind lists its splits."""
 import json
+import os
 
 import pytest
 import yaml
@@ -39,6 +40,8 @@ def test_project_manifest_is_valid(repo_root):
     ({"kind": "ffpp", "root": "x", "compression": "c23", "methods": ["DeepFake"], "splits": {}},
      "datasets.d.methods", "a non-empty list from"),
     ({"kind": "ffpp", "root": "x", "compression": "c23", "splits": {}}, "datasets.d.methods", "a list from"),
+    ({"kind": "ffpp", "root": "x", "compression": "c23", "methods": ["Deepfakes"], "splits": {},
+      "fake_splits": ["dev"]}, "datasets.d.fake_splits", "a list from"),
     ({"kind": "videos", "root": "x"}, "datasets.d.kind", "one of ffpp, celebdf"),
     ({"kind": "celebdf", "root": "x", "test_list": "l.txt", "frames": {"train": 0}}, "datasets.d.frames.train",
      "a positive integer"),
@@ -96,6 +99,14 @@ def test_ffpp_official_pairs(tmp_path):
     train = list_videos(m, "ffpp", "train")
     ids = {it.id for it in train}
     assert {"original/000", "original/003", "original/054", "original/071"} <= ids
+    assert len(train) == 4 and all(it.label == 0 for it in train) and not any("953" in i for i in ids)
+    assert len(list_videos(m, "ffpp", "test")) == 2 + 4  # fakes are listed in test by default (fake_splits)
+    p = _write(tmp_path, {"ffpp": {"kind": "ffpp", "root": str(root), "compression": "c40",
+                                   "methods": ["Deepfakes", "FaceSwap"], "fake_splits": ["train", "test"],
+                                   "splits": {"train": "splits/train.json", "test": "splits/test.json"}}})
+    m = load_manifest(p)
+    train = list_videos(m, "ffpp", "train")
+    ids = {it.id for it in train}
     assert {"Deepfakes/071_054", "Deepfakes/054_071", "FaceSwap/000_003", "FaceSwap/003_000"} <= ids
     assert len(train) == 4 + 2 * 2 * 2 and not any("953" in i for i in ids)
     fake = next(it for it in train if it.id == "Deepfakes/071_054")
@@ -178,6 +189,34 @@ def test_adhoc_items(tmp_path):
     with pytest.raises(ManifestError, match="no file matches"):
         adhoc_items(str(tmp_path / "*.avi"), 0, 8)
     assert adhoc_items(str(tmp_path / "missing.mp4"), 0, 8)[0].id == "missing"
+
+
+def test_adhoc_label_from_folder_and_several_inputs(tmp_path):
+    mine = tmp_path / "mine"
+    for rel in ("real/a.mp4", "real/sub/b.mov", "fake/c.mp4", "fake/notes.txt"):
+        _touch(mine / rel)
+    items = adhoc_items(str(mine), None, 8)
+    assert {it.id: it.label for it in items} == {"real/a": 0, "real/sub/b": 0, "fake/c": 1}
+    assert all(os.path.isabs(it.path) for it in items)
+    # FF++'s own layout, and names where only part of the word list matches
+    ff = tmp_path / "ff"
+    _touch(ff / "original_sequences/youtube/c23/videos/000.mp4")
+    _touch(ff / "manipulated_sequences/Deepfakes/c23/videos/000_003.mp4")
+    _touch(ff / "Celeb-synthesis/id0_id1_0000.mp4")
+    assert {it.id: it.label for it in adhoc_items(str(ff), None, 8)} == {
+        "original_sequences/youtube/c23/videos/000": 0, "manipulated_sequences/Deepfakes/c23/videos/000_003": 1,
+        "Celeb-synthesis/id0_id1_0000": 1}
+    # a folder named real itself, globs, and one --label per --input
+    items = adhoc_items([str(mine / "real"), str(mine / "fake" / "*.mp4")], [None, 1], 8)
+    assert {it.id: it.label for it in items} == {"real/a": 0, "real/sub/b": 0, "fake/c": 1}
+    _touch(tmp_path / "other" / "x.mp4")
+    with pytest.raises(ManifestError, match=r"x.mp4: no folder .* says real or fake"):
+        adhoc_items(str(tmp_path / "other"), None, 8)
+    with pytest.raises(ManifestError, match="2 --input but 3 --label"):
+        adhoc_items([str(mine), str(ff)], [0, 1, 1], 8)
+    with pytest.raises(ManifestError, match="holds no video files"):
+        (tmp_path / "empty").mkdir()
+        adhoc_items(str(tmp_path / "empty"), 0, 8)
 
 
 @pytest.mark.parametrize("doc, key, form", [

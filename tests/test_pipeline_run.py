@@ -69,7 +69,7 @@ def test_sample_end_to_end(tmp_path, repo_root):
     for split in ("train", "test"):
         items = [type(it)(**{**it.__dict__, "n_frames": 6}) for it in list_videos(m, "sample", split)]
         d = tmp_path / split
-        s = run_extract(items, d, "sample", split, _cfg(), videos_per_shard=1, workers=0)
+        s = run_extract(items, d, "sample", split, _cfg(), shard_bytes=1, workers=0)
         assert s.n_videos == 2 and not s.failed_shards
         run_landmarks(d, LandmarkConfig(), workers=0)
         assert verify_split(d) == []
@@ -105,7 +105,7 @@ def test_bad_inputs_logged_and_rest_completes(tmp_path, bad_dir, capsys):
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, names))
     items = list_videos(m, "mine", "train")
     d = tmp_path / "out"
-    s = run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=2, workers=0)
+    s = run_extract(items, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     err = capsys.readouterr().out + capsys.readouterr().err
     fails = _failures(d)
     by_file = {}
@@ -166,18 +166,18 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, sample_videos_dir):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--out", str(tmp_path / "killed")], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while not list(d.glob("shard-00001.h5*.tmp")) and time.time() < deadline and proc.poll() is None:
+    while len(list(d.glob(".staging/v-*.h5"))) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (d / "shard-00000.h5").exists() and not (d / "shard-00003.h5").exists()
+    assert len(list(d.glob(".staging/v-*.h5"))) >= 2 and not list(d.glob("shard-*.h5"))
     assert not (d / "index.json").exists()
     assert verify_split(d)  # an interrupted split does not pass verification
     again = _run_cli(args + ["--out", str(tmp_path / "killed")], timeout=120)
     assert again.returncode == 0, again.stderr
-    assert "resume:" in again.stdout and not list(d.glob("*.tmp"))
+    assert "resume:" in again.stdout and not list(d.glob("*.tmp")) and not list(d.glob(".staging/*"))
     a, b = _shard_content(tmp_path / "full" / "mine" / "train"), _shard_content(d)
-    assert a.keys() == b.keys() and len(a) == 4
+    assert a.keys() == b.keys() and len(a) == 1  # 4 small videos: one shard under the default size bound
     for name in a:
         for k in a[name]:
             np.testing.assert_array_equal(a[name][k], b[name][k], err_msg=f"{name}/{k}")
@@ -191,7 +191,7 @@ def test_leftover_tmp_is_redone_and_landmarks_resume(tmp_path, sample_videos_dir
     d = tmp_path / "out"
     d.mkdir()
     (d / "shard-00000.h5.tmp").write_bytes(b"half a shard")
-    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     assert not list(d.glob("*.tmp")) and ShardReader(d / "shard-00000.h5").videos[0]["id"] == "a"
     # landmarks for one shard only, then a full run: the done shard is kept as is
     from pipeline.runner import landmark_shard
@@ -257,7 +257,7 @@ def test_dask_local_cluster_two_workers(tmp_path, sample_videos_dir, dask_client
         shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v1.mp4", "nope.mp4"], frames=3))
     d = tmp_path / "out"
-    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1,
+    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), shard_bytes=1,
                     client=dask_client)
     assert s.n_videos == 2 and s.n_faces == 6 and len(s.shards) == 3
     assert [f["stage"] for f in _failures(d)] == ["decode"]
@@ -267,7 +267,7 @@ def test_dask_local_cluster_two_workers(tmp_path, sample_videos_dir, dask_client
 
 @pytest.mark.slow
 def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, dask_client):
-    """SIGKILL the worker process that is writing a shard: its task is redone elsewhere, nothing is lost."""
+    """SIGKILL the worker process that is writing a video's file: its task is redone elsewhere, nothing is lost."""
     import threading
 
     import psutil
@@ -278,17 +278,17 @@ def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, 
         names.append(f"v{k}.mp4")
     items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, names, frames=24)), "mine",
                         "train")
-    run_extract(items, tmp_path / "ref", "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(items, tmp_path / "ref", "mine", "train", _cfg(), shard_bytes=1, workers=0)
     d = tmp_path / "out"
     pids = set(dask_client.run(os.getpid).values())
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("s", run_extract(
-        items, d, "mine", "train", _cfg(), videos_per_shard=1, client=dask_client)))
+        items, d, "mine", "train", _cfg(), shard_bytes=1, client=dask_client)))
     t.start()
     killed = None
     deadline = time.time() + 60
     while killed is None and time.time() < deadline and t.is_alive():
-        for tmp in d.glob("*.h5*.tmp"):
+        for tmp in d.glob(".staging/*.tmp"):
             for pid in pids:
                 try:
                     if any(f.path == str(tmp) for f in psutil.Process(pid).open_files()):
@@ -301,9 +301,9 @@ def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, 
                 break
         time.sleep(0.005)
     t.join(120)
-    assert killed is not None, "no worker was caught writing a shard"
+    assert killed is not None, "no worker was caught writing a video's file"
     s = box["s"]
-    assert len(s.shards) == 4 and not s.failed_shards and not list(d.glob("*.tmp"))
+    assert len(s.shards) == 4 and not s.failed_shards and not list(d.glob("*.tmp")) and not list(d.glob(".staging/*"))
     a, b = _shard_content(tmp_path / "ref"), _shard_content(d)
     assert a.keys() == b.keys()
     for name in a:
@@ -317,7 +317,7 @@ def test_on_error_raise_stops_at_first_bad_video(tmp_path, bad_dir):
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["good.mp4", "zero.mp4", "noise.mp4"]))
     with pytest.raises(PipelineError, match=r"zero.mp4: empty file"):
         run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
-                    videos_per_shard=3, workers=0)
+                    shard_bytes=1, workers=0)
     assert not (tmp_path / "o" / "index.json").exists() and not (tmp_path / "o" / "shard-00000.h5").exists()
 
 
@@ -335,11 +335,11 @@ def test_rerun_with_a_new_video_puts_it_in_a_new_shard(tmp_path, sample_videos_d
         shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"{k}.mp4")
     d = tmp_path / "out"
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v1.mp4"], frames=2))
-    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     before = {p.name: p.stat().st_mtime_ns for p in d.glob("*.h5")}
     # the new video sorts between the old ones: shard names by position would shift every later video
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["v0.mp4", "v0b.mp4", "v1.mp4"], frames=2))
-    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    s = run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v0b": ["shard-00002.h5"]}
     assert s.skipped == 2 and {p: (d / p).stat().st_mtime_ns for p in before} == before
     assert verify_split(d) == [] and load_index(d)["shards"][2]["videos"] == ["v0b"]
@@ -359,22 +359,22 @@ def test_rerun_with_other_settings_or_videos_stops_before_any_work(tmp_path, sam
     d = tmp_path / "out"
     real = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["real.mp4"], frames=2)),
                        "mine", "train")
-    run_extract(real, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(real, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir())
     with pytest.raises(PipelineError, match=r"other settings \(crop_size 128 -> 96\).*--overwrite.*--out"):
-        run_extract(real, d, "mine", "train", ExtractConfig(crop_size=96), videos_per_shard=1, workers=0)
+        run_extract(real, d, "mine", "train", ExtractConfig(crop_size=96), shard_bytes=1, workers=0)
     more = [type(it)(**{**it.__dict__, "n_frames": 3}) for it in real]
     with pytest.raises(PipelineError, match=r"frames \[2\] -> \[3\]"):
-        run_extract(more, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+        run_extract(more, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     fake = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, ["fake.mp4"], frames=2)),
                        "mine", "train")
     with pytest.raises(PipelineError, match=r"1 videos in the shards are not in this run's input \(e.g. 'real'"):
-        run_extract(fake, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+        run_extract(fake, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     os.utime(tmp_path / "real.mp4", (1, 1))
     with pytest.raises(PipelineError, match=r"changed on disk.*'real': mtime"):
-        run_extract(real, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+        run_extract(real, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in d.iterdir()) == before  # nothing touched
-    s = run_extract(fake, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0, overwrite=True)
+    s = run_extract(fake, d, "mine", "train", _cfg(), shard_bytes=1, workers=0, overwrite=True)
     assert s.n_videos == 1 and _held(d) == {"fake": ["shard-00000.h5"]} and verify_split(d) == []
 
 
@@ -410,7 +410,7 @@ def test_corrupt_shard_logged_by_landmarks_and_redone_by_extract(tmp_path, sampl
         names.append(f"v{k}.mp4")
     items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, names, frames=2)), "mine", "train")
     d = tmp_path / "out"
-    run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract(items, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     flip_chunk_bytes(d / "shard-00001.h5", "faces", 1)
     s = run_landmarks(d, LandmarkConfig(), workers=0)
     assert s.failed_shards == ["shard-00001.h5"]
@@ -418,7 +418,7 @@ def test_corrupt_shard_logged_by_landmarks_and_redone_by_extract(tmp_path, sampl
     row = [f for f in _failures(d) if "shard-00001.h5" in f["file"]]
     assert len(row) == 1 and "dataset 'faces' rows 0-1 unreadable" in row[0]["reason"], row
     before = (d / "shard-00000.h5").stat().st_mtime_ns
-    run_extract(items, d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)  # redoes the corrupt shard
+    run_extract(items, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)  # redoes the corrupt shard
     assert (d / "shard-00000.h5").stat().st_mtime_ns == before and verify_split(d) == []
     assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v2": ["shard-00002.h5"]}
 
@@ -439,7 +439,7 @@ def test_image_folder_bad_and_truncated_jpeg_skip_their_frame_only(tmp_path, sam
     (folder / "2.jpg").write_bytes(data[: len(data) * 2 // 3])  # OpenCV would decode it with grey rows
     item = VideoItem(id="clip", path=str(folder), rel_path="clip", label=0, split="train", dataset="mine", n_frames=4)
     d = tmp_path / "out"
-    run_extract([item], d, "mine", "train", _cfg(), videos_per_shard=1, workers=0)
+    run_extract([item], d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     bad = sorted((Path(f["file"]).name, f["frame_index"], f["reason"]) for f in _failures(d) if f["stage"] == "decode")
     assert bad == [("1.jpg", 1, "not a readable image"), ("2.jpg", 2, "truncated JPEG (no end-of-image marker)")]
     assert sorted(ShardReader(d / "shard-00000.h5").frame_index.tolist()) == [0, 3]
@@ -465,7 +465,7 @@ def test_dask_on_error_raise_does_not_retry_the_failing_shard(tmp_path, bad_dir,
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["zero.mp4"]))
     with pytest.raises(PipelineError, match=r"zero.mp4: empty file"):
         run_extract(list_videos(m, "mine", "train"), tmp_path / "o", "mine", "train", _cfg(on_error="raise"),
-                    videos_per_shard=1, client=dask_client)
+                    shard_bytes=1, client=dask_client)
     assert retries == [0]
 
 
@@ -486,3 +486,262 @@ def test_unexpected_error_in_a_command_is_one_line(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("LAANET_DEBUG", "1")
     with pytest.raises(RuntimeError):
         cli.main()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One task per video: commits that never replace, size-bounded packing, per-video resume, progress, a lost
+# scheduler.
+
+
+def _copies(tmp_path, sample_videos_dir, n, frames=2):
+    names = []
+    for k in range(n):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
+        names.append(f"v{k}.mp4")
+    return list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", tmp_path, names, frames=frames)), "mine",
+                       "train")
+
+
+def _job(d, item, cfg):
+    from pipeline.resume import staged_path, video_record
+    from pipeline.runner import VideoJob, extract_settings
+
+    cfg.settings = json.dumps(extract_settings(cfg, [item]), sort_keys=True)
+    return VideoJob(item, video_record(item), str(staged_path(d, item.id)))
+
+
+def test_late_duplicate_attempt_cannot_replace_the_committed_video(tmp_path, sample_videos_dir, monkeypatch):
+    """Attempt A starts, stalls (a frozen worker); attempt B of the same video runs and commits; A wakes up and
+    finishes: B's file stays, byte for byte, and A's temporary file is gone."""
+    from pipeline import runner
+
+    item = _copies(tmp_path, sample_videos_dir, 1)[0]
+    d = tmp_path / "out"
+    cfg = _cfg()
+    job = _job(d, item, cfg)
+    real = runner.extract_video
+    calls = []
+
+    def stalls_first(*a, **kw):
+        v = real(*a, **kw)
+        calls.append(1)
+        if len(calls) == 1:  # A is frozen here; B runs from start to commit meanwhile
+            b = runner.extract_one(job, cfg)
+            assert not b.duplicate and Path(job.staged).exists()
+            box["committed"] = Path(job.staged).read_bytes()
+            v.faces = 255 - v.faces  # A's crops differ, so a replaced file would show
+        return v
+
+    box = {}
+    monkeypatch.setattr(runner, "extract_video", stalls_first)
+    a = runner.extract_one(job, cfg)
+    assert a.duplicate and len(calls) == 2
+    assert Path(job.staged).read_bytes() == box["committed"]
+    assert [p.name for p in Path(job.staged).parent.iterdir()] == [Path(job.staged).name]  # no .tmp left
+    # a third attempt that starts after the commit does no work at all
+    third = runner.extract_one(job, cfg)
+    assert third.skipped and third.n_videos == 1 and third.n_faces == a.n_faces and len(calls) == 2
+
+
+def _flaky_task(marker: str, progress=None):
+    """Reports progress for its video, then fails on its first attempt only (Dask retries it)."""
+    from pipeline.runner import TaskResult
+
+    progress({"key": "clip", "videos": 1, "frames": 3, "faces": 3})
+    if not os.path.exists(marker):
+        Path(marker).write_text("failed once")
+        raise RuntimeError("first attempt fails")
+    return TaskResult(file="clip.mp4", n_videos=1, n_frames=3, n_faces=3)
+
+
+def test_progress_counts_a_retried_video_once(tmp_path, dask_client):
+    from pipeline.runner import _ProgressBar, _run_tasks, _Task
+
+    bar = _ProgressBar(1, "test")
+    results, homeless, failed = _run_tasks(_flaky_task, [_Task("clip", "clip.mp4", (str(tmp_path / "m"),))], bar,
+                                           dask_client, "skip", "task")
+    time.sleep(0.5)  # events of both attempts have arrived by now
+    assert (tmp_path / "m").exists() and len(results) == 1 and not failed and not homeless
+    assert bar.bar.n == 1 and bar.frames == 3 and bar.faces == 3
+    bar.close()
+
+
+def test_two_runs_on_one_scheduler_use_their_own_progress_topics(tmp_path, dask_client):
+    from pipeline.runner import PROGRESS_TOPIC_PREFIX, _ProgressBar, _run_tasks, _Task
+
+    topics = []
+    subscribe = dask_client.subscribe_topic
+
+    def spy(topic, handler):
+        topics.append(topic)
+        return subscribe(topic, handler)
+
+    dask_client.subscribe_topic = spy
+    try:
+        for k in range(2):
+            (tmp_path / f"m{k}").write_text("no failure")
+            bar = _ProgressBar(1, "test")
+            _run_tasks(_flaky_task, [_Task("clip", "clip.mp4", (str(tmp_path / f"m{k}"),))], bar, dask_client,
+                       "skip", "task")
+            bar.close()
+    finally:
+        dask_client.subscribe_topic = subscribe
+    assert len(set(topics)) == 2 and all(t.startswith(PROGRESS_TOPIC_PREFIX) for t in topics)
+
+
+def test_packing_respects_the_size_bound_and_plain_h5py_reads_the_shards(tmp_path, sample_videos_dir):
+    import hdf5plugin  # noqa: F401  (the crops' Blosc filter)
+
+    items = _copies(tmp_path, sample_videos_dir, 5)
+    one = tmp_path / "one"
+    run_extract(items, one, "mine", "train", _cfg(), shard_bytes=1, workers=0)  # a video over the bound: alone
+    sizes = [p.stat().st_size for p in sorted(one.glob("shard-*.h5"))]
+    assert len(sizes) == 5
+    bound = int(2.5 * max(sizes))
+    d = tmp_path / "packed"
+    s = run_extract(items, d, "mine", "train", _cfg(), shard_bytes=bound, workers=0)
+    shards = sorted(d.glob("shard-*.h5"))
+    assert [p.name for p in shards] == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"] == s.shards
+    assert all(p.stat().st_size <= bound for p in shards)
+    assert not list(d.glob(".staging/*")) and verify_split(d) == []
+    ids, faces = [], []
+    for p in shards:
+        with h5py.File(p, "r") as f:
+            ids += [json.loads(r)["id"] for r in f["videos"][()]]
+            faces.append(f["faces"][()])
+            assert f["faces"].chunks[0] == 1 and f["video"][()].max() == len(f["videos"]) - 1
+    assert ids == ["v0", "v1", "v2", "v3", "v4"]  # input order
+    ref = np.concatenate([h5py.File(p, "r")["faces"][()] for p in sorted(one.glob("shard-*.h5"))])
+    np.testing.assert_array_equal(np.concatenate(faces), ref)
+
+
+def test_resume_per_video_after_an_interruption(tmp_path, sample_videos_dir, monkeypatch):
+    """Two videos packed, one staged, one staged again after its shard was committed (packing interrupted),
+    an orphan temporary: the rerun extracts only the missing video and every video ends in one shard."""
+    from pipeline import runner
+
+    items = _copies(tmp_path, sample_videos_dir, 4)
+    d = tmp_path / "out"
+    run_extract(items[:2], d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
+    cfg = _cfg()
+    for it in (items[0], items[2]):
+        runner.extract_one(_job(d, it, cfg), cfg)
+    orphan = d / ".staging" / "v-0123.h5.host-1-dead.tmp"
+    orphan.write_bytes(b"half a video")
+    calls = []
+    real = runner.extract_video
+    monkeypatch.setattr(runner, "extract_video", lambda it, *a, **kw: calls.append(it.id) or real(it, *a, **kw))
+    s = run_extract(items, d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
+    assert calls == ["v3"] and s.skipped == 3 and s.n_planned == 1
+    assert _held(d) == {"v0": ["shard-00000.h5"], "v1": ["shard-00001.h5"], "v2": ["shard-00002.h5"],
+                        "v3": ["shard-00003.h5"]}
+    assert not orphan.exists() and not list(d.glob(".staging/*")) and verify_split(d) == []
+
+
+def test_failure_rows_survive_reruns(tmp_path, bad_dir):
+    """A failed video's rows live in its committed file: a worker that finished while its client died, and
+    any number of reruns, leave exactly one copy of each row in failures.jsonl."""
+    from pipeline import runner
+
+    items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["good.mp4", "zero.mp4",
+                                                                                    "noise.mp4"])), "mine", "train")
+    d = tmp_path / "out"
+    cfg = _cfg()
+    runner.extract_one(_job(d, items[1], cfg), cfg)  # zero.mp4 committed; its client never saw the result
+    for _ in range(2):
+        run_extract(items, d, "mine", "train", _cfg(), workers=0)
+        rows = _failures(d)
+        assert sorted(Path(r["file"]).name for r in rows if r["stage"] == "decode") == ["zero.mp4"]
+        assert len([r for r in rows if Path(r["file"]).name == "noise.mp4"]) == 4
+        assert verify_split(d) == []
+
+
+def test_lost_scheduler_is_one_line_and_the_rerun_completes(tmp_path, sample_videos_dir, monkeypatch, capsys):
+    """The connection to the scheduler closes during as_completed: one PipelineError line, nothing packed;
+    the rerun keeps what was committed and finishes."""
+    import distributed
+    from distributed.comm.core import CommClosedError
+
+    from pipeline.runner import PipelineError
+
+    items = _copies(tmp_path, sample_videos_dir, 3)
+    out = tmp_path / "out"
+
+    def closed(futures, *a, **kw):
+        raise CommClosedError("in <TCP (closed) ConnectionPool.gather local=tcp://127.0.0.1:1234>: Stream is closed")
+
+    monkeypatch.setattr(distributed, "as_completed", closed)
+    with pytest.raises(PipelineError) as e:
+        run_extract(items, out, "mine", "train", _cfg(), workers=1)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("lost the Dask scheduler (CommClosedError") and "rerun" in msg
+    assert not list(out.glob("shard-*.h5")) and not (out / "index.json").exists()
+    monkeypatch.undo()
+    s = run_extract(items, out, "mine", "train", _cfg(), workers=0)
+    assert s.n_videos == 3 and verify_split(out) == []
+
+
+def test_a_staged_file_of_another_plan_is_redone_not_kept(tmp_path, sample_videos_dir):
+    """A worker of an earlier run (other settings) that outlived its client commits after this run planned:
+    this run's task redoes the video instead of keeping the stale file."""
+    from pipeline import runner
+
+    item = _copies(tmp_path, sample_videos_dir, 1)[0]
+    d = tmp_path / "out"
+    old = ExtractConfig(crop_size=64, detector=DetectorConfig(batch_size=4))
+    runner.extract_one(_job(d, item, old), old)
+    cfg = _cfg()
+    job = _job(d, item, cfg)
+    r = runner.extract_one(job, cfg)
+    assert not r.skipped and not r.duplicate and ShardReader(job.staged).crop_size == CROP
+
+
+@pytest.mark.slow
+def test_killed_scheduler_is_one_line_and_the_rerun_completes(tmp_path, sample_videos_dir):
+    """The reviewer's case: `dask scheduler` killed mid-run. One error line (no traceback), exit 2; the rerun
+    keeps the committed videos and finishes."""
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    for k in range(8):
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", vids / f"c{k}.mp4")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"}
+    sched_file = tmp_path / "scheduler.json"
+    dask_bin = Path(sys.executable).parent / "dask"
+    sched = subprocess.Popen([str(dask_bin), "scheduler", "--scheduler-file", str(sched_file), "--port", "0",
+                              "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        worker = subprocess.Popen([str(dask_bin), "worker", address, "--nthreads", "1", "--no-dashboard"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = tmp_path / "out"
+        args = ["extract-frames", "--input", str(vids / "*.mp4"), "--label", "real", "--out", str(out), "--frames",
+                "60"]
+        run = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--scheduler", address], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not list(out.glob(".staging/v-*.h5")) and time.time() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        sched.kill()
+        _, err = run.communicate(timeout=120)
+    finally:
+        for p in (sched, worker):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert run.returncode == 2, err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("extract-frames")]
+    assert len(lines) == 1 and lines[0].startswith("error: lost the Dask scheduler"), err
+    assert not list(out.glob("shard-*.h5"))
+    again = _run_cli(args + ["--workers", "0"], timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resume:" in again.stdout and verify_split(out) == [] and load_index(out)["n_videos"] == 8
+
+
+def test_cli_shard_size_is_checked_before_any_work(tmp_path):
+    r = _run_cli(["extract-frames", "--input", str(tmp_path / "*.mp4"), "--label", "real", "--out",
+                  str(tmp_path / "x"), "--shard-size", "lots"])
+    assert r.returncode == 2 and "--shard-size: not a size: 'lots'" in r.stderr and not (tmp_path / "x").exists()

@@ -45,14 +45,14 @@ def test_predict_on_sample_video(tiny_checkpoint, sample_videos_dir, tmp_path, c
     video = sample_videos_dir / "carphone_pristine.mp4"
     if not video.is_file():
         pytest.skip(f"{video} not present")
-    overlay = tmp_path / "overlay.png"
-    rc = predict.main([str(video), "--checkpoint", str(tiny_checkpoint), "--frames", "3", "--overlay", str(overlay),
+    overlay = tmp_path / "carphone_pristine_laanet.png"
+    rc = predict.main([str(video), "--checkpoint", str(tiny_checkpoint), "--frames", "3", "--out", str(tmp_path),
                        "--json"])
     assert rc == 0
     out = capsys.readouterr().out
     import json
 
-    result = json.loads(out)
+    (result,) = json.loads(out)
     assert 0.0 <= result["probability"] <= 1.0
     assert result["n_sampled"] == 3
     assert len(result["face_logits"]) + len(result["no_face_frames"]) == 3
@@ -64,11 +64,11 @@ def test_no_face_is_reported_not_guessed(tiny_checkpoint, tmp_path, capsys):
 
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 90, np.uint8))
-    rc = predict.main([str(blank), "--checkpoint", str(tiny_checkpoint), "--overlay", str(tmp_path / "o.png")])
+    rc = predict.main([str(blank), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
     assert rc == 3
     err = capsys.readouterr().err
     assert "no face found" in err and "blank.png" in err
-    assert not (tmp_path / "o.png").exists()
+    assert not list((tmp_path / "o").glob("*.png"))
 
 
 def test_refuses_without_checkpoint(tmp_path, capsys):
@@ -88,9 +88,9 @@ def test_refuses_without_checkpoint(tmp_path, capsys):
 def test_unreadable_input_gives_one_line_error(tiny_checkpoint, tmp_path, capsys):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")
-    assert predict.main([str(bad), "--checkpoint", str(tiny_checkpoint)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "broken.mp4" in err and len(err.splitlines()) == 1
+    assert predict.main([str(bad), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "broken.mp4" in ln]
+    assert len(err) == 1 and err[0].startswith("model.predict: ") and "Traceback" not in err[0]
 
 
 def test_predict_shows_the_network_the_faces_evaluation_shows(tmp_path, sample_videos_dir):
@@ -108,10 +108,82 @@ def test_predict_shows_the_network_the_faces_evaluation_shows(tmp_path, sample_v
     item = VideoItem(id="carphone", path=str(video), rel_path=video.name, label=0, split="test", dataset="x",
                      n_frames=5)
     split = tmp_path / "x" / "test"
-    assert not run_extract([item], split, "x", "test", ExtractConfig(), videos_per_shard=1, workers=0).failed_shards
+    assert not run_extract([item], split, "x", "test", ExtractConfig(), workers=0).failed_shards
     ds = EvalDataset([str(split)], 128)
     evaluation = torch.stack([ds[i]["image"] for i in sorted(range(len(ds)), key=lambda i: ds[i]["frame_index"])])
     crops, frames, missing, _ = face_crops(video, 5, FaceDetector())
     assert len(crops) == len(ds) > 0 and frames == sorted(ds[i]["frame_index"] for i in range(len(ds)))
     ours = torch.stack([to_tensor(eval_view(c, 128, STORED_CROP_SCALE, ds.face_scale)) for c in crops])
     assert torch.equal(ours, evaluation)
+
+
+def test_batch_over_two_videos_and_a_broken_file(tiny_checkpoint, sample_videos_dir, tmp_path, capsys, monkeypatch):
+    """Two videos in a folder plus an unreadable file: a CSV row each, two overlays, the model and the face
+    detector built once, exit 0 (something was scored)."""
+    import csv
+    import shutil
+
+    from pipeline import faces
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in ("carphone_pristine.mp4", "short_hamilton_clip.mp4"):
+        if not (sample_videos_dir / name).is_file():
+            pytest.skip(f"{name} not present")
+        shutil.copy(sample_videos_dir / name, folder / name)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    (folder / "notes.txt").write_text("not a clip")
+    built = []
+    real_init = faces.FaceDetector.__init__
+    monkeypatch.setattr(faces.FaceDetector, "__init__",
+                        lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
+    out = tmp_path / "out"
+    assert predict.main([str(folder), "--checkpoint", str(tiny_checkpoint), "--frames", "2", "--overlay-faces", "2",
+                         "--out", str(out)]) == 0
+    with open(out / "predictions.csv") as f:
+        rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"broken.mp4", "carphone_pristine.mp4", "short_hamilton_clip.mp4"}
+    assert rows["broken.mp4"]["score"] == "" and "broken.mp4" in rows["broken.mp4"]["error"]
+    for name in ("carphone_pristine.mp4", "short_hamilton_clip.mp4"):
+        r = rows[name]
+        assert 0.0 <= float(r["score"]) <= 1.0 and r["verdict"] in ("REAL", "FAKE") and r["error"] == ""
+        assert int(r["faces_used"]) + int(r["frames_without_face"]) == int(r["frames_sampled"]) == 2
+        assert (out / f"{name[:-4]}_laanet.png").is_file()
+    assert built == [1]
+    assert "2 of 3 clips scored (1 failed, 1 other files skipped)" in capsys.readouterr().err
+
+
+def test_expand_inputs_one_level_or_recursive(tmp_path):
+    from model.predict import expand_inputs, overlay_names
+
+    (tmp_path / "a" / "frames_x").mkdir(parents=True)
+    (tmp_path / "a" / "frames_x" / "0001.png").write_bytes(b"")
+    (tmp_path / "a" / "deep" / "more").mkdir(parents=True)
+    (tmp_path / "a" / "deep" / "more" / "v.mp4").write_bytes(b"")
+    (tmp_path / "a" / "v.mp4").write_bytes(b"")
+    (tmp_path / "a" / "readme.txt").write_bytes(b"")
+    clips, missing, skipped = expand_inputs([tmp_path / "a", tmp_path / "nope.mp4"])
+    assert clips == [tmp_path / "a" / "frames_x", tmp_path / "a" / "v.mp4"] and missing == [tmp_path / "nope.mp4"]
+    assert skipped == 1
+    clips, _, _ = expand_inputs([tmp_path / "a"], recursive=True)
+    assert tmp_path / "a" / "deep" / "more" / "v.mp4" in clips and len(clips) == 3
+    # a frame folder given directly is one clip; the two v.mp4 get distinct overlay names
+    assert expand_inputs([tmp_path / "a" / "frames_x"])[0] == [tmp_path / "a" / "frames_x"]
+    names = overlay_names(clips)
+    assert len(set(names)) == 3 and "frames_x" in names and "a_v" in names and "more_v" in names
+
+
+def test_help_shows_defaults_and_examples():
+    parser = predict.get_args_parser()
+    text = parser.format_help()
+    assert "examples:" in text and "python -m model.predict clip.mp4" in text and "(default: 32)" in text
+    assert all(a.help for a in parser._actions), [a.dest for a in parser._actions if not a.help]
+    for flag in ("--frames", "--device", "--out", "--recursive", "--hm-range"):
+        assert flag in text
+
+
+def test_checkpoint_folder_names_the_checkpoints_inside(tiny_checkpoint, tmp_path, capsys):
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    assert predict.main([str(img), "--checkpoint", str(tiny_checkpoint.parent)]) == 2
+    assert f"did you mean {tiny_checkpoint}?" in capsys.readouterr().err

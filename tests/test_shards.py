@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.shards import (SCHEMA_VERSION, VIDEO_KEYS, ShardError, ShardReader, ShardWriter, add_landmarks,
+from pipeline.shards import (SCHEMA_VERSION, AlreadyCommitted, VIDEO_KEYS, ShardError, ShardReader, ShardWriter, add_landmarks,
                              load_index, shard_paths, write_index, write_shard)
 from pipeline.shards import unfinished
 from tests.shard_faults import flip_chunk_bytes
@@ -204,7 +204,8 @@ def test_contact_sheet_captions_draw_unicode_names():
 
 
 def test_two_attempts_at_one_shard_write_separate_files(tmp_path):
-    """A retried task while the first attempt still runs: neither writes into the other's file."""
+    """A retried task while the first attempt still runs: neither writes into the other's file, and the late
+    one can neither replace nor corrupt the committed shard (it was renamed over it before)."""
     faces, _ = _arrays(n=2, s=16)
     p = tmp_path / "shard-00000.h5"
     row = {"id": "v", "path": "v.mp4", "label": 0, "method": "original", "source": "", "target": "", "fps": 25.0,
@@ -214,6 +215,53 @@ def test_two_attempts_at_one_shard_write_separate_files(tmp_path):
     for w in (first, second):
         w.add_video(row, faces, [0, 1], np.zeros((2, 4)), [1, 1], np.zeros((2, 5, 2)), np.zeros((2, 4)))
     second.finish()
-    with pytest.raises(ShardError, match="another attempt finished this shard first"):
-        first.finish()
-    assert unfinished(p) == [] and len(ShardReader(p)) == 2
+    committed = p.read_bytes()
+    with pytest.raises(AlreadyCommitted, match="another attempt finished it first"):
+        first.finish()  # its .tmp was removed by the commit: it wrote into an unlinked file
+    # A late attempt whose temporary file survived (e.g. another host's): the link refuses the existing name.
+    late = ShardWriter(p, 16)
+    late.add_video(row | {"id": "late"}, faces[:1], [0], np.zeros((1, 4)), [1], np.zeros((1, 5, 2)),
+                   np.zeros((1, 4)))
+    with pytest.raises(AlreadyCommitted):
+        late.finish()
+    assert p.read_bytes() == committed and unfinished(p) == []
+    assert [v["id"] for v in ShardReader(p).videos] == ["v"] and len(ShardReader(p)) == 2
+
+
+def test_pack_copies_chunks_raw_and_plain_h5py_reads_the_shard(tmp_path):
+    """Per-video files packed into one shard: same crops and rows, video column renumbered, raw chunks."""
+    import hdf5plugin  # noqa: F401
+
+    from pipeline.shards import pack_shard
+
+    srcs, all_faces = [], []
+    for k in range(3):
+        faces = _arrays(n=6, s=16, seed=k)[0][:k + 1]
+        w = ShardWriter(tmp_path / f"v{k}.h5", 16, {"settings_hash": "abc", "detector": "synthetic"},
+                        planned=[{"id": f"v{k}"}])
+        w.add_video({k2: "" for k2 in VIDEO_KEYS} | {"id": f"v{k}", "label": k % 2, "fps": 25.0, "n_frames": 9,
+                     "width": 16, "height": 16}, faces, np.arange(k + 1), np.zeros((k + 1, 4)), np.ones(k + 1),
+                    np.zeros((k + 1, 5, 2)), np.zeros((k + 1, 4)), no_face_frames=[7])
+        w.failures = [{"file": f"v{k}.mp4", "stage": "faces", "reason": "no face detected", "frame_index": 7}]
+        srcs.append(w.finish())
+        all_faces.append(faces)
+    out = pack_shard(srcs, tmp_path / "shard-00000.h5")
+    with h5py.File(out, "r") as f, h5py.File(srcs[2], "r") as src:
+        np.testing.assert_array_equal(f["faces"][()], np.concatenate(all_faces))
+        np.testing.assert_array_equal(f["video"][()], [0, 1, 1, 2, 2, 2])
+        np.testing.assert_array_equal(f["no_face"][()], [[0, 7], [1, 7], [2, 7]])
+        assert [json.loads(r)["id"] for r in f["planned"][()]] == ["v0", "v1", "v2"]
+        assert len(f["failures"]) == 3 and f.attrs["settings_hash"] == "abc"
+        assert f["faces"].id.read_direct_chunk((3, 0, 0, 0)) == src["faces"].id.read_direct_chunk((0, 0, 0, 0))
+    assert ShardReader(out).video_row(5)["id"] == "v2" and not unfinished(out)
+
+
+def test_parse_size_units_and_errors():
+    from pipeline.shards import DEFAULT_SHARD_BYTES, parse_size
+
+    assert parse_size("1GB") == 10 ** 9 and parse_size("1GiB") == DEFAULT_SHARD_BYTES == 2 ** 30
+    assert parse_size("512MB") == 512 * 10 ** 6 and parse_size("1.5g") == 1.5e9 and parse_size("800k") == 800_000
+    assert parse_size("1000") == 1000 and parse_size(7) == 7
+    for bad in ("lots", "0", "-1GB", "1XB", ""):
+        with pytest.raises(ValueError, match="not a size"):
+            parse_size(bad)

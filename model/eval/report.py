@@ -5,6 +5,7 @@ text or PNG files. Matplotlib runs on the non-interactive Agg backend (no displa
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 from dataclasses import dataclass
@@ -31,6 +32,18 @@ METRIC_COLUMNS = (
 )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of evaluate.py and model.predict: examples kept as written, "(default: X)" after every flag whose
+    help does not already say it (flags that are off or empty by default say nothing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _pyplot():
     import matplotlib
 
@@ -54,20 +67,38 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def metrics_table(entries: list[dict]) -> str:
+# Printed and tabled unless --all-metrics: the ranking metrics that need both classes.
+HEADLINE = ("auc", "ap", "eer")
+
+
+def metric_columns(all_metrics: bool = False) -> tuple:
+    """METRIC_COLUMNS to show: the headline ones, or all (threshold and frame-level ones too)."""
+    return METRIC_COLUMNS if all_metrics else tuple(c for c in METRIC_COLUMNS if c[0] in HEADLINE)
+
+
+def videos_cell(n_real: int, n_fake: int) -> str:
+    return f"{n_real} real / {n_fake} fake"
+
+
+def console_line(name: str, m: dict, all_metrics: bool = False) -> str:
+    """One line of results for the console: the set, its real / fake videos and faces, then the metrics."""
+    values = " ".join(f"{h} {fmt(m.get(k), pct)}" for k, h, pct in metric_columns(all_metrics))
+    return f"{name}: {videos_cell(m['n_real'], m['n_fake'])} videos, {m['n_faces']} faces: video {values}"
+
+
+def metrics_table(entries: list[dict], all_metrics: bool = False) -> str:
     """Main results table, one row per (dataset, subset).
 
     Each entry: ``{"name": str, "metrics": {auc, ap, ...}, "n_videos": int, "n_real": int, "n_fake": int}``.
-    Metrics are video-level except the two frame-level columns; values are in percent.
+    Metrics are video-level except the two frame-level columns (shown with ``all_metrics``); values in percent.
     """
-    header = ["test set", "videos (real/fake)"] + [h + " %" for _, h, _ in METRIC_COLUMNS]
+    columns = metric_columns(all_metrics)
+    header = ["test set", "videos"] + [h + " %" for _, h, _ in columns]
     rows = []
     for e in entries:
         m = e["metrics"]
-        rows.append(
-            [e["name"], f"{e['n_videos']} ({e['n_real']}/{e['n_fake']})"]
-            + [fmt(m.get(k), pct) for k, _, pct in METRIC_COLUMNS]
-        )
+        rows.append([e["name"], videos_cell(e["n_real"], e["n_fake"])]
+                    + [fmt(m.get(k), pct) for k, _, pct in columns])
     return markdown_table(header, rows)
 
 
@@ -159,55 +190,105 @@ def plot_robustness(robustness: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def heatmap_overlay(face: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def parse_hm_range(spec: str) -> tuple[float, float] | None:
+    """``--hm-range``: "image" (None: each heatmap from its own min to max) or "LO,HI" probabilities."""
+    if spec == "image":
+        return None
+    try:
+        lo, hi = (float(x) for x in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--hm-range {spec!r}: expected 'image' or LO,HI, e.g. 0,1") from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"--hm-range {spec!r}: need 0 <= LO < HI <= 1 (heatmap probabilities)")
+    return lo, hi
+
+
+def heatmap_range(heatmap: np.ndarray, fixed: tuple[float, float] | None) -> tuple[float, float]:
+    """The colour range of one heatmap: ``fixed``, or its own min and max."""
+    return fixed if fixed is not None else (float(np.min(heatmap)), float(np.max(heatmap)))
+
+
+def heatmap_overlay(face: np.ndarray, heatmap: np.ndarray, lo: float = 0.0, hi: float = 1.0,
+                    alpha: float = 0.55) -> np.ndarray:
     """Predicted heatmap drawn over the face.
 
-    face: (S, S, 3) uint8 RGB; heatmap: (h, w) probabilities in [0, 1] (sigmoid of the hm head), upsampled
-    bilinearly to S x S and coloured with the JET map (red = likely blending artefact).
+    face: (S, S, 3) uint8 RGB; heatmap: (h, w) probabilities (sigmoid of the hm head), upsampled bilinearly
+    to S x S, mapped from [lo, hi] to [0, 1] and coloured with matplotlib's "jet" (red = likely blending
+    artefact; the colour bar of `save_overlay_sheet` uses the same map and range). The colour is weighted by
+    the mapped value, so cold regions keep the face visible; a flat map (hi - lo < 1e-6) adds no colour.
     Returns (S, S, 3) uint8 RGB.
     """
+    import matplotlib
+
     s_h, s_w = face.shape[:2]
-    hm = cv2.resize(np.clip(heatmap, 0, 1).astype(np.float32), (s_w, s_h), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.cvtColor(cv2.applyColorMap(np.rint(255 * hm).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    # Weight the colour by the absolute heatmap (full weight from 0.5 up), so cold regions keep the face
-    # visible and an uninformative flat map stays faint instead of being stretched to look confident.
-    w = (alpha * np.clip(2.0 * hm, 0, 1))[..., None]
-    return np.clip(face * (1 - w) + colour * w, 0, 255).astype(np.uint8)
+    hm = cv2.resize(np.asarray(heatmap, np.float32), (s_w, s_h), interpolation=cv2.INTER_LINEAR)
+    t = np.clip((hm - lo) / (hi - lo), 0, 1) if hi - lo >= 1e-6 else np.zeros_like(hm)
+    colour = 255.0 * matplotlib.colormaps["jet"](t)[..., :3]
+    w = (alpha * t)[..., None]
+    return np.clip(np.rint(face * (1 - w) + colour * w), 0, 255).astype(np.uint8)
+
+
+def cut_left(text: str, max_chars: int) -> str:
+    """``text`` as is when it fits in ``max_chars``, else its end behind an ellipsis (names differ at the end)."""
+    return text if len(text) <= max_chars else "\u2026" + text[-(max_chars - 1):]
 
 
 @dataclass
 class OverlayItem:
-    """One panel of an overlay sheet: the face crop, its predicted heatmap and a caption."""
+    """One panel pair of an overlay sheet: the face crop, its predicted heatmap, a name (cut from the left
+    only when it does not fit) and a caption."""
 
     face: np.ndarray  # (S, S, 3) uint8 RGB
     heatmap: np.ndarray  # (h, w) float in [0, 1]
     caption: str
+    name: str = ""
 
 
-def save_overlay_sheet(items: list[OverlayItem], path: Path, title: str, columns: int = 4) -> None:
-    """A grid of face / heatmap-overlay pairs with captions, saved as one PNG."""
+PANEL_INCHES, CAPTION_PT = 2.3, 7
+
+
+def save_overlay_sheet(items: list[OverlayItem], path: Path, title: str, columns: int = 4,
+                       hm_range: tuple[float, float] | None = None) -> None:
+    """A grid of face / heatmap-overlay pairs saved as one PNG. Each overlay has a colour bar with its range
+    (``hm_range`` fixed, or per image: its own min..max) and its caption states the heatmap max; the layout
+    leaves room for the captions (constrained layout), and names are cut from the left only when too long
+    for the width of the pair."""
     plt = _pyplot()
+    import matplotlib
+
     if not items:
         raise ValueError(f"no faces to draw for {path}")
     cols = min(columns, len(items))
     rows = math.ceil(len(items) / cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.3 * 2 * cols, 2.6 * rows), squeeze=False)
+    caption_lines = max(2 + item.caption.count("\n") + bool(item.name) for item in items)
+    caption_in = caption_lines * CAPTION_PT * 1.35 / 72
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(PANEL_INCHES * 2.2 * cols, (PANEL_INCHES + caption_in) * rows
+                                                       + 0.5), squeeze=False, layout="constrained")
+    max_chars = int(2 * PANEL_INCHES * 72 / (CAPTION_PT * 0.62))
     for ax in axes.ravel():
         ax.axis("off")
+    cmap = matplotlib.colormaps["jet"]
     for i, item in enumerate(items):
         r, c = divmod(i, cols)
-        axes[r, 2 * c].imshow(item.face)
-        axes[r, 2 * c + 1].imshow(heatmap_overlay(item.face, item.heatmap))
-        axes[r, 2 * c].set_title(item.caption, fontsize=7, loc="left")
-        axes[r, 2 * c + 1].set_title(f"hm max {float(item.heatmap.max()):.2f}", fontsize=7)
+        lo, hi = heatmap_range(item.heatmap, hm_range)
+        ax_face, ax_hm = axes[r, 2 * c], axes[r, 2 * c + 1]
+        ax_face.imshow(item.face)
+        ax_hm.imshow(heatmap_overlay(item.face, item.heatmap, lo, hi))
+        scale = "fixed range" if hm_range is not None else "range of this map"
+        digits = min(6, max(3, math.ceil(-math.log10(hi - lo)) + 1)) if hi > lo else 3  # tell lo and hi apart
+        lines = ([cut_left(item.name, max_chars)] if item.name else []) + [item.caption] + \
+            [f"hm max {float(np.max(item.heatmap)):.{digits}f}, colours: {scale} {lo:.{digits}f}..{hi:.{digits}f}"]
+        ax_face.set_title("\n".join(lines), fontsize=CAPTION_PT, loc="left")
+        norm = matplotlib.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
+        bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_hm, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def pick_overlay_faces(frames: FrameResults, videos, k: int) -> dict[str, list[tuple[int, str]]]:
-    """Dataset indices of faces to draw: ``{sheet: [(face index, caption), ...]}``.
+    """Dataset indices of faces to draw: ``{sheet: [(face index, name, caption), ...]}``.
 
     confident_fakes: the k fake videos with the highest score, each through its most fake-looking face;
     confident_reals: the k real videos with the lowest score, each through its most real-looking face;
@@ -230,32 +311,30 @@ def pick_overlay_faces(frames: FrameResults, videos, k: int) -> dict[str, list[t
             # Most fake-looking face for a fake (or a real called fake), most real-looking otherwise.
             towards_fake = (sheet == "confident_fakes") or (sheet == "worst_mistakes" and videos.label[v] == 0)
             face = faces[int(np.argmax(logits) if towards_fake else np.argmin(logits))]
-            name = videos.video_id[v].split("/", 1)[-1]  # drop the dataset prefix
-            name = name if len(name) <= 30 else "..." + name[-27:]
-            caption = (f"{name} f{frames.frame_index[face]}\n"
-                       f"label {'fake' if videos.label[v] else 'real'}, video p={videos.score[v]:.3f}")
-            sheets[sheet].append((face, caption))
+            name = f"{videos.video_id[v].split('/', 1)[-1]} f{frames.frame_index[face]}"  # no dataset prefix
+            caption = f"label {'fake' if videos.label[v] else 'real'}, video p={videos.score[v]:.3f}"
+            sheets[sheet].append((face, name, caption))
     return sheets
 
 
 def draw_overlays(model, dataset, frames: FrameResults, videos, k: int, device, flip: bool, out_dir: Path,
-                  prefix: str, amp: bool = False) -> list[Path]:
-    """Heatmap overlay sheets for one test set; returns the PNG paths written."""
+                  prefix: str, amp: bool = False, hm_range: tuple[float, float] | None = None) -> list[Path]:
+    """Heatmap overlay sheets for one test set (colours: ``hm_range`` or per image); returns the PNGs written."""
     import torch
-
-    from model.eval.report import OverlayItem, save_overlay_sheet
 
     written = []
     for sheet, picks in pick_overlay_faces(frames, videos, k).items():
         if not picks:
             continue
-        items = [dataset[i] for i, _ in picks]
+        items = [dataset[i] for i, _, _ in picks]
         images = torch.stack([it["image"] for it in items]).to(device)
         _, hm = score_faces(model, images, flip=flip, want_heatmap=True, amp=amp)
         probs = torch.sigmoid(hm.float())[:, 0].cpu().numpy()
-        panels = [OverlayItem(tensor_to_uint8(it["image"]), p, cap) for it, p, (_, cap) in zip(items, probs, picks)]
+        panels = [OverlayItem(tensor_to_uint8(it["image"]), p, cap, name)
+                  for it, p, (_, name, cap) in zip(items, probs, picks)]
         path = out_dir / f"{prefix}_{sheet}.png"
-        save_overlay_sheet(panels, path, f"{prefix}: {sheet.replace('_', ' ')} (predicted heatmap over the face)")
+        save_overlay_sheet(panels, path, f"{prefix}: {sheet.replace('_', ' ')} (predicted heatmap over the face)",
+                           hm_range=hm_range)
         written.append(path)
     return written
 
@@ -294,10 +373,10 @@ def clean_json(obj):
     return obj
 
 
-def build_report(results: dict, robustness: dict, overlay_paths: list[Path], out: Path) -> str:
-    """report.md: results table (video level unless marked), per-method breakdown, protocol, robustness."""
-    from model.eval import report
-
+def build_report(results: dict, robustness: dict, overlay_paths: list[Path], out: Path, all_metrics: bool = False,
+                 refused: dict[str, str] | None = None, training_preview: Path | None = None) -> str:
+    """report.md: results table (video level unless marked), per-method breakdown, sets not evaluated and why,
+    protocol, curves, robustness, overlays and (``training_preview``, a PNG under ``out``) the training pairs."""
     entries = []
     for name, r in results.items():
         v = r["video"]
@@ -306,21 +385,37 @@ def build_report(results: dict, robustness: dict, overlay_paths: list[Path], out
         for m, pm in r["per_method"].items():
             entries.append({"name": f"{name} / {m}", "metrics": pm, "n_videos": pm["n_videos"],
                             "n_real": pm["n_real"], "n_fake": pm["n_fake"]})
+    note = ("Video level unless marked frame. AR = balanced accuracy at 0.5 and mF1 = harmonic mean of AP and "
+            "AR (the paper's definitions as its reference code computes them); F1 is the standard F1 of the fake "
+            "class." if all_metrics else
+            "Video level. Threshold metrics (Acc, AR, mF1, F1) and frame-level AUC / AP: `--all-metrics` "
+            "(always in metrics.json).")
     parts = [
         "# Evaluation report\n",
         "## Results\n",
-        report.metrics_table(entries),
-        "\nVideo level unless marked frame. AR = balanced accuracy at 0.5 and mF1 = harmonic mean of AP and "
-        "AR (the paper's definitions as its reference code computes them); F1 is the standard F1 of the fake "
-        "class. Rows `set / Method` hold the real videos and that method's fakes.\n",
-        "## Protocol\n",
-        report.protocol_table({n: r["protocol"] for n, r in results.items()}),
+        metrics_table(entries, all_metrics),
+        f"\n{note} Rows `set / Method` hold the real videos and that method's fakes.\n",
+    ]
+    if refused:
+        parts += ["\n## Not evaluated\n"] + [f"- {reason}\n" for reason in refused.values()]
+    parts += [
+        "\n## Protocol\n",
+        "`frames_per_video`: faces per video actually scored (median, min, max); `frames_per_video_stored`: "
+        "faces in the shards; `frames_per_video_requested`: `--frames`.\n",
+        protocol_table({n: r["protocol"] for n, r in results.items()}),
         "\n## Curves\n",
         "![ROC](roc.png) ![PR](pr.png)\n",
     ]
     if robustness:
         parts += ["\n## Robustness (video AUC %, perturbations applied to the face crops)\n",
-                  report.robustness_table(robustness), "\n![robustness](robustness.png)\n"]
+                  robustness_table(robustness), "\n![robustness](robustness.png)\n"]
     if overlay_paths:
-        parts += ["\n## Heatmap overlays\n"] + [f"![{p.stem}]({p.relative_to(out)})\n" for p in overlay_paths]
+        parts += ["\n## Heatmap overlays\n"] + [f"![{p.stem}]({p.relative_to(out).as_posix()})\n"
+                                                 for p in overlay_paths]
+    if training_preview is not None:
+        rel = Path(training_preview).resolve().relative_to(Path(out).resolve()).as_posix()
+        parts += ["\n## What the network trained on\n",
+                  "Training pairs as the training config synthesises them (`python -m model.data preview`): "
+                  "real face, its pseudo-fake, the blending mask and the boundary, heatmap and "
+                  "consistency targets.\n", f"![training pairs]({rel})\n"]
     return "\n".join(parts)

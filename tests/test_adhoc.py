@@ -1,0 +1,102 @@
+"""Your own videos: a folder of real and fake clips prepared in one command and evaluated as one test set."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+import evaluate
+from model import build_model
+from model.checkpoint import save_checkpoint
+from pipeline.cli import app
+from pipeline.shards import ShardReader, shard_paths
+
+SIZE = 64
+
+
+def _tiny_checkpoint(path):
+    torch.manual_seed(0)
+    model = build_model({"backbone": "test_efficientnet", "input_size": SIZE, "head_conv": 8})
+    save_checkpoint(path, {"model": model.state_dict(), "config": {"model": model.config.to_dict()},
+                           "epoch": 0, "step": 0})
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory, sample_videos_dir):
+    """mine/real/{a,b}.mp4 and mine/fake/{c,d}.mp4 (copies of the shipped clips; labels come from the folders)."""
+    mine = tmp_path_factory.mktemp("videos") / "mine"
+    for rel, clip in (("real/a.mp4", "carphone_pristine.mp4"), ("real/b.mp4", "short_hamilton_clip.mp4"),
+                      ("fake/c.mp4", "short_hamilton_clip.mp4"), ("fake/d.mp4", "carphone_pristine.mp4")):
+        (mine / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample_videos_dir / clip, mine / rel)
+    return mine
+
+
+def _invoke(args):
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_label_from_folder_one_split_then_one_finite_auc(mixed_folder, tmp_path):
+    out = tmp_path / "shards" / "mine"
+    printed = _invoke(["extract-frames", "--input", str(mixed_folder), "--label-from-folder", "--out", str(out),
+                       "--frames", "2", "--crop-size", "96", "--workers", "0"])
+    assert "4 videos, 2 real and 2 fake" in printed
+    _invoke(["cache-landmarks", "--out", str(out), "--workers", "0"])
+    labels = {}
+    for p in shard_paths(out):
+        for row in ShardReader(p).videos:
+            labels[row["id"]] = row["label"]
+    assert labels == {"real/a": 0, "real/b": 0, "fake/c": 1, "fake/d": 1}
+
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")
+    ev = tmp_path / "eval"
+    evaluate.main(evaluate.get_args_parser().parse_args(
+        ["--checkpoint", str(ckpt), "--shards", str(out), "--frames", "2", "--workers", "0", "--out", str(ev)]))
+    with open(ev / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    y = [int(r["label"]) for r in rows]
+    s = [float(r["score"]) for r in rows]
+    metrics = json.loads((ev / "metrics.json").read_text())
+    (res,) = metrics["test_sets"].values()
+    auc = res["video"]["auc"]
+    assert auc is not None and np.isfinite(auc)
+    assert auc == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+
+
+def test_several_inputs_with_a_label_each(mixed_folder, tmp_path):
+    out = tmp_path / "pairs"
+    printed = _invoke(["extract-frames", "-i", str(mixed_folder / "real" / "*.mp4"), "--label", "real",
+                       "-i", str(mixed_folder / "fake"), "--label", "fake", "--out", str(out),
+                       "--frames", "1", "--crop-size", "64", "--workers", "0"])
+    assert "4 videos, 2 real and 2 fake" in printed
+    got = {row["id"]: row["label"] for p in shard_paths(out) for row in ShardReader(p).videos}
+    assert got == {"real/a": 0, "real/b": 0, "fake/c": 1, "fake/d": 1}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--label", "real", "--label-from-folder"], "not both"),
+    ([], "--label-from-folder"),
+    (["--label", "real", "--label", "fake", "--label", "real"], "1 --input but 3 --label"),
+])
+def test_wrong_label_usage_is_one_line_before_any_work(mixed_folder, tmp_path, args, message):
+    out = tmp_path / "x"
+    r = CliRunner().invoke(app, ["extract-frames", "--input", str(mixed_folder), "--out", str(out), *args])
+    assert r.exit_code == 2 and message in r.output and not out.exists()
+
+
+def test_cache_landmarks_and_verify_take_the_manifest(tmp_path):
+    r = CliRunner().invoke(app, ["cache-landmarks", "--dataset", "nosuch", "--manifest", "data_manifest.yaml",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "datasets.nosuch: no such dataset" in r.output
+    r = CliRunner().invoke(app, ["verify", "--dataset", "nosuch", "--manifest", "data_manifest.yaml"])
+    assert r.exit_code == 2 and "datasets.nosuch: no such dataset" in r.output
+    r = CliRunner().invoke(app, ["verify", "--dataset", "sample", "--split", "val", "--shards-root", str(tmp_path)])
+    assert r.exit_code == 1 and str(tmp_path / "sample" / "val") in r.output
