@@ -15,7 +15,7 @@ from pipeline.cluster import ClusterError, absolute, check_workers, dask_client
 from pipeline.faces import DetectorConfig, DetectorWeightsError
 from pipeline.landmarks import LandmarkModelError
 from pipeline.manifest import ManifestError
-from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, ShardError, parse_size
+from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_SHARD_BYTES, ShardError, parse_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops + dlib "
@@ -125,9 +125,10 @@ def extract_frames(
                                        help="ffmpeg decoder threads per video (1 suits one worker per core; more "
                                             "when workers are fewer than cores, e.g. with a GPU detector; 0 = "
                                             "ffmpeg's choice)."),
-    shard_size: str = typer.Option("1GiB", "--shard-size",
-                                   help="Upper bound of a shard's size (e.g. 1GB, 512MB, 2GiB); finished videos "
-                                        "are packed into shards up to it (one Dask task per video either way)."),
+    shard_size: Optional[str] = typer.Option(
+        None, "--shard-size", help="Upper bound of a shard's size (e.g. 1GB, 512MB, 2GiB; default: the manifest's "
+                                   "shard_size, 1GiB); finished videos are packed into shards up to it (one Dask "
+                                   "task per video either way)."),
     compression: Compression = typer.Option(DEFAULT_COMPRESSION, "--compression",
                                             help="HDF5 compression of the crops."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N videos (quick tries)."),
@@ -154,7 +155,7 @@ def extract_frames(
     if keep not in ("score", "area"):
         _fail(f"--keep: expected score or area, got {keep!r}")
     try:
-        shard_bytes = parse_size(shard_size)
+        shard_bytes = parse_size(shard_size) if shard_size else None
     except ValueError as e:
         _fail(f"--shard-size: {e}")
     try:
@@ -165,6 +166,7 @@ def extract_frames(
             if frames:
                 items = [type(it)(**{**it.__dict__, "n_frames": frames}) for it in items]
             c_size, c_scale = crop_size or entry.crop.size, crop_scale or entry.crop.scale
+            shard_bytes = shard_bytes or entry.shard_bytes
             mhash, root, ds_name, split_name = entry.hash, str(entry.root), dataset, split
         else:
             if label and label_from_folder:
@@ -200,7 +202,8 @@ def extract_frames(
                 check_workers(client, split_dir, [("detector weights", det.weights)] if det.weights else [],
                               ["detector"] if det.backend == "mobilenet0.25" and not det.weights else [],
                               [it.path for it in items])
-            summary = run_extract(items, split_dir, ds_name, split_name, cfg, shard_bytes, workers, None,
+            summary = run_extract(items, split_dir, ds_name, split_name, cfg, shard_bytes or DEFAULT_SHARD_BYTES,
+                                  workers, None,
                                   client=client, overwrite=overwrite)
     except (ManifestError, DetectorWeightsError, PipelineError, ShardError, ClusterError) as e:
         _fail(str(e))

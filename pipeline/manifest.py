@@ -10,13 +10,13 @@ Schema (see docs/pipeline.md for the full description)::
     defaults:
       frames: {train: 128, val: 32, test: 32}   # frames per video per split
       crop: {scale: 1.25, size: 384}
-      videos_per_shard: 16
+      shard_size: 1GiB                       # shards hold whole videos up to this size
     datasets:
       <name>:
         kind: ffpp | celebdf | dfd | dfdc | dfdcp | wilddeepfake | list
         root: ${ENV_VAR:-default/path}           # environment variables expanded, relative to the manifest
         ... kind-specific keys ...
-        frames: {...}   crop: {...}   videos_per_shard: N   segments: {split: [start, end]}  (optional overrides)
+        frames: {...}   crop: {...}   shard_size: SIZE   segments: {split: [start, end]}  (optional overrides)
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class DatasetEntry:
     raw: dict
     frames: dict
     crop: CropSettings
-    videos_per_shard: int
+    shard_bytes: int
     segments: dict
 
     @property
@@ -183,6 +183,24 @@ def _crop(d: Any, where: Path, key: str, base: CropSettings) -> CropSettings:
     return CropSettings(float(scale), int(size))
 
 
+def _retired(d: dict, where: Path, key: str) -> None:
+    if "videos_per_shard" in d:
+        raise ManifestError(f"{where}: {key + '.' if key else ''}videos_per_shard: no longer used (one Dask task "
+                            f"per video; shards are packed up to a size): remove it, or write shard_size: 1GiB")
+
+
+def _shard_size(v: Any, where: Path, key: str, base: int | None) -> int:
+    from pipeline.shards import DEFAULT_SHARD_BYTES, parse_size
+
+    if v is None:
+        return base if base is not None else DEFAULT_SHARD_BYTES
+    try:
+        _expect(not isinstance(v, bool), where, key, "a size such as 1GiB or 512MB", v)
+        return parse_size(v)
+    except ValueError:
+        raise ManifestError(f"{where}: {key}: expected a size such as 1GiB or 512MB, got {v!r}") from None
+
+
 def _segments(d: Any, where: Path, key: str) -> dict:
     if d is None:
         return {}
@@ -211,7 +229,7 @@ _KIND_KEYS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "wilddeepfake": ({"layout": "a mapping {train: {real: dir, fake: dir}, test: {...}}"}, {}),
     "list": ({"videos": "a list of {path, label} (label 0 real / 1 fake)"}, {}),
 }
-_COMMON = {"kind", "root", "frames", "crop", "videos_per_shard", "segments", "description"}
+_COMMON = {"kind", "root", "frames", "crop", "shard_size", "segments", "description"}
 
 
 def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
@@ -228,11 +246,11 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
     _expect(_is_int(doc.get("version")) and doc.get("version") == 1, path, "version", "1", doc.get("version"))
     defaults = doc.get("defaults") or {}
     _expect(isinstance(defaults, dict), path, "defaults", "a mapping", defaults)
-    _known_keys(defaults, ("frames", "crop", "videos_per_shard"), path, "defaults")
+    _retired(defaults, path, "defaults")
+    _known_keys(defaults, ("frames", "crop", "shard_size"), path, "defaults")
     frames = _frames(defaults.get("frames"), path, "defaults.frames", {"train": 128, "val": 32, "test": 32})
     crop = _crop(defaults.get("crop"), path, "defaults.crop", CropSettings())
-    vps = defaults.get("videos_per_shard", 16)
-    _expect(_is_int(vps) and vps > 0, path, "defaults.videos_per_shard", "a positive integer", vps)
+    shard_bytes = _shard_size(defaults.get("shard_size"), path, "defaults.shard_size", None)
     ds = doc.get("datasets")
     _expect(isinstance(ds, dict) and ds, path, "datasets", "a non-empty mapping of dataset names", ds)
     out = {}
@@ -242,6 +260,7 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
         kind = e.get("kind")
         _expect(kind in KINDS, path, f"{key}.kind", f"one of {', '.join(KINDS)}", kind)
         required, optional = _KIND_KEYS[kind]
+        _retired(e, path, key)
         _known_keys(e, _COMMON | set(required) | set(optional), path, key)
         for k, form in required.items():
             _expect(k in e, path, f"{key}.{k}", form, None)
@@ -295,11 +314,9 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
                 for lab, folder in v.items():
                     _expect(isinstance(folder, str) and folder, path, f"{key}.layout.{sp}.{lab}",
                             "a folder relative to root", folder)
-        vps_e = e.get("videos_per_shard", vps)
-        _expect(_is_int(vps_e) and vps_e > 0, path, f"{key}.videos_per_shard", "a positive integer", vps_e)
         out[name] = DatasetEntry(name=name, kind=kind, root=root_path, raw=e,
                                  frames=_frames(e.get("frames"), path, f"{key}.frames", frames),
-                                 crop=_crop(e.get("crop"), path, f"{key}.crop", crop), videos_per_shard=vps_e,
+                                 crop=_crop(e.get("crop"), path, f"{key}.crop", crop), shard_bytes=_shard_size(e.get("shard_size"), path, f"{key}.shard_size", shard_bytes),
                                  segments=_segments(e.get("segments"), path, f"{key}.segments"))
     return Manifest(path=path, datasets=out)
 

@@ -537,6 +537,7 @@ def run_extract(items: Sequence[VideoItem], split_dir: str | os.PathLike, datase
     """
     if shard_bytes < 1:
         raise PipelineError(f"shard size must be at least 1 byte, got {shard_bytes}")
+    split_dir = Path(split_dir).absolute()  # workers resolve a relative path in their own folders
     with _holding(split_dir):
         return _run_extract(items, Path(split_dir), dataset, split, cfg, shard_bytes, workers, scheduler, client,
                             overwrite)
@@ -577,7 +578,6 @@ def make_client(workers: int | None, scheduler: str | None):
     from pipeline.cluster import make_client as connect
 
     return connect(workers, scheduler)
-
 
 
 def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, workers, scheduler, client,
@@ -676,7 +676,7 @@ def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_ha
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
                   scheduler: str | None = None, on_error: str = "skip", client=None) -> RunSummary:
     """Landmark stage over every finished shard of ``split_dir``; resumes; rewrites index.json last."""
-    split_dir = Path(split_dir)
+    split_dir = Path(split_dir).absolute()  # workers resolve a relative path in their own folders
     try:
         index = load_index(split_dir)
     except Exception as e:

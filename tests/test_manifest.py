@@ -220,12 +220,13 @@ def test_adhoc_label_from_folder_and_several_inputs(tmp_path):
 
 
 @pytest.mark.parametrize("doc, key, form", [
-    ({"defaults": {"videos_per_shrd": 4}}, "defaults.videos_per_shrd", "did you mean 'videos_per_shard'"),
-    ({"defaults": {"videos_per_shard": True}}, "defaults.videos_per_shard", "a positive integer"),
+    ({"defaults": {"shard_sise": "1GB"}}, "defaults.shard_sise", "did you mean 'shard_size'"),
+    ({"defaults": {"shard_size": True}}, "defaults.shard_size", "a size such as 1GiB"),
+    ({"defaults": {"videos_per_shard": 16}}, "defaults.videos_per_shard: no longer used", "shard_size: 1GiB"),
     ({"dataset": {}}, ": dataset: unknown key", "did you mean 'datasets'"),
     ({"defaults": {"frames": {"trian": 4}}}, "defaults.frames.trian", "did you mean 'train'"),
     ({"defaults": {"crop": {"size": 64, "scael": 1.3}}}, "defaults.crop.scael", "did you mean 'scale'"),
-    ({"d": {"videos_per_shard": False}}, "datasets.d.videos_per_shard", "a positive integer"),
+    ({"d": {"shard_size": "big"}}, "datasets.d.shard_size", "a size such as 1GiB"),
     ({"d": {"videos": [{"path": "a.mp4", "label": True}]}}, "datasets.d.videos[0].label", "0 (real) or 1"),
     ({"d": {"videos": [{"path": "a.mp4", "label": 0, "lable": 1}]}}, "datasets.d.videos[0].lable", "unknown key"),
     ({"d": {"description": 3}}, "datasets.d.description", "a string"),

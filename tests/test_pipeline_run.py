@@ -54,9 +54,9 @@ def bad_dir(tmp_path_factory, sample_videos_dir):
     return d
 
 
-def _list_manifest(path, root, videos, frames=4, vps=1):
+def _list_manifest(path, root, videos, frames=4):
     doc = {"version": 1, "defaults": {"frames": {"train": frames, "test": frames}, "crop": {"size": CROP}},
-           "datasets": {"mine": {"kind": "list", "root": str(root), "videos_per_shard": vps,
+           "datasets": {"mine": {"kind": "list", "root": str(root),
                                  "videos": [{"path": v, "label": 0} for v in videos]}}}
     path.write_text(yaml.safe_dump(doc))
     return path
