@@ -37,6 +37,7 @@ from model.train.dist import Dist, gather_rng_states, setup_distributed, teardow
 from model.train.engine import (NonFiniteLossError, Trainer, apply_freeze, build_trainer, check_replicas,
                                 checkpoint_state, train_one_epoch, train_step)
 from model.train.log import RunLogger, plot_curves
+from model.train.schedule import batch_plan
 from pipeline.cli_errors import debugging, one_line
 from pipeline.shards import ShardError
 from pipeline.verify import verify_split
@@ -193,6 +194,7 @@ def main(args: argparse.Namespace) -> Path | None:
     dist = setup_distributed()
     try:
         cfg, run_dir, resume_state = resolve_run(args, dist)
+        batch_plan(cfg, dist.world_size)  # a batch that does not split over the processes stops here, before any work
         if args.verify_shards and dist.is_main:
             verify_shards(list(cfg.data.shards) + list(cfg.val.shards))
         if args.dry_run:
