@@ -3,6 +3,8 @@
     python train.py --config configs/laanet_sbi.yaml [key.sub=value ...]
     torchrun --nproc_per_node 4 train.py --config configs/laanet_sbi.yaml      # several GPUs (DDP)
     python train.py --resume runs/laanet_sbi-20260101-120000                  # continue a stopped run
+    torchrun --nproc_per_node 4 --max-restarts 3 train.py --config C.yaml --resume auto train.run_name=R
+                                                                   # restarts continue run R
 
 The recipe (paper section 4.1): real videos only, a fresh draw of ``data.frames_per_video`` frames per
 video every epoch, each frame giving a (real, SBI/BI pseudo-fake) pair; SAM (rho 0.05) over Adam with
@@ -20,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import warnings
@@ -27,13 +30,14 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import Config, ConfigError, config_from_dict, config_to_yaml, load_config, save_config
 from model.eval.validation import build_val_loader, validate
 from model.train.dist import Dist, gather_rng_states, setup_distributed, teardown_distributed
-from model.train.engine import (NonFiniteLossError, Trainer, build_trainer, check_replicas, checkpoint_state,
-                                train_one_epoch)
+from model.train.engine import (NonFiniteLossError, Trainer, apply_freeze, build_trainer, check_replicas,
+                                checkpoint_state, train_one_epoch, train_step)
 from model.train.log import RunLogger, plot_curves
+from model.train.schedule import batch_plan
 from pipeline.cli_errors import debugging, one_line
 from pipeline.shards import ShardError
 from pipeline.verify import verify_split
@@ -44,45 +48,158 @@ log = logging.getLogger("train")
 # --------------------------------------------------------------------------- command line
 
 
+EXAMPLES = """\
+examples:
+  python train.py --config configs/laanet_sbi.yaml
+  python train.py --config configs/laanet_sbi.yaml optim.lr_peak=3e-4 train.epochs=50
+  python train.py --config configs/demo_cpu.yaml --print-config        # the resolved config, then exit
+  python train.py --config configs/laanet_sbi.yaml --dry-run           # data, model, one step, timing; writes nothing
+  torchrun --standalone --nproc_per_node 4 train.py --config configs/laanet_sbi.yaml --resume auto \\
+      train.run_name=sbi4   # 8 pairs per step split over 4 GPUs; a restart continues the run
+  python train.py --resume runs/laanet_sbi-20260101-120000            # continue a stopped run
+  python train.py --resume runs/laanet_sbi-20260101-120000/last.pt train.epochs=120   # and extend it
+
+train.batch_pairs is the global batch (pairs per optimiser step over all processes, 2 images each); the
+LRs follow the linear scaling rule from optim.lr_base_batch_pairs (8). See docs/training.md.
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every flag's help (where there is one to show), the examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.nargs == "*":
+            return action.help
+        return super()._get_help_string(action)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train LAA-Net on HDF5 shards.", add_help=True)
-    p.add_argument("--config", type=Path, help="experiment YAML (configs/*.yaml); not needed with --resume")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last.pt (its stored config, plus any overrides)")
+    p = argparse.ArgumentParser(prog="train.py", description="Train LAA-Net on HDF5 shards.",
+                                epilog=EXAMPLES, formatter_class=_HelpFormatter)
+    p.add_argument("--config", type=Path, default=None,
+                   help="experiment YAML (configs/*.yaml); with --resume RUN not needed (the run's stored config is used)")
+    p.add_argument("--resume", default=None, metavar="RUN|last.pt|auto",
+                   help="continue a run from a run folder (its last.pt) or a checkpoint file, with its stored config "
+                        "plus any overrides; 'auto' (with --config): continue train.out_dir/train.run_name if it "
+                        "holds last.pt, else start it (for torchrun --max-restarts and requeued cluster jobs)")
     p.add_argument("--stop-after-epochs", type=int, default=0, metavar="N",
-                   help="end this invocation after N more epochs (checkpointed; continue with --resume)")
+                   help="end this invocation after N more epochs (checkpointed; continue with --resume); 0: no limit")
     p.add_argument("--verify-shards", action="store_true",
                    help="read every chunk of every data and val shard first (checksums) and stop on any problem; "
                         "without it a shard is checked when opened and a corrupt crop stops the run when read")
+    p.add_argument("--device", default=None, help="shortcut for train.device=... (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="shortcut for train.num_workers=N (DataLoader workers per process)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="shortcut for train.out_dir=DIR (the folder that holds run folders)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit (no data read, nothing written)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the data and the model, take one training step, print timing and memory, and exit "
+                        "without writing a run folder")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, e.g. optim.lr_peak=3e-4 train.epochs=10")
     return p
 
 
-def main(args: argparse.Namespace) -> Path:
-    """Resolve the config and run folder, then train. Returns the run folder."""
+def cli_overrides(args: argparse.Namespace) -> list[str]:
+    """The positional overrides, then those of --device, --workers and --out (which win)."""
+    extra = [f"train.device={args.device}"] * (args.device is not None)
+    extra += [f"train.num_workers={args.workers}"] * (args.workers is not None)
+    extra += [f"train.out_dir={args.out}"] * (args.out is not None)
+    return list(args.overrides) + extra
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject incompatible flags before any work."""
+    auto = args.resume == "auto"
     if args.config is None and args.resume is None:
-        raise ConfigError("give --config CONFIG.yaml or --resume RUN_DIR")
-    if args.config is not None and args.resume is not None:
-        raise ConfigError("--resume uses the run's stored config; give overrides instead of --config")
+        raise ConfigError("give --config CONFIG.yaml, --resume RUN_DIR, or both with --resume auto")
+    if auto and args.config is None:
+        raise ConfigError("--resume auto needs --config (it names the run folder train.out_dir/train.run_name)")
+    if args.config is not None and args.resume is not None and not auto:
+        raise ConfigError("--resume RUN uses the run's stored config; give overrides instead of --config "
+                          "(or --resume auto with --config)")
+    if args.dry_run and args.print_config:
+        raise ConfigError("give --print-config or --dry-run, not both")
+    if args.stop_after_epochs < 0:
+        raise ConfigError(f"--stop-after-epochs must be >= 0, got {args.stop_after_epochs}")
+
+
+def resume_checkpoint(path: str | Path) -> Path:
+    """``--resume`` PATH as a last.pt file: a run folder gives its last.pt, a file is taken as it is."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "last.pt"
+        if ckpt.is_file():
+            return ckpt
+        others = sorted(q.name for q in path.glob("*.pt"))
+        hint = f" (it holds {', '.join(others)}: give --resume {path / others[0]} to continue from that)" if others else ""
+        raise ConfigError(f"{path}: no last.pt to resume from{hint}")
+    if not path.exists():
+        raise ConfigError(f"{path}: no such run folder or checkpoint to resume from")
+    return path
+
+
+def load_resume_state(ckpt: Path) -> dict:
+    """A training checkpoint's dict (one-line errors for files that are not one)."""
+    state = read_checkpoint(ckpt)
+    missing = [k for k in ("optimizer", "schedule", "scaler", "epoch", "step", "rng") if k not in state]
+    if missing:
+        raise ConfigError(f"{ckpt}: not a training checkpoint (no {', '.join(missing)}; a converted or "
+                          "model-only file?): it can be evaluated but not resumed")
+    return state
+
+
+def decide_resume(run_dir: Path, dist: Dist) -> bool:
+    """``--resume auto``: does ``run_dir`` hold last.pt? Rank 0 looks, every rank gets its answer, so all
+    ranks continue or all start, whatever their view of a shared file system."""
+    found = [(run_dir / "last.pt").is_file() if dist.is_main else None]
+    if dist.enabled:
+        torch.distributed.broadcast_object_list(found, src=0)
+    return bool(found[0])
+
+
+def resolve_run(args: argparse.Namespace, dist: Dist) -> tuple[Config, Path, dict | None]:
+    """(config, run folder, checkpoint dict to resume or None) from the command line."""
+    overrides = cli_overrides(args)
+    if args.resume is None or args.resume == "auto":
+        cfg = load_config(args.config, overrides)
+        if args.resume == "auto":
+            if not cfg.train.run_name:
+                raise ConfigError("--resume auto needs a fixed run folder: give train.run_name=NAME (the default "
+                                  "name holds the start time, so a restart would start a new run)")
+            run_dir = Path(cfg.train.out_dir) / cfg.train.run_name
+            if decide_resume(run_dir, dist):
+                state = load_resume_state(run_dir / "last.pt")
+                return config_from_dict(state["config"], overrides), run_dir, state
+            return cfg, run_dir, None
+        run_dir = make_run_dir(cfg, args.config, dist)
+        if (run_dir / "last.pt").exists():
+            raise ConfigError(f"{run_dir} already holds a run (last.pt); continue it with "
+                              f"--resume {run_dir} (or --resume auto) or choose another train.run_name")
+        return cfg, run_dir, None
+    ckpt = resume_checkpoint(args.resume)
+    state = load_resume_state(ckpt)
+    return config_from_dict(state["config"], overrides), ckpt.parent, state
+
+
+def main(args: argparse.Namespace) -> Path | None:
+    """Resolve the config and run folder, then train. Returns the run folder (None for --print-config
+    and --dry-run, which write nothing)."""
+    check_args(args)
+    if args.print_config:
+        print(config_to_yaml(print_config_of(args)).rstrip())
+        return None
     dist = setup_distributed()
     try:
-        resume_state = None
-        if args.resume is not None:
-            ckpt_path = args.resume / "last.pt"
-            if not ckpt_path.is_file():
-                raise ConfigError(f"{ckpt_path}: no last.pt to resume from")
-            resume_state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            cfg = config_from_dict(resume_state["config"], args.overrides)
-            run_dir = args.resume
-        else:
-            cfg = load_config(args.config, args.overrides)
-            run_dir = make_run_dir(cfg, args.config, dist)
-            if (run_dir / "last.pt").exists():
-                raise ConfigError(f"{run_dir} already holds a run (last.pt); continue it with "
-                                 f"--resume {run_dir} or choose another train.run_name")
+        cfg, run_dir, resume_state = resolve_run(args, dist)
+        batch_plan(cfg, dist.world_size)  # a batch that does not split over the processes stops here, before any work
         if args.verify_shards and dist.is_main:
             verify_shards(list(cfg.data.shards) + list(cfg.val.shards))
+        if args.dry_run:
+            dry_run(cfg, dist, resume_state)
+            return None
         fresh = not run_dir.exists()
         try:
             train(cfg, run_dir, dist, resume_state=resume_state, stop_after_epochs=args.stop_after_epochs)
@@ -94,6 +211,50 @@ def main(args: argparse.Namespace) -> Path:
     finally:
         teardown_distributed(dist)
     return run_dir
+
+
+def print_config_of(args: argparse.Namespace) -> Config:
+    """The config a run with these arguments would use (``--resume auto``: the stored one when the run
+    folder holds last.pt); touches no process group."""
+    single = Dist()
+    if args.resume is None:
+        return load_config(args.config, cli_overrides(args))
+    return resolve_run(args, single)[0]
+
+
+def dry_run(cfg: Config, dist: Dist, resume_state: dict | None = None) -> None:
+    """Build data and model as a run would, take one optimiser step, print what it cost; write nothing."""
+    import resource
+    import time
+
+    t0 = time.perf_counter()
+    t, dataset, sampler, loader = build_trainer(cfg, Path(cfg.train.out_dir) / "dry-run-unused", dist, resume_state)
+    t_build = time.perf_counter() - t0
+    sampler.set_epoch(t.epoch)
+    apply_freeze(t, t.epoch)
+    if t.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(t.device)
+    t1 = time.perf_counter()
+    batch = next(iter(loader))
+    t_batch = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    terms = train_step(t, batch)
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
+    t_step = time.perf_counter() - t2
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    mem = f"peak RSS {rss:.2f} GiB"
+    if t.device.type == "cuda":
+        mem += f", peak GPU memory {torch.cuda.max_memory_allocated(t.device) / 2**30:.2f} GiB"
+    if dist.is_main:
+        n_params = sum(p.numel() for p in t.model.parameters())
+        print(f"dry run on {t.device} ({dist.world_size} process(es), amp={t.amp_dtype}, "
+              f"SAM={'on' if t.sam else 'off'}): {len(dataset)} pairs/epoch, {t.steps_per_epoch} steps/epoch "
+              f"x {cfg.train.epochs} epochs; {n_params / 1e6:.2f} M parameters")
+        print(t.plan.describe(cfg, dist.world_size))
+        print(f"build (data + model) {t_build:.2f} s; first batch {t_batch:.2f} s; one step {t_step:.2f} s "
+              f"({2 * t.plan.per_process / t_step:.2f} images/s per process, first step: includes warm-up); "
+              f"loss {terms['loss']:.4g}; {mem}")
 
 
 def verify_shards(split_dirs: list[str]) -> None:
@@ -114,12 +275,16 @@ def remove_run_dir(run_dir: Path) -> None:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``python train.py``: config, data and checkpoint errors end as one line (``LAANET_DEBUG=1``: traceback)."""
+    """``python train.py``: config, data and checkpoint errors end as one line (``LAANET_DEBUG=1``: traceback).
+
+    Under torchrun a config error, the same on every rank, is printed by rank 0 only."""
     try:
         main(get_args_parser().parse_args(argv))
-    except (ConfigError, NonFiniteLossError, ShardError, ValueError) as err:
+    except (ConfigError, NonFiniteLossError, ShardError, ValueError, FileNotFoundError) as err:
         if debugging():
             raise
+        if isinstance(err, ConfigError) and int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(1) from None
         raise SystemExit(f"train.py: {one_line(err)}") from None
 
 
@@ -194,7 +359,10 @@ def train(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_state: di
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         log.info(f"resolved config ({run_dir / 'config.yaml'}):\n{config_to_yaml(cfg).rstrip()}")
-        t.logger = RunLogger(run_dir, keep_until_step=t.step if resume_state is not None else None)
+        # A fresh start in an existing folder (--resume auto after a run that died before its first last.pt)
+        # drops that run's rows: keep_until_step=0 keeps none.
+        t.logger = RunLogger(run_dir, keep_until_step=t.step if resume_state is not None else 0)
+        log.info(t.plan.describe(cfg, dist.world_size))
     val_loader, val_mode = build_val_loader(cfg) if dist.is_main and cfg.val.every > 0 else (None, "off")
     log.info(f"run {run_dir}: {len(dataset)} pairs/epoch, {t.steps_per_epoch} steps/epoch x {cfg.train.epochs} "
              f"epochs, {dist.world_size} process(es) on {t.device}, amp={t.amp_dtype}, "

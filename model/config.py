@@ -143,7 +143,7 @@ class DataConfig:
     heatmap_centre: "exact" (Gaussian peak on the point; the reference misplaces it one pixel up-left for
     about 45 % of the points, a bug: "reference" reproduces it). run_wrap: let run lengths wrap across rows
     (the reference's bug; off). seed: base of every per-sample generator (seed, epoch, index).
-    bi_neighbours: donors kept per frame for BI.
+    bi_neighbours: donors kept per frame for BI. max_open_shards: open shard files per reading process (LRU).
     """
 
     shards: list[str] = field(default_factory=list)
@@ -157,6 +157,9 @@ class DataConfig:
     run_wrap: bool = False
     seed: int = 0
     bi_neighbours: int = 30
+    # Shard files each process (DataLoader worker) keeps open at once, least recently used closed first:
+    # persistent workers would otherwise hold every shard open (8 GPUs x 4 workers x 300 shards = 9,600 files).
+    max_open_shards: int = 32
 
 
 @dataclass
@@ -269,6 +272,10 @@ class OptimConfig:
     sam_bn_update: bool = True
     grad_clip: float = 0.0  # max global grad norm; 0 disables
     accum_steps: int = 1  # split each loader batch into this many micro-batches (small GPUs)
+    # Linear scaling rule (Goyal et al. 2017): lr_start and lr_peak hold for a global batch of
+    # lr_base_batch_pairs pairs; a global batch of B pairs uses them x B / lr_base_batch_pairs. "none": as given.
+    lr_scaling: Literal["linear", "none"] = "linear"
+    lr_base_batch_pairs: int = 8  # the paper's 8 pairs = 16 images per step
 
 
 @dataclass
@@ -276,7 +283,12 @@ class TrainConfig:
     """Training loop: epochs, batch, freezing, precision, workers, logging and output."""
 
     epochs: int = 100
-    batch_pairs: int = 8  # frames per batch; each gives a (real, fake) pair, so 2x images per step
+    # Frames per optimiser step over ALL processes (global batch); each gives a (real, fake) pair, so 2x images
+    # per step. Under DDP every process takes batch_pairs / world_size (which must divide evenly).
+    batch_pairs: int = 8
+    # "per_process": batch_pairs per process, the global batch growing with the world size (this code's
+    # behaviour before the global batch; checkpoints written then are read with it).
+    batch_scope: Literal["global", "per_process"] = "global"
     freeze_backbone_epochs: int = 6  # backbone weights frozen for epochs < this
     # While frozen, also keep backbone BN in eval mode (running statistics fixed). The reference keeps it in
     # training mode (batch statistics, running statistics updated): false.
@@ -465,6 +477,10 @@ def validate_config(cfg: Config) -> None:
             f"optim.accum_steps ({cfg.optim.accum_steps}) must be >= 1 and divide train.batch_pairs "
             f"({cfg.train.batch_pairs}): each micro-batch holds whole (real, fake) pairs"
         )
+    if cfg.optim.lr_base_batch_pairs < 1:
+        raise ConfigError(f"optim.lr_base_batch_pairs must be >= 1, got {cfg.optim.lr_base_batch_pairs}")
+    if cfg.data.max_open_shards < 1:
+        raise ConfigError(f"data.max_open_shards must be >= 1, got {cfg.data.max_open_shards}")
     if not 0.0 <= cfg.optim.warmup_fraction < 1.0:
         raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {cfg.optim.warmup_fraction}")
     if cfg.optim.sam and cfg.optim.sam_rho <= 0:
@@ -536,7 +552,9 @@ def config_to_dict(cfg: Config) -> dict:
 def upgrade_config_dict(data: dict) -> dict:
     """A config dict written by an older version of this code, in today's layout (a copy): data.augment
     (bool) -> augment.enabled, data.forehead -> sbi.forehead and bi.forehead, val.synthetic_fakes (with
-    fake videos in val.shards the old code validated on them) -> val.fakes. Settings that did not exist
+    fake videos in val.shards the old code validated on them) -> val.fakes, a train section without
+    batch_scope (batch_pairs was per process, LRs unscaled) -> batch_scope per_process and optim.lr_scaling
+    none. Settings that did not exist
     then keep their defaults; their values are those of today's recipe."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     d = out.get("data", {})
@@ -549,6 +567,11 @@ def upgrade_config_dict(data: dict) -> dict:
     v = out.get("val", {})
     if "synthetic_fakes" in v:
         v.setdefault("fakes", v.pop("synthetic_fakes"))
+    t = out.get("train", {})
+    if "batch_pairs" in t and "batch_scope" not in t:
+        # Written before the global batch: batch_pairs was per process, LRs were never scaled.
+        t["batch_scope"] = "per_process"
+        out.setdefault("optim", {}).setdefault("lr_scaling", "none")
     return out
 
 

@@ -531,6 +531,19 @@ def read_videos_table(f: h5py.File) -> list[dict]:
     return read_json_rows(f, "videos")
 
 
+def _open_read_only(path: Path) -> h5py.File:
+    """``path`` read-only without HDF5 file locks: finished shards never change, so a reader needs none, and
+    skipping them saves a lock call per open and works on file systems without locks (some NFS/Lustre
+    mounts). HDF5 refuses a second handle on a file this process already holds open with other locking
+    flags: then the file is opened with h5py's default flags, as that handle was."""
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as e:
+        if "locking flag values don't match" not in str(e):
+            raise
+        return h5py.File(path, "r")
+
+
 class ShardReader:
     """Read-only access to one shard; the HDF5 handle is opened lazily per process (safe across fork).
 
@@ -550,7 +563,7 @@ class ShardReader:
             hint = " (an unfinished .tmp exists: rerun the pipeline to finish it)" if unfinished(self.path) else ""
             raise ShardError(f"{self.path}: shard not found{hint}")
         try:
-            f = h5py.File(self.path, "r")
+            f = _open_read_only(self.path)
         except OSError as e:
             raise ShardError(f"{self.path}: not a readable HDF5 file ({e})") from e
         with f:
@@ -586,7 +599,7 @@ class ShardReader:
     def _file(self) -> h5py.File:
         # A handle inherited through fork shares HDF5 state with the parent: reopen in each process.
         if self._f is None or self._pid != os.getpid():
-            self._f = h5py.File(self.path, "r")
+            self._f = _open_read_only(self.path)
             self._pid = os.getpid()
             self._datasets = {}
         return self._f

@@ -56,3 +56,42 @@ def test_two_process_gloo_run_keeps_replicas_identical(tmp_path, repo_root):
     assert [h["replica_max_abs_diff"] for h in history] == [0.0, 0.0] and history[-1]["step"] == 2
     assert start["world_size"] == 2 and len(start["rng"]) == 2
     assert "2 process(es)" in (run_dir / "train.log").read_text()
+
+
+# The first attempt stops after one checkpointed epoch and exits non-zero, like a node lost mid-run; torchrun
+# (--max-restarts 1) restarts every rank with the same command, and --resume auto continues the run.
+CRASHING = textwrap.dedent("""
+    import os
+    import sys
+    import torch
+    import train
+
+    torch.set_num_threads(1)
+    if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        train.cli(sys.argv[1:] + ["--stop-after-epochs", "1"])
+        sys.exit(3)
+    train.cli(sys.argv[1:])
+""")
+
+
+@pytest.mark.slow
+def test_torchrun_restart_continues_the_run_with_resume_auto(tmp_path, repo_root):
+    shards = {"train": write_split(tmp_path / "toy" / "train", n_videos=4, frames=4, seed=0)}
+    launcher = tmp_path / "crashing.py"
+    launcher.write_text(CRASHING)
+    overrides = tiny_overrides(shards, tmp_path, "train.epochs=2", "train.max_steps_per_epoch=2",
+                               "train.freeze_backbone_epochs=0", "train.run_name=elastic")
+    env = dict(os.environ, PYTHONPATH=str(repo_root), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--max-restarts", "1", str(launcher), "--config", "configs/demo_cpu.yaml", "--resume", "auto", *overrides]
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "elastic"
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"], state["world_size"]) == (2, 4, 2)
+    log_text = (run / "train.log").read_text()
+    assert f"resumed {run} at epoch 1, step 2" in log_text
+    # the global batch of 2 pairs is split over the two processes, the demo's LRs scaled x 2/2
+    assert "batch: 2 pairs (4 images) per step = 2 process(es) x 1" in log_text
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and [h["replica_max_abs_diff"] for h in history] == [0.0, 0.0]

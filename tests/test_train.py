@@ -93,7 +93,8 @@ def shards(tmp_path_factory) -> dict[str, Path]:
 def tiny_overrides(shards: dict[str, Path], out_dir: Path, *extra: str) -> list[str]:
     return [f"data.shards=[{shards['train']}]", "model.backbone=test_efficientnet", "model.pretrained=false",
             f"model.input_size={SIZE}", f"data.image_size={SIZE}", "model.head_conv=16", "model.dropout=0.0", "model.drop_path_rate=0.0",
-            "train.device=cpu", "train.num_workers=0", "train.batch_pairs=2", "train.channels_last=false",
+            "train.device=cpu", "train.num_workers=0", "train.batch_pairs=2", "optim.lr_base_batch_pairs=2",
+            "train.channels_last=false",
             "train.log_every=1", f"train.out_dir={out_dir}", "val.every=0", *extra]
 
 
@@ -119,8 +120,12 @@ def test_schedule_sets_lr_and_resumes_from_its_state():
     sched2 = WarmupLinearSchedule(opt2, 40, 5e-5, 2e-4, 0.25)
     sched2.load_state_dict(sched.state_dict())
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
-    with pytest.raises(ValueError, match="40 steps"):
-        WarmupLinearSchedule(opt2, 41, 5e-5, 2e-4, 0.25).load_state_dict(sched.state_dict())
+    # another total (train.epochs changed on resume): the same step on the rebuilt curve
+    sched3 = WarmupLinearSchedule(opt2, 80, 5e-5, 2e-4, 0.25)
+    assert sched3.load_state_dict(sched.state_dict()) == 40
+    assert sched3.last_step == 13 and opt2.param_groups[0]["lr"] == pytest.approx(warmup_linear_lr(13, 80, 5e-5, 2e-4, 0.25))
+    with pytest.raises(ValueError, match="13 optimiser steps"):
+        WarmupLinearSchedule(opt2, 12, 5e-5, 2e-4, 0.25).load_state_dict(sched.state_dict())
 
 
 def test_backbone_frozen_for_the_first_epochs_only():
@@ -470,3 +475,228 @@ def test_cuda_mixed_precision_step_with_sam(shards, tmp_path, amp):
     terms = train_step(t, batch)
     assert math.isfinite(terms["loss"]) and next(t.model.parameters()).is_cuda
     assert any(not torch.equal(a, p) for a, p in zip(before, t.model.parameters()))
+
+
+# --------------------------------------------------------------------------- scaling: batch, resume, readers
+
+
+def test_global_batch_splits_over_ranks_and_scales_the_lr_linearly():
+    from model.config import ConfigError
+    from model.train.schedule import batch_plan
+
+    paper = load_config(None)
+    for world in (1, 2, 4, 8):  # the paper's 8 pairs (16 images) per step and its LRs on any GPU count
+        plan = batch_plan(paper, world)
+        assert (plan.global_pairs, plan.per_process * world, plan.lr_scale) == (8, 8, 1.0)
+    big = load_config(None, ["train.batch_pairs=32"])
+    plan = batch_plan(big, 4)
+    assert (plan.per_process, plan.global_pairs, plan.lr_scale) == (8, 32, 4.0)
+    assert "lr_peak 0.0008" in plan.describe(big, 4) and "x 32/8 = 4" in plan.describe(big, 4)
+    assert batch_plan(load_config(None, ["train.batch_pairs=32", "optim.lr_scaling=none"]), 4).lr_scale == 1.0
+    old = batch_plan(load_config(None, ["train.batch_scope=per_process", "optim.lr_scaling=none"]), 4)
+    assert (old.per_process, old.global_pairs, old.lr_scale) == (8, 32, 1.0)
+    with pytest.raises(ConfigError, match=r"train.batch_pairs=8 \(global\) does not split over 3 processes"):
+        batch_plan(paper, 3)
+    with pytest.raises(ConfigError, match="accum_steps=4 does not divide the 2 pairs"):
+        batch_plan(load_config(None, ["optim.accum_steps=4"]), 4)
+
+
+def test_scaled_lr_reaches_the_schedule(shards, tmp_path):
+    from model.train.engine import build_trainer
+
+    cfg = load_config(None, tiny_overrides(shards, tmp_path, "train.batch_pairs=4", "optim.lr_base_batch_pairs=2",
+                                           "train.epochs=4"))
+    t = build_trainer(cfg, tmp_path)[0]
+    assert t.plan.lr_scale == 2.0 and t.plan.per_process == 4
+    assert (t.schedule.lr_start, t.schedule.lr_peak) == (pytest.approx(1e-4), pytest.approx(4e-4))
+    assert t.base_opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_checkpoints_of_the_per_process_batch_resume_as_they_were():
+    from model.config import config_from_dict, config_to_dict
+
+    stored = config_to_dict(load_config(None))
+    del stored["train"]["batch_scope"], stored["optim"]["lr_scaling"]  # what a checkpoint of before holds
+    cfg = config_from_dict(stored)
+    assert (cfg.train.batch_scope, cfg.optim.lr_scaling) == ("per_process", "none")
+    assert config_from_dict(config_to_dict(load_config(None))).train.batch_scope == "global"
+
+
+def test_resume_auto_starts_then_continues(shards, tmp_path):
+    common = ["--config", DEMO_CONFIG, "--resume", "auto",
+              *tiny_overrides(shards, tmp_path, "train.epochs=2", "train.max_steps_per_epoch=2",
+                              "train.run_name=auto")]
+    run = run_cli([*common, "--stop-after-epochs", "1"])  # no folder yet: starts
+    assert run == tmp_path / "auto" and torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    run_cli(common)  # what a torchrun restart or a requeued job runs again: continues
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (2, 4)
+    log_text = (run / "train.log").read_text()
+    assert f"resumed {run} at epoch 1, step 2" in log_text
+    assert "batch: 2 pairs (4 images) per step = 1 process(es) x 2" in log_text
+    msg = _cli_error(["--config", DEMO_CONFIG, "--resume", "auto", *tiny_overrides(shards, tmp_path),
+                      "train.run_name="])
+    assert "--resume auto needs a fixed run folder: give train.run_name" in msg and "\n" not in msg
+    msg = _cli_error(["--resume", "auto"])
+    assert "--resume auto needs --config" in msg
+
+
+def test_resume_from_last_pt_with_more_epochs_rebuilds_the_schedule(shards, tmp_path):
+    common = tiny_overrides(shards, tmp_path, "train.epochs=2", "train.max_steps_per_epoch=2")
+    run = run_cli(["--config", DEMO_CONFIG, *common, "train.run_name=grow"])
+    run_cli(["--resume", str(run / "last.pt"), "train.epochs=3"])  # a checkpoint file, not only a folder
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"], state["schedule"]["total_steps"]) == (3, 6, 6)
+    assert state["config"]["train"]["epochs"] == 3
+    assert "LR schedule rebuilt: the run was planned for 4 steps, now 6" in (run / "train.log").read_text()
+    lrs = dict(read_metrics_series(run, "train/lr"))
+    assert lrs[5] == pytest.approx(warmup_linear_lr(4, 6, 2e-4, 1e-3, 0.25))  # step 5 logs the LR of step 4 (demo LRs)
+    msg = _cli_error(["--resume", str(run), "train.epochs=2"])
+    assert msg == "train.py: train.epochs=2, but the run has already done 3 epochs; give train.epochs >= 3"
+    msg = _cli_error(["--resume", str(run), "train.epochs=4", "model.head_conv=32"])  # other overrides: one line
+    assert msg.startswith("train.py: the checkpoint's weights do not fit the model of the resumed config") and \
+        "size mismatch for heads." in msg and "\n" not in msg
+    msg = _cli_error(["--resume", str(run), "train.max_steps_per_epoch=1"])
+    assert "the run has done 6 optimiser steps, more than the 3 = train.epochs 3 x 1 steps per epoch" in msg
+
+
+def read_metrics_series(run: Path, name: str) -> list[tuple[int, float]]:
+    from model.train.log import read_metrics
+
+    return read_metrics(run / "metrics.csv")[name]
+
+
+def test_resume_and_checkpoint_folders_get_one_line_hints(shards, tmp_path):
+    from model.checkpoint import resolve_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"")
+    msg = _cli_error(["--resume", str(run)])
+    assert msg == f"train.py: {run}: no last.pt to resume from (it holds best.pt: give --resume {run / 'best.pt'} " \
+                  "to continue from that)"
+    (run / "last.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"^{run}: a folder, not a checkpoint; did you mean {run / 'best.pt'}\? "
+                                         r"\(inside: best.pt, last.pt\)$"):
+        resolve_checkpoint(run)
+    assert resolve_checkpoint(run / "last.pt") == run / "last.pt"
+    msg = _cli_error(["--resume", str(run / "last.pt")])  # an empty file: unreadable, one line
+    assert msg.startswith(f"train.py: {run / 'last.pt'}: not a readable LAA-Net checkpoint") and "\n" not in msg
+    msg = _cli_error(["--config", DEMO_CONFIG, "--resume", str(run)])
+    assert "--resume RUN uses the run's stored config" in msg
+
+
+def test_print_config_prints_the_resolved_yaml_and_writes_nothing(shards, tmp_path, capsys):
+    import yaml
+
+    from train import cli
+
+    cli(["--config", DEMO_CONFIG, "--print-config", "--device", "cpu", "--workers", "3", "--out", str(tmp_path / "o"),
+         "train.epochs=3"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["train"]["epochs"] == 3 and cfg["train"]["num_workers"] == 3 and cfg["train"]["device"] == "cpu"
+    assert cfg["train"]["out_dir"] == str(tmp_path / "o") and cfg["model"]["backbone"] == "tf_efficientnet_b0"
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_takes_one_step_and_writes_no_run_folder(shards, tmp_path, capsys):
+    from train import cli
+
+    cli(["--config", DEMO_CONFIG, "--dry-run", *tiny_overrides(shards, tmp_path / "runs", "train.run_name=dry")])
+    out = capsys.readouterr().out
+    assert "dry run on cpu (1 process(es)" in out and "24 pairs/epoch" in out
+    assert "one step" in out and "images/s per process" in out and "peak RSS" in out
+    assert "batch: 2 pairs (4 images) per step" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def write_sharded_split(split_dir: Path, n_shards: int, videos_per_shard: int, frames: int) -> Path:
+    """A split of ``n_shards`` shards of distinct real videos (+ index)."""
+    rng = np.random.default_rng(7)
+    n = videos_per_shard * frames
+    for s in range(n_shards):
+        videos = [{"id": f"s{s}v{v}", "label": 0, "method": "original"} for v in range(videos_per_shard)]
+        write_shard(split_dir / f"shard-{s:05d}.h5", np.stack([face_image(CROP, rng) for _ in range(n)]),
+                    videos=videos, video=np.repeat(np.arange(videos_per_shard), frames),
+                    frame_index=np.tile(np.arange(frames), videos_per_shard),
+                    landmarks=np.stack([face_landmarks(CROP, rng) for _ in range(n)]), compression="none")
+    write_index(split_dir, dataset="toy", split=split_dir.name)
+    return split_dir
+
+
+def open_shard_files() -> int:
+    """Open file descriptors of this process on *.h5 files."""
+    import os
+
+    fds = Path("/proc/self/fd")
+    names = []
+    for fd in fds.iterdir():
+        try:
+            names.append(os.readlink(fd))
+        except OSError:
+            continue
+    return sum(n.endswith(".h5") for n in names)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+@pytest.mark.parametrize("synthesis", ["sbi", "bi"])
+def test_open_shards_stay_bounded_per_process(tmp_path, synthesis):
+    from model.data.datasets import TrainPairDataset
+
+    split = write_sharded_split(tmp_path / "many" / "train", n_shards=6, videos_per_shard=1, frames=2)
+    cfg = load_config(None, tiny_overrides({"train": split}, tmp_path, "data.max_open_shards=2",
+                                           f"data.synthesis={synthesis}", "data.bi_neighbours=3",
+                                           "augment.enabled=false"))
+    before = open_shard_files()
+    ds = TrainPairDataset(cfg.data, cfg.sbi, cfg.bi, cfg.augment)
+    assert open_shard_files() == before  # nothing open after construction (safe to fork)
+    peak = 0
+    for i in range(len(ds)):
+        ds[(0, i)]
+        peak = max(peak, open_shard_files() - before)
+    assert peak == 2 and len({si for _, si, _ in ds.items}) == 6  # all 6 shards read, never more than 2 open
+    ds.shards.close()
+    assert open_shard_files() == before
+
+
+def test_persistent_workers_still_draw_a_new_epoch(shards, tmp_path):
+    from model.train.dist import Dist
+    from model.train.engine import build_train_loader
+
+    cfg = load_config(None, tiny_overrides(shards, tmp_path, "train.num_workers=1", "data.frames_per_video=2"))
+    dataset, sampler, loader = build_train_loader(cfg, Dist(), torch.device("cpu"), 2)
+    assert loader.persistent_workers
+    seen, workers = [], []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)  # only the sampler: the workers' dataset copies never see set_epoch
+        keys = list(sampler)
+        batches = list(loader)
+        workers.append(loader._iterator)
+        ref = [dataset[k] for k in keys]  # the same keys computed in this process
+        got = torch.cat([b["image"][: len(b["image"]) // 2] for b in batches])  # the reals, in sampler order
+        fakes = torch.cat([b["image"][len(b["image"]) // 2:] for b in batches])
+        assert [k[0] for k in keys] == [epoch] * len(keys)
+        assert torch.equal(got, torch.from_numpy(np.stack([r["real"] for r in ref])))
+        assert torch.equal(fakes, torch.from_numpy(np.stack([r["fake"] for r in ref])))
+        seen.append(([(r["video_id"], r["frame_index"]) for r in ref], fakes))
+    assert workers[0] is workers[1]  # the same worker processes served both epochs
+    assert sorted(seen[0][0]) != sorted(seen[1][0])  # frames re-drawn
+    assert not torch.equal(seen[0][1], seen[1][1])  # pseudo-fakes differ
+
+
+def test_shard_readers_open_without_locks_and_next_to_a_locking_handle(tmp_path):
+    import h5py
+
+    from pipeline.shards import ShardReader
+
+    split = write_sharded_split(tmp_path / "one" / "train", n_shards=1, videos_per_shard=1, frames=2)
+    path = split / "shard-00000.h5"
+    r = ShardReader(path)
+    face = r.face(1)
+    assert not r._f.id.get_access_plist().get_file_locking()[0]  # no HDF5 file locks for readers
+    r.close()
+    with h5py.File(path, "r") as other:  # this process already holds the file with h5py's default flags
+        r2 = ShardReader(path)
+        np.testing.assert_array_equal(r2.face(1), face)
+        np.testing.assert_array_equal(other["faces"][1], face)
+        r2.close()

@@ -9,19 +9,23 @@ of every real video for data sets without fakes.
 
 Reproducibility: an item's randomness comes only from np.random.default_rng([seed, epoch, index]), so a run
 gives the same samples with any number of workers. HDF5 files are opened lazily in the process that reads
-(ShardReader), so readers built before the DataLoader forks are safe.
+(ShardReader), so readers built before the DataLoader forks are safe, and at most `data.max_open_shards` are
+open at once per process (least recently used closed first). `EpochSampler` hands the training set
+(epoch, index) keys, so persistent workers follow the epochs without a per-worker `set_epoch`.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from model.data.augment import apply_geometry, photometric_pair, sample_geometry, warp_box
 from model.data.bi_index import build_donor_table
@@ -126,16 +130,43 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 class _Shards:
-    """Readers of every finished shard of some split folders, with the per-face tables concatenated."""
+    """Readers of every finished shard of some split folders, with the per-face tables concatenated.
 
-    def __init__(self, split_dirs: list[str]):
+    `open(si)` hands out reader `si` for reading crops and keeps at most `max_open` shard files open in the
+    calling process, closing the least recently used one first: a persistent DataLoader worker reads from
+    every shard over an epoch, and without a bound it would hold all of them open for the whole run.
+    """
+
+    def __init__(self, split_dirs: list[str], max_open: int = 32):
         if not split_dirs:
             raise ValueError("no shard folders given (data.shards is empty)")
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
         self.readers = [ShardReader(p) for d in split_dirs for p in shard_paths(d)]
         if not self.readers:
             raise ValueError(f"no finished shards listed in {', '.join(map(str, split_dirs))}")
         # Face scale of each shard's stored crops (crop side / face-box side).
         self.crop_scales = [float(r.attrs.get("crop_scale", 1.25)) for r in self.readers]
+        self.max_open = int(max_open)
+        self._lru: OrderedDict[int, None] = OrderedDict()  # shards this process opened, oldest first
+        self._lru_pid = os.getpid()
+
+    def open(self, si: int) -> ShardReader:
+        """Reader `si`, marked most recently used; the oldest open shard is closed beyond `max_open`."""
+        if self._lru_pid != os.getpid():  # a forked worker: the parent's handles are not ours to close
+            self._lru, self._lru_pid = OrderedDict(), os.getpid()
+        self._lru[si] = None
+        self._lru.move_to_end(si)
+        while len(self._lru) > self.max_open:
+            old, _ = self._lru.popitem(last=False)
+            self.readers[old].close()
+        return self.readers[si]
+
+    def close(self) -> None:
+        """Close every shard this process opened."""
+        for r in self.readers:
+            r.close()
+        self._lru.clear()
 
     def videos(self):
         """Yield (shard number, video row dict, rows of that video's faces sorted by frame index)."""
@@ -179,11 +210,12 @@ class TrainPairDataset(Dataset):
         self.sbi_cfg = sbi_cfg or SBIConfig()
         self.bi_cfg = bi_cfg or BIConfig()
         self.augment_cfg = augment_cfg or AugmentConfig()
-        self.shards = _Shards(cfg.shards)
+        self.shards = _Shards(cfg.shards, cfg.max_open_shards)
         # All landmarks in memory (544 bytes a face, 50 MB for FF++'s 92k training frames): one HDF5 read per
         # item instead of two. Read with short-lived handles so nothing is open when workers fork.
-        self.landmarks = [r.read("landmarks") if r.has_landmarks else None for r in self.shards.readers]
-        for r in self.shards.readers:
+        self.landmarks = []
+        for r in self.shards.readers:  # one file open at a time
+            self.landmarks.append(r.read("landmarks") if r.has_landmarks else None)
             r.close()
         self.skipped = {"frames_without_landmarks": 0, "videos_without_landmarks": 0, "fake_videos": 0}
         # One entry per usable video: (video key, shard number, rows with landmarks sorted by frame index).
@@ -210,6 +242,10 @@ class TrainPairDataset(Dataset):
 
     # ---------------------------------------------------------------------------------------- epochs
     def set_epoch(self, epoch: int) -> None:
+        """Make `epoch` the epoch of plain integer indices (see `__getitem__` for (epoch, index) keys)."""
+        self._draw(epoch)
+
+    def _draw(self, epoch: int) -> None:
         """Draw the frames of `epoch`: for video v, `frames_per_video` distinct frames (all if fewer) chosen by
         np.random.default_rng([seed, epoch, v, 1]) (independent of workers and of other videos); with
         data.redraw_frames False, the epoch-0 frames every epoch (the synthesis is still drawn afresh)."""
@@ -252,13 +288,24 @@ class TrainPairDataset(Dataset):
 
     # ------------------------------------------------------------------------------------------ items
     def _read(self, si: int, row: int) -> tuple[np.ndarray, np.ndarray]:
-        reader = self.shards.readers[si]
+        reader = self.shards.open(si)
         face, lm = reader.face(row), self.landmarks[si][row]
         if not np.isfinite(lm).all():
             raise ValueError(f"{reader.path}: face {row} is marked landmark_ok but its landmarks are not finite")
         return fit_face(face, lm, self.cfg.image_size)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Pair `key`: an index into the current epoch's draw, or an (epoch, index) tuple (`EpochSampler`).
+
+        The tuple form carries the epoch with every index, so persistent DataLoader workers, whose dataset
+        copies never see the main process's `set_epoch`, still draw each epoch's frames and synthesis.
+        """
+        if isinstance(key, tuple):
+            epoch, index = (int(k) for k in key)
+            if epoch != self.epoch:
+                self._draw(epoch)
+        else:
+            index = int(key)
         v, si, row = self.items[index]
         rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
         face, lm = self._read(si, row)
@@ -299,6 +346,19 @@ class TrainPairDataset(Dataset):
                 "applied": applied, "face_scale": self.shards.crop_scales[si] * geom.kept}
 
 
+class EpochSampler(DistributedSampler):
+    """A DistributedSampler whose items are (epoch, index) keys for `TrainPairDataset`.
+
+    The epoch is set in the main process (`set_epoch`) and travels with every index to the workers, so
+    persistent DataLoader workers draw each epoch's frames and pseudo-fakes although their dataset copies
+    were made once. Shuffling is the DistributedSampler's: a function of (seed, epoch) only.
+    """
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, i) for i in super().__iter__())
+
+
 def collate_pairs(pairs: list[dict]) -> dict:
     """N pair dicts -> a batch of 2N images: the N reals first, then their N fakes in the same order
     (image j + N is the fake of image j).
@@ -337,6 +397,7 @@ class EvalDataset(Dataset):
     real frames but get no synthetic fake; they are counted in `self.skipped`.
 
     only_real: leave the fake videos out (validation on synthetic fakes of the reals only).
+    max_open_shards: shard files kept open at once per process (least recently used closed first).
     face_scale: faces are shown at this many face-box sides (the central part of the stored crop, see
     `eval_view`); default the reference's test geometry, None the whole stored crop.
 
@@ -346,7 +407,7 @@ class EvalDataset(Dataset):
 
     def __init__(self, split_dirs: list[str], image_size: int, frames_per_video: int | None = None,
                  synthetic_fakes: str | None = None, seed: int = 0,
-                 face_scale: float | None = REFERENCE_TEST_SCALE, only_real: bool = False):
+                 face_scale: float | None = REFERENCE_TEST_SCALE, only_real: bool = False, max_open_shards: int = 32):
         if synthetic_fakes not in (None, "sbi", "bi"):
             raise ValueError(f"synthetic_fakes must be None, 'sbi' or 'bi', got {synthetic_fakes!r}")
         if frames_per_video is not None and frames_per_video < 1:
@@ -354,7 +415,7 @@ class EvalDataset(Dataset):
         self.image_size = int(image_size)
         self.synthetic_fakes = synthetic_fakes
         self.seed = int(seed)
-        self.shards = _Shards(list(split_dirs))
+        self.shards = _Shards(list(split_dirs), max_open_shards)
         self.face_scale = face_scale
         for cs in set(self.shards.crop_scales):
             view_fraction(cs, face_scale)                               # fail now, not in a worker
@@ -384,10 +445,9 @@ class EvalDataset(Dataset):
         if not fakes:
             return {}
         faces = [(si, r) for si, r, *_ in fakes]
-        lms = np.stack([self.shards.readers[si].landmarks(r) for si, r in faces])
+        lms = np.stack([self.shards.open(si).landmarks(r) for si, r in faces])
         vids = np.unique([f[3] for f in fakes], return_inverse=True)[1]
-        for reader in self.shards.readers:
-            reader.close()
+        self.shards.close()  # nothing open when workers fork
         table = build_donor_table(lms, vids, k=1)
         if (table[:, 0] < 0).any():
             raise ValueError("synthetic_fakes='bi' needs at least two real videos with landmarks")
@@ -402,7 +462,7 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         si, row, label, key, method, synthetic = self.items[index]
-        reader = self.shards.readers[si]
+        reader = self.shards.open(si)
         face = reader.face(row)
         if synthetic:
             lm = reader.landmarks(row)
@@ -411,7 +471,7 @@ class EvalDataset(Dataset):
                 face = sbi_fake_for_eval(face, lm, seed)
             else:
                 dsi, drow = self._donors[(si, row)]
-                donor = self.shards.readers[dsi]
+                donor = self.shards.open(dsi)
                 face = bi(face, lm, donor.face(drow), donor.landmarks(drow), np.random.default_rng(seed)).fake
         face = eval_view(face, self.image_size, self.shards.crop_scales[si], self.face_scale)
         return {"image": to_tensor(face), "label": label, "video_id": key, "method": method,

@@ -39,8 +39,22 @@ def setup_distributed() -> Dist:
     use_cuda = torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local)
-    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", store=_attempt_store(),
+                                         rank=rank, world_size=world)
     return Dist(rank=rank, world_size=world, local_rank=local)
+
+
+def _attempt_store() -> torch.distributed.Store:
+    """torchrun's key-value store with the keys of this attempt under their own prefix.
+
+    After a ``--max-restarts`` restart the workers reach the same agent store, which still holds the
+    first attempt's process-group keys, so a rank can read a dead peer's address (seen on the 2-core
+    machine, a two-process gloo run restarted once: 2 of 6 stopped with "connectFullMesh failed ... Connection
+    refused" and 1 hung; with the prefix 5 of 5 came up, cf. pytorch/pytorch#167288 for NCCL). The restart count in the prefix keeps every
+    attempt to its own keys."""
+    store, _, _ = next(torch.distributed.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return torch.distributed.PrefixStore(f"default_pg/attempt{attempt}", store)
 
 
 def teardown_distributed(dist: Dist) -> None:

@@ -13,18 +13,18 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.checkpoint import restore_training_state, set_rng_state, training_state
 from model.config import Config, ConfigError, config_to_dict
-from model.data.datasets import TrainPairDataset, collate_pairs, normalise_images
+from model.data.datasets import EpochSampler, TrainPairDataset, collate_pairs, normalise_images
 from model.net.laanet import build_model, set_backbone_frozen
 from model.train.dist import Dist, select_amp, select_device, seed_everything
 from model.train.log import RunLogger
 from model.train.losses import LAALoss
 from model.train.sam import SAM, bn_running_stats_frozen
-from model.train.schedule import WarmupLinearSchedule, backbone_frozen
+from model.train.schedule import BatchPlan, WarmupLinearSchedule, backbone_frozen, batch_plan
 
 log = logging.getLogger("train")
 
@@ -33,21 +33,28 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or inf; the message names the batch and the loss terms."""
 
 
-def build_train_loader(cfg: Config, dist: Dist, device: torch.device) -> tuple[TrainPairDataset, DistributedSampler, DataLoader]:
-    """Pairs loader. Every epoch ``dataset.set_epoch(e)`` re-draws the frames per video and
-    ``sampler.set_epoch(e)`` reshuffles; workers are not persistent so each epoch's workers get the
-    dataset with its new draw. The sampler is a DistributedSampler also for one process: its
-    shuffle is a function of (seed, epoch) only, which makes resumed runs repeat the same order."""
+def build_train_loader(cfg: Config, dist: Dist, device: torch.device, per_process: int,
+                       ) -> tuple[TrainPairDataset, EpochSampler, DataLoader]:
+    """Pairs loader of ``per_process`` pairs per batch (see `batch_plan`).
+
+    Every epoch ``sampler.set_epoch(e)`` reshuffles and its (epoch, index) keys make the dataset draw that
+    epoch's frames and pseudo-fakes, also in persistent workers (kept for the whole run when
+    ``train.num_workers`` > 0: no re-fork and re-open of the shards every epoch). The sampler is a
+    DistributedSampler also for one process: its shuffle is a function of (seed, epoch) only, which makes
+    resumed runs repeat the same order. The loader draws its worker seeds from its own generator, so
+    keeping workers alive does not shift the global RNG stream that dropout draws from."""
     dataset = TrainPairDataset(cfg.data, cfg.sbi, cfg.bi, cfg.augment)
-    sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-                                 seed=cfg.train.seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_pairs, sampler=sampler, drop_last=True,
-                        num_workers=cfg.train.num_workers, collate_fn=collate_pairs,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    sampler = EpochSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                           seed=cfg.train.seed, drop_last=True)
+    workers = cfg.train.num_workers
+    loader = DataLoader(dataset, batch_size=per_process, sampler=sampler, drop_last=True,
+                        num_workers=workers, collate_fn=collate_pairs, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + dist.rank))
     if len(loader) == 0:
         raise ConfigError(
-            f"data.shards hold {len(dataset)} training pairs per epoch, fewer than one batch of "
-            f"train.batch_pairs={cfg.train.batch_pairs} per process (world size {dist.world_size})"
+            f"data.shards hold {len(dataset)} training pairs per epoch, fewer than one batch of {per_process} "
+            f"pairs per process (train.batch_pairs={cfg.train.batch_pairs}, world size {dist.world_size})"
         )
     return dataset, sampler, loader
 
@@ -118,6 +125,7 @@ class Trainer:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     steps_per_epoch: int
+    plan: BatchPlan | None = None  # None: batch_plan(cfg, world size)
     net: nn.Module | None = None
     net_frozen: bool | None = None
     logger: RunLogger | None = None
@@ -125,6 +133,10 @@ class Trainer:
     epoch: int = 0
     best_auc: float = -math.inf
     history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.plan is None:
+            self.plan = batch_plan(self.cfg, self.dist.world_size)
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimizer, SAM | None]:
@@ -224,7 +236,7 @@ def train_step(t: Trainer, batch: dict) -> dict[str, float]:
     return terms
 
 
-def train_one_epoch(t: Trainer, loader: DataLoader, dataset: TrainPairDataset, sampler: DistributedSampler) -> dict[str, float]:
+def train_one_epoch(t: Trainer, loader: DataLoader, dataset: TrainPairDataset, sampler: EpochSampler) -> dict[str, float]:
     """Train for ``t.steps_per_epoch`` steps of epoch ``t.epoch``; logs every ``train.log_every`` steps.
 
     Returns the epoch's mean loss terms and images/s.
@@ -233,7 +245,7 @@ def train_one_epoch(t: Trainer, loader: DataLoader, dataset: TrainPairDataset, s
     sampler.set_epoch(t.epoch)
     apply_freeze(t, t.epoch)
     n_steps = t.steps_per_epoch
-    images_per_step = 2 * t.cfg.train.batch_pairs * t.dist.world_size
+    images_per_step = 2 * t.plan.global_pairs
     bar = tqdm(total=n_steps, desc=f"epoch {t.epoch + 1}/{t.cfg.train.epochs}", disable=not t.dist.is_main,
                dynamic_ncols=True, leave=False)
     sums: dict[str, float] = {}
@@ -282,10 +294,32 @@ def checkpoint_state(t: Trainer, val: dict | None, rng: list[dict]) -> dict:
 
 
 def restore_state(t: Trainer, state: dict) -> None:
-    """Load a ``last.pt`` state into the trainer so the next epoch is ``state["epoch"]``."""
-    counters = restore_training_state(state, model=t.model, optimizer=t.base_opt, schedule=t.schedule,
-                                      scaler=t.scaler)
+    """Load a ``last.pt`` state into the trainer so the next epoch is ``state["epoch"]``.
+
+    A schedule stored for another number of steps (``train.epochs`` or the steps per epoch changed on
+    ``--resume``) is rebuilt over this run's steps from the stored step; fewer epochs than already done is
+    a ConfigError."""
+    done = int(state.get("epoch", 0))
+    if done > t.cfg.train.epochs:
+        raise ConfigError(f"train.epochs={t.cfg.train.epochs}, but the run has already done {done} epochs; "
+                          f"give train.epochs >= {done}")
+    old_total = state.get("schedule", {}).get("total_steps")
+    if int(state.get("step", 0)) > t.schedule.total_steps:
+        raise ConfigError(f"the run has done {state['step']} optimiser steps, more than the {t.schedule.total_steps} "
+                          f"= train.epochs {t.cfg.train.epochs} x {t.steps_per_epoch} steps per epoch of the resumed "
+                          "config (did train.epochs, train.max_steps_per_epoch, train.batch_pairs or the data change?)")
+    try:
+        counters = restore_training_state(state, model=t.model, optimizer=t.base_opt, schedule=t.schedule,
+                                          scaler=t.scaler)
+    except RuntimeError as err:  # load_state_dict lists every mismatching tensor over many lines
+        first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))
+        raise ConfigError(f"the checkpoint's weights do not fit the model of the resumed config (a model.* "
+                          f"override on --resume?): {first}") from err
     t.epoch, t.step, t.best_auc, t.history = (counters[k] for k in ("epoch", "step", "best_auc", "history"))
+    if old_total is not None and int(old_total) != t.schedule.total_steps:
+        log.warning(f"LR schedule rebuilt: the run was planned for {old_total} steps, now "
+                    f"{t.schedule.total_steps} ({t.cfg.train.epochs} epochs x {t.steps_per_epoch}); at step "
+                    f"{t.step} the LR moves to {t.schedule.get_last_lr():.4g} on the new curve")
     if len(counters["rng"]) != t.dist.world_size:
         log.warning(f"resuming a {len(counters['rng'])}-process run with {t.dist.world_size} processes: "
                     "the data order and RNG streams differ from what the original run would have done")
@@ -294,7 +328,7 @@ def restore_state(t: Trainer, state: dict) -> None:
 
 
 def build_trainer(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_state: dict | None = None,
-                  ) -> tuple[Trainer, TrainPairDataset, DistributedSampler, DataLoader]:
+                  ) -> tuple[Trainer, TrainPairDataset, EpochSampler, DataLoader]:
     """Device, AMP, seeds, data, model, optimiser, schedule and scaler for ``cfg``; restores
     ``resume_state`` (a last.pt dict) when given. No logging files are opened here."""
     dist = dist or Dist()
@@ -305,18 +339,19 @@ def build_trainer(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_s
         # On a CPU shared with other jobs, fewer OpenMP threads avoid threads spinning while they wait
         # for a core (measured: one thread made small steps ~50x faster than two on a busy 2-core box).
         torch.set_num_threads(cfg.train.threads)
-    dataset, sampler, loader = build_train_loader(cfg, dist, device)
+    plan = batch_plan(cfg, dist.world_size)
+    dataset, sampler, loader = build_train_loader(cfg, dist, device, plan.per_process)
     model = build_model(cfg.model).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     base_opt, sam = build_optimizer(cfg, model)
     n_steps = steps_per_epoch(cfg, loader)
-    schedule = WarmupLinearSchedule(base_opt, cfg.train.epochs * n_steps, cfg.optim.lr_start, cfg.optim.lr_peak,
-                                    cfg.optim.warmup_fraction)
+    schedule = WarmupLinearSchedule(base_opt, cfg.train.epochs * n_steps, cfg.optim.lr_start * plan.lr_scale,
+                                    cfg.optim.lr_peak * plan.lr_scale, cfg.optim.warmup_fraction)
     t = Trainer(cfg=cfg, run_dir=Path(run_dir), dist=dist, device=device, model=model,
                 criterion=LAALoss(cfg.loss), base_opt=base_opt, sam=sam, schedule=schedule,
                 scaler=torch.amp.GradScaler(device.type, enabled=use_scaler), amp_dtype=amp_dtype,
-                steps_per_epoch=n_steps)
+                steps_per_epoch=n_steps, plan=plan)
     if resume_state is not None:
         restore_state(t, resume_state)
     return t, dataset, sampler, loader
