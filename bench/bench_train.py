@@ -22,8 +22,8 @@ from model.config import load_config
 from model.net.laanet import build_model, set_backbone_frozen
 from model.train.losses import LAALoss
 from model.train.schedule import WarmupLinearSchedule
-from train import Dist, build_optimizer, select_amp, select_device
-from model.train.engine import Trainer, train_step
+from model.train.dist import Dist, select_amp, select_device
+from model.train.engine import Trainer, build_optimizer, train_step
 
 
 def synthetic_batch(pairs: int, size: int, seed: int = 0) -> dict:
