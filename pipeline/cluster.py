@@ -169,10 +169,26 @@ def dask_client(workers: int | None, scheduler: str | None = None, scheduler_fil
         yield None
         return
     client = make_client(workers, scheduler, scheduler_file)
+    with quiet_client_log():  # also while closing: a lost scheduler's reconnection attempts log until then
+        try:
+            yield client
+        finally:
+            close_client(client)
+
+
+@contextmanager
+def quiet_client_log():
+    """Keep distributed's client logger to itself while a run uses it: when the scheduler goes away it logs
+    every failed reconnection attempt with a 40-line traceback, which the run replaces by one line."""
+    import logging
+
+    log = logging.getLogger("distributed.client")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
     try:
-        yield client
+        yield
     finally:
-        close_client(client)
+        log.setLevel(level)
 
 
 def _wait_for_file(path: Path, timeout: float) -> None:

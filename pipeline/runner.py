@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pipeline.cluster import quiet_client_log
 from pipeline.extract import CROP_SCALE, CROP_SIZE, VideoFaces, extract_video, failure
 from pipeline.faces import DetectorConfig, FaceDetector
 from pipeline.landmarks import LandmarkPredictor
@@ -391,21 +392,6 @@ def _lost(e: BaseException) -> PipelineError:
 
 
 @contextmanager
-def _quiet_client_log():
-    """Keep distributed's client logger to itself while a run uses it: when the scheduler goes away it logs
-    every failed reconnection attempt with a 40-line traceback, which the run replaces by one line."""
-    import logging
-
-    log = logging.getLogger("distributed.client")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-@contextmanager
 def _dask_client(workers: int | None, scheduler: str | None, client):
     """``client`` as given, None for an in-process run (``workers=0``), or a new one that is closed afterwards.
 
@@ -415,7 +401,7 @@ def _dask_client(workers: int | None, scheduler: str | None, client):
         yield None
         return
     if client is not None:
-        with _quiet_client_log():
+        with quiet_client_log():
             yield client
         return
     try:
@@ -425,7 +411,7 @@ def _dask_client(workers: int | None, scheduler: str | None, client):
 
         raise PipelineError(f"cannot reach the Dask scheduler {scheduler or '(local cluster)'} "
                             f"({type(e).__name__}: {one_line(e)})") from None
-    with _quiet_client_log():  # also while closing: the client's reconnection attempts log until it is closed
+    with quiet_client_log():  # also while closing: the client's reconnection attempts log until it is closed
         try:
             yield client
         finally:
