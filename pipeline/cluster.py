@@ -178,17 +178,22 @@ def dask_client(workers: int | None, scheduler: str | None = None, scheduler_fil
 
 @contextmanager
 def quiet_client_log():
-    """Keep distributed's client logger to itself while a run uses it: when the scheduler goes away it logs
-    every failed reconnection attempt with a 40-line traceback, which the run replaces by one line."""
+    """Keep distributed's client-side loggers to themselves while a run uses its client: when the scheduler
+    goes away, the client, its batched stream and its connection pool each log tracebacks (the client one per
+    failed reconnection attempt, 40 lines each), which the run replaces by one line. Problems of the run itself
+    reach the console as its own one-line messages and failure rows."""
     import logging
 
-    log = logging.getLogger("distributed.client")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
+    logs = [logging.getLogger(name) for name in ("distributed", "distributed.client", "distributed.batched",
+                                                 "distributed.comm", "distributed.core", "distributed.utils")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
 
 
 def _wait_for_file(path: Path, timeout: float) -> None:
