@@ -153,7 +153,7 @@ def main(args) -> dict:
         n_fake = sum(labels.values())
         n_real = len(labels) - n_fake
         reason = duplicate_video(ts.name, dataset) or \
-            class_refusal(ts.name, n_real, n_fake, args.synthetic_fakes, len(args.shards) > 1)
+            class_refusal(ts.name, n_real, n_fake, args.synthetic_fakes, len(args.shards) > 1 and not args.merge)
         if reason:
             print(f"evaluate.py: {reason}; not evaluated", file=sys.stderr)
             refused[ts.name] = reason

@@ -51,7 +51,7 @@ _SCHEDULER_FILE = typer.Option(None, "--scheduler-file",
                                     "SLURM); overrides --workers. Without --scheduler/--scheduler-file, "
                                     "DASK_SCHEDULER_ADDRESS is used unless --workers is given.")
 _ON_ERROR = typer.Option(OnError.skip, "--on-error",
-                         help="skip: log a failed video/shard in failures.jsonl and go on; raise: stop at the "
+                         help="skip: log a failed video in failures.jsonl and go on; raise: stop at the "
                               "first one.")
 
 
@@ -140,8 +140,9 @@ def extract_frames(
                                          f"':LEVEL' (0-9) for gzip and blosc-*, e.g. blosc-zstd:3."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N videos (quick tries)."),
     overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="Remove the split folder's shards, index and failures log first and redo "
-                                        "it (needed when settings or videos differ from those of its shards)."),
+                                   help="Remove the split folder's shards, staged videos, index and failures log first "
+                                        "and redo it (needed when settings or videos differ from those of its "
+                                        "shards)."),
     workers: Optional[int] = _WORKERS,
     scheduler: Optional[str] = _SCHEDULER,
     scheduler_file: Optional[Path] = _SCHEDULER_FILE,
@@ -192,10 +193,11 @@ def extract_frames(
             mhash, ds_name, split_name = "", "adhoc", "test"
             first = items[0]
             root = str(Path(first.path).parents[len(Path(first.rel_path).parts) - 1])
-            n_fake = sum(it.label for it in items)
-            typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
         if limit:
             items = items[:limit]
+        if not dataset:
+            n_fake = sum(it.label for it in items)
+            typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
         # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
         items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
         det = DetectorConfig(backend=detector.value, weights=absolute(detector_weights),

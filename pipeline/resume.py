@@ -111,8 +111,12 @@ def _read_plan(path: Path) -> tuple[dict, list[dict]] | None:
 
 
 def _diff(old: dict, new: dict) -> str:
+    def show(d: dict, k: str) -> str:
+        return repr(d[k]) if k in d else "(absent)"
+
     keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+    return ", ".join(f"{k} {show(old, k)} -> {show(new, k)}" for k in keys
+                     if k not in old or k not in new or old[k] != new[k])
 
 
 def plan_resume(split_dir: Path, items: Sequence[VideoItem], settings: dict) -> ResumePlan:

@@ -130,8 +130,9 @@ def extract_settings(cfg: ExtractConfig, items: Sequence[VideoItem]) -> dict:
     settings = {"crop_scale": cfg.crop_scale, "crop_size": cfg.crop_size, "compression": cfg.compression,
                 "detector": d.backend, "detector_weights": d.weights or "", "score_threshold": d.score_threshold,
                 "max_faces": d.max_faces, "keep": d.keep, "max_side": d.max_side,
-                "face_px": d.face_px, "min_side": d.min_side if d.face_px else None,
                 "frames": sorted({it.n_frames for it in items}), "segment": sorted({tuple(it.segment) for it in items})}
+    if d.face_px:  # only then: --face-px 0 is the single pass at max_side that shards made before levels record
+        settings.update(face_px=d.face_px, min_side=d.min_side)
     return json.loads(json.dumps(settings))  # tuples -> lists: equal to what a shard's JSON attribute gives back
 
 
@@ -506,8 +507,13 @@ def _probe_priorities(client, jobs: list[VideoJob]) -> list[float]:
     futures = client.map(probe_costs, chunks, key=[f"probe-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(chunks))],
                          pure=False)
     out: list[float] = []
-    for costs in client.gather(futures):
-        out += costs
+    for fut, chunk in zip(futures, chunks):
+        try:
+            out += fut.result()
+        except _lost_scheduler_errors():
+            raise
+        except Exception:  # noqa: BLE001  (a probe that failed, e.g. its worker died, only loses the priority)
+            out += [0.0] * len(chunk)
     return out
 
 
@@ -601,7 +607,7 @@ def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, worke
             results, homeless, failed = _run_tasks(extract_one, tasks, bar, c, cfg.on_error, "task")
         finally:
             bar.close()
-    _pack(split_dir, items, shard_bytes, settings_hash(settings), homeless)
+    failed += _pack(split_dir, items, shard_bytes, settings_hash(settings), homeless)
     summary = _finish(split_dir, dataset, split, results, homeless, failed, n_kept, t0,
                       {"plan": {"settings": settings, "settings_hash": settings_hash(settings),
                                 "shard_bytes": shard_bytes}})
@@ -611,7 +617,8 @@ def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, worke
 
 def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_hash: str, homeless: list[dict]
           ) -> list[str]:
-    """Pack the split's staged videos, in input order, into new shards of at most ``shard_bytes``; returns names.
+    """Pack the split's staged videos, in input order, into new shards of at most ``shard_bytes``; returns the
+    ids of the videos that could not be packed (the run then exits non-zero; staged ones stay for the rerun).
 
     Interruption-safe: a shard is committed (never replacing) before its staged files are removed; a rerun
     drops staged files whose video a shard holds and packs the rest. A staged file made with other settings
@@ -619,20 +626,24 @@ def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_ha
     """
     from tqdm import tqdm
 
-    staged = []
+    staged, ids, not_packed = [], {}, []
     for it in items:
         p = staged_path(split_dir, it.id)
         if not p.exists():
             continue
-        if (_committed(p) or ("",))[0] != want_hash:
+        committed = _committed(p)
+        if committed is None or committed[0] != want_hash:
             p.unlink(missing_ok=True)
-            why = "committed by an attempt with other settings (an earlier run's worker); removed, rerun to redo it"
-            print(f"{it.path}: pack: {why}", flush=True)
-            homeless.append(failure(it.path, "pack", why))
+            why = ("its staged file cannot be read" if committed is None else
+                   "committed by an attempt with other settings (an earlier run's worker)")
+            print(f"{it.path}: pack: {why}; removed, rerun to redo it", flush=True)
+            homeless.append(failure(it.path, "pack", f"{why}; removed, rerun to redo it"))
+            not_packed.append(it.id)
             continue
         staged.append(p)
+        ids[p] = it.id
     if not staged:
-        return []
+        return not_packed
     groups: list[list[Path]] = []
     size = 0
     for p in staged:
@@ -643,7 +654,6 @@ def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_ha
         groups[-1].append(p)
         size += b
     names = free_shard_names(split_dir, len(groups))
-    done = []
     with tqdm(total=len(staged), desc=f"pack {split_dir.name}", unit="video", dynamic_ncols=True) as bar:
         for name, group in zip(names, groups):
             try:
@@ -652,12 +662,12 @@ def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_ha
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                 bar.write(f"{split_dir / name}: pack: {reason}; its {len(group)} videos stay staged for the rerun")
                 homeless.append(failure(str(split_dir / name), "pack", reason))
+                not_packed += [ids[p] for p in group]
                 continue
             for p in group:
                 p.unlink()
-            done.append(name)
             bar.update(len(group))
-    return done
+    return not_packed
 
 
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
@@ -731,6 +741,10 @@ def rebuild_failures(split_dir: Path, shards: Sequence[str], extra: Sequence[dic
             continue
         rows += [r for r in old if r.get("file") in legacy or r.get("file", "").startswith(str(p))]
     rows += list(extra)
+    # A late attempt can stage a video again after it was packed (an external cluster's retried task): the
+    # next run drops that copy; until then its rows are the shard's, listed once.
+    seen: set[str] = set()
+    rows = [r for r in rows if not ((k := json.dumps(r, sort_keys=True)) in seen or seen.add(k))]
     tmp = out.with_name(out.name + TMP_SUFFIX)
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, out)

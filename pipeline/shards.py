@@ -115,7 +115,11 @@ def parse_size(text: str | int) -> int:
     """Bytes in a size such as ``1GB``, ``1.5GiB``, ``512MB``, ``800k`` or ``1000000`` (decimal and binary units)."""
     import re
 
+    if isinstance(text, bool) or isinstance(text, float):
+        raise ValueError(f"not a size: {text!r} (expected e.g. 1GB, 512MB, 1.5GiB or a number of bytes)")
     if isinstance(text, int):
+        if text < 1:
+            raise ValueError(f"not a size: {text!r} (expected at least 1 byte)")
         return text
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", str(text).lower())
     if not m or float(m.group(1)) <= 0:
@@ -390,9 +394,10 @@ def add_landmarks(path: str | os.PathLike, landmarks: np.ndarray, landmark_ok: n
         f.attrs["landmark_model_sha256"] = landmark_model_sha256
         f.attrs["landmark_detector"] = landmark_detector
         rows = [r for r in read_failures(f) if r.get("stage") != "landmarks"] + list(failures)
-        if "failures" in f:
+        stores = "failures" in f  # even empty, the table marks a shard that stores its failures: keep it
+        if stores:
             del f["failures"]
-        if rows:
+        if stores or rows:
             _write_json_rows(f, "failures", rows)
     os.replace(tmp, path)
     for stale in unfinished(path):

@@ -745,3 +745,38 @@ def test_cli_shard_size_is_checked_before_any_work(tmp_path):
     r = _run_cli(["extract-frames", "--input", str(tmp_path / "*.mp4"), "--label", "real", "--out",
                   str(tmp_path / "x"), "--shard-size", "lots"])
     assert r.returncode == 2 and "--shard-size: not a size: 'lots'" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_shard_that_cannot_be_packed_fails_the_run_and_the_rerun_packs_it(tmp_path, sample_videos_dir,
+                                                                            monkeypatch):
+    from pipeline import runner
+    from pipeline.shards import ShardError
+
+    items = _copies(tmp_path, sample_videos_dir, 2)
+    d = tmp_path / "out"
+
+    def no_space(group, path):
+        raise ShardError(f"{path}: No space left on device")
+
+    monkeypatch.setattr(runner, "pack_shard", no_space)
+    s = run_extract(items, d, "mine", "train", _cfg(), workers=0)
+    assert sorted(s.failed_shards) == ["v0", "v1"] and not s.shards  # the CLI exits 1 on failed_shards
+    assert len(list(d.glob(".staging/v-*.h5"))) == 2
+    assert any(r["stage"] == "pack" and "No space left" in r["reason"] for r in _failures(d))
+    monkeypatch.undo()
+    s = run_extract(items, d, "mine", "train", _cfg(), workers=0)
+    assert not s.failed_shards and len(s.shards) == 1 and load_index(d)["n_videos"] == 2
+    assert not [r for r in _failures(d) if r["stage"] == "pack"]  # solved problems leave the log
+
+
+def test_a_single_pass_split_made_before_detection_levels_resumes_with_face_px_0(tmp_path, sample_videos_dir):
+    """Splits made before `face_px` existed recorded no such key; --face-px 0 is that single pass again, and
+    a rerun with the new default names the key it lacks instead of an empty difference."""
+    from pipeline.resume import _diff
+    from pipeline.runner import extract_settings
+
+    items = _copies(tmp_path, sample_videos_dir, 1)
+    single = ExtractConfig(crop_size=CROP, detector=DetectorConfig(batch_size=4, face_px=None))
+    assert "face_px" not in extract_settings(single, items) and "min_side" not in extract_settings(single, items)
+    assert extract_settings(_cfg(), items)["face_px"] == 64
+    assert _diff({"a": 1}, {"a": 1, "face_px": None}) == "face_px (absent) -> None"

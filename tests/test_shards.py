@@ -109,6 +109,15 @@ def test_add_landmarks_atomic(tmp_path):
     np.testing.assert_array_equal(r.landmarks(0), lms[0])
     np.testing.assert_array_equal(r.face(2), faces[2])
     assert not tmp_path_exists(p)
+    r.close()
+    with h5py.File(p, "r") as f:  # the empty table stays: it marks a shard that stores its failures
+        assert "failures" in f and f["failures"].shape == (0,)
+    q = write_shard(tmp_path / "b.h5", faces)
+    with h5py.File(q, "r+") as f:  # as written before shards stored their failures
+        del f["failures"]
+    add_landmarks(q, lms[:3], np.ones(3, bool))
+    with h5py.File(q, "r") as f:  # stays without one: its rows still come from the old log
+        assert "failures" not in f
     with pytest.raises(ShardError, match="landmarks shape"):
         add_landmarks(p, lms[:2], np.ones(2, bool))
 
@@ -262,6 +271,6 @@ def test_parse_size_units_and_errors():
     assert parse_size("1GB") == 10 ** 9 and parse_size("1GiB") == DEFAULT_SHARD_BYTES == 2 ** 30
     assert parse_size("512MB") == 512 * 10 ** 6 and parse_size("1.5g") == 1.5e9 and parse_size("800k") == 800_000
     assert parse_size("1000") == 1000 and parse_size(7) == 7
-    for bad in ("lots", "0", "-1GB", "1XB", ""):
+    for bad in ("lots", "0", "-1GB", "1XB", "", 0, -5, 1.5, True):
         with pytest.raises(ValueError, match="not a size"):
             parse_size(bad)
