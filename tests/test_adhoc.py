@@ -5,25 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 import evaluate
-from model import build_model
-from model.checkpoint import save_checkpoint
 from pipeline.cli import app
 from pipeline.shards import ShardReader, shard_paths
-
-SIZE = 64
-
-
-def _tiny_checkpoint(path):
-    torch.manual_seed(0)
-    model = build_model({"backbone": "test_efficientnet", "input_size": SIZE, "head_conv": 8})
-    save_checkpoint(path, {"model": model.state_dict(), "config": {"model": model.config.to_dict()},
-                           "epoch": 0, "step": 0})
-    return path
+from tests.test_evaluate import _tiny_checkpoint  # the same tiny random-weight checkpoint
 
 
 @pytest.fixture(scope="module")

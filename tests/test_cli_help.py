@@ -19,15 +19,19 @@ def _argparse_help(parser: argparse.ArgumentParser) -> str:
     return parser.format_help()
 
 
-@pytest.mark.parametrize("name, parser", [
-    ("train.py", train.get_args_parser),
-    ("evaluate.py", evaluate.get_args_parser),
-    ("model.predict", predict.get_args_parser),
+@pytest.mark.parametrize("name, parser, shown", [
+    ("train.py", train.get_args_parser, ["--resume RUN|last.pt|auto", "--print-config", "--dry-run", "--device",
+                                         "--workers", "--out"]),
+    ("evaluate.py", evaluate.get_args_parser, ["--set mine=", "(default: 32)", "--shards-root", "--frames",
+                                               "--workers", "--device", "--out", "--checkpoint"]),
+    ("model.predict", predict.get_args_parser, ["python -m model.predict clip.mp4", "(default: 32)", "--frames",
+                                                "--device", "--out", "--recursive", "--hm-range", "--checkpoint"]),
 ])
-def test_argparse_tools_show_examples_and_help_every_flag(name, parser):
+def test_argparse_tools_show_examples_defaults_and_help_every_flag(name, parser, shown):
     text = _argparse_help(parser())
     assert re.search(r"^examples?:", text, re.M | re.I), name
-    assert "--checkpoint" in text or name == "train.py"
+    for s in shown:
+        assert s in text, (name, s)
 
 
 def test_convert_help_shows_an_example(capsys):

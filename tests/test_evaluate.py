@@ -373,15 +373,6 @@ def test_compression_from_the_manifest_else_marked_guessed(repo_root):
     assert protocol.resolve_compression(None, None, {"mine": {""}}, ["a.mp4"]).startswith("unknown")
 
 
-def test_help_shows_defaults_and_examples():
-    parser = evaluate.get_args_parser()
-    text = parser.format_help()
-    assert "examples:" in text and "--set mine=" in text and "(default: 32)" in text
-    assert all(a.help for a in parser._actions), [a.dest for a in parser._actions if not a.help]
-    for flag in ("--shards-root", "--frames", "--workers", "--device", "--out"):
-        assert flag in text
-
-
 def test_checkpoint_folder_names_the_checkpoints_inside(setup, tmp_path):
     import shutil
 

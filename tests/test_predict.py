@@ -173,15 +173,6 @@ def test_expand_inputs_one_level_or_recursive(tmp_path):
     assert len(set(names)) == 3 and "frames_x" in names and "a_v" in names and "more_v" in names
 
 
-def test_help_shows_defaults_and_examples():
-    parser = predict.get_args_parser()
-    text = parser.format_help()
-    assert "examples:" in text and "python -m model.predict clip.mp4" in text and "(default: 32)" in text
-    assert all(a.help for a in parser._actions), [a.dest for a in parser._actions if not a.help]
-    for flag in ("--frames", "--device", "--out", "--recursive", "--hm-range"):
-        assert flag in text
-
-
 def test_checkpoint_folder_names_the_checkpoints_inside(tiny_checkpoint, tmp_path, capsys):
     img = tmp_path / "x.png"
     img.write_bytes(b"")
