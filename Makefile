@@ -8,7 +8,8 @@
 #   make frames    DATASET=ffpp SPLIT=train    sample frames, detect faces, write HDF5 shards
 #   make landmarks DATASET=ffpp SPLIT=train    add dlib 68-point landmarks to those shards
 #   make prep      DATASET=ffpp SPLIT=train    both stages
-#   make verify    DATASET=ffpp SPLIT=train    check the shards
+#   make verify    DATASET=ffpp SPLIT=train    check the shards (make inspect: summary + contact sheet)
+#   (stage targets take WORKERS=N, SCHEDULER=tcp://host:port or SCHEDULER_FILE=scheduler.json)
 #   make train     CONFIG=configs/laanet_sbi.yaml [NPROC=4] [OVERRIDES="train.epochs=10 ..."]
 #   make evaluate  CKPT=runs/x/best.pt DATASET=cdf2 SPLIT=test
 #   make demo                                  the whole path on the embedded sample, on CPU
@@ -26,10 +27,12 @@ DEMO_OUT   ?= out/demo
 SHARDS     ?= $(if $(filter sample,$(DATASET)),$(DEMO_OUT)/shards,shards)
 WORKERS    ?=
 SCHEDULER  ?=
+SCHEDULER_FILE ?=
 CONFIG     ?= configs/laanet_sbi.yaml
 CKPT       ?=
 
-DASK_OPTS  := $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+DASK_OPTS  := $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
+              $(if $(SCHEDULER_FILE),--scheduler-file $(SCHEDULER_FILE))
 
 
 .PHONY: install test test-all frames landmarks prep verify inspect train evaluate demo bench clean
@@ -53,10 +56,10 @@ test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 frames: $(STAMP)
-	$(PY) -m pipeline extract-frames --dataset $(DATASET) --split $(SPLIT) --out $(SHARDS) $(DASK_OPTS)
+	$(PY) -m pipeline extract-frames --dataset $(DATASET) --split $(SPLIT) --shards-root $(SHARDS) $(DASK_OPTS)
 
 landmarks: $(STAMP)
-	$(PY) -m pipeline cache-landmarks --dataset $(DATASET) --split $(SPLIT) --out $(SHARDS) $(DASK_OPTS)
+	$(PY) -m pipeline cache-landmarks --dataset $(DATASET) --split $(SPLIT) --shards-root $(SHARDS) $(DASK_OPTS)
 
 prep: frames landmarks
 
