@@ -178,7 +178,7 @@ def ours(items, out: Path, cfg, lm_cfg, workers: int, client=None) -> tuple[int,
     from pipeline.runner import run_extract, run_landmarks
 
     t0 = time.perf_counter()
-    # shard_bytes=1: one shard per video, so the landmark stage (one task per shard) spreads like before
+    # shard_bytes=1: one shard per video, the layout this benchmark's earlier figures were measured with
     s = run_extract(items, out, "bench", "test", cfg, shard_bytes=1, workers=workers, client=client)
     run_landmarks(out, lm_cfg, workers=workers, client=client)
     return s.n_faces, time.perf_counter() - t0

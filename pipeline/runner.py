@@ -81,6 +81,7 @@ class LandmarkConfig:
     model_path: str | None = None
     upsample: int = 0
     block: int = 64                     # crops read from the shard at a time (bounds memory)
+    part_rows: int = 512                # crops per landmark task: a 1 GiB shard of HD crops is ~8 tasks
 
 
 @dataclass
@@ -94,7 +95,7 @@ class VideoJob:
 
 @dataclass
 class TaskResult:
-    """What a task reports back to the client (small: no arrays)."""
+    """What a task reports back to the client (small: only landmark parts carry arrays, ~1 KiB per crop)."""
     file: str                           # the video's path (frames stage) or the shard's name (landmarks)
     n_faces: int = 0
     n_videos: int = 0
@@ -104,6 +105,18 @@ class TaskResult:
     seconds: float = 0.0
     skipped: bool = False               # already committed when the task started
     duplicate: bool = False             # another attempt committed the video first; this one was discarded
+    part: "LandmarkPart | None" = None  # landmark stage: the points of one row range of the shard
+
+
+@dataclass
+class LandmarkPart:
+    """Landmarks of rows [start, stop) of one shard, computed by a task; the client writes whole shards."""
+    start: int
+    stop: int
+    points: np.ndarray                  # float32 (stop - start, 68, 2), NaN where none
+    ok: np.ndarray                      # bool (stop - start,)
+    model_sha256: str
+    settings: str
 
 
 @dataclass
@@ -254,47 +267,92 @@ def _video_messages(path: str, v: VideoFaces) -> list[str]:
     return msgs
 
 
-def landmark_shard(shard: str, cfg: LandmarkConfig, progress: ProgressFn | None = None) -> TaskResult:
-    """Task body of the landmark stage: add landmarks to a finished shard; skip if already done."""
+def part_ranges(n: int, part_rows: int) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) of the landmark tasks of an n-crop shard (one empty range for an empty one)."""
+    return [(a, min(n, a + part_rows)) for a in range(0, n, part_rows)] or [(0, 0)]
+
+
+def _last_rows(video: np.ndarray, n_videos: int) -> np.ndarray:
+    """Row of each video's last crop (-1 for a video without crops): progress counts it once that row is done."""
+    last = np.full(n_videos, -1)
+    if len(video):
+        last[video] = np.arange(len(video))  # later rows overwrite earlier ones
+    return last
+
+
+def landmark_part(shard: str, start: int, stop: int, cfg: LandmarkConfig, progress: ProgressFn | None = None
+                  ) -> TaskResult:
+    """Task body of the landmark stage: dlib's 68 points for rows [start, stop) of a finished shard.
+
+    Reads only; the client writes the shard once all its parts are back (``write_landmarks``), so a shard
+    is never half-written and the stage spreads over as many workers as the split has parts.
+    """
     t0 = time.perf_counter()
     path = Path(shard)
     reader = ShardReader(path)
-    if reader.has_landmarks:
-        return TaskResult(file=path.name, skipped=True)
     _limit_threads()
     pred = _predictor(cfg.model_path, cfg.upsample)
     n = len(reader)
-    pts = np.full((n, 68, 2), np.nan, np.float32)
-    ok = np.zeros(n, bool)
+    pts = np.full((stop - start, 68, 2), np.nan, np.float32)
+    ok = np.zeros(stop - start, bool)
     root = str(reader.attrs.get("source_root", ""))
-    result = TaskResult(file=path.name, n_faces=n, n_videos=len(reader.videos))
-    # Progress counts a video as done once the block holding its last crop is processed.
-    last_row = np.full(len(reader.videos), -1)
-    if n:
-        last_row[reader.video] = np.arange(n)  # later rows overwrite earlier: the last crop of each video
-    for start in range(0, n, cfg.block):
-        stop = min(n, start + cfg.block)
-        crops = reader.read("faces", slice(start, stop))  # one block in memory at a time
+    last_row = _last_rows(reader.video, len(reader.videos))
+    result = TaskResult(file=path.name, n_faces=stop - start, n_frames=stop - start)
+    for b0 in range(start, stop, cfg.block):
+        b1 = min(stop, b0 + cfg.block)
+        crops = reader.read("faces", slice(b0, b1))  # one block in memory at a time
         p, o = pred.predict_batch(crops)
-        pts[start:stop], ok[start:stop] = p, o
+        pts[b0 - start:b1 - start], ok[b0 - start:b1 - start] = p, o
         for j in np.flatnonzero(~o):
-            row = reader.video_row(start + j)
+            row = reader.video_row(b0 + j)
             result.failures.append(failure(os.path.join(root, row["path"]) if root else row["path"], "landmarks",
-                                           "dlib found no face in the crop", int(reader.frame_index[start + j])))
+                                           "dlib found no face in the crop", int(reader.frame_index[b0 + j])))
         if progress:  # keyed by shard and block: a retried task does not count its videos twice
-            finished = int(((last_row >= start) & (last_row < stop)).sum())
-            progress({"key": f"{path.name}#{start}", "group": path.name, "videos": finished, "frames": stop - start,
-                      "faces": stop - start})
+            finished = int(((last_row >= b0) & (last_row < b1)).sum())
+            progress({"key": f"{path.name}#{b0}", "group": f"{path.name}#{start}", "videos": finished,
+                      "frames": b1 - b0, "faces": b1 - b0})
     reader.close()
-    add_landmarks(path, pts, ok, pred.model_sha256, pred.settings, result.failures)
-    result.n_frames = n
+    result.part = LandmarkPart(start, stop, pts, ok, pred.model_sha256, pred.settings)
+    result.n_videos = _part_videos(last_row, start, stop, n)
     result.seconds = time.perf_counter() - t0
-    bad = int((~ok).sum())
-    result.messages = [f"{path}: landmarks: dlib found no face in {bad} of {n} crops"] if bad else []
-    if progress:
-        progress({"key": f"{path.name}#end", "group": path.name, "videos": int((last_row < 0).sum()), "frames": 0,  # no-crop videos
-                  "faces": 0})
     return result
+
+
+def _part_videos(last_row: np.ndarray, start: int, stop: int, n: int) -> int:
+    """Videos a part completes: those whose last crop it holds, and for the last part the videos without crops."""
+    return int(((last_row >= start) & (last_row < stop)).sum()) + (int((last_row < 0).sum()) if stop == n else 0)
+
+
+def write_landmarks(path: Path, parts: Sequence[TaskResult]) -> TaskResult:
+    """Join the landmark parts of one shard (any order) and write them into it atomically (``add_landmarks``)."""
+    parts = sorted(parts, key=lambda r: r.part.start)
+    with ShardReader(path) as reader:
+        n = len(reader)
+    reached = 0
+    for r in parts:
+        if r.part.start != reached:
+            break
+        reached = r.part.stop
+    if reached != n:
+        raise ShardError(f"{path}: landmark parts cover crops [0, {reached}) of {n}; rerun cache-landmarks")
+    pts = np.concatenate([r.part.points for r in parts]) if n else np.zeros((0, 68, 2), np.float32)
+    ok = np.concatenate([r.part.ok for r in parts]) if n else np.zeros(0, bool)
+    failures = [f for r in parts for f in r.failures]
+    add_landmarks(path, pts, ok, parts[0].part.model_sha256, parts[0].part.settings, failures)
+    bad = int((~ok).sum())
+    return TaskResult(file=path.name, n_faces=n, n_frames=n, n_videos=sum(r.n_videos for r in parts),
+                      failures=failures, seconds=sum(r.seconds for r in parts),
+                      messages=[f"{path}: landmarks: dlib found no face in {bad} of {n} crops"] if bad else [])
+
+
+def landmark_shard(shard: str, cfg: LandmarkConfig, progress: ProgressFn | None = None) -> TaskResult:
+    """The landmark stage for one shard in this process: every part, then the write; skip if already done."""
+    path = Path(shard)
+    with ShardReader(path) as reader:
+        done, n = reader.has_landmarks, len(reader)
+    if done:
+        return TaskResult(file=path.name, skipped=True)
+    return write_landmarks(path, [landmark_part(shard, a, b, cfg, progress) for a, b in part_ranges(n, cfg.part_rows)])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -699,16 +757,41 @@ def _run_landmarks(split_dir: Path, index: dict, cfg: LandmarkConfig, workers, s
     skipped = len(entries) - len(todo) - len(unreadable)
     if skipped:
         print(f"resume: {skipped} shards already have landmarks, {len(todo)} to do", flush=True)
-    # Larger shards first (their crop count), so the last shard to finish is a small one.
-    tasks = [_Task(n, str(split_dir / n), (str(split_dir / n), cfg), float(entries[n]["n_faces"]),
-                   entries[n]["n_videos"]) for n in todo]
+    # One task per part of a shard (cfg.part_rows crops), larger shards first; the client writes each shard once
+    # all its parts are back, so the stage uses as many workers as the split has parts, not shards.
+    tasks = []
+    for n in todo:
+        with ShardReader(split_dir / n) as reader:
+            last_row, n_rows = _last_rows(reader.video, len(reader.videos)), len(reader)
+        for a, b in part_ranges(n_rows, cfg.part_rows):
+            tasks.append(_Task(f"{n}#{a}", str(split_dir / n), (str(split_dir / n), a, b, cfg),
+                               float(entries[n]["n_faces"]), _part_videos(last_row, a, b, n_rows)))
     bar = _ProgressBar(sum(t.n_videos for t in tasks),
                        f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops")
     with _dask_client(workers, scheduler, client) as c:
         try:
-            results, more, failed = _run_tasks(landmark_shard, tasks, bar, c, on_error, "landmarks")
+            parts, more, failed_parts = _run_tasks(landmark_part, tasks, bar, c, on_error, "landmarks")
         finally:
             bar.close()
+    by_shard: dict[str, list[TaskResult]] = {}
+    for r in parts:
+        by_shard.setdefault(r.file, []).append(r)
+    failed = sorted({name.split("#")[0] for name in failed_parts})  # a shard with a failed part stays as it was
+    results = []
+    for n in todo:
+        if n in failed or n not in by_shard:
+            continue
+        try:
+            res = write_landmarks(split_dir / n, by_shard[n])
+        except (ShardError, OSError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"{split_dir / n}: landmarks: not written ({reason}); rerun cache-landmarks", flush=True)
+            more.append(failure(str(split_dir / n), "landmarks", f"not written ({reason})"))
+            failed.append(n)
+            continue
+        for m in res.messages:
+            print(m, flush=True)
+        results.append(res)
     return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), results, homeless + more,
                    unreadable + failed, skipped, t0, {"plan": index["plan"]} if "plan" in index else None)
 

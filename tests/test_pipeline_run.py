@@ -780,3 +780,37 @@ def test_a_single_pass_split_made_before_detection_levels_resumes_with_face_px_0
     assert "face_px" not in extract_settings(single, items) and "min_side" not in extract_settings(single, items)
     assert extract_settings(_cfg(), items)["face_px"] == 64
     assert _diff({"a": 1}, {"a": 1, "face_px": None}) == "face_px (absent) -> None"
+
+
+def test_landmark_parts_spread_one_shard_over_tasks_and_a_failed_part_leaves_it_unwritten(tmp_path,
+                                                                                         sample_videos_dir,
+                                                                                         monkeypatch):
+    """A size-bounded shard is several landmark tasks (part_rows crops each): the joined result equals one
+    pass over the shard, and a shard with a failed part is not written (the rerun completes it)."""
+    from pipeline import runner
+
+    items = _copies(tmp_path, sample_videos_dir, 3, frames=4)
+    d, ref = tmp_path / "parts", tmp_path / "whole"
+    for out in (d, ref):
+        run_extract(items, out, "mine", "train", _cfg(), workers=0)  # one shard of 12 crops
+    run_landmarks(ref, LandmarkConfig(), workers=0)
+    calls = []
+    real_part = runner.landmark_part
+
+    def flaky(shard, start, stop, cfg, progress=None):
+        calls.append((start, stop))
+        if start == 5 and len(calls) <= 3:
+            raise RuntimeError("worker lost")
+        return real_part(shard, start, stop, cfg, progress)
+
+    monkeypatch.setattr(runner, "landmark_part", flaky)
+    s = run_landmarks(d, LandmarkConfig(part_rows=5), workers=0)
+    assert calls == [(0, 5), (5, 10), (10, 12)] and s.failed_shards == ["shard-00000.h5"]
+    assert not ShardReader(d / "shard-00000.h5").has_landmarks
+    s = run_landmarks(d, LandmarkConfig(part_rows=5), workers=0)
+    assert not s.failed_shards and verify_split(d) == []
+    a, b = ShardReader(d / "shard-00000.h5"), ShardReader(ref / "shard-00000.h5")
+    np.testing.assert_array_equal(a.read("landmarks"), b.read("landmarks"))
+    np.testing.assert_array_equal(a.read("landmark_ok"), b.read("landmark_ok"))
+    assert [r for r in _failures(d) if r["stage"] == "landmarks"] == \
+        [r for r in _failures(ref) if r["stage"] == "landmarks"]
