@@ -13,6 +13,8 @@ priorities. "now" is ``run_extract`` itself (probe for priorities, one task per 
 Both use the same workers with the detector preloaded. Per worker, busy time is the sum of its task compute
 intervals from distributed's task stream (``client.get_task_stream``); wall time is the whole call (for
 "now" including probing, packing and the index, which "before" does not do). Rounds alternate before/now.
+Then the landmark stage on the packed split of (b), one shard: one task per shard (``part_rows`` larger than
+the shard, the previous scheduling) against one task per ``part_rows`` crops (now), alternating rounds.
 Last, packing itself: raw chunk copy against decoding and re-encoding the same crops, in CPU seconds.
 
     PYTHONPATH=. python -m bench.bench_balance --frames 32 --rounds 3 --png out/bench_balance.png
@@ -141,6 +143,33 @@ def bench_pack(shard: Path, root: Path, repeats: int = 3) -> None:
           f"MB per CPU-second ({med(recompress) / med(raw):.1f}x)")
 
 
+def bench_landmark_parts(client, split: Path, root: Path, workers: list[str], rounds: int) -> None:
+    """cache-landmarks on one split (a single shard): one task for the shard vs the default parts."""
+    from distributed import get_task_stream
+
+    from pipeline.runner import LandmarkConfig, preload_models, run_landmarks
+    from pipeline.shards import ShardReader
+
+    client.run(preload_models, None, LandmarkConfig())
+    n = sum(len(ShardReader(p)) for p in split.glob("shard-*.h5"))
+    default = LandmarkConfig().part_rows
+    print(f"landmarks on {split.name}: {len(list(split.glob('shard-*.h5')))} shard, {n} crops, 2 workers")
+    for r in range(rounds):
+        for mode, rows in (("one task per shard", 10 ** 9), (f"parts of {default} crops", default)):
+            d = root / f"lm-{r}-{rows}"
+            shutil.copytree(split, d)
+            t_start = time.time()
+            with get_task_stream(client=client) as ts:
+                t = time.perf_counter()
+                run_landmarks(d, LandmarkConfig(part_rows=rows), client=client)
+                wall = time.perf_counter() - t
+            per, _ = busy(ts.data, t_start)
+            util = [per.get(w, 0.0) / wall for w in workers]
+            print(f"  round {r} {mode:<22} wall {wall:6.2f} s, busy/wall per worker "
+                  f"{' '.join(f'{x:4.0%}' for x in util)}")
+            shutil.rmtree(d)
+
+
 def busy(stream: list[dict], t_start: float) -> tuple[dict[str, float], list[tuple[str, float, float, str]]]:
     """Compute seconds per worker, and (worker, start, stop, key) intervals relative to ``t_start``."""
     per = defaultdict(float)
@@ -192,6 +221,8 @@ def main() -> None:
                         packed = out / "shard-00000.h5"
                         continue  # kept for the packing measurement
                     shutil.rmtree(out)
+        if packed is not None:
+            bench_landmark_parts(client, packed.parent, root, workers, args.rounds)
     print(f"{len(workers)} workers (1 thread each), {args.frames} frames per video, crops 384; "
           f"busy = task compute seconds from the task stream, wall = the whole call; load average "
           f"{load0:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores")
