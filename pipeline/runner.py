@@ -33,7 +33,7 @@ import os
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pipeline.cluster import quiet_client_log
+from pipeline.cluster import ClusterError, dask_client, quiet_client_log
 from pipeline.extract import CROP_SCALE, CROP_SIZE, VideoFaces, extract_video, failure
 from pipeline.faces import DetectorConfig, FaceDetector
 from pipeline.landmarks import LandmarkPredictor
@@ -452,35 +452,18 @@ def _lost(e: BaseException) -> PipelineError:
 
 @contextmanager
 def _dask_client(workers: int | None, scheduler: str | None, client):
-    """``client`` as given, None for an in-process run (``workers=0``), or a new one that is closed afterwards.
-
-    A scheduler lost while the client is used or closed is one ``PipelineError`` line.
-    """
-    if client is None and workers == 0 and not scheduler:
-        yield None
-        return
+    """``client`` as given, or ``pipeline.cluster.dask_client``'s (None for an in-process run, ``workers=0``; a
+    new client is closed afterwards). A cluster that cannot be reached is one ``PipelineError`` line."""
     if client is not None:
         with quiet_client_log():
             yield client
         return
-    try:
-        client = make_client(workers, scheduler)  # prints the dashboard address before the bar starts
-    except _lost_scheduler_errors() as e:
-        from pipeline.cli_errors import one_line
-
-        raise PipelineError(f"cannot reach the Dask scheduler {scheduler or '(local cluster)'} "
-                            f"({type(e).__name__}: {one_line(e)})") from None
-    with quiet_client_log():  # also while closing: the client's reconnection attempts log until it is closed
+    with ExitStack() as stack:
         try:
-            yield client
-        finally:
-            cluster = getattr(client, "cluster", None)
-            try:
-                client.close()
-                if cluster is not None and not scheduler:
-                    cluster.close()
-            except _lost_scheduler_errors():  # already gone: nothing left to release
-                pass
+            c = stack.enter_context(dask_client(workers, scheduler))  # prints the dashboard before the bar
+        except ClusterError as e:
+            raise PipelineError(str(e)) from None
+        yield c
 
 
 def _run_tasks(fn: Callable, tasks: list[_Task], bar: _ProgressBar, client, on_error: str, stage: str
@@ -621,14 +604,6 @@ def local_cluster(n_workers: int, dashboard_address: str | None = ":0"):
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             dashboard_address=dashboard_address, silence_logs=40)
-
-
-def make_client(workers: int | None, scheduler: str | None):
-    """A Dask client: an existing cluster at ``scheduler`` (or DASK_SCHEDULER_ADDRESS), or a LocalCluster of
-    single-threaded processes; environment checked (see ``pipeline.cluster.make_client``)."""
-    from pipeline.cluster import make_client as connect
-
-    return connect(workers, scheduler)
 
 
 def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, workers, scheduler, client,
