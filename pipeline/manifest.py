@@ -195,8 +195,7 @@ def _shard_size(v: Any, where: Path, key: str, base: int | None) -> int:
     if v is None:
         return base if base is not None else DEFAULT_SHARD_BYTES
     try:
-        _expect(not isinstance(v, bool), where, key, "a size such as 1GiB or 512MB", v)
-        return parse_size(v)
+        return parse_size(v)  # refuses booleans, floats and sizes under 1 byte too
     except ValueError:
         raise ManifestError(f"{where}: {key}: expected a size such as 1GiB or 512MB, got {v!r}") from None
 

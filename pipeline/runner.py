@@ -335,8 +335,8 @@ def write_landmarks(path: Path, parts: Sequence[TaskResult]) -> TaskResult:
         reached = r.part.stop
     if reached != n:
         raise ShardError(f"{path}: landmark parts cover crops [0, {reached}) of {n}; rerun cache-landmarks")
-    pts = np.concatenate([r.part.points for r in parts]) if n else np.zeros((0, 68, 2), np.float32)
-    ok = np.concatenate([r.part.ok for r in parts]) if n else np.zeros(0, bool)
+    pts = np.concatenate([r.part.points for r in parts])  # an empty shard has one empty part (part_ranges)
+    ok = np.concatenate([r.part.ok for r in parts])
     failures = [f for r in parts for f in r.failures]
     add_landmarks(path, pts, ok, parts[0].part.model_sha256, parts[0].part.settings, failures)
     bad = int((~ok).sum())
