@@ -369,7 +369,7 @@ def train(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_state: di
 
 
 def run_epoch_end(t: Trainer, stats: dict[str, float], val_loader, val_mode: str) -> None:
-    """Validate (rank 0), log, write last.pt and, when the video AUC improved, best.pt."""
+    """Validate (rank 0), log, write last.pt and, when the selection AUC (val.select) improved, best.pt."""
     replica_diff = check_replicas(t) if t.cfg.train.check_replicas else 0.0
     val = None
     if val_loader is not None and (t.epoch + 1) % t.cfg.val.every == 0:
@@ -391,14 +391,15 @@ def run_epoch_end(t: Trainer, stats: dict[str, float], val_loader, val_mode: str
             f"{k}={v:.4f}" for k, v in val.items() if isinstance(v, float)) if val else ""
         log.info(f"epoch {t.epoch + 1}/{t.cfg.train.epochs}: {text}{vtext}"
                  + (f"; replicas max |dw| = {replica_diff:.3g}" if t.dist.enabled else ""))
-        improved = val is not None and math.isfinite(val["auc_video"]) and val["auc_video"] > t.best_auc
+        metric = t.cfg.val.select
+        improved = val is not None and math.isfinite(val[metric]) and val[metric] > t.best_auc
         if improved:
-            t.best_auc = val["auc_video"]
+            t.best_auc = val[metric]
         state = checkpoint_state(t, val, rng)
         save_checkpoint(t.run_dir / "last.pt", state)
         if improved:
             save_checkpoint(t.run_dir / "best.pt", state)
-            log.info(f"best.pt: video AUC {t.best_auc:.4f} at epoch {t.epoch + 1}")
+            log.info(f"best.pt: {metric} {t.best_auc:.4f} at epoch {t.epoch + 1}")
         (t.run_dir / "history.json").write_text(json.dumps(t.history, indent=1))
     if t.dist.enabled:
         torch.distributed.barrier()

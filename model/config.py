@@ -327,6 +327,9 @@ class ValConfig:
     face_scale: float | Literal["reference", "train-median", "crop"] = "reference"
     flip: bool = True  # flip test, as evaluation scores (the log says which protocol selected best.pt)
     max_videos: int = 0  # 0 = all; >0 keeps the first N videos (quick demos)
+    # The AUC that selects best.pt: video-level (the reference), or frame-level, which still ranks epochs when
+    # a small validation set (a few videos) puts every epoch's video AUC at 1.0.
+    select: Literal["auc_video", "auc_frame"] = "auc_video"
 
 
 @dataclass

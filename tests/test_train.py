@@ -348,6 +348,21 @@ def test_cli_run_validates_checkpoints_and_resumes_exactly(shards, tmp_path):
     assert set(net(torch.zeros(1, 3, SIZE, SIZE))) == {"cls", "hm", "cstency"}
 
 
+@pytest.mark.parametrize("metric", ["auc_frame", "auc_video"])
+def test_best_checkpoint_follows_the_selection_metric(shards, tmp_path, metric):
+    """best.pt holds the first epoch with the highest val.select AUC (frame- or video-level)."""
+    common = tiny_overrides(shards, tmp_path, "train.epochs=3", "train.freeze_backbone_epochs=0",
+                            "train.max_steps_per_epoch=2", f"val.shards=[{shards['val']}]", "val.every=1",
+                            "val.num_workers=0", "val.fakes=sbi", f"val.select={metric}")
+    run = run_cli(["--config", DEMO_CONFIG, *common, f"train.run_name={metric}"])
+    history = json.loads((run / "history.json").read_text())
+    values = [h[f"val_{metric}"] for h in history]
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] == values.index(max(values)) + 1
+    assert best["best_auc"] == pytest.approx(max(values))
+    assert f"best.pt: {metric}" in (run / "train.log").read_text()
+
+
 def test_sam_second_pass_updates_bn_statistics_only_when_asked(shards, tmp_path):
     """optim.sam_bn_update (default, the reference) updates BN running statistics in both SAM passes; off,
     only the first pass does. The weight update itself does not depend on it (same gradients)."""
