@@ -96,6 +96,10 @@ def test_end_to_end_writes_every_output(setup, tmp_path):
     assert len({(r["method"], r["video_id"]) for r in rows}) == 6
     assert all(int(r["n_frames"]) == 2 for r in rows)
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
+    # Full precision: the AUC recomputed from the file is the report's, bit for bit.
+    from sklearn.metrics import roc_auc_score
+    toy = [r for r in rows if r["test_set"] == "toy/test"]
+    assert roc_auc_score([int(r["label"]) for r in toy], [float(r["score"]) for r in toy]) == v["auc"]
 
     report = (out / "report.md").read_text()
     assert "toy/test / Deepfakes" in report and "Robustness" in report and "c23" in report

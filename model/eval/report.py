@@ -340,13 +340,14 @@ def draw_overlays(model, dataset, frames: FrameResults, videos, k: int, device, 
 
 
 def write_scores(path: Path, per_set: dict[str, tuple]) -> None:
-    """scores.csv: one row per video (test set, video id, label, method, score = fake probability, n_frames)."""
+    """scores.csv: one row per video (test set, video id, label, method, score = fake probability at full
+    precision, so metrics recomputed from the file equal the report's, n_frames)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["test_set", "video_id", "label", "method", "score", "n_frames"])
         for name, (_, videos) in per_set.items():
             for vid, lab, m, s, n in zip(videos.video_id, videos.label, videos.method, videos.score, videos.n_frames):
-                w.writerow([name, vid, int(lab), m, f"{s:.6f}", int(n)])
+                w.writerow([name, vid, int(lab), m, repr(float(s)), int(n)])
 
 
 def write_frame_scores(path: Path, per_set: dict[str, tuple]) -> None:
@@ -357,7 +358,7 @@ def write_frame_scores(path: Path, per_set: dict[str, tuple]) -> None:
         for name, (frames, _) in per_set.items():
             for vid, m, fi, lab, lg in zip(frames.video_ids, frames.methods, frames.frame_index, frames.labels,
                                            frames.logits):
-                w.writerow([name, vid, m, int(fi), int(lab), f"{lg:.6f}"])
+                w.writerow([name, vid, m, int(fi), int(lab), repr(float(lg))])
 
 
 def clean_json(obj):
