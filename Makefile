@@ -14,6 +14,9 @@
 #   make evaluate  CKPT=runs/x/best.pt DATASET=cdf2 SPLIT=test
 #   make demo                                  the whole path on the embedded sample, on CPU
 #   make bench                                 benchmarks (slow; print measured figures and baselines)
+#   make realworld OUT=out/realworld [QUICK=1] [DEVICE=cuda]
+#                                              train on real talking heads, score real deepfakes (FF++ c40, DFD,
+#                                              DFDC clips of ../shared/data/videos): report.md + summary.json
 
 PYTHON_SYS ?= python3
 VENV       ?= .venv
@@ -35,7 +38,11 @@ DASK_OPTS  := $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--schedule
               $(if $(SCHEDULER_FILE),--scheduler-file $(SCHEDULER_FILE))
 
 
-.PHONY: install test test-all frames landmarks prep verify inspect train evaluate demo bench clean
+OUT        ?= out/realworld
+QUICK      ?=
+DEVICE     ?= cpu
+
+.PHONY: install test test-all frames landmarks prep verify inspect train evaluate demo bench realworld clean
 
 install: $(STAMP)
 
@@ -109,6 +116,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do m=$$(basename $$b .py); echo "== $$m"; PYTHONPATH=. $(PY) -m bench.$$m || exit 1; done
+
+realworld: $(STAMP)
+	$(PY) -m bench.realworld --out $(OUT) --device $(DEVICE) $(if $(QUICK),--quick)
 
 clean:
 	rm -rf out runs .pytest_cache
