@@ -537,6 +537,22 @@ def label_from_folders(folders: Sequence[str]) -> int | None:
     return None
 
 
+def _walk_videos(top: str) -> list[str]:
+    """Video files below ``top``, recursively, following symlinked folders (a common layout on clusters); a
+    folder reached a second time (a link loop, or two links to one folder) is read once."""
+    seen, files = set(), []
+    for root, dirs, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()  # the first link to a folder, in name order, names its files
+        files += [os.path.join(root, n) for n in names
+                  if os.path.splitext(n)[1].lower() in VIDEO_SUFFIXES and os.path.isfile(os.path.join(root, n))]
+    return sorted(files)
+
+
 def _expand_input(pattern: str) -> list[tuple[str, str]]:
     """(file, folder the label is read below) for a glob, a single file or a folder (its videos, recursively)."""
     import glob
@@ -544,7 +560,7 @@ def _expand_input(pattern: str) -> list[tuple[str, str]]:
     expanded = os.path.expanduser(pattern)
     if os.path.isdir(expanded):
         top = os.path.abspath(expanded)
-        files = sorted(str(p) for p in Path(top).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        files = _walk_videos(top)
         if not files:
             raise ManifestError(f"--input {pattern!r}: the folder holds no video files "
                                 f"({', '.join(VIDEO_SUFFIXES)})")

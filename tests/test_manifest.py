@@ -219,6 +219,23 @@ def test_adhoc_label_from_folder_and_several_inputs(tmp_path):
         adhoc_items(str(tmp_path / "empty"), 0, 8)
 
 
+def test_adhoc_folder_input_follows_symlinked_folders_once(tmp_path):
+    """A folder input descends into symlinked folders (clusters link datasets in); a link loop and a second
+    link to the same folder add nothing."""
+    store = tmp_path / "store"
+    _touch(store / "clips" / "a.mp4")
+    _touch(store / "more" / "b.mp4")
+    mine = tmp_path / "mine"
+    (mine / "real").mkdir(parents=True)
+    (mine / "real" / "linked").symlink_to(store / "clips")
+    (mine / "real" / "again").symlink_to(store / "clips")
+    (mine / "real" / "linked_more").symlink_to(store / "more")
+    (store / "more" / "loop").symlink_to(mine / "real")  # mine/real -> more -> loop -> mine/real
+    items = adhoc_items(str(mine), None, 8)
+    assert sorted(it.id for it in items) == ["again/a", "linked_more/b"]  # ids relative to the common folder
+    assert all(it.label == 0 for it in items)
+
+
 @pytest.mark.parametrize("doc, key, form", [
     ({"defaults": {"shard_sise": "1GB"}}, "defaults.shard_sise", "did you mean 'shard_size'"),
     ({"defaults": {"shard_size": True}}, "defaults.shard_size", "a size such as 1GiB"),
