@@ -42,3 +42,28 @@ def test_validation_evaluation_and_predict_give_the_same_scores(tmp_path, monkey
     assert predict.score_faces is inference.score_faces
     cls_noflip, _ = inference.score_faces(model, images, flip=False)
     assert not np.allclose(cls_noflip.numpy(), direct.logits)      # the flip test is really on
+
+
+def test_scoring_runs_only_the_heads_it_needs():
+    """score_faces skips the heatmap and consistency heads when it needs the cls logit only; the logits are the
+    ones of the full forward pass."""
+    import torch
+
+    from model.config import ModelConfig
+    from model.eval.inference import score_faces
+    from model.net.laanet import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="test_efficientnet", input_size=64, head_conv=8)).eval()
+    ran = []
+    for name, head in model.heads.items():
+        head.register_forward_hook(lambda m, i, o, name=name: ran.append(name))
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    cls, hm = score_faces(model, x, flip=True)
+    assert hm is None and ran == ["cls"]
+    with torch.inference_mode():
+        full = model(torch.cat([x, x.flip(-1)]))["cls"][:, 0]
+    torch.testing.assert_close(cls, (full[:3] + full[3:]) / 2)
+    ran.clear()
+    _, hm = score_faces(model, x, flip=False, want_heatmap=True)
+    assert sorted(ran) == ["cls", "hm"] and hm.shape == (3, 1, 16, 16)

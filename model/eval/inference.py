@@ -40,7 +40,7 @@ def score_faces(model, images: torch.Tensor, flip: bool = True, want_heatmap: bo
     """
     with torch.inference_mode(), _autocast(images.device, amp):
         x = torch.cat([images, images.flip(-1)]) if flip else images
-        out = model(x)
+        out = model(x, heads=("cls", "hm") if want_heatmap else ("cls",))
         cls = out["cls"].float().reshape(len(x), -1)[:, 0]
         hm = out.get("hm") if want_heatmap else None
         if hm is not None:

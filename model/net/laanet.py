@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from model.net.backbone import Backbone
 from model.config import ModelConfig
+from model.net.backbone import Backbone
 from model.net.efpn import Decoder
 
 # Heads that give one value per image (global average pool + Linear); every other head is dense.
@@ -59,14 +59,15 @@ class LAANet(nn.Module):
             nn.init.constant_(self.heads["hm"].out.bias, HM_BIAS_INIT)
         self.backbone_bn_frozen = False
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, heads: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """x (B, 3, H, W), H and W multiples of 32 -> {"cls": (B, 1), "hm": (B, 1, H/4, W/4),
-        "cstency": (B, 256, H/4, W/4)} (keys of the enabled heads)."""
+        "cstency": (B, 256, H/4, W/4)} (keys of the enabled heads). ``heads``: run only these of the enabled
+        heads (scoring needs only "cls"; the others' convolutions at H/4 are skipped)."""
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % 32 or x.shape[3] % 32:
             raise ValueError(f"expected input (B, 3, H, W) with H, W multiples of 32, got {tuple(x.shape)}")
         feats = [self.dropout(t) for t in self.backbone(x)]
         f = self.decoder(*feats)
-        return {name: head(f) for name, head in self.heads.items()}
+        return {name: head(f) for name, head in self.heads.items() if heads is None or name in heads}
 
     def train(self, mode: bool = True) -> LAANet:
         super().train(mode)
