@@ -5,6 +5,7 @@
 #                                              (editable: .venv/bin/python imports pipeline/model from any folder)
 #   make test                                  the fast tests (CPU, under 3 minutes; not the slow ones)
 #   make test-all                              every test: slow end-to-end ones too (gpu ones skip without CUDA)
+#   make lint                                  ruff (rules and settings in pyproject.toml)
 #   make frames    DATASET=ffpp SPLIT=train    sample frames, detect faces, write HDF5 shards
 #   make landmarks DATASET=ffpp SPLIT=train    add dlib 68-point landmarks to those shards
 #   make prep      DATASET=ffpp SPLIT=train    both stages
@@ -42,7 +43,7 @@ OUT        ?= out/realworld
 QUICK      ?=
 DEVICE     ?= cpu
 
-.PHONY: install test test-all frames landmarks prep verify inspect train evaluate demo bench realworld clean
+.PHONY: install lint test test-all frames landmarks prep verify inspect train evaluate demo bench realworld clean
 
 install: $(STAMP)
 
@@ -55,6 +56,9 @@ $(STAMP): requirements.txt pyproject.toml
 	# The project itself, editable: laanet-* commands, and Dask workers started from .venv (any folder) import it.
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests

@@ -31,10 +31,16 @@ from model.data.datasets import EvalDataset, collate_eval, resolve_face_scale
 from model.eval import perturb, report
 from model.eval.inference import choose_batch_size, run_dataset
 from model.eval.metrics import compute_metrics
-from model.eval.protocol import (EvaluationError, build_protocol, class_refusal, duplicate_video,
-                                 faces_per_video, protocol_line, resolve_test_sets)
-from model.eval.report import (HelpFormatter, build_report, clean_json, draw_overlays, write_frame_scores,
-                               write_scores)
+from model.eval.protocol import (
+    EvaluationError,
+    build_protocol,
+    class_refusal,
+    duplicate_video,
+    faces_per_video,
+    protocol_line,
+    resolve_test_sets,
+)
+from model.eval.report import HelpFormatter, build_report, clean_json, draw_overlays, write_frame_scores, write_scores
 from model.eval.robustness import run_robustness
 from pipeline.cli_errors import debugging, one_line
 from pipeline.faces import file_sha256

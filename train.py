@@ -34,8 +34,16 @@ from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import Config, ConfigError, config_from_dict, config_to_yaml, load_config, save_config
 from model.eval.validation import build_val_loader, validate
 from model.train.dist import Dist, gather_rng_states, setup_distributed, teardown_distributed
-from model.train.engine import (NonFiniteLossError, Trainer, apply_freeze, build_trainer, check_replicas,
-                                checkpoint_state, train_one_epoch, train_step)
+from model.train.engine import (
+    NonFiniteLossError,
+    Trainer,
+    apply_freeze,
+    build_trainer,
+    check_replicas,
+    checkpoint_state,
+    train_one_epoch,
+    train_step,
+)
 from model.train.log import RunLogger, plot_curves
 from model.train.schedule import batch_plan
 from pipeline.cli_errors import debugging, one_line

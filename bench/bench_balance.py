@@ -190,12 +190,12 @@ def main() -> None:
                     help="per-worker timeline of the last round")
     args = ap.parse_args()
 
+    import os
+
     from distributed import Client, get_task_stream
 
     from pipeline.faces import DetectorConfig
     from pipeline.runner import ExtractConfig, local_cluster, preload_models
-
-    import os
 
     load0 = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="bench_balance_"))

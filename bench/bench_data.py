@@ -28,6 +28,7 @@ import numpy as np
 
 from tests.face_fixtures import FULL_SETS, SMALL_SET, example_crops, write_example_split
 
+
 def build_shard(root: Path, size: int, frames: int = 16) -> Path:
     """A split folder with one video per fixture face, `frames` slightly shifted frames each."""
     return write_example_split(root, size, SMALL_SET, frames)
@@ -67,8 +68,8 @@ class Baseline:
     def pair(self, i: int):
         import torch
 
-        from model.data.masks import MASK_KINDS, hull_mask
         from model.data.blend import to_pixels
+        from model.data.masks import MASK_KINDS, hull_mask
         from model.data.sbi import affine_about_centre, elastic_warp, flip_face
         from model.data.targets import make_targets
 

@@ -56,8 +56,8 @@ def faces_per_second(model, batch, flip: bool, seconds: float) -> tuple[float, f
 def main(args) -> None:
     import torch
 
-    from model.eval.inference import choose_batch_size
     from model import build_model
+    from model.eval.inference import choose_batch_size
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:

@@ -20,10 +20,10 @@ import torch
 
 from model.config import load_config
 from model.net.laanet import build_model, set_backbone_frozen
-from model.train.losses import LAALoss
-from model.train.schedule import WarmupLinearSchedule
 from model.train.dist import Dist, select_amp, select_device
 from model.train.engine import Trainer, build_optimizer, train_step
+from model.train.losses import LAALoss
+from model.train.schedule import WarmupLinearSchedule
 
 
 def synthetic_batch(pairs: int, size: int, seed: int = 0) -> dict:

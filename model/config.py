@@ -26,7 +26,6 @@ from typing import Any, Literal
 import yaml
 
 
-
 class _YamlLoader(yaml.SafeLoader):
     """YAML 1.2-style scalars: only true/false are booleans (YAML 1.1 also reads on/off/yes/no, which
     would turn ``train.amp=off`` into False) and ``5e-5`` is a float (YAML 1.1 needs ``5.0e-5``)."""

@@ -179,7 +179,7 @@ def convert_reference(src: str | Path, dst: str | Path, trust_pickle: bool = Fal
                          f"starts with {head!r})")
     try:
         obj = torch.load(src, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name and the reason
+    except Exception as err:
         hint = "" if trust_pickle else " (it may hold non-tensor objects: if you trust it, use --trust-pickle)"
         raise ValueError(f"{src}: cannot be read by torch.load ({type(err).__name__}){hint}") from err
     state = unwrap_reference_state(obj, src)

@@ -15,8 +15,14 @@ from pipeline.cluster import ClusterError, absolute, check_workers, dask_client
 from pipeline.faces import DetectorConfig, DetectorWeightsError
 from pipeline.landmarks import LandmarkModelError
 from pipeline.manifest import ManifestError
-from pipeline.shards import (COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_SHARD_BYTES, ShardError, check_compression,
-                             parse_size)
+from pipeline.shards import (
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    DEFAULT_SHARD_BYTES,
+    ShardError,
+    check_compression,
+    parse_size,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops + dlib "
@@ -335,7 +341,7 @@ def main() -> None:
 
     try:
         app()
-    except Exception as e:  # noqa: BLE001  (known errors are handled per command; this is the last line of defence)
+    except Exception as e:
         if debugging():
             raise
         typer.echo(f"error: {type(e).__name__}: {one_line(e)} (set {DEBUG_ENV}=1 for the traceback)", err=True)

@@ -283,7 +283,6 @@ class FaceDetector:
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """Detect faces in RGB uint8 frames, each (H, W, 3). Returns one ``Detections`` per frame, in order."""
-        cfg = self.cfg
         out: list[Detections | None] = [None] * len(frames)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, f in enumerate(frames):

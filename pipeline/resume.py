@@ -28,7 +28,7 @@ from typing import Sequence
 import h5py
 
 from pipeline.manifest import VideoItem
-from pipeline.shards import (FAILURES_NAME, INDEX_NAME, STAGING_NAME, TMP_SUFFIX, ShardError, read_json_rows)
+from pipeline.shards import FAILURES_NAME, INDEX_NAME, STAGING_NAME, TMP_SUFFIX, ShardError, read_json_rows
 
 
 class PlanConflict(Exception):

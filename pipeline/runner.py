@@ -47,11 +47,34 @@ from pipeline.faces import DetectorConfig, FaceDetector
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.lock import SplitBusy, split_lock
 from pipeline.manifest import VideoItem
-from pipeline.resume import (PlanConflict, clear_split, free_shard_names, plan_resume, settings_hash, staged_path,
-                             video_record)
-from pipeline.shards import (DEFAULT_COMPRESSION, DEFAULT_SHARD_BYTES, FAILURES_NAME, INDEX_NAME, STAGING_NAME,
-                             TMP_SUFFIX, AlreadyCommitted, ShardError, ShardReader, ShardWriter, add_landmarks,
-                             load_index, pack_shard, read_failures, stored_bytes, summarize_shard, write_index)
+from pipeline.resume import (
+    PlanConflict,
+    clear_split,
+    free_shard_names,
+    plan_resume,
+    settings_hash,
+    staged_path,
+    video_record,
+)
+from pipeline.shards import (
+    DEFAULT_COMPRESSION,
+    DEFAULT_SHARD_BYTES,
+    FAILURES_NAME,
+    INDEX_NAME,
+    STAGING_NAME,
+    TMP_SUFFIX,
+    AlreadyCommitted,
+    ShardError,
+    ShardReader,
+    ShardWriter,
+    add_landmarks,
+    load_index,
+    pack_shard,
+    read_failures,
+    stored_bytes,
+    summarize_shard,
+    write_index,
+)
 
 PROGRESS_TOPIC_PREFIX = "laanet-pipeline-progress-"  # + run id: one topic per run
 ProgressFn = Callable[[dict], None]

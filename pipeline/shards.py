@@ -685,7 +685,7 @@ class ShardReader:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # interpreter shutdown: h5py may already be torn down; nothing to release
+        except Exception:  # noqa: BLE001 -- interpreter shutdown: h5py may already be torn down; nothing to release
             return
 
 

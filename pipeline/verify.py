@@ -9,8 +9,16 @@ import h5py
 import numpy as np
 
 from pipeline.resume import check_index_plan, shard_plan
-from pipeline.shards import (FAILURES_NAME, PER_FACE, STAGING_NAME, TMP_SUFFIX, VIDEO_KEYS, ShardError,
-                             ShardReader, load_index)
+from pipeline.shards import (
+    FAILURES_NAME,
+    PER_FACE,
+    STAGING_NAME,
+    TMP_SUFFIX,
+    VIDEO_KEYS,
+    ShardError,
+    ShardReader,
+    load_index,
+)
 
 
 def _check_chunks(path: Path, ds: h5py.Dataset) -> list[str]:

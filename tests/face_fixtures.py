@@ -18,9 +18,9 @@ def example_faces(names: tuple[str, ...] = SMALL_SET) -> Iterator[tuple[np.ndarr
         for image in ET.parse(FIXTURES / name).getroot().iter("image"):
             img = cv2.cvtColor(cv2.imread(str(FIXTURES / image.get("file"))), cv2.COLOR_BGR2RGB)
             for b in image.iter("box"):
-                t, l, w, h = (int(b.get(k)) for k in ("top", "left", "width", "height"))
+                top, left, w, h = (int(b.get(k)) for k in ("top", "left", "width", "height"))
                 lm = np.array([[float(p.get("x")), float(p.get("y"))] for p in b.iter("part")], np.float32)
-                yield img, np.array([l, t, l + w - 1, t + h - 1], np.float32), lm
+                yield img, np.array([left, top, left + w - 1, top + h - 1], np.float32), lm
 
 
 def load_faces(size: int, margin: float = 1.6) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -8,8 +8,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from model.config import AugmentConfig, DataConfig
-from model.data.datasets import (EvalDataset, TrainPairDataset, collate_eval, collate_pairs, main, normalise_images,
-                                 to_tensor, video_key)
+from model.data.datasets import (
+    EvalDataset,
+    TrainPairDataset,
+    collate_eval,
+    collate_pairs,
+    main,
+    normalise_images,
+    to_tensor,
+    video_key,
+)
 from pipeline.shards import write_index, write_shard
 from tests.face_fixtures import load_faces
 
@@ -178,8 +186,7 @@ def test_pair_shortcuts_equal_processing_the_whole_fake():
     fake equals the real outside its mapped box, and photometric_pair (which processes the fake only near
     that box) gives exactly what processing the whole fake gives."""
     from model.config import AugmentConfig
-    from model.data.augment import (apply_geometry, photometric, photometric_pair, sample_geometry,
-                               warp, warp_box)
+    from model.data.augment import apply_geometry, photometric, photometric_pair, sample_geometry, warp, warp_box
     from model.data.sbi import sbi
 
     faces = load_faces(192)

@@ -2,13 +2,13 @@
 with the backbone frozen, one after unfreezing) and end with identical weights on both ranks."""
 from __future__ import annotations
 
-import pytest
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from tests.test_train import tiny_overrides, write_split

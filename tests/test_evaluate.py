@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import evaluate
-from model.data.datasets import tensor_to_uint8
-from model.eval import protocol, robustness
 from model import build_model
 from model.checkpoint import save_checkpoint
+from model.data.datasets import tensor_to_uint8
+from model.eval import protocol, robustness
 from pipeline.shards import write_index, write_shard
 from tests.face_fixtures import load_faces
 

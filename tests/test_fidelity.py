@@ -14,14 +14,19 @@ import numpy as np
 import pytest
 import torch
 
+from model.config import AugmentConfig, DataConfig, ModelConfig, SBIConfig, load_config
 from model.data.augment import sample_geometry
-from model.config import load_config
-from model.config import AugmentConfig, DataConfig, ModelConfig, SBIConfig
-from model.data.datasets import (REFERENCE_TEST_SCALE, EvalDataset, TrainPairDataset, eval_view,
-                        resolve_face_scale, training_face_scales)
-from model.net.laanet import build_model
+from model.data.datasets import (
+    REFERENCE_TEST_SCALE,
+    EvalDataset,
+    TrainPairDataset,
+    eval_view,
+    resolve_face_scale,
+    training_face_scales,
+)
 from model.data.pair_stats import compare, load_reference, pair_figures
 from model.data.sbi import random_margin, soften_mask
+from model.net.laanet import build_model
 from tests.face_fixtures import FULL_SETS, write_example_split
 
 DRAWS_PER_FACE = 48          # as the reference measurement

@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from model import build_model, load_checkpoint
 from model.checkpoint import save_checkpoint
-from model.net.efpn import FusionLevel
 from model.config import ModelConfig
+from model.net.efpn import FusionLevel
 from model.net.laanet import HM_BIAS_INIT, set_backbone_frozen
 from model.train.losses import LAALoss
 

@@ -3,11 +3,20 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.faces import (FaceDetector, crop_face, crop_to_frame, decode, frame_to_crop, nms, prior_boxes,
-                            square_crop_box)
+from pipeline.faces import (
+    FaceDetector,
+    crop_face,
+    crop_to_frame,
+    decode,
+    frame_to_crop,
+    nms,
+    prior_boxes,
+    square_crop_box,
+)
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.video import VideoError, iter_frames, probe, read_frames, sample_frames, sample_indices, select_expr
 from tests.face_fixtures import FULL_SETS, example_faces
+
 
 @pytest.fixture(scope="module")
 def detector():

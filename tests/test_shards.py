@@ -6,9 +6,21 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.shards import (DEFAULT_COMPRESSION, SCHEMA_VERSION, AlreadyCommitted, VIDEO_KEYS, ShardError, ShardReader, ShardWriter, add_landmarks,
-                             load_index, shard_paths, write_index, write_shard)
-from pipeline.shards import unfinished
+from pipeline.shards import (
+    DEFAULT_COMPRESSION,
+    SCHEMA_VERSION,
+    VIDEO_KEYS,
+    AlreadyCommitted,
+    ShardError,
+    ShardReader,
+    ShardWriter,
+    add_landmarks,
+    load_index,
+    shard_paths,
+    unfinished,
+    write_index,
+    write_shard,
+)
 from tests.shard_faults import flip_chunk_bytes
 
 

@@ -4,11 +4,11 @@ import cv2
 import numpy as np
 import pytest
 
-from model.data.bi_index import build_donor_table, normalise_shapes, shape_distance
-from model.data.masks import EYE_A, EYE_B, FLIP_INDEX, MASK_KINDS, flip_landmarks, forehead_points, hull_mask
 from model.config import BLEND_RATIOS, SBIConfig
 from model.data.bi import bi, piecewise_affine_warp
+from model.data.bi_index import build_donor_table, normalise_shapes, shape_distance
 from model.data.blend import resample_mask
+from model.data.masks import EYE_A, EYE_B, FLIP_INDEX, MASK_KINDS, flip_landmarks, forehead_points, hull_mask
 from model.data.sbi import elastic_field, flip_face, sbi, sbi_fake_for_eval
 from model.data.targets import boundary
 from tests.face_fixtures import load_faces
@@ -34,7 +34,7 @@ def test_flip_index_is_an_involution_and_swaps_eyes(faces):
 
 
 def test_masks_are_inside_the_face_and_forehead_extends_upwards(faces):
-    for face, lm in faces:
+    for _face, lm in faces:
         # Part hulls are rasterised separately: allow their edge pixels one pixel outside the whole hull.
         full = cv2.dilate(hull_mask(lm, (SIZE, SIZE), "facehull"), np.ones((3, 3), np.uint8))
         for kind in MASK_KINDS:

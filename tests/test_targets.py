@@ -3,8 +3,18 @@ import cv2
 import numpy as np
 import pytest
 
-from model.data.targets import (boundary, boundary_u8, draw_gaussian, draw_gaussians, gaussian_radius, make_targets,
-                           point_sigmas, reference_offset, reference_points, run_lengths)
+from model.data.targets import (
+    boundary,
+    boundary_u8,
+    draw_gaussian,
+    draw_gaussians,
+    gaussian_radius,
+    make_targets,
+    point_sigmas,
+    reference_offset,
+    reference_points,
+    run_lengths,
+)
 
 H = 96
 
@@ -41,8 +51,8 @@ def test_reference_peaks_are_one_at_every_vulnerable_point():
     assert len(ys) > 4 and has_peak.all()
     assert np.all(hm[ys, xs] == 1.0) and hm.max() == 1.0
     q = np.floor(255 * b + 1e-3)
-    for (r0, r1), qi in (((0, 48), 0), ((48, 96), 1)):
-        for (c0, c1), qj in (((0, 48), 0), ((48, 96), 1)):
+    for r0, r1 in ((0, 48), (48, 96)):
+        for c0, c1 in ((0, 48), (48, 96)):
             block = q[r0:r1, c0:c1]
             in_block = (ys >= r0) & (ys < r1) & (xs >= c0) & (xs < c1)
             assert in_block.sum() == (block == block.max()).sum()   # every tie is a point

@@ -24,8 +24,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from model.data import colour
 from model.config import AugmentConfig
+from model.data import colour
 from model.data.blend import to_pixels
 
 

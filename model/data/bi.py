@@ -11,6 +11,9 @@ from model.config import BIConfig
 from model.data.blend import SyntheticPair, bbox, blend_roi, odd_size, resample_mask, roi_at, warp_roi
 from model.data.masks import MASK_KINDS, hull_mask
 
+# The defaults of functions taking a `cfg` (read only: never mutated).
+DEFAULT_BI = BIConfig()
+
 
 @lru_cache(maxsize=8)
 def _hat_functions(g: int, cells: int) -> np.ndarray:
@@ -60,7 +63,7 @@ def piecewise_affine_warp(mask: np.ndarray, rng: np.random.Generator, cells: int
 
 
 def bi(target: np.ndarray, target_lm: np.ndarray, donor: np.ndarray, donor_lm: np.ndarray,
-       rng: np.random.Generator, cfg: BIConfig = BIConfig(), kind: str | None = None) -> SyntheticPair:
+       rng: np.random.Generator, cfg: BIConfig = DEFAULT_BI, kind: str | None = None) -> SyntheticPair:
     """Blended image: the donor's face (another video, similar landmarks) inside the target's face.
 
     The mask comes from the target's landmarks (a random hull type), deformed piecewise-affinely, eroded or

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from model.data.augment import apply_geometry, photometric_pair, sample_geometry, warp_box
-from model.data.bi_index import build_donor_table
 from model.config import SIGMA_RULES, AugmentConfig, BIConfig, DataConfig, SBIConfig
+from model.data.augment import apply_geometry, photometric_pair, sample_geometry, warp_box
 from model.data.bi import bi
+from model.data.bi_index import build_donor_table
 from model.data.sbi import random_margin, sbi, sbi_fake_for_eval
 from model.data.targets import boundary, boundary_u8, make_targets
 from pipeline.shards import ShardError, ShardReader, shard_paths

@@ -18,8 +18,11 @@ import numpy as np
 
 from model.config import SBIConfig
 from model.data import colour
-from model.data.blend import SyntheticPair, blend_roi, bbox, odd_size, resample_mask, roi_at, to_pixels, warp_roi
+from model.data.blend import SyntheticPair, bbox, blend_roi, odd_size, resample_mask, roi_at, to_pixels, warp_roi
 from model.data.masks import MASK_KINDS, flip_landmarks, hull_mask
+
+# The defaults of functions taking a `cfg` (read only: never mutated).
+DEFAULT_SBI = SBIConfig()
 
 
 def affine_about_centre(scale: float, tx: float, ty: float) -> np.ndarray:
@@ -34,7 +37,7 @@ def flip_face(face: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.n
     return cv2.flip(face, 1), flip_landmarks(landmarks, face.shape[1])
 
 
-def source_colour_transform(img: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = SBIConfig(),
+def source_colour_transform(img: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = DEFAULT_SBI,
                             applied: list[str] | None = None) -> np.ndarray:
     """Step 3 of SBI: RGB shift +-20 (p = cfg.rgb_shift_p), hue/sat/value +-0.3 (cfg.hsv_p),
     brightness/contrast +-0.1 (cfg.brightness_contrast_p), then one of {down-up scale by 2 or 4, sharpen
@@ -100,7 +103,7 @@ def elastic_warp(mask: np.ndarray, rng: np.random.Generator, alpha: float = 50.0
     return cv2.remap(mask, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def soften_mask(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = SBIConfig()) -> np.ndarray:
+def soften_mask(mask: np.ndarray, rng: np.random.Generator, cfg: SBIConfig = DEFAULT_SBI) -> np.ndarray:
     """Step 5 of SBI: 0/1 (g, g) mask -> float32 (g, g) soft mask M in [0, 1] with max 1.
 
     Resize by 0.8..1.25 per side (bilinear); Gaussian blur with an odd kernel k1 in 5..25 of the FLOAT mask,
@@ -172,7 +175,7 @@ def _preimage_box(mat: np.ndarray, roi: tuple[int, int, int, int], size: int, pa
     return bx0, by0, bx1, by1
 
 
-def random_margin(rng: np.random.Generator, cfg: SBIConfig = SBIConfig()) -> tuple[float, float, float, float]:
+def random_margin(rng: np.random.Generator, cfg: SBIConfig = DEFAULT_SBI) -> tuple[float, float, float, float]:
     """Step 7 of SBI: crop box (x0, y0, x1, y1) as fractions of the side. One margin m in cfg.margin grid px
     cut from all four sides (the face stays centred), or with `cfg.margin_symmetric` False one per side."""
     n = 1 if cfg.margin_symmetric else 4
@@ -181,7 +184,7 @@ def random_margin(rng: np.random.Generator, cfg: SBIConfig = SBIConfig()) -> tup
 
 
 def sbi(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-        cfg: SBIConfig = SBIConfig(), kind: str | None = None, flip: bool | None = None,
+        cfg: SBIConfig = DEFAULT_SBI, kind: str | None = None, flip: bool | None = None,
         augment_source: bool | None = None) -> SyntheticPair:
     """Self-blended image from one real face (steps 1-7 of the recipe; step 7 is returned as `crop`).
 

@@ -99,7 +99,7 @@ def apply_reference_padding(body: nn.Module, image_size: int) -> int:
     """
     size = image_size
     replaced = 0
-    for parent_name, parent in list(body.named_modules()):
+    for _, parent in list(body.named_modules()):
         for child_name, conv in list(parent.named_children()):
             if not isinstance(conv, nn.Conv2d) or isinstance(conv, StaticPadConv2d):
                 continue

@@ -23,7 +23,6 @@ import torch.nn as nn
 from model.config import DECODER_MODES
 
 
-
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
     """kxk conv (no bias, 'same' padding) + BatchNorm + ReLU; children named 0, 1, 2."""
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),

@@ -20,7 +20,7 @@ from model.checkpoint import restore_training_state, set_rng_state, training_sta
 from model.config import Config, ConfigError, config_to_dict
 from model.data.datasets import EpochSampler, TrainPairDataset, collate_pairs, normalise_images
 from model.net.laanet import build_model, set_backbone_frozen
-from model.train.dist import Dist, select_amp, select_device, seed_everything
+from model.train.dist import Dist, seed_everything, select_amp, select_device
 from model.train.log import RunLogger
 from model.train.losses import LAALoss
 from model.train.sam import SAM, bn_running_stats_frozen

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from model.config import LossConfig
 
+
 def _wide(t: torch.Tensor) -> torch.Tensor:
     """t in float32, or float64 if it already is (bf16/fp16 autocast outputs are widened)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
