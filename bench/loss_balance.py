@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.checkpoint is not None:
         from model import load_checkpoint
-        from model.config import config_from_dict
         from model.checkpoint import read_checkpoint
+        from model.config import config_from_dict
 
         cfg = config_from_dict(read_checkpoint(args.checkpoint)["config"], args.overrides)
         model = load_checkpoint(args.checkpoint)
