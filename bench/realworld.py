@@ -15,10 +15,13 @@ code detect a real deepfake?" end to end, through the project's own commands:
    network (ImageNet backbone, random heads) as the chance baseline, on the labelled clips.
 4. **report**: ``DIR/report.md`` with video-level AUC and AP overall, per dataset and per method, each with a
    bootstrap 95 % interval; ``DIR/summary.json`` (every figure); ``DIR/roc.png``; ``DIR/scores.csv`` (per-clip
-   scores of every run at full precision); ``DIR/overlays.png`` (heatmaps of the best and worst clips).
+   scores of every run at full precision); heatmap overlays of the best and worst clips (evaluate.py's, in
+   ``DIR/laanet/eval/overlays/``).
 
-The selected LAA-Net checkpoint (seed 0) is ``DIR/laanet/best.pt``. Every stage resumes: a prepared split or a
-finished run is reused when its settings are unchanged (``--fresh`` starts over).
+The selected LAA-Net checkpoint (seed 0) is ``DIR/laanet/best.pt``. Every stage resumes: a prepared split, a
+finished run, an evaluation or the loss-balance check is reused when what shaped it is unchanged (the resolved
+config, the command, the checkpoint's content); a finished run with other settings stops the command
+(``--fresh`` starts over).
 
 The clips are research-only data read in place from ``../shared/data/videos`` (``--videos``); they are never
 copied into the project. ``--quick`` runs the same path on fewer clips and steps (a smoke run, about 10 min);
@@ -163,6 +166,24 @@ def settings_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def resolved_config(config: Path, overrides: list[str]) -> dict:
+    """The whole config a run trains with (YAML chain + overrides), as the key of its reuse: editing the file
+    or its base changes it, moving the repository does not."""
+    from model.config import config_to_dict, load_config
+
+    return config_to_dict(load_config(config, overrides))
+
+
+def is_done(marker: Path, key: str) -> bool:
+    """True when ``marker`` (a stage's done.json) was written for ``key``."""
+    return marker.is_file() and json.loads(marker.read_text()).get("settings") == key
+
+
+def mark_done(marker: Path, key: str, **extra) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"settings": key, **extra}))
+
+
 def train_run(spec: RunSpec, config: Path, common: list[str], out: Path, log: Path) -> Path:
     """Train one run with ``train.py`` into ``out/spec.name`` and return its selected checkpoint.
 
@@ -171,19 +192,19 @@ def train_run(spec: RunSpec, config: Path, common: list[str], out: Path, log: Pa
     run_dir = out / spec.name
     args = [f"--config={config}", *common, f"train.out_dir={out}", f"train.run_name={spec.name}",
             f"train.seed={spec.seed}", *spec.overrides]
-    key = settings_hash(args)
+    key = settings_hash(resolved_config(config, args[1:]))
     done = run_dir / "done.json"
+    if is_done(done, key):
+        print(f"{run_dir}: trained ({done})")
+        return run_dir / "best.pt"
     if done.is_file():
-        if json.loads(done.read_text()).get("settings") == key:
-            print(f"{run_dir}: trained ({done})")
-            return run_dir / "best.pt"
         raise SystemExit(f"{run_dir}: holds a run with other settings; remove it or pass --fresh")
     t0 = time.perf_counter()
     run([sys.executable, "train.py", "--resume", "auto", *args], log)
     best = run_dir / "best.pt"
     if not best.is_file():
         raise SystemExit(f"{run_dir}: training wrote no best.pt (see {log})")
-    done.write_text(json.dumps({"settings": key, "command": args, "minutes": (time.perf_counter() - t0) / 60}))
+    mark_done(done, key, command=args, minutes=(time.perf_counter() - t0) / 60)
     return best
 
 
@@ -193,37 +214,46 @@ def write_untrained(config: Path, common: list[str], path: Path) -> Path:
     import torch
 
     from model.checkpoint import save_checkpoint
-    from model.config import config_to_dict, load_config
+    from model.config import config_from_dict
     from model.net.laanet import build_model
 
-    if path.is_file():
+    resolved = resolved_config(config, common)
+    key = settings_hash(resolved)
+    marker = path.parent / "done.json"
+    if path.is_file() and is_done(marker, key):
         return path
-    cfg = load_config(config, common)
+    cfg = config_from_dict(resolved)
     torch.manual_seed(cfg.train.seed)
-    save_checkpoint(path, {"model": build_model(cfg.model).state_dict(), "config": config_to_dict(cfg),
-                           "epoch": 0, "step": 0})
+    save_checkpoint(path, {"model": build_model(cfg.model).state_dict(), "config": resolved, "epoch": 0, "step": 0})
+    mark_done(marker, key)
     return path
 
 
 def evaluate_run(ckpt: Path, labelled: Path, out: Path, frames: int, workers: int, overlays: int,
                  device: str, log: Path, threads: int = 0) -> Path:
-    """``evaluate.py`` on the labelled clips; returns its ``scores.csv`` (reused when newer than ``ckpt``)."""
+    """``evaluate.py`` on the labelled clips; returns its ``scores.csv`` (reused when made by the same command
+    from a checkpoint of the same content)."""
+    from pipeline.faces import file_sha256
+
     scores = out / "scores.csv"
-    if scores.is_file() and scores.stat().st_mtime > ckpt.stat().st_mtime:
+    cmd = [sys.executable, "evaluate.py", "--checkpoint", str(ckpt), "--set", f"labelled={labelled}",
+           "--frames", str(frames), "--workers", str(workers), "--overlays", str(overlays), "--device", device,
+           "--out", str(out)]
+    key = settings_hash([cmd[1:], file_sha256(ckpt)])
+    if scores.is_file() and is_done(out / "done.json", key):
         print(f"{out}: evaluated")
         return scores
-    run([sys.executable, "evaluate.py", "--checkpoint", str(ckpt), "--set", f"labelled={labelled}",
-         "--frames", str(frames), "--workers", str(workers), "--overlays", str(overlays), "--device", device,
-         "--out", str(out)], log, threads)
+    run(cmd, log, threads)
+    mark_done(out / "done.json", key)
     return scores
 
 
 # ---------------------------------------------------------------------------------------------- metrics
 def auc_ap(labels, scores) -> tuple[float, float]:
-    """Video-level ROC AUC and average precision (scikit-learn)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    """Video-level ROC AUC and average precision (the evaluator's own, model.eval.metrics)."""
+    from model.eval.metrics import average_precision, roc_auc
 
-    return float(roc_auc_score(labels, scores)), float(average_precision_score(labels, scores))
+    return roc_auc(labels, scores), average_precision(labels, scores)
 
 
 def bootstrap_ci(labels, scores, n: int = 2000, seed: int = 0) -> dict[str, list[float]]:
@@ -303,7 +333,8 @@ def plot_roc(results: dict[str, dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
+
+    from model.eval.metrics import roc_curve
 
     fig, ax = plt.subplots(figsize=(5.2, 5))
     for name, r in results.items():
@@ -372,7 +403,8 @@ def build_report(summary: dict, out: Path) -> str:
     lines = [
         "# Does a model trained by this code detect real deepfakes?", "",
         f"Created {summary['created']} by `{summary['command']}` on {summary['machine']}; "
-        f"{summary['minutes']['total']:.1f} min in all.", "",
+        f"{summary['minutes']['total']:.1f} min for this invocation (stages reused from an earlier one not "
+        "counted; each run's training minutes are its own).", "",
         "Training data: real talking-head clips only "
         f"({summary['data']['train_clips']} clips of {summary['data']['train_people']} people; "
         f"{summary['data']['val_clips']} clips of {summary['data']['val_people']} other people validate with their SBI "
@@ -505,10 +537,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- why the recipe's loss weights: each term's gradient on the shared features, recipe vs paper weights
     balance = out / "loss_balance.json"
-    if not balance.is_file():
-        run([sys.executable, "-m", "bench.loss_balance", "--config", str(config), "--batches",
-             "1" if args.quick else "3", "--compare", "10,100", "--png", str(out / "loss_balance.png"),
-             "--json", str(balance), f"data.shards=[{train_dir}]", *args.overrides], logs / "loss_balance.log")
+    lb_overrides = [f"data.shards=[{train_dir}]", *args.overrides]
+    lb_batches = "1" if args.quick else "3"
+    lb_key = settings_hash([resolved_config(config, lb_overrides), lb_batches])
+    if not (balance.is_file() and is_done(out / "loss_balance.done.json", lb_key)):
+        run([sys.executable, "-m", "bench.loss_balance", "--config", str(config), "--batches", lb_batches,
+             "--compare", "10,100", "--png", str(out / "loss_balance.png"), "--json", str(balance), *lb_overrides],
+            logs / "loss_balance.log")
+        mark_done(out / "loss_balance.done.json", lb_key)
 
     # ---- 2. train
     # Ten validation people: their video AUC reaches 1.0 within epochs, the frame AUC still ranks them.
@@ -546,15 +582,13 @@ def main(argv: list[str] | None = None) -> dict:
     eval_min = (time.perf_counter() - t0) / 60
 
     # ---- 4. report
+    from model.checkpoint import read_checkpoint
+
     by_file = {c.file: c for c in labelled}
     results, summary_runs = {}, {}
     for spec, ckpt, sc in zip(specs, ckpts, scores):
         scored = read_scores(sc, by_file)
-        hist = val_history(out / spec.name)
-        best = max(hist, key=lambda h: h.get("val_auc_frame", -1)) if hist else {}
-        import torch
-
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = read_checkpoint(ckpt)
         results[spec.name] = {"variant": spec.variant, "scored": scored}
         done = out / spec.name / "done.json"
         summary_runs[spec.name] = {
@@ -562,8 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
             "selected_epoch": int(state.get("epoch", 0)),
             "val_auc_frame": float((state.get("val") or {}).get("auc_frame", float("nan")))
             if spec.variant != "untrained" else float("nan"),
-            "val_best_epoch_by_frame_auc": best.get("epoch"),
-            "train_minutes": json.loads(done.read_text())["minutes"] if done.is_file() else 0.0,
+            "train_minutes": json.loads(done.read_text()).get("minutes", 0.0) if done.is_file() else 0.0,
             "metrics": metrics_of(scored, 200 if args.quick else args.bootstrap),
         }
         results[spec.name]["metrics"] = summary_runs[spec.name]["metrics"]

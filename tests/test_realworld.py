@@ -105,3 +105,6 @@ def test_realworld_command_end_to_end(tmp_path, sample_videos_dir):
     before = (out / "laanet" / "best.pt").stat().st_mtime
     rw.main(args)
     assert (out / "laanet" / "best.pt").stat().st_mtime == before
+    # Other settings never reuse a finished run silently: the command stops and names the folder.
+    with pytest.raises(SystemExit, match="laanet: holds a run with other settings"):
+        rw.main([a if a != "model.head_conv=16" else "model.head_conv=8" for a in args])
