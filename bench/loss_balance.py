@@ -24,7 +24,7 @@ import torch
 from model.config import load_config
 from model.data.datasets import TrainPairDataset, collate_pairs
 from model.train.engine import to_device
-from model.train.losses import LAALoss
+from model.train.losses import LAALoss, classification_loss, consistency_loss, heatmap_focal_loss
 
 GROUPS = ("backbone", "decoder")
 
@@ -42,11 +42,8 @@ def term_gradients(model: torch.nn.Module, criterion: LAALoss, batch: dict) -> d
     model.train()
     outputs = model(batch["image"])
     outputs = {k: v.float() for k, v in outputs.items()}
-    _, _ = criterion(outputs, batch)
     cfg = criterion.cfg
     weights = {"cls": cfg.lambda_cls, "hm": cfg.lambda_hm, "cstency": cfg.lambda_c}
-    from model.train.losses import classification_loss, consistency_loss, heatmap_focal_loss
-
     terms = {"cls": lambda: classification_loss(outputs["cls"], batch["label"], cfg.cls_label_smoothing),
              "hm": lambda: heatmap_focal_loss(outputs["hm"], batch["heatmap"], cfg.hm_pos_weight),
              "cstency": lambda: consistency_loss(outputs["cstency"], batch["consistency"])}
@@ -136,7 +133,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path, default=None, help="every figure")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.checkpoint is not None:
         from model import load_checkpoint
         from model.checkpoint import read_checkpoint
