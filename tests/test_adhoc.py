@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-import evaluate
+import model.eval.main as evaluate
 from pipeline.cli import app
 from pipeline.shards import ShardReader, shard_paths
 from tests.test_evaluate import _tiny_checkpoint  # the same tiny random-weight checkpoint

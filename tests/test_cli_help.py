@@ -6,8 +6,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-import evaluate
-import train
+import model.eval.main as evaluate
+import model.train.main as train
 from model import convert, predict
 from pipeline.cli import app
 

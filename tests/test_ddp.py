@@ -16,7 +16,7 @@ from tests.test_train import tiny_overrides, write_split
 LAUNCHER = textwrap.dedent("""
     import sys
     import torch
-    import train
+    import model.train.main as train
     from model.config import load_config
 
     dist = train.setup_distributed()
@@ -64,7 +64,7 @@ CRASHING = textwrap.dedent("""
     import os
     import sys
     import torch
-    import train
+    import model.train.main as train
 
     torch.set_num_threads(1)
     if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate
+import model.eval.main as evaluate
 from model import build_model
 from model.checkpoint import save_checkpoint
 from model.data.datasets import tensor_to_uint8
