@@ -38,3 +38,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic train split (4 real videos) and val split (2 real, 2 fake) for the tiny network (tests.tiny)."""
+    from tests.tiny import write_split
+
+    root = tmp_path_factory.mktemp("shards")
+    return {"train": write_split(root / "toy" / "train", n_videos=4, frames=6, seed=0),
+            "val": write_split(root / "toy" / "val", n_videos=2, frames=3, seed=1, fake_videos=2)}

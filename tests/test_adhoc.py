@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import model.eval.main as evaluate
 from pipeline.cli import app
 from pipeline.shards import ShardReader, shard_paths
-from tests.test_evaluate import _tiny_checkpoint  # the same tiny random-weight checkpoint
+from tests.tiny import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_label_from_folder_one_split_then_one_finite_auc(mixed_folder, tmp_path)
             labels[row["id"]] = row["label"]
     assert labels == {"real/a": 0, "real/b": 0, "fake/c": 1, "fake/d": 1}
 
-    ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     ev = tmp_path / "eval"
     evaluate.main(evaluate.get_args_parser().parse_args(
         ["--checkpoint", str(ckpt), "--shards", str(out), "--frames", "2", "--workers", "0", "--out", str(ev)]))

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from tests.test_train import tiny_overrides, write_split
+from tests.tiny import tiny_overrides, write_split
 
 LAUNCHER = textwrap.dedent("""
     import sys

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import model.eval.main as evaluate
-from model import build_model
 from model.checkpoint import save_checkpoint
 from model.data.datasets import tensor_to_uint8
 from model.eval import protocol, robustness
 from pipeline.shards import write_index, write_shard
 from tests.face_fixtures import load_faces
+from tests.tiny import tiny_checkpoint
 
 # Two originals and, under two manipulation methods, fakes that share the same name (as FF++ does).
 VIDEOS = [
@@ -44,16 +44,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     _make_split(root, "toy", VIDEOS, seed=0)
     _make_split(root, "other", VIDEOS[:4], seed=1)
-    return root, _tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
-def _tiny_checkpoint(path):
-    """A randomly initialised tiny LAA-Net (timm's test_efficientnet, SIZE px input) saved as a checkpoint."""
-    torch.manual_seed(0)
-    model = build_model({"backbone": "test_efficientnet", "input_size": SIZE, "head_conv": 8})
-    save_checkpoint(path, {"model": model.state_dict(), "config": {"model": model.config.to_dict()},
-                           "epoch": 0, "step": 0})
-    return path
+    return root, tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 def _args(*argv):
@@ -201,7 +192,7 @@ def test_synthetic_sbi_fakes_on_real_only_shards(tmp_path):
                 videos=[{"id": "a", "label": 0, "dataset": "realonly"}, {"id": "b", "label": 0, "dataset": "realonly"}],
                 video=np.arange(n) % 2)
     write_index(d, dataset="realonly", split="test")
-    ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "eval"
     evaluate.main(_args("--checkpoint", str(ckpt), "--shards", str(d), "--synthetic-fakes", "sbi",
                         "--overlays", "1", "--workers", "0", "--out", str(out)))
@@ -226,7 +217,7 @@ def test_end_to_end_on_shards_from_the_sample_videos(repo_root, tmp_path):
     assert not run_extract(items, split_dir, "sample", "test", cfg, workers=0).failed_shards
     run_landmarks(split_dir, LandmarkConfig(), workers=0)
 
-    ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "eval"
     evaluate.main(_args("--checkpoint", str(ckpt), "--shards", str(split_dir), "--synthetic-fakes", "sbi",
                         "--frames", "4", "--overlays", "2", "--workers", "0", "--batch-size", "4",

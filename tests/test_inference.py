@@ -7,7 +7,7 @@ from model import build_model, predict
 from model.config import load_config
 from model.data.datasets import EvalDataset, collate_eval
 from model.eval import inference, validation
-from tests.test_train import SIZE, write_split
+from tests.tiny import SIZE, write_split
 
 
 def test_validation_evaluation_and_predict_give_the_same_scores(tmp_path, monkeypatch):
