@@ -3,6 +3,7 @@ top-level module that would shadow a user's own train.py or evaluate.py."""
 from __future__ import annotations
 
 import importlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,8 +32,12 @@ def test_no_top_level_modules_are_declared():
 
 @pytest.mark.slow
 def test_wheel_holds_only_the_packages(tmp_path):
+    src = tmp_path / "src"   # a copy, so the build leaves no build/ folder in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "requirements.txt", "README.md", "pipeline", "model"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    "-w", str(tmp_path), str(src)], check=True, capture_output=True, timeout=300)
     wheel, = tmp_path.glob("laanet-*.whl")
     with zipfile.ZipFile(wheel) as z:
         tops = {n.split("/")[0] for n in z.namelist() if not n.split("/")[0].endswith(".dist-info")}
