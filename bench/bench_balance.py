@@ -8,7 +8,7 @@ Two scenarios on a ``LocalCluster`` of 2 single-threaded worker processes:
     of ``imageio_ffmpeg``), where the long clip decides when the run ends.
 
 "before" emulates the scheduling of the previous code: the videos grouped by 16 in input order, one task per
-group running the same per-video body (``pipeline.runner.extract_one``) one video after the other, no
+group running the same per-video body (``pipeline.tasks.extract_one``) one video after the other, no
 priorities. "now" is ``run_extract`` itself (probe for priorities, one task per video, packing, index).
 Both use the same workers with the detector preloaded. Per worker, busy time is the sum of its task compute
 intervals from distributed's task stream (``client.get_task_stream``); wall time is the whole call (for
@@ -61,7 +61,7 @@ def items_for(paths: list[Path], frames: int):
 
 def _group_task(jobs, cfg):
     """The previous scheduling: one task extracts its group's videos one after the other."""
-    from pipeline.runner import extract_one
+    from pipeline.tasks import extract_one
 
     return [extract_one(j, cfg) for j in jobs]
 
@@ -72,7 +72,7 @@ def run_before(client, items, out: Path, cfg) -> float:
     from distributed import wait
 
     from pipeline.resume import staged_path, video_record
-    from pipeline.runner import VideoJob, extract_settings
+    from pipeline.tasks import VideoJob, extract_settings
 
     cfg.settings = json.dumps(extract_settings(cfg, items), sort_keys=True)
     (out / ".staging").mkdir(parents=True, exist_ok=True)
@@ -147,8 +147,9 @@ def bench_landmark_parts(client, split: Path, root: Path, workers: list[str], ro
     """cache-landmarks on one split (a single shard): one task for the shard vs the default parts."""
     from distributed import get_task_stream
 
-    from pipeline.runner import LandmarkConfig, preload_models, run_landmarks
+    from pipeline.runner import run_landmarks
     from pipeline.shards import ShardReader
+    from pipeline.tasks import LandmarkConfig, preload_models
 
     client.run(preload_models, None, LandmarkConfig())
     n = sum(len(ShardReader(p)) for p in split.glob("shard-*.h5"))
@@ -194,8 +195,9 @@ def main() -> None:
 
     from distributed import Client, get_task_stream
 
+    from pipeline.cluster import local_cluster
     from pipeline.faces import DetectorConfig
-    from pipeline.runner import ExtractConfig, local_cluster, preload_models
+    from pipeline.tasks import ExtractConfig, preload_models
 
     load0 = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="bench_balance_"))

@@ -381,7 +381,7 @@ def main(args) -> None:
         print("\n".join(landmark_check()), flush=True)
         return
     from pipeline.faces import DetectorConfig, FaceDetector
-    from pipeline.runner import ExtractConfig, LandmarkConfig, preload_models
+    from pipeline.tasks import ExtractConfig, LandmarkConfig, preload_models
     from pipeline.video import probe
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -448,7 +448,7 @@ def main(args) -> None:
     if not args.skip_dask:
         from distributed import Client
 
-        from pipeline.runner import local_cluster
+        from pipeline.cluster import local_cluster
 
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         for pinned in (False, True):

@@ -2,7 +2,8 @@
 
 Modules, one job each: ``manifest`` (datasets, splits, labels), ``video`` (ffmpeg probing and frame sampling),
 ``faces`` (RetinaFace and crops), ``landmarks`` (dlib 68 points), ``shards`` (the HDF5 storage contract),
-``runner`` (Dask tasks, resume, failures log), ``cluster`` (which Dask cluster, checks of its workers),
-``verify`` and ``inspect_shards`` (checks and summaries), ``cli`` (``python -m pipeline``). Nothing is
-imported here, so ``import pipeline.shards`` stays light.
+``tasks`` (the worker task bodies), ``runner`` (Dask scheduling of the tasks), ``progress`` (the progress bar),
+``packing`` (staged videos into shards, failures log, index), ``resume``, ``lock``, ``cluster`` (which Dask
+cluster, checks of its workers), ``verify`` and ``inspect_shards`` (checks and summaries), ``cli``
+(``python -m pipeline``). Nothing is imported here, so ``import pipeline.shards`` stays light.
 """

@@ -162,7 +162,8 @@ def extract_frames(
       python -m pipeline extract-frames -i 'real/*.mp4' --label real -i 'fake/*.mp4' --label fake --out shards/mine
     """
     from pipeline.manifest import adhoc_items, list_videos, load_manifest
-    from pipeline.runner import ExtractConfig, PipelineError, run_extract
+    from pipeline.runner import run_extract
+    from pipeline.tasks import ExtractConfig, PipelineError
 
     if (dataset is None) == (not input):
         _fail("give either --dataset (with --split) or --input 'glob' (with --label or --label-from-folder)")
@@ -256,8 +257,9 @@ def cache_landmarks(
       python -m pipeline cache-landmarks --out shards/mine
     """
     from pipeline.landmarks import resolve_model_path
-    from pipeline.runner import LandmarkConfig, PipelineError, run_landmarks
+    from pipeline.runner import run_landmarks
     from pipeline.shards import INDEX_NAME
+    from pipeline.tasks import LandmarkConfig, PipelineError
 
     try:
         _check_dataset(manifest, dataset)

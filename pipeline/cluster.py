@@ -110,6 +110,24 @@ def _connect_timeout() -> float:
     return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
 
 
+def local_cluster(n_workers: int, dashboard_address: str | None = ":0"):
+    """A LocalCluster of ``n_workers`` single-threaded worker processes, set up for this pipeline.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off glibc's adaptive
+    mmap threshold: every frame, crop and batch buffer (>= 128 KiB) is then mmap'ed and zero-filled afresh.
+    Measured on this pipeline (``bench/bench_pipeline.py`` workload, one process): 25x the page faults and
+    18 % more CPU time per face. The workers here start without it; their memory stays bounded by one
+    video's crops (see the benchmark's peak RSS per worker). For a cluster you start yourself, set
+    ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in its Dask config for the same.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                            dashboard_address=dashboard_address, silence_logs=40)
+
+
 def make_client(workers: int | None, scheduler: str | None = None, scheduler_file: str | os.PathLike | None = None,
                 wait_for_workers: float = WAIT_FOR_WORKERS_S):
     """A ``distributed.Client`` on the cluster ``choose_cluster`` picks (never "inline": ``workers=0`` with no
@@ -120,8 +138,6 @@ def make_client(workers: int | None, scheduler: str | None = None, scheduler_fil
 
     kind, target, source = choose_cluster(workers, scheduler, scheduler_file)
     if kind in ("local", "inline"):
-        from pipeline.runner import local_cluster
-
         client = Client(local_cluster(workers or os.cpu_count() or 1))
     else:
         where = f"{target} (from {source})"

@@ -208,7 +208,8 @@ def test_end_to_end_on_shards_from_the_sample_videos(repo_root, tmp_path):
     """Pipeline on the shipped clips (test segment) -> tiny checkpoint -> evaluate with SBI fakes."""
     from pipeline.faces import DetectorConfig
     from pipeline.manifest import list_videos, load_manifest
-    from pipeline.runner import ExtractConfig, LandmarkConfig, run_extract, run_landmarks
+    from pipeline.runner import run_extract, run_landmarks
+    from pipeline.tasks import ExtractConfig, LandmarkConfig
 
     m = load_manifest(repo_root / "data_manifest.yaml")
     items = [type(it)(**{**it.__dict__, "n_frames": 6}) for it in list_videos(m, "sample", "test")]

@@ -15,8 +15,9 @@ import yaml
 
 from pipeline.faces import DetectorConfig
 from pipeline.manifest import list_videos, load_manifest
-from pipeline.runner import ExtractConfig, LandmarkConfig, run_extract, run_landmarks
+from pipeline.runner import run_extract, run_landmarks
 from pipeline.shards import ShardReader, load_index, shard_paths
+from pipeline.tasks import ExtractConfig, LandmarkConfig
 from pipeline.verify import verify_split
 from pipeline.video import ffmpeg_exe
 
@@ -194,7 +195,7 @@ def test_leftover_tmp_is_redone_and_landmarks_resume(tmp_path, sample_videos_dir
     run_extract(list_videos(m, "mine", "train"), d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
     assert not list(d.glob("*.tmp")) and ShardReader(d / "shard-00000.h5").videos[0]["id"] == "a"
     # landmarks for one shard only, then a full run: the done shard is kept as is
-    from pipeline.runner import landmark_shard
+    from pipeline.tasks import landmark_shard
 
     landmark_shard(str(d / "shard-00000.h5"), LandmarkConfig())
     before = (d / "shard-00000.h5").stat().st_mtime_ns
@@ -242,7 +243,7 @@ def test_cli_adhoc_verify_inspect_and_errors(tmp_path, sample_videos_dir):
 def dask_client():
     from distributed import Client
 
-    from pipeline.runner import local_cluster
+    from pipeline.cluster import local_cluster
 
     with local_cluster(2, dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
@@ -312,7 +313,7 @@ def test_dask_killed_worker_resumes_to_same_result(tmp_path, sample_videos_dir, 
 
 
 def test_on_error_raise_stops_at_first_bad_video(tmp_path, bad_dir):
-    from pipeline.runner import PipelineError
+    from pipeline.tasks import PipelineError
 
     m = load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["good.mp4", "zero.mp4", "noise.mp4"]))
     with pytest.raises(PipelineError, match=r"zero.mp4: empty file"):
@@ -352,7 +353,7 @@ def test_rerun_with_a_new_video_puts_it_in_a_new_shard(tmp_path, sample_videos_d
 
 
 def test_rerun_with_other_settings_or_videos_stops_before_any_work(tmp_path, sample_videos_dir):
-    from pipeline.runner import PipelineError
+    from pipeline.tasks import PipelineError
 
     for k in ("real", "fake"):
         shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"{k}.mp4")
@@ -457,7 +458,7 @@ def test_run_where_every_input_fails_exits_non_zero(tmp_path):
 
 def test_dask_on_error_raise_does_not_retry_the_failing_shard(tmp_path, bad_dir, dask_client, monkeypatch):
     """A retry would decode the shard's good videos a second time only to fail again."""
-    from pipeline.runner import PipelineError
+    from pipeline.tasks import PipelineError
 
     retries = []
     submit = dask_client.submit
@@ -504,7 +505,7 @@ def _copies(tmp_path, sample_videos_dir, n, frames=2):
 
 def _job(d, item, cfg):
     from pipeline.resume import staged_path, video_record
-    from pipeline.runner import VideoJob, extract_settings
+    from pipeline.tasks import VideoJob, extract_settings
 
     cfg.settings = json.dumps(extract_settings(cfg, [item]), sort_keys=True)
     return VideoJob(item, video_record(item), str(staged_path(d, item.id)))
@@ -513,7 +514,7 @@ def _job(d, item, cfg):
 def test_late_duplicate_attempt_cannot_replace_the_committed_video(tmp_path, sample_videos_dir, monkeypatch):
     """Attempt A starts, stalls (a frozen worker); attempt B of the same video runs and commits; A wakes up and
     finishes: B's file stays, byte for byte, and A's temporary file is gone."""
-    from pipeline import runner
+    from pipeline import tasks as runner
 
     item = _copies(tmp_path, sample_videos_dir, 1)[0]
     d = tmp_path / "out"
@@ -545,7 +546,7 @@ def test_late_duplicate_attempt_cannot_replace_the_committed_video(tmp_path, sam
 
 def _flaky_task(marker: str, progress=None):
     """Reports progress for its video, then fails on its first attempt only (Dask retries it)."""
-    from pipeline.runner import TaskResult
+    from pipeline.tasks import TaskResult
 
     progress({"key": "clip", "videos": 1, "frames": 3, "faces": 3})
     if not os.path.exists(marker):
@@ -555,7 +556,8 @@ def _flaky_task(marker: str, progress=None):
 
 
 def test_progress_counts_a_retried_video_once(tmp_path, dask_client):
-    from pipeline.runner import _ProgressBar, _run_tasks, _Task
+    from pipeline.progress import _ProgressBar
+    from pipeline.runner import _run_tasks, _Task
 
     bar = _ProgressBar(1, "test")
     results, homeless, failed = _run_tasks(_flaky_task, [_Task("clip", "clip.mp4", (str(tmp_path / "m"),))], bar,
@@ -567,7 +569,8 @@ def test_progress_counts_a_retried_video_once(tmp_path, dask_client):
 
 
 def test_two_runs_on_one_scheduler_use_their_own_progress_topics(tmp_path, dask_client):
-    from pipeline.runner import PROGRESS_TOPIC_PREFIX, _ProgressBar, _run_tasks, _Task
+    from pipeline.progress import PROGRESS_TOPIC_PREFIX, _ProgressBar
+    from pipeline.runner import _run_tasks, _Task
 
     topics = []
     subscribe = dask_client.subscribe_topic
@@ -618,7 +621,7 @@ def test_packing_respects_the_size_bound_and_plain_h5py_reads_the_shards(tmp_pat
 def test_resume_per_video_after_an_interruption(tmp_path, sample_videos_dir, monkeypatch):
     """Two videos packed, one staged, one staged again after its shard was committed (packing interrupted),
     an orphan temporary: the rerun extracts only the missing video and every video ends in one shard."""
-    from pipeline import runner
+    from pipeline import tasks as runner
 
     items = _copies(tmp_path, sample_videos_dir, 4)
     d = tmp_path / "out"
@@ -641,7 +644,7 @@ def test_resume_per_video_after_an_interruption(tmp_path, sample_videos_dir, mon
 def test_failure_rows_survive_reruns(tmp_path, bad_dir):
     """A failed video's rows live in its committed file: a worker that finished while its client died, and
     any number of reruns, leave exactly one copy of each row in failures.jsonl."""
-    from pipeline import runner
+    from pipeline import tasks as runner
 
     items = list_videos(load_manifest(_list_manifest(tmp_path / "m.yaml", bad_dir, ["good.mp4", "zero.mp4",
                                                                                     "noise.mp4"])), "mine", "train")
@@ -662,7 +665,7 @@ def test_lost_scheduler_is_one_line_and_the_rerun_completes(tmp_path, sample_vid
     import distributed
     from distributed.comm.core import CommClosedError
 
-    from pipeline.runner import PipelineError
+    from pipeline.tasks import PipelineError
 
     items = _copies(tmp_path, sample_videos_dir, 3)
     out = tmp_path / "out"
@@ -684,7 +687,7 @@ def test_lost_scheduler_is_one_line_and_the_rerun_completes(tmp_path, sample_vid
 def test_a_staged_file_of_another_plan_is_redone_not_kept(tmp_path, sample_videos_dir):
     """A worker of an earlier run (other settings) that outlived its client commits after this run planned:
     this run's task redoes the video instead of keeping the stale file."""
-    from pipeline import runner
+    from pipeline import tasks as runner
 
     item = _copies(tmp_path, sample_videos_dir, 1)[0]
     d = tmp_path / "out"
@@ -749,7 +752,7 @@ def test_cli_shard_size_is_checked_before_any_work(tmp_path):
 
 def test_a_shard_that_cannot_be_packed_fails_the_run_and_the_rerun_packs_it(tmp_path, sample_videos_dir,
                                                                             monkeypatch):
-    from pipeline import runner
+    from pipeline import packing as runner
     from pipeline.shards import ShardError
 
     items = _copies(tmp_path, sample_videos_dir, 2)
@@ -773,7 +776,7 @@ def test_a_single_pass_split_made_before_detection_levels_resumes_with_face_px_0
     """Splits made before `face_px` existed recorded no such key; --face-px 0 is that single pass again, and
     a rerun with the new default names the key it lacks instead of an empty difference."""
     from pipeline.resume import _diff
-    from pipeline.runner import extract_settings
+    from pipeline.tasks import extract_settings
 
     items = _copies(tmp_path, sample_videos_dir, 1)
     single = ExtractConfig(crop_size=CROP, detector=DetectorConfig(batch_size=4, face_px=None))

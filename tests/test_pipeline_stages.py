@@ -309,7 +309,7 @@ def test_detection_resolution_is_part_of_the_settings_hash():
     from pipeline.faces import DetectorConfig
     from pipeline.manifest import VideoItem
     from pipeline.resume import settings_hash
-    from pipeline.runner import ExtractConfig, extract_settings
+    from pipeline.tasks import ExtractConfig, extract_settings
 
     items = [VideoItem(id="a", path="/x/a.mp4", rel_path="a.mp4", label=0, split="test", dataset="d", n_frames=8)]
 

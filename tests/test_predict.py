@@ -102,7 +102,8 @@ def test_predict_shows_the_network_the_faces_evaluation_shows(tmp_path, sample_v
     from model.predict import STORED_CROP_SCALE, face_crops
     from pipeline.faces import FaceDetector
     from pipeline.manifest import VideoItem
-    from pipeline.runner import ExtractConfig, run_extract
+    from pipeline.runner import run_extract
+    from pipeline.tasks import ExtractConfig
 
     video = Path(sample_videos_dir) / "carphone_pristine.mp4"
     item = VideoItem(id="carphone", path=str(video), rel_path=video.name, label=0, split="test", dataset="x",
