@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from model.config import load_config
-from model.data.datasets import _Shards
+from model.data.pool import _Shards
 from model.train.dist import Dist
 from model.train.engine import build_train_loader
 from pipeline.shards import write_index, write_shard

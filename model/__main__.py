@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
 
         return predict_main(rest)
     if command in ("preview", "face-scale"):
-        from model.data.datasets import main as data_main
+        from model.data.preview import main as data_main
 
         return data_main([command, *rest])
     print(f"python -m model: unknown command {command!r}\n{USAGE}", file=sys.stderr)

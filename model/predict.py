@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data.datasets import REFERENCE_TEST_SCALE
+from model.data.face_scale import REFERENCE_TEST_SCALE
 from model.eval.inference import score_faces
 from pipeline.extract import CROP_SCALE, CROP_SIZE
 
@@ -44,7 +44,7 @@ class Prediction:
 
 
 # predict cuts the pipeline's stored crops (pipeline.extract: CROP_SCALE, CROP_SIZE) and then shows them to the
-# network exactly as evaluation shows stored crops (model.data.datasets.eval_view).
+# network exactly as evaluation shows stored crops (model.data.face_scale.eval_view).
 STORED_CROP_SCALE, STORED_CROP_SIZE = CROP_SCALE, CROP_SIZE
 
 
@@ -85,7 +85,8 @@ def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate:
     """
     import torch
 
-    from model.data.datasets import eval_view, to_tensor
+    from model.data.face_scale import eval_view
+    from model.data.tensors import to_tensor
     from model.eval import metrics
     from pipeline.faces import FaceDetector
 

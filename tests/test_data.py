@@ -8,16 +8,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from model.config import AugmentConfig, DataConfig
-from model.data.datasets import (
-    EvalDataset,
-    TrainPairDataset,
-    collate_eval,
-    collate_pairs,
-    main,
-    normalise_images,
-    to_tensor,
-    video_key,
-)
+from model.data.datasets import EvalDataset, TrainPairDataset, collate_eval, collate_pairs
+from model.data.pool import video_key
+from model.data.preview import main
+from model.data.tensors import normalise_images, to_tensor
 from pipeline.shards import write_index, write_shard
 from tests.face_fixtures import load_faces
 

@@ -8,7 +8,7 @@ import torch
 
 import model.eval.main as evaluate
 from model.checkpoint import save_checkpoint
-from model.data.datasets import tensor_to_uint8
+from model.data.tensors import tensor_to_uint8
 from model.eval import protocol, robustness
 from pipeline.shards import write_index, write_shard
 from tests.face_fixtures import load_faces
@@ -140,7 +140,7 @@ def test_perturb_collate_is_independent_of_batching():
 
 def test_tensor_to_uint8_inverts_normalisation():
     u8 = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-    from model.data.datasets import to_tensor
+    from model.data.tensors import to_tensor
 
     np.testing.assert_array_equal(tensor_to_uint8(to_tensor(u8)), u8)
 

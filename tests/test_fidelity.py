@@ -16,14 +16,8 @@ import torch
 
 from model.config import AugmentConfig, DataConfig, ModelConfig, SBIConfig, load_config
 from model.data.augment import sample_geometry
-from model.data.datasets import (
-    REFERENCE_TEST_SCALE,
-    EvalDataset,
-    TrainPairDataset,
-    eval_view,
-    resolve_face_scale,
-    training_face_scales,
-)
+from model.data.datasets import EvalDataset, TrainPairDataset
+from model.data.face_scale import REFERENCE_TEST_SCALE, eval_view, resolve_face_scale, training_face_scales
 from model.data.pair_stats import compare, load_reference, pair_figures
 from model.data.sbi import random_margin, soften_mask
 from model.net.laanet import build_model
@@ -211,7 +205,7 @@ def test_face_scale_train_vs_test():
 
 
 def test_face_scale_command_prints_both_sides(capsys, tmp_path):
-    from model.data.datasets import main
+    from model.data.preview import main
 
     assert main(["face-scale", "--png", str(tmp_path / "scales.png")]) == 0
     out = capsys.readouterr().out

@@ -98,7 +98,9 @@ def test_predict_shows_the_network_the_faces_evaluation_shows(tmp_path, sample_v
     writes for the same video (same frames, same crops, same face scale, same resize)."""
     from pathlib import Path
 
-    from model.data.datasets import EvalDataset, eval_view, to_tensor
+    from model.data.datasets import EvalDataset
+    from model.data.face_scale import eval_view
+    from model.data.tensors import to_tensor
     from model.predict import STORED_CROP_SCALE, face_crops
     from pipeline.faces import FaceDetector
     from pipeline.manifest import VideoItem

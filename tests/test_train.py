@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from model.config import load_config
-from model.data.datasets import normalise_images
+from model.data.tensors import normalise_images
 from model.train.sam import SAM, bn_running_stats_frozen
 from model.train.schedule import WarmupLinearSchedule, backbone_frozen, warmup_linear_lr
 from pipeline.shards import write_index, write_shard

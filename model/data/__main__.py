@@ -1,5 +1,5 @@
 import sys
 
-from model.data.datasets import main
+from model.data.preview import main
 
 sys.exit(main())

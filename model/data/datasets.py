@@ -8,21 +8,14 @@ Evaluation (`EvalDataset`): the stored frames of real and fake videos, optionall
 of every real video for data sets without fakes.
 
 Reproducibility: an item's randomness comes only from np.random.default_rng([seed, epoch, index]), so a run
-gives the same samples with any number of workers. HDF5 files are opened lazily in the process that reads
-(ShardReader), so readers built before the DataLoader forks are safe, and at most `data.max_open_shards` are
-open at once per process (least recently used closed first). `EpochSampler` hands the training set
+gives the same samples with any number of workers. Shard files are read through `model.data.pool` (opened
+lazily, at most `data.max_open_shards` open per process). `EpochSampler` hands the training set
 (epoch, index) keys, so persistent workers follow the epochs without a per-worker `set_epoch`.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import warnings
-from collections import OrderedDict
-from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
@@ -31,152 +24,13 @@ from model.config import SIGMA_RULES, AugmentConfig, BIConfig, DataConfig, SBICo
 from model.data.augment import apply_geometry, photometric_pair, sample_geometry, warp_box
 from model.data.bi import bi
 from model.data.bi_index import build_donor_table
-from model.data.sbi import random_margin, sbi, sbi_fake_for_eval
+from model.data.face_scale import REFERENCE_TEST_SCALE, eval_view, fit_face, view_fraction
+from model.data.pool import _Shards, video_key
+from model.data.sbi import sbi, sbi_fake_for_eval
 from model.data.targets import boundary, boundary_u8, make_targets
-from pipeline.shards import ShardError, ShardReader, shard_paths
+from model.data.tensors import to_tensor
 
 HEATMAP_STRIDE = 4
-
-
-# The reference's test geometry: the 1.25x crop minus a 5-of-256 px margin per side, i.e. faces shown at
-# 1.20x the face box (the q95 edge of its training scales, `../shared/reference/sbi_distribution.json`).
-REFERENCE_TEST_SCALE = 1.25 * (1.0 - 2 * 5 / 256)
-
-
-def video_key(row: dict) -> str:
-    """A video id unique across data sets and methods: "<dataset>/<method>/<id>" (the method is not repeated
-    when the id already starts with it, e.g. FF++ "Deepfakes/000_003" -> "ffpp/Deepfakes/000_003")."""
-    vid, method = str(row.get("id", "")), str(row.get("method", ""))
-    dataset = str(row.get("dataset", ""))
-    return f"{dataset}/{vid}" if vid.startswith(method + "/") else f"{dataset}/{method}/{vid}"
-
-
-def fit_face(face: np.ndarray, landmarks: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resize an (S, S, 3) crop to (size, size, 3) (area filter when shrinking) and its landmarks with it."""
-    s = face.shape[0]
-    if s == size:
-        return face, landmarks
-    interp = cv2.INTER_AREA if size < s else cv2.INTER_LINEAR
-    face = cv2.resize(face, (size, size), interpolation=interp)
-    if landmarks is not None:
-        landmarks = (landmarks + 0.5) * (size / s) - 0.5
-    return face, landmarks
-
-
-def view_fraction(crop_scale: float, face_scale: float | None) -> float:
-    """Side fraction of a stored crop (`crop_scale` x the face box) that shows `face_scale` face-box sides
-    (None: the whole crop); ValueError when the crop is smaller than that."""
-    if face_scale is None:
-        return 1.0
-    frac = face_scale / crop_scale
-    if not 0.1 < frac <= 1.0 + 1e-9:
-        raise ValueError(f"face scale {face_scale:.3f} needs a crop of at least that many face-box sides; "
-                         f"the shard's crops are {crop_scale:.3f}x")
-    return frac
-
-
-def eval_view(face: np.ndarray, size: int, crop_scale: float, face_scale: float | None) -> np.ndarray:
-    """The evaluation view of a stored (S, S, 3) crop of `crop_scale` x the face box: its central square
-    of `face_scale` face-box sides (None: the whole crop), resized to (size, size, 3)."""
-    s = face.shape[0]
-    cut = int(round(s * (1.0 - view_fraction(crop_scale, face_scale)) / 2))
-    if cut > 0:
-        face = face[cut:s - cut, cut:s - cut]
-    return fit_face(face, None, size)[0]
-
-
-def training_face_scales(sbi_cfg: SBIConfig, augment_cfg: AugmentConfig | None, crop_scale: float = 1.25,
-                         size: int = 384, n: int = 20000, seed: int = 0) -> np.ndarray:
-    """The face scales (training image side / face-box side) the training geometry produces: n draws of the
-    SBI margin and the augmentation geometry exactly as TrainPairDataset makes them, (n,) float64."""
-    rng = np.random.default_rng(seed)
-    out = np.empty(n)
-    for i in range(n):
-        geom = sample_geometry(rng, augment_cfg, random_margin(rng, sbi_cfg), size)
-        out[i] = crop_scale * geom.kept
-    return out
-
-
-def resolve_face_scale(spec: float | str | None, sbi_cfg: SBIConfig | None = None,
-                       augment_cfg: AugmentConfig | None = None, crop_scale: float = 1.25) -> float | None:
-    """"reference" -> REFERENCE_TEST_SCALE; "train-median" -> the median of `training_face_scales`;
-    "crop" or None -> None (the whole stored crop); a number -> itself."""
-    if spec is None or spec == "crop":
-        return None
-    if spec == "reference":
-        return REFERENCE_TEST_SCALE
-    if spec == "train-median":
-        return float(np.median(training_face_scales(sbi_cfg or SBIConfig(), augment_cfg, crop_scale)))
-    if isinstance(spec, str):
-        try:
-            spec = float(spec)
-        except ValueError:
-            raise ValueError(f"face scale must be 'reference', 'train-median', 'crop' or a number, got {spec!r}") from None
-    return float(spec)
-
-
-def normalise_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., S, S, 3) tensor (any device) -> float32 (..., 3, S, S) in [-1, 1], the same values as
-    `to_tensor` (x / 127.5 - 1), laid out channels-last in memory; float input is returned as it is."""
-    if images.dtype != torch.uint8:
-        return images
-    return images.float().div_(127.5).sub_(1.0).movedim(-1, -3)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (..., S, S, 3) -> float32 (..., 3, S, S) in [-1, 1] (x / 127.5 - 1)."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
-    return t.movedim(-1, -3).float().div_(127.5).sub_(1.0)
-
-
-class _Shards:
-    """Readers of every finished shard of some split folders, with the per-face tables concatenated.
-
-    `open(si)` hands out reader `si` for reading crops and keeps at most `max_open` shard files open in the
-    calling process, closing the least recently used one first: a persistent DataLoader worker reads from
-    every shard over an epoch, and without a bound it would hold all of them open for the whole run.
-    """
-
-    def __init__(self, split_dirs: list[str], max_open: int = 32):
-        if not split_dirs:
-            raise ValueError("no shard folders given (data.shards is empty)")
-        if max_open < 1:
-            raise ValueError(f"max_open must be >= 1, got {max_open}")
-        self.readers = [ShardReader(p) for d in split_dirs for p in shard_paths(d)]
-        if not self.readers:
-            raise ValueError(f"no finished shards listed in {', '.join(map(str, split_dirs))}")
-        # Face scale of each shard's stored crops (crop side / face-box side).
-        self.crop_scales = [float(r.attrs.get("crop_scale", 1.25)) for r in self.readers]
-        self.max_open = int(max_open)
-        self._lru: OrderedDict[int, None] = OrderedDict()  # shards this process opened, oldest first
-        self._lru_pid = os.getpid()
-
-    def open(self, si: int) -> ShardReader:
-        """Reader `si`, marked most recently used; the oldest open shard is closed beyond `max_open`."""
-        if self._lru_pid != os.getpid():  # a forked worker: the parent's handles are not ours to close
-            self._lru, self._lru_pid = OrderedDict(), os.getpid()
-        self._lru[si] = None
-        self._lru.move_to_end(si)
-        while len(self._lru) > self.max_open:
-            old, _ = self._lru.popitem(last=False)
-            self.readers[old].close()
-        return self.readers[si]
-
-    def close(self) -> None:
-        """Close every shard this process opened."""
-        for r in self.readers:
-            r.close()
-        self._lru.clear()
-
-    def videos(self):
-        """Yield (shard number, video row dict, rows of that video's faces sorted by frame index)."""
-        for si, r in enumerate(self.readers):
-            order = np.lexsort((r.frame_index, r.video))
-            vids = r.video[order]
-            starts = np.flatnonzero(np.r_[True, vids[1:] != vids[:-1]]) if len(vids) else []
-            ends = list(starts[1:]) + [len(vids)]
-            for a, b in zip(starts, ends):
-                yield si, r.videos[int(vids[a])], order[a:b]
 
 
 class TrainPairDataset(Dataset):
@@ -490,123 +344,3 @@ def collate_eval(items: list[dict]) -> dict:
         "shard": [it["shard"] for it in items],
         "row": torch.tensor([it["row"] for it in items], dtype=torch.int64),
     }
-
-
-# ------------------------------------------------------------------------------------------------ preview
-def preview_grid(dataset: TrainPairDataset, n: int, cell: int = 192) -> np.ndarray:
-    """uint8 RGB grid, one row per sample: real | fake | mask | boundary | heatmap | consistency."""
-    def gray(m: np.ndarray) -> np.ndarray:
-        g = cv2.resize((np.clip(m, 0, 1) * 255).astype(np.uint8), (cell, cell), interpolation=cv2.INTER_NEAREST)
-        return cv2.applyColorMap(g, cv2.COLORMAP_INFERNO)[..., ::-1]
-
-    rows = []
-    for i in range(min(n, len(dataset))):
-        p = dataset[i]
-        tiles = [cv2.resize(p["real"], (cell, cell), interpolation=cv2.INTER_AREA),
-                 cv2.resize(p["fake"], (cell, cell), interpolation=cv2.INTER_AREA)]
-        tiles += [gray(p[k]) for k in ("mask", "boundary", "heatmap", "consistency")]
-        rows.append(np.concatenate(tiles, 1))
-    header = np.full((28, rows[0].shape[1], 3), 255, np.uint8)
-    for j, name in enumerate(("real", "fake", "mask M", "boundary B", "heatmap H", "consistency C")):
-        cv2.putText(header, name, (j * cell + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([header] + rows, 0)
-
-
-def _load_run_config(path: str | None, overrides: list[str]):
-    from model.config import load_config  # model.config imports this module
-
-    return load_config(path, overrides)
-
-
-def _reference_scale_line() -> str:
-    """The reference implementation's measured training face scales (sbi_distribution.json)."""
-    from model.data.pair_stats import load_reference
-
-    try:
-        st = load_reference()["margin_and_scale"]["final_side_over_face_box"]["stats"]
-    except FileNotFoundError:
-        return "  reference implementation: sbi_distribution.json not found"
-    return (f"  reference implementation (measured): training median {st['q50']:.3f} q5 {st['q05']:.3f} "
-            f"q95 {st['q95']:.3f}; it tests at {REFERENCE_TEST_SCALE:.3f}")
-
-
-def face_scale_report(cfg, crop_scale: float, png: str | None = None) -> str:
-    """Training face scales (median, q5, q95 of `training_face_scales`) beside the scales evaluation shows
-    faces at ("reference" and "train-median"), as printable lines; optionally a histogram PNG."""
-    scales = training_face_scales(cfg.sbi, cfg.augment, crop_scale, cfg.data.image_size)
-    q5, q50, q95 = np.percentile(scales, [5, 50, 95])
-    ref = REFERENCE_TEST_SCALE
-    lines = [f"face scale = image side / face-box side (stored crops {crop_scale:.3f}x, {len(scales)} draws "
-             f"of the training geometry)",
-             f"  training   median {q50:.3f}  q5 {q5:.3f}  q95 {q95:.3f}  mean {scales.mean():.3f}",
-             f"  evaluation reference {ref:.3f} (1.25x crop minus 5/256 per side; the default), "
-             f"train-median {q50:.3f} (--face-scale train-median), crop {crop_scale:.3f} (--face-scale crop)",
-             _reference_scale_line()]
-    if png:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-        ax.hist(scales, bins=60, color="#4477aa", alpha=0.8, label="training pairs")
-        for x, name, c in ((ref, "eval: reference", "#cc3311"), (q50, "eval: train-median", "#228833"),
-                           (crop_scale, "stored crop", "#777777")):
-            ax.axvline(x, color=c, lw=2, label=f"{name} {x:.3f}")
-        ax.set_xlabel("image side / face-box side")
-        ax.set_ylabel("pairs")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        Path(png).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png)
-        plt.close(fig)
-        lines.append(f"  {png}: histogram")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.data", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("preview", help="write a PNG grid of training pairs and their targets")
-    p.add_argument("--shards", nargs="+", required=True, help="split folder(s) with index.json")
-    p.add_argument("--out", required=True, help="output PNG path")
-    p.add_argument("-n", type=int, default=6, help="number of samples (rows)")
-    p.add_argument("--config", help="training config whose data/sbi/bi/augment settings to use (default: defaults)")
-    p.add_argument("--epoch", type=int, default=0)
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. augment.enabled=false")
-    f = sub.add_parser("face-scale", help="print the training face-scale distribution beside evaluation's")
-    f.add_argument("--config", help="training config (default: the defaults, i.e. the paper recipe)")
-    f.add_argument("--crop-scale", type=float, default=1.25, help="face scale of the stored crops")
-    f.add_argument("--png", help="also write a histogram PNG")
-    f.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    args = parser.parse_args(argv)
-    try:
-        cfg = _load_run_config(args.config, args.overrides)
-        if args.command == "face-scale":
-            print(face_scale_report(cfg, args.crop_scale, args.png))
-            return 0
-        cfg.data.shards = list(args.shards)
-        ds = TrainPairDataset(cfg.data, cfg.sbi, cfg.bi, cfg.augment)
-        ds.set_epoch(args.epoch)
-        grid = preview_grid(ds, args.n)
-    except (ValueError, ShardError) as e:
-        print(f"{args.command}: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), grid[..., ::-1]):
-        print(f"{out}: could not write the PNG", file=sys.stderr)
-        return 1
-    print(f"{out}: {min(args.n, len(ds))} samples of {len(ds)} ({len(ds.videos)} videos, epoch {args.epoch}, "
-          f"skipped {ds.skipped})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-def tensor_to_uint8(image) -> np.ndarray:
-    """(3, S, S) float tensor in [-1, 1] -> (S, S, 3) uint8 RGB (exact inverse of ``model.data.to_tensor``)."""
-    arr = (image.detach().float().cpu().numpy().transpose(1, 2, 0) + 1.0) * 127.5
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)

@@ -27,7 +27,8 @@ import torch
 
 from model import load_checkpoint
 from model.checkpoint import resolve_checkpoint
-from model.data.datasets import EvalDataset, collate_eval, resolve_face_scale
+from model.data.datasets import EvalDataset, collate_eval
+from model.data.face_scale import resolve_face_scale
 from model.eval import perturb, report
 from model.eval.inference import choose_batch_size, run_dataset
 from model.eval.metrics import compute_metrics

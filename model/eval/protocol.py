@@ -117,7 +117,7 @@ def class_refusal(name: str, n_real: int, n_fake: int, synthetic: str | None, se
 def duplicate_video(name: str, dataset) -> str | None:
     """Why a test set cannot be scored because two stored videos share one key (they would be averaged into
     one "video", e.g. two merged folders that both hold ``clip1.mp4`` with the same label), or None."""
-    from model.data.datasets import video_key
+    from model.data.pool import video_key
 
     seen: dict[str, int] = {}
     for si, row, _ in dataset.shards.videos():

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.data.datasets import tensor_to_uint8
+from model.data.tensors import tensor_to_uint8
 from model.eval import metrics
 from model.eval.inference import FrameResults, score_faces
 

@@ -1,7 +1,8 @@
 """Robustness (paper Table 2): the test set scored again under each perturbation at each of its 5 levels."""
 from __future__ import annotations
 
-from model.data.datasets import collate_eval, tensor_to_uint8, to_tensor
+from model.data.datasets import collate_eval
+from model.data.tensors import tensor_to_uint8, to_tensor
 from model.eval import perturb
 from model.eval.inference import run_dataset
 from model.eval.metrics import compute_metrics

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from model.data.datasets import EvalDataset, collate_eval, resolve_face_scale
+from model.data.datasets import EvalDataset, collate_eval
+from model.data.face_scale import resolve_face_scale
 from model.eval.inference import run_inference
 from model.eval.metrics import aggregate_videos, roc_auc
 from pipeline.shards import ShardReader, shard_paths

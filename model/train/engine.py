@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from model.checkpoint import restore_training_state, set_rng_state, training_state
 from model.config import Config, ConfigError, config_to_dict
-from model.data.datasets import EpochSampler, TrainPairDataset, collate_pairs, normalise_images
+from model.data.datasets import EpochSampler, TrainPairDataset, collate_pairs
+from model.data.tensors import normalise_images
 from model.net.laanet import build_model, set_backbone_frozen
 from model.train.dist import Dist, seed_everything, select_amp, select_device
 from model.train.log import RunLogger
