@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from model.config import load_config
-from model.data.pool import _Shards
+from model.data.pool import ShardPool
 from model.train.dist import Dist
 from model.train.engine import build_train_loader
 from pipeline.shards import write_index, write_shard
@@ -76,7 +76,7 @@ def peak_worker_files(split: Path, max_open: int, workers: int, crop: int) -> tu
     return peak, batches
 
 
-def time_reads(shards: _Shards, order: np.ndarray) -> float:
+def time_reads(shards: ShardPool, order: np.ndarray) -> float:
     """CPU seconds per crop read of ``order`` ((shard, row) pairs) through ``shards.open``."""
     t0 = time.process_time()
     for si, row in order:
@@ -104,7 +104,7 @@ def main() -> None:
 
         rng = np.random.default_rng(1)
         order = np.stack([rng.integers(0, args.shards, args.reads), rng.integers(0, args.frames, args.reads)], 1)
-        lru, every = _Shards([str(split)], args.max_open), _Shards([str(split)], args.shards)
+        lru, every = ShardPool([str(split)], args.max_open), ShardPool([str(split)], args.shards)
         t_lru, t_all = [], []
         for _ in range(args.rounds):
             # Only one of the two holds files during its round: HDF5 compares a file being opened with every

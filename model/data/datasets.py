@@ -25,7 +25,7 @@ from model.data.augment import apply_geometry, photometric_pair, sample_geometry
 from model.data.bi import bi
 from model.data.bi_index import build_donor_table
 from model.data.face_scale import REFERENCE_TEST_SCALE, eval_view, fit_face, view_fraction
-from model.data.pool import _Shards, video_key
+from model.data.pool import ShardPool, video_key
 from model.data.sbi import sbi, sbi_fake_for_eval
 from model.data.targets import boundary, boundary_u8, make_targets
 from model.data.tensors import to_tensor
@@ -64,7 +64,7 @@ class TrainPairDataset(Dataset):
         self.sbi_cfg = sbi_cfg or SBIConfig()
         self.bi_cfg = bi_cfg or BIConfig()
         self.augment_cfg = augment_cfg or AugmentConfig()
-        self.shards = _Shards(cfg.shards, cfg.max_open_shards)
+        self.shards = ShardPool(cfg.shards, cfg.max_open_shards)
         # All landmarks in memory (544 bytes a face, 50 MB for FF++'s 92k training frames): one HDF5 read per
         # item instead of two. Read with short-lived handles so nothing is open when workers fork.
         self.landmarks = []
@@ -269,7 +269,7 @@ class EvalDataset(Dataset):
         self.image_size = int(image_size)
         self.synthetic_fakes = synthetic_fakes
         self.seed = int(seed)
-        self.shards = _Shards(list(split_dirs), max_open_shards)
+        self.shards = ShardPool(list(split_dirs), max_open_shards)
         self.face_scale = face_scale
         for cs in set(self.shards.crop_scales):
             view_fraction(cs, face_scale)                               # fail now, not in a worker

@@ -1,4 +1,4 @@
-"""The shard files a Dataset reads from: every finished shard of some split folders (`_Shards`).
+"""The shard files a Dataset reads from: every finished shard of some split folders (`ShardPool`).
 
 HDF5 files are opened lazily in the process that reads (ShardReader), so readers built before the DataLoader
 forks are safe, and at most `data.max_open_shards` are open at once per process (least recently used closed
@@ -22,7 +22,7 @@ def video_key(row: dict) -> str:
     return f"{dataset}/{vid}" if vid.startswith(method + "/") else f"{dataset}/{method}/{vid}"
 
 
-class _Shards:
+class ShardPool:
     """Readers of every finished shard of some split folders, with the per-face tables concatenated.
 
     `open(si)` hands out reader `si` for reading crops and keeps at most `max_open` shard files open in the
