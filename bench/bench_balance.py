@@ -103,7 +103,8 @@ def bench_pack(shard: Path, root: Path, repeats: int = 3) -> None:
     import h5py
     import numpy as np
 
-    from pipeline.shards import ShardReader, ShardWriter, pack_shard, read_json_rows
+    from pipeline.shard_writer import ShardWriter, pack_shard
+    from pipeline.shards import ShardReader, read_json_rows
 
     r = ShardReader(shard)
     with h5py.File(shard, "r") as f:

@@ -66,7 +66,8 @@ def main(args) -> None:
     import cv2
     import h5py
 
-    from pipeline.shards import ShardReader, write_shard
+    from pipeline.shard_writer import write_shard
+    from pipeline.shards import ShardReader
 
     cv2.setNumThreads(1)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_codec_"))

@@ -27,7 +27,8 @@ from model.config import load_config
 from model.data.pool import ShardPool
 from model.train.dist import Dist
 from model.train.engine import build_train_loader
-from pipeline.shards import write_index, write_shard
+from pipeline.shard_index import write_index
+from pipeline.shard_writer import write_shard
 
 
 def ellipse_landmarks(crop: int, rng: np.random.Generator) -> np.ndarray:

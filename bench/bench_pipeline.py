@@ -205,7 +205,9 @@ def read_bench(shard_dir: Path, png_dir: Path, n_reads: int, work: Path) -> list
     """Random-access samples/s: shards (each compression) vs PNG + JSON files."""
     import cv2
 
-    from pipeline.shards import COMPRESSIONS, DEFAULT_COMPRESSION, ShardReader, shard_paths, write_shard
+    from pipeline.shard_codec import COMPRESSIONS, DEFAULT_COMPRESSION
+    from pipeline.shard_writer import write_shard
+    from pipeline.shards import ShardReader, shard_paths
 
     faces, lms = [], []
     for p in shard_paths(shard_dir):

@@ -15,14 +15,8 @@ from pipeline.cluster import ClusterError, absolute, check_workers, dask_client
 from pipeline.faces import DetectorConfig, DetectorWeightsError
 from pipeline.landmarks import LandmarkModelError
 from pipeline.manifest import ManifestError
-from pipeline.shards import (
-    COMPRESSIONS,
-    DEFAULT_COMPRESSION,
-    DEFAULT_SHARD_BYTES,
-    ShardError,
-    check_compression,
-    parse_size,
-)
+from pipeline.shard_codec import COMPRESSIONS, DEFAULT_COMPRESSION, check_compression
+from pipeline.shards import DEFAULT_SHARD_BYTES, ShardError, parse_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops + dlib "

@@ -17,19 +17,9 @@ from typing import Sequence
 from pipeline.extract import failure
 from pipeline.manifest import VideoItem
 from pipeline.resume import free_shard_names, staged_path
-from pipeline.shards import (
-    FAILURES_NAME,
-    INDEX_NAME,
-    STAGING_NAME,
-    TMP_SUFFIX,
-    ShardError,
-    load_index,
-    pack_shard,
-    read_failures,
-    stored_bytes,
-    summarize_shard,
-    write_index,
-)
+from pipeline.shard_index import summarize_shard, write_index
+from pipeline.shard_writer import pack_shard, stored_bytes
+from pipeline.shards import FAILURES_NAME, INDEX_NAME, STAGING_NAME, TMP_SUFFIX, ShardError, load_index, read_failures
 from pipeline.tasks import TaskResult, _committed
 
 

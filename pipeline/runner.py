@@ -271,6 +271,7 @@ def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, worke
     summary.n_planned = len(jobs)
     return summary
 
+
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
                   scheduler: str | None = None, on_error: str = "skip", client=None) -> RunSummary:
     """Landmark stage over every finished shard of ``split_dir``; resumes; rewrites index.json last."""

@@ -27,14 +27,9 @@ from pipeline.landmarks import LandmarkPredictor
 from pipeline.manifest import VideoItem
 from pipeline.progress import ProgressFn
 from pipeline.resume import settings_hash
-from pipeline.shards import (
-    DEFAULT_COMPRESSION,
-    AlreadyCommitted,
-    ShardError,
-    ShardReader,
-    ShardWriter,
-    add_landmarks,
-)
+from pipeline.shard_codec import DEFAULT_COMPRESSION
+from pipeline.shard_writer import ShardWriter, add_landmarks
+from pipeline.shards import AlreadyCommitted, ShardError, ShardReader
 
 
 class PipelineError(Exception):

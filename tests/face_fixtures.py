@@ -63,7 +63,8 @@ def example_crops(size: int, names: tuple[str, ...] = SMALL_SET) -> list[tuple[n
 def write_example_split(root: Path, size: int, names: tuple[str, ...] = SMALL_SET, frames: int = 1) -> Path:
     """A split folder (index.json + one shard) with one real video per example face and `frames` frames
     each (frame k shifted by k % 5 - 2 px, so frames differ); returns the split folder."""
-    from pipeline.shards import write_index, write_shard
+    from pipeline.shard_index import write_index
+    from pipeline.shard_writer import write_shard
 
     faces = example_crops(size, names)
     imgs, lms, video = [], [], []

@@ -3,7 +3,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.shards import DEFAULT_COMPRESSION, ShardReader, check_compression, write_shard
+from pipeline.shard_codec import DEFAULT_COMPRESSION, check_compression
+from pipeline.shard_writer import write_shard
+from pipeline.shards import ShardReader
 
 
 @pytest.mark.parametrize("codec", ["gzip:1", "gzip:9", "blosc-zstd:1", "blosc-zstd:9", "blosc-lz4:1", DEFAULT_COMPRESSION])

@@ -12,7 +12,8 @@ from model.data.datasets import EvalDataset, TrainPairDataset, collate_eval, col
 from model.data.pool import video_key
 from model.data.preview import main
 from model.data.tensors import normalise_images, to_tensor
-from pipeline.shards import write_index, write_shard
+from pipeline.shard_index import write_index
+from pipeline.shard_writer import write_shard
 from tests.face_fixtures import load_faces
 
 CROP = 160     # stored crop side

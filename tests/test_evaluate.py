@@ -10,7 +10,8 @@ import model.eval.main as evaluate
 from model.checkpoint import save_checkpoint
 from model.data.tensors import tensor_to_uint8
 from model.eval import protocol, robustness
-from pipeline.shards import write_index, write_shard
+from pipeline.shard_index import write_index
+from pipeline.shard_writer import write_shard
 from tests.face_fixtures import load_faces
 from tests.tiny import tiny_checkpoint
 

@@ -215,7 +215,8 @@ def test_face_scale_command_prints_both_sides(capsys, tmp_path):
 
 def test_validation_fakes_switch(tmp_path):
     from model.eval.validation import build_val_loader
-    from pipeline.shards import write_index, write_shard
+    from pipeline.shard_index import write_index
+    from pipeline.shard_writer import write_shard
 
     split = write_example_split(tmp_path, 96, frames=2)
     fake_split = tmp_path / "withfakes"

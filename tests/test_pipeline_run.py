@@ -346,7 +346,7 @@ def test_rerun_with_a_new_video_puts_it_in_a_new_shard(tmp_path, sample_videos_d
     assert verify_split(d) == [] and load_index(d)["shards"][2]["videos"] == ["v0b"]
     # verify sees one video in two shards
     shutil.copy(d / "shard-00000.h5", d / "shard-00009.h5")
-    from pipeline.shards import write_index
+    from pipeline.shard_index import write_index
 
     write_index(d, "mine", "train", extra={"plan": load_index(d)["plan"]})
     assert any("'v0' is also in shard-00000.h5" in p for p in verify_split(d))

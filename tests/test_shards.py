@@ -6,20 +6,18 @@ import h5py
 import numpy as np
 import pytest
 
+from pipeline.shard_codec import DEFAULT_COMPRESSION
+from pipeline.shard_index import write_index
+from pipeline.shard_writer import ShardWriter, add_landmarks, write_shard
 from pipeline.shards import (
-    DEFAULT_COMPRESSION,
     SCHEMA_VERSION,
     VIDEO_KEYS,
     AlreadyCommitted,
     ShardError,
     ShardReader,
-    ShardWriter,
-    add_landmarks,
     load_index,
     shard_paths,
     unfinished,
-    write_index,
-    write_shard,
 )
 from tests.shard_faults import flip_chunk_bytes
 
@@ -253,7 +251,7 @@ def test_pack_copies_chunks_raw_and_plain_h5py_reads_the_shard(tmp_path):
     """Per-video files packed into one shard: same crops and rows, video column renumbered, raw chunks."""
     import hdf5plugin  # noqa: F401
 
-    from pipeline.shards import pack_shard
+    from pipeline.shard_writer import pack_shard
 
     srcs, all_faces = [], []
     for k in range(3):

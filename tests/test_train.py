@@ -19,7 +19,8 @@ from model.config import load_config
 from model.data.tensors import normalise_images
 from model.train.sam import SAM, bn_running_stats_frozen
 from model.train.schedule import WarmupLinearSchedule, backbone_frozen, warmup_linear_lr
-from pipeline.shards import write_index, write_shard
+from pipeline.shard_index import write_index
+from pipeline.shard_writer import write_shard
 from tests.tiny import CROP, SIZE, face_image, face_landmarks, tiny_overrides, write_split
 
 DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml")
@@ -382,7 +383,8 @@ def test_resume_drops_the_interrupted_epochs_metrics_rows(shards, tmp_path):
 def test_videos_left_out_for_missing_landmarks_are_in_train_log(shards, tmp_path):
     d = tmp_path / "half" / "train"
     write_split(d, n_videos=4, frames=6, seed=3)
-    from pipeline.shards import ShardReader, add_landmarks
+    from pipeline.shard_writer import add_landmarks
+    from pipeline.shards import ShardReader
 
     r = ShardReader(d / "shard-00000.h5")
     lms = np.stack([r.landmarks(i) for i in range(len(r))])

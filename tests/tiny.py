@@ -12,7 +12,8 @@ import torch
 
 from model import build_model
 from model.checkpoint import save_checkpoint
-from pipeline.shards import write_index, write_shard
+from pipeline.shard_index import write_index
+from pipeline.shard_writer import write_shard
 
 CROP = 96
 SIZE = 64
