@@ -1,6 +1,7 @@
 """Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops with dlib 68-point landmarks.
 
-Modules, one job each: ``manifest`` (datasets, splits, labels), ``video`` (ffmpeg probing and frame sampling),
+Modules, one job each: ``manifest`` (the dataset manifest and its checks), ``listing`` (a manifest split's
+videos), ``adhoc`` (videos from ``--input``), ``video`` (ffmpeg probing and frame sampling),
 ``faces`` (RetinaFace and crops), ``landmarks`` (dlib 68 points), ``shards`` (the HDF5 storage contract and
 its reader), ``shard_writer``, ``shard_codec`` and ``shard_index`` (writing shards, their compressions, a
 split's index), ``tasks`` (the worker task bodies), ``runner`` (Dask scheduling of the tasks), ``progress``

@@ -155,7 +155,9 @@ def extract_frames(
       python -m pipeline extract-frames --input mine/ --label-from-folder --out shards/mine   (mine/real, mine/fake)\n
       python -m pipeline extract-frames -i 'real/*.mp4' --label real -i 'fake/*.mp4' --label fake --out shards/mine
     """
-    from pipeline.manifest import adhoc_items, list_videos, load_manifest
+    from pipeline.adhoc import adhoc_items
+    from pipeline.listing import list_videos
+    from pipeline.manifest import load_manifest
     from pipeline.runner import run_extract
     from pipeline.tasks import ExtractConfig, PipelineError
 

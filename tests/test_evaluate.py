@@ -208,7 +208,8 @@ def test_synthetic_sbi_fakes_on_real_only_shards(tmp_path):
 def test_end_to_end_on_shards_from_the_sample_videos(repo_root, tmp_path):
     """Pipeline on the shipped clips (test segment) -> tiny checkpoint -> evaluate with SBI fakes."""
     from pipeline.faces import DetectorConfig
-    from pipeline.manifest import list_videos, load_manifest
+    from pipeline.listing import list_videos
+    from pipeline.manifest import load_manifest
     from pipeline.runner import run_extract, run_landmarks
     from pipeline.tasks import ExtractConfig, LandmarkConfig
 

@@ -5,7 +5,9 @@ import os
 import pytest
 import yaml
 
-from pipeline.manifest import ManifestError, adhoc_items, list_videos, load_manifest
+from pipeline.adhoc import adhoc_items
+from pipeline.listing import list_videos
+from pipeline.manifest import ManifestError, load_manifest
 
 
 def _write(tmp_path, datasets, defaults=None, name="m.yaml"):

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from pipeline.faces import DetectorConfig
-from pipeline.manifest import list_videos, load_manifest
+from pipeline.listing import list_videos
+from pipeline.manifest import load_manifest
 from pipeline.runner import run_extract, run_landmarks
 from pipeline.shards import ShardReader, load_index, shard_paths
 from pipeline.tasks import ExtractConfig, LandmarkConfig
