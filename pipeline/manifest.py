@@ -253,67 +253,86 @@ def load_manifest(path: str | os.PathLike = "data_manifest.yaml") -> Manifest:
     _expect(isinstance(ds, dict) and ds, path, "datasets", "a non-empty mapping of dataset names", ds)
     out = {}
     for name, e in ds.items():
-        key = f"datasets.{name}"
-        _expect(isinstance(e, dict), path, key, "a mapping", e)
-        kind = e.get("kind")
-        _expect(kind in KINDS, path, f"{key}.kind", f"one of {', '.join(KINDS)}", kind)
-        required, optional = _KIND_KEYS[kind]
-        _retired(e, path, key)
-        _known_keys(e, _COMMON | set(required) | set(optional), path, key)
-        for k, form in required.items():
-            _expect(k in e, path, f"{key}.{k}", form, None)
-        paths = ("a folder", "a file", "a CSV", "dataset.json", "a list of folders")
-        _strings(e, {k: f for k, f in {**required, **optional}.items() if f.startswith(paths)}, path, key)
-        if "description" in e:
-            _expect(isinstance(e["description"], str), path, f"{key}.description", "a string", e["description"])
-        root = e.get("root")
-        _expect(isinstance(root, str) and root, path, f"{key}.root", "a path string (may use ${ENV:-default})", root)
-        root_path = Path(expand_env(root, f"{key}.root", path)).expanduser()
-        if not root_path.is_absolute():
-            root_path = (path.parent / root_path).resolve()
-        if kind in ("ffpp", "dfd"):
-            _expect(e["compression"] in FFPP_COMPRESSIONS, path, f"{key}.compression", "one of raw, c23, c40",
-                    e["compression"])
-        if kind == "ffpp":
-            m = e["methods"]
-            _expect(isinstance(m, list) and m and set(m) <= set(FFPP_METHODS), path, f"{key}.methods",
-                    f"a non-empty list from {list(FFPP_METHODS)}", m)
-            _expect(isinstance(e["splits"], dict), path, f"{key}.splits", required["splits"], e["splits"])
-            _known_keys(e["splits"], SPLITS, path, f"{key}.splits")
-            for sp, f in e["splits"].items():
-                _expect(isinstance(f, str) and f, path, f"{key}.splits.{sp}", "a JSON file relative to root", f)
-            fs = e.get("fake_splits", list(FFPP_FAKE_SPLITS))
-            _expect(isinstance(fs, list) and set(fs) <= set(SPLITS), path, f"{key}.fake_splits",
-                    f"a list from {list(SPLITS)}", fs)
-        if kind == "list":
-            vids = e["videos"]
-            _expect(isinstance(vids, list) and vids, path, f"{key}.videos", required["videos"], vids)
-            for i, v in enumerate(vids):
-                form = "{path: file, label: 0 or 1, optional id, method, splits: [train, test, ...]}"
-                _expect(isinstance(v, dict), path, f"{key}.videos[{i}]", form, v)
-                _known_keys(v, ("path", "label", "id", "method", "splits"), path, f"{key}.videos[{i}]")
-                _expect(isinstance(v.get("path"), str) and v["path"], path, f"{key}.videos[{i}].path", "a file path",
-                        v.get("path"))
-                _expect(_is_int(v.get("label")) and v["label"] in (0, 1), path, f"{key}.videos[{i}].label",
-                        "0 (real) or 1 (fake)", v.get("label"))
-                for k in ("id", "method"):
-                    if k in v:
-                        _expect(isinstance(v[k], str) and v[k], path, f"{key}.videos[{i}].{k}", "a string", v[k])
-                sp = v.get("splits", list(SPLITS))
-                _expect(isinstance(sp, list) and set(sp) <= set(SPLITS), path, f"{key}.videos[{i}].splits",
-                        f"a list from {list(SPLITS)}", sp)
-        if kind == "wilddeepfake":
-            lay = e["layout"]
-            _expect(isinstance(lay, dict), path, f"{key}.layout", required["layout"], lay)
-            _known_keys(lay, SPLITS, path, f"{key}.layout")
-            for sp, v in lay.items():
-                _expect(isinstance(v, dict), path, f"{key}.layout.{sp}", "a mapping {real: dir, fake: dir}", v)
-                _known_keys(v, ("real", "fake"), path, f"{key}.layout.{sp}")
-                for lab, folder in v.items():
-                    _expect(isinstance(folder, str) and folder, path, f"{key}.layout.{sp}.{lab}",
-                            "a folder relative to root", folder)
-        out[name] = DatasetEntry(name=name, kind=kind, root=root_path, raw=e,
-                                 frames=_frames(e.get("frames"), path, f"{key}.frames", frames),
-                                 crop=_crop(e.get("crop"), path, f"{key}.crop", crop), shard_bytes=_shard_size(e.get("shard_size"), path, f"{key}.shard_size", shard_bytes),
-                                 segments=_segments(e.get("segments"), path, f"{key}.segments"))
+        out[name] = _dataset_entry(name, e, path, frames, crop, shard_bytes)
     return Manifest(path=path, datasets=out)
+
+
+def _dataset_entry(name: str, e: Any, path: Path, frames: dict, crop: CropSettings, shard_bytes: int
+                   ) -> DatasetEntry:
+    """The checked ``datasets.<name>`` entry ``e``; ``frames``, ``crop`` and ``shard_bytes`` are the defaults."""
+    key = f"datasets.{name}"
+    _expect(isinstance(e, dict), path, key, "a mapping", e)
+    kind = e.get("kind")
+    _expect(kind in KINDS, path, f"{key}.kind", f"one of {', '.join(KINDS)}", kind)
+    required, optional = _KIND_KEYS[kind]
+    _retired(e, path, key)
+    _known_keys(e, _COMMON | set(required) | set(optional), path, key)
+    for k, form in required.items():
+        _expect(k in e, path, f"{key}.{k}", form, None)
+    paths = ("a folder", "a file", "a CSV", "dataset.json", "a list of folders")
+    _strings(e, {k: f for k, f in {**required, **optional}.items() if f.startswith(paths)}, path, key)
+    if "description" in e:
+        _expect(isinstance(e["description"], str), path, f"{key}.description", "a string", e["description"])
+    root = e.get("root")
+    _expect(isinstance(root, str) and root, path, f"{key}.root", "a path string (may use ${ENV:-default})", root)
+    root_path = Path(expand_env(root, f"{key}.root", path)).expanduser()
+    if not root_path.is_absolute():
+        root_path = (path.parent / root_path).resolve()
+    if kind in ("ffpp", "dfd"):
+        _expect(e["compression"] in FFPP_COMPRESSIONS, path, f"{key}.compression", "one of raw, c23, c40",
+                e["compression"])
+    if kind == "ffpp":
+        _check_ffpp(e, path, key, required)
+    if kind == "list":
+        _check_list_videos(e, path, key, required)
+    if kind == "wilddeepfake":
+        _check_layout(e, path, key, required)
+    return DatasetEntry(name=name, kind=kind, root=root_path, raw=e,
+                        frames=_frames(e.get("frames"), path, f"{key}.frames", frames),
+                        crop=_crop(e.get("crop"), path, f"{key}.crop", crop),
+                        shard_bytes=_shard_size(e.get("shard_size"), path, f"{key}.shard_size", shard_bytes),
+                        segments=_segments(e.get("segments"), path, f"{key}.segments"))
+
+
+def _check_ffpp(e: dict, path: Path, key: str, required: dict[str, str]) -> None:
+    m = e["methods"]
+    _expect(isinstance(m, list) and m and set(m) <= set(FFPP_METHODS), path, f"{key}.methods",
+            f"a non-empty list from {list(FFPP_METHODS)}", m)
+    _expect(isinstance(e["splits"], dict), path, f"{key}.splits", required["splits"], e["splits"])
+    _known_keys(e["splits"], SPLITS, path, f"{key}.splits")
+    for sp, f in e["splits"].items():
+        _expect(isinstance(f, str) and f, path, f"{key}.splits.{sp}", "a JSON file relative to root", f)
+    fs = e.get("fake_splits", list(FFPP_FAKE_SPLITS))
+    _expect(isinstance(fs, list) and set(fs) <= set(SPLITS), path, f"{key}.fake_splits",
+            f"a list from {list(SPLITS)}", fs)
+
+
+def _check_list_videos(e: dict, path: Path, key: str, required: dict[str, str]) -> None:
+    vids = e["videos"]
+    _expect(isinstance(vids, list) and vids, path, f"{key}.videos", required["videos"], vids)
+    for i, v in enumerate(vids):
+        form = "{path: file, label: 0 or 1, optional id, method, splits: [train, test, ...]}"
+        _expect(isinstance(v, dict), path, f"{key}.videos[{i}]", form, v)
+        _known_keys(v, ("path", "label", "id", "method", "splits"), path, f"{key}.videos[{i}]")
+        _expect(isinstance(v.get("path"), str) and v["path"], path, f"{key}.videos[{i}].path", "a file path",
+                v.get("path"))
+        _expect(_is_int(v.get("label")) and v["label"] in (0, 1), path, f"{key}.videos[{i}].label",
+                "0 (real) or 1 (fake)", v.get("label"))
+        for k in ("id", "method"):
+            if k in v:
+                _expect(isinstance(v[k], str) and v[k], path, f"{key}.videos[{i}].{k}", "a string", v[k])
+        sp = v.get("splits", list(SPLITS))
+        _expect(isinstance(sp, list) and set(sp) <= set(SPLITS), path, f"{key}.videos[{i}].splits",
+                f"a list from {list(SPLITS)}", sp)
+
+
+def _check_layout(e: dict, path: Path, key: str, required: dict[str, str]) -> None:
+    lay = e["layout"]
+    _expect(isinstance(lay, dict), path, f"{key}.layout", required["layout"], lay)
+    _known_keys(lay, SPLITS, path, f"{key}.layout")
+    for sp, v in lay.items():
+        _expect(isinstance(v, dict), path, f"{key}.layout.{sp}", "a mapping {real: dir, fake: dir}", v)
+        _known_keys(v, ("real", "fake"), path, f"{key}.layout.{sp}")
+        for lab, folder in v.items():
+            _expect(isinstance(folder, str) and folder, path, f"{key}.layout.{sp}.{lab}",
+                    "a folder relative to root", folder)
