@@ -15,6 +15,7 @@ lazily, at most `data.max_open_shards` open per process). `EpochSampler` hands t
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +32,33 @@ from model.data.targets import boundary, boundary_u8, make_targets
 from model.data.tensors import to_tensor
 
 HEATMAP_STRIDE = 4
+
+
+class TrainVideo(NamedTuple):
+    """A real video `TrainPairDataset` draws frames from."""
+
+    key: str              # "<dataset>/<method>/<id>" (`video_key`)
+    shard: int            # number of its shard in the dataset's `ShardPool`
+    rows: np.ndarray      # rows of its frames with landmarks, sorted by frame index
+
+
+class PairItem(NamedTuple):
+    """One pair of `TrainPairDataset`'s current epoch: the frame a (real, pseudo-fake) pair is made from."""
+
+    video: int            # index into `TrainPairDataset.videos`
+    shard: int            # shard number in the `ShardPool`
+    row: int              # the frame's row in that shard
+
+
+class EvalItem(NamedTuple):
+    """One frame `EvalDataset` serves (a stored frame, or the synthetic fake made from one)."""
+
+    shard: int            # shard number in the `ShardPool`
+    row: int              # the frame's row in that shard
+    label: int            # 0 real, 1 fake
+    video_id: str         # "<dataset>/<method>/<id>"; "<id of the real video>/sbi" (or "/bi") for synthetic fakes
+    method: str
+    synthetic: bool       # a synthetic fake of the stored (real) frame
 
 
 class TrainPairDataset(Dataset):
@@ -72,8 +100,8 @@ class TrainPairDataset(Dataset):
             self.landmarks.append(r.read("landmarks") if r.has_landmarks else None)
             r.close()
         self.skipped = {"frames_without_landmarks": 0, "videos_without_landmarks": 0, "fake_videos": 0}
-        # One entry per usable video: (video key, shard number, rows with landmarks sorted by frame index).
-        self.videos: list[tuple[str, int, np.ndarray]] = []
+        # One entry per usable video.
+        self.videos: list[TrainVideo] = []
         for si, row, rows in self.shards.videos():
             if int(row.get("label", 0)) != 0:
                 self.skipped["fake_videos"] += 1
@@ -83,7 +111,7 @@ class TrainPairDataset(Dataset):
             if not ok.any():
                 self.skipped["videos_without_landmarks"] += 1
                 continue
-            self.videos.append((video_key(row), si, rows[ok]))
+            self.videos.append(TrainVideo(video_key(row), si, rows[ok]))
         if not self.videos:
             raise ValueError(f"{', '.join(cfg.shards)}: no real video with landmarks to train on "
                              f"(skipped: {self.skipped}); run the landmark stage first")
@@ -91,7 +119,7 @@ class TrainPairDataset(Dataset):
             warnings.warn(f"TrainPairDataset: left out {self.skipped} in {', '.join(cfg.shards)}", stacklevel=2)
         self.donors = self._donor_table() if cfg.synthesis == "bi" else None
         self.epoch = 0
-        self.items: list[tuple[int, int, int]] = []
+        self.items: list[PairItem] = []
         self.set_epoch(0)
 
     # ---------------------------------------------------------------------------------------- epochs
@@ -110,7 +138,7 @@ class TrainPairDataset(Dataset):
             rng = np.random.default_rng([self.cfg.seed, draw_epoch, v, 1])
             k = min(self.cfg.frames_per_video, len(rows))
             pick = np.sort(rng.choice(len(rows), k, replace=False))
-            items.extend((v, si, int(rows[j])) for j in pick)
+            items.extend(PairItem(v, si, int(rows[j])) for j in pick)
         self.items = items
 
     def __len__(self) -> int:
@@ -195,7 +223,7 @@ class TrainPairDataset(Dataset):
         applied = (tuple(f"source/{a}" for a in pair.applied) + tuple(f"geo/{a}" for a in geom.applied)
                    + tuple(f"colour/{a}" for a in colour_applied))
         return {"real": real, "fake": fake, "heatmap": heatmap, "consistency": consistency, "boundary": b,
-                "mask": mask, "video_id": self.videos[v][0], "frame_index": int(reader.frame_index[row]),
+                "mask": mask, "video_id": self.videos[v].key, "frame_index": int(reader.frame_index[row]),
                 "kind": pair.kind, "ratio": pair.ratio, "flipped": pair.flipped, "aug_side": pair.aug_side,
                 "applied": applied, "face_scale": self.shards.crop_scales[si] * geom.kept}
 
@@ -274,8 +302,7 @@ class EvalDataset(Dataset):
         for cs in set(self.shards.crop_scales):
             view_fraction(cs, face_scale)                               # fail now, not in a worker
         self.skipped = {"frames_without_landmarks": 0}
-        # (shard, row, label, video_id, method, synthetic)
-        self.items: list[tuple[int, int, int, str, str, bool]] = []
+        self.items: list[EvalItem] = []
         fakes = []
         for si, row, rows in self.shards.videos():
             if frames_per_video is not None and len(rows) > frames_per_video:
@@ -283,24 +310,25 @@ class EvalDataset(Dataset):
             key, label, method = video_key(row), int(row.get("label", 0)), str(row.get("method", ""))
             if only_real and label != 0:
                 continue
-            self.items.extend((si, int(r), label, key, method, False) for r in rows)
+            self.items.extend(EvalItem(si, int(r), label, key, method, False) for r in rows)
             if synthetic_fakes and label == 0:
                 ok = self.shards.readers[si].landmark_ok[rows]
                 self.skipped["frames_without_landmarks"] += int((~ok).sum())
-                fakes.extend((si, int(r), 1, f"{key}/{synthetic_fakes}", synthetic_fakes, True) for r in rows[ok])
+                fakes.extend(EvalItem(si, int(r), 1, f"{key}/{synthetic_fakes}", synthetic_fakes, True)
+                             for r in rows[ok])
         self.items.extend(fakes)
         if self.skipped["frames_without_landmarks"]:
             warnings.warn(f"EvalDataset: {self.skipped['frames_without_landmarks']} real frames have no landmarks "
                           f"and get no synthetic fake", stacklevel=2)
         self._donors = self._bi_donors(fakes) if synthetic_fakes == "bi" else None
 
-    def _bi_donors(self, fakes: list) -> dict[tuple[int, int], tuple[int, int]]:
+    def _bi_donors(self, fakes: list[EvalItem]) -> dict[tuple[int, int], tuple[int, int]]:
         """Nearest donor (another real video) for every frame that gets a BI fake."""
         if not fakes:
             return {}
-        faces = [(si, r) for si, r, *_ in fakes]
+        faces = [(f.shard, f.row) for f in fakes]
         lms = np.stack([self.shards.open(si).landmarks(r) for si, r in faces])
-        vids = np.unique([f[3] for f in fakes], return_inverse=True)[1]
+        vids = np.unique([f.video_id for f in fakes], return_inverse=True)[1]
         self.shards.close()  # nothing open when workers fork
         table = build_donor_table(lms, vids, k=1)
         if (table[:, 0] < 0).any():
@@ -312,7 +340,7 @@ class EvalDataset(Dataset):
 
     def item_video_id(self, index: int) -> str:
         """video_id of item `index` without reading any image."""
-        return self.items[index][3]
+        return self.items[index].video_id
 
     def __getitem__(self, index: int) -> dict:
         si, row, label, key, method, synthetic = self.items[index]

@@ -156,7 +156,7 @@ def main(args) -> dict:
                                   frames_per_video=args.frames or None, face_scale=face_scale, **ds_kwargs)
         except ValueError as e:
             raise EvaluationError(f"{ts.name}: {e}") from e
-        labels = {key: label for _, _, label, key, method, _ in dataset.items}
+        labels = {it.video_id: it.label for it in dataset.items}
         n_fake = sum(labels.values())
         n_real = len(labels) - n_fake
         reason = duplicate_video(ts.name, dataset) or \
@@ -166,7 +166,7 @@ def main(args) -> dict:
             refused[ts.name] = reason
             continue
         ts.protocol["videos"] = f"{n_real} real / {n_fake} fake"
-        ts.protocol["frames_per_video"] = faces_per_video([it[3] for it in dataset.items])
+        ts.protocol["frames_per_video"] = faces_per_video([it.video_id for it in dataset.items])
         if args.synthetic_fakes:
             ts.protocol["real faces without landmarks (no synthetic fake)"] = \
                 dataset.skipped.get("frames_without_landmarks", 0)
