@@ -143,16 +143,17 @@ def _known_keys(d: dict, allowed: Any, where: Path, key: str) -> None:
             raise ManifestError(f"{where}: {prefix}{k}: unknown key{hint}; valid keys here: {', '.join(allowed)}")
 
 
-def _strings(e: dict, keys: dict[str, str], where: Path, key: str) -> None:
-    """Keys of ``e`` whose values must be non-empty strings (folders, files) or lists of them (form says so)."""
-    for k, form in keys.items():
-        if k not in e:
+def _paths(e: dict, keys: dict[str, KeySpec], where: Path, key: str) -> None:
+    """The path keys of ``e`` (``KeySpec.path``): a non-empty string each, or a list of them (``type`` list)."""
+    for k, spec in keys.items():
+        if not spec.path or k not in e:
             continue
         v = e[k]
-        if form.startswith("a list"):
-            _expect(isinstance(v, list) and all(isinstance(x, str) and x for x in v), where, f"{key}.{k}", form, v)
+        if spec.type is list:
+            _expect(isinstance(v, list) and all(isinstance(x, str) and x for x in v), where, f"{key}.{k}", spec.help,
+                    v)
         else:
-            _expect(isinstance(v, str) and v, where, f"{key}.{k}", form, v)
+            _expect(isinstance(v, str) and v, where, f"{key}.{k}", spec.help, v)
 
 
 def _frames(d: Any, where: Path, key: str, base: dict) -> dict:
@@ -213,19 +214,50 @@ def _segments(d: Any, where: Path, key: str) -> dict:
     return out
 
 
-# Keys each kind requires (besides kind/root) and optional ones, with the form shown in errors.
-_KIND_KEYS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
-    "ffpp": ({"compression": "one of raw, c23, c40", "methods": f"a list from {list(FFPP_METHODS)}",
-              "splits": "a mapping {train: train.json, val: val.json, test: test.json} (official pair lists)"},
-             {"originals": "a folder relative to root (default original_sequences/youtube)",
-              "fake_splits": "a list from ['train', 'val', 'test'] (default [val, test])"}),
-    "celebdf": ({"test_list": "a file relative to root (List_of_testing_videos.txt)"},
-                {"real_dirs": "a list of folders", "fake_dirs": "a list of folders"}),
-    "dfd": ({"compression": "one of raw, c23, c40"}, {"originals": "a folder", "manipulated": "a folder"}),
-    "dfdc": ({"videos": "a folder relative to root", "labels": "a CSV with columns filename,label"}, {}),
-    "dfdcp": ({"metadata": "dataset.json relative to root"}, {}),
-    "wilddeepfake": ({"layout": "a mapping {train: {real: dir, fake: dir}, test: {...}}"}, {}),
-    "list": ({"videos": "a list of {path, label} (label 0 real / 1 fake)"}, {}),
+@dataclass(frozen=True)
+class KeySpec:
+    """One kind-specific key of a ``datasets.<name>`` entry, as data.
+
+    help: the form shown in errors ("expected <help>"). type: of the value (str, list or dict). path: the value
+    names files or folders relative to the dataset root (a non-empty string, or a list of them for type list;
+    the lister checks that they exist). required: the entry must have the key.
+    """
+    help: str
+    type: type = str
+    path: bool = False
+    required: bool = False
+
+
+# The keys of each kind besides the common ones (_COMMON). Path keys are checked by their type alone; the others
+# by their kind's own checks below (choices, nested mappings), whose errors show the same help.
+KIND_KEYS: dict[str, dict[str, KeySpec]] = {
+    "ffpp": {
+        "compression": KeySpec("one of raw, c23, c40", required=True),
+        "methods": KeySpec(f"a list from {list(FFPP_METHODS)}", list, required=True),
+        "splits": KeySpec("a mapping {train: train.json, val: val.json, test: test.json} (official pair lists)",
+                          dict, required=True),
+        "originals": KeySpec("a folder relative to root (default original_sequences/youtube)", path=True),
+        "fake_splits": KeySpec("a list from ['train', 'val', 'test'] (default [val, test])", list),
+    },
+    "celebdf": {
+        "test_list": KeySpec("a file relative to root (List_of_testing_videos.txt)", path=True, required=True),
+        "real_dirs": KeySpec("a list of folders", list, path=True),
+        "fake_dirs": KeySpec("a list of folders", list, path=True),
+    },
+    "dfd": {
+        "compression": KeySpec("one of raw, c23, c40", required=True),
+        "originals": KeySpec("a folder", path=True),
+        "manipulated": KeySpec("a folder", path=True),
+    },
+    "dfdc": {
+        "videos": KeySpec("a folder relative to root", path=True, required=True),
+        "labels": KeySpec("a CSV with columns filename,label", path=True, required=True),
+    },
+    "dfdcp": {"metadata": KeySpec("dataset.json relative to root", path=True, required=True)},
+    "wilddeepfake": {
+        "layout": KeySpec("a mapping {train: {real: dir, fake: dir}, test: {...}}", dict, required=True),
+    },
+    "list": {"videos": KeySpec("a list of {path, label} (label 0 real / 1 fake)", list, required=True)},
 }
 _COMMON = {"kind", "root", "frames", "crop", "shard_size", "segments", "description"}
 
@@ -264,13 +296,13 @@ def _dataset_entry(name: str, e: Any, path: Path, frames: dict, crop: CropSettin
     _expect(isinstance(e, dict), path, key, "a mapping", e)
     kind = e.get("kind")
     _expect(kind in KINDS, path, f"{key}.kind", f"one of {', '.join(KINDS)}", kind)
-    required, optional = _KIND_KEYS[kind]
+    keys = KIND_KEYS[kind]
     _retired(e, path, key)
-    _known_keys(e, _COMMON | set(required) | set(optional), path, key)
-    for k, form in required.items():
-        _expect(k in e, path, f"{key}.{k}", form, None)
-    paths = ("a folder", "a file", "a CSV", "dataset.json", "a list of folders")
-    _strings(e, {k: f for k, f in {**required, **optional}.items() if f.startswith(paths)}, path, key)
+    _known_keys(e, _COMMON | set(keys), path, key)
+    for k, spec in keys.items():
+        if spec.required:
+            _expect(k in e, path, f"{key}.{k}", spec.help, None)
+    _paths(e, keys, path, key)
     if "description" in e:
         _expect(isinstance(e["description"], str), path, f"{key}.description", "a string", e["description"])
     root = e.get("root")
@@ -279,14 +311,14 @@ def _dataset_entry(name: str, e: Any, path: Path, frames: dict, crop: CropSettin
     if not root_path.is_absolute():
         root_path = (path.parent / root_path).resolve()
     if kind in ("ffpp", "dfd"):
-        _expect(e["compression"] in FFPP_COMPRESSIONS, path, f"{key}.compression", "one of raw, c23, c40",
+        _expect(e["compression"] in FFPP_COMPRESSIONS, path, f"{key}.compression", keys["compression"].help,
                 e["compression"])
     if kind == "ffpp":
-        _check_ffpp(e, path, key, required)
+        _check_ffpp(e, path, key, keys)
     if kind == "list":
-        _check_list_videos(e, path, key, required)
+        _check_list_videos(e, path, key, keys)
     if kind == "wilddeepfake":
-        _check_layout(e, path, key, required)
+        _check_layout(e, path, key, keys)
     return DatasetEntry(name=name, kind=kind, root=root_path, raw=e,
                         frames=_frames(e.get("frames"), path, f"{key}.frames", frames),
                         crop=_crop(e.get("crop"), path, f"{key}.crop", crop),
@@ -294,11 +326,11 @@ def _dataset_entry(name: str, e: Any, path: Path, frames: dict, crop: CropSettin
                         segments=_segments(e.get("segments"), path, f"{key}.segments"))
 
 
-def _check_ffpp(e: dict, path: Path, key: str, required: dict[str, str]) -> None:
+def _check_ffpp(e: dict, path: Path, key: str, keys: dict[str, KeySpec]) -> None:
     m = e["methods"]
     _expect(isinstance(m, list) and m and set(m) <= set(FFPP_METHODS), path, f"{key}.methods",
             f"a non-empty list from {list(FFPP_METHODS)}", m)
-    _expect(isinstance(e["splits"], dict), path, f"{key}.splits", required["splits"], e["splits"])
+    _expect(isinstance(e["splits"], dict), path, f"{key}.splits", keys["splits"].help, e["splits"])
     _known_keys(e["splits"], SPLITS, path, f"{key}.splits")
     for sp, f in e["splits"].items():
         _expect(isinstance(f, str) and f, path, f"{key}.splits.{sp}", "a JSON file relative to root", f)
@@ -307,9 +339,9 @@ def _check_ffpp(e: dict, path: Path, key: str, required: dict[str, str]) -> None
             f"a list from {list(SPLITS)}", fs)
 
 
-def _check_list_videos(e: dict, path: Path, key: str, required: dict[str, str]) -> None:
+def _check_list_videos(e: dict, path: Path, key: str, keys: dict[str, KeySpec]) -> None:
     vids = e["videos"]
-    _expect(isinstance(vids, list) and vids, path, f"{key}.videos", required["videos"], vids)
+    _expect(isinstance(vids, list) and vids, path, f"{key}.videos", keys["videos"].help, vids)
     for i, v in enumerate(vids):
         form = "{path: file, label: 0 or 1, optional id, method, splits: [train, test, ...]}"
         _expect(isinstance(v, dict), path, f"{key}.videos[{i}]", form, v)
@@ -326,9 +358,9 @@ def _check_list_videos(e: dict, path: Path, key: str, required: dict[str, str]) 
                 f"a list from {list(SPLITS)}", sp)
 
 
-def _check_layout(e: dict, path: Path, key: str, required: dict[str, str]) -> None:
+def _check_layout(e: dict, path: Path, key: str, keys: dict[str, KeySpec]) -> None:
     lay = e["layout"]
-    _expect(isinstance(lay, dict), path, f"{key}.layout", required["layout"], lay)
+    _expect(isinstance(lay, dict), path, f"{key}.layout", keys["layout"].help, lay)
     _known_keys(lay, SPLITS, path, f"{key}.layout")
     for sp, v in lay.items():
         _expect(isinstance(v, dict), path, f"{key}.layout.{sp}", "a mapping {real: dir, fake: dir}", v)
