@@ -323,7 +323,7 @@ def fidelity_report(args) -> None:
     reference's, the gap, the tolerance of tests/test_fidelity.py. Writes a PNG of the gaps."""
     import warnings
 
-    from model.config import load_config
+    from model.config_io import load_config
     from model.data.datasets import TrainPairDataset
     from model.data.pair_stats import compare, load_reference, pair_figures
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import load_config
+from model.config_io import load_config
 from model.data.pool import ShardPool
 from model.train.dist import Dist
 from model.train.engine import build_train_loader

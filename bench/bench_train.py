@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from model.config import load_config
+from model.config_io import load_config
 from model.net.laanet import build_model, set_backbone_frozen
 from model.train.dist import Dist, select_amp, select_device
 from model.train.engine import Trainer, build_optimizer, train_step

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from model.config import load_config
+from model.config_io import load_config
 from model.data.datasets import TrainPairDataset, collate_pairs
 from model.train.engine import to_device
 from model.train.losses import LAALoss, classification_loss, consistency_loss, heatmap_focal_loss
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.checkpoint is not None:
         from model import load_checkpoint
         from model.checkpoint import read_checkpoint
-        from model.config import config_from_dict
+        from model.config_io import config_from_dict
 
         cfg = config_from_dict(read_checkpoint(args.checkpoint)["config"], args.overrides)
         model = load_checkpoint(args.checkpoint)

@@ -169,7 +169,7 @@ def settings_hash(obj) -> str:
 def resolved_config(config: Path, overrides: list[str]) -> dict:
     """The whole config a run trains with (YAML chain + overrides), as the key of its reuse: editing the file
     or its base changes it, moving the repository does not."""
-    from model.config import config_to_dict, load_config
+    from model.config_io import config_to_dict, load_config
 
     return config_to_dict(load_config(config, overrides))
 
@@ -214,7 +214,7 @@ def write_untrained(config: Path, common: list[str], path: Path) -> Path:
     import torch
 
     from model.checkpoint import save_checkpoint
-    from model.config import config_from_dict
+    from model.config_io import config_from_dict
     from model.net.laanet import build_model
 
     resolved = resolved_config(config, common)
@@ -647,7 +647,7 @@ def untrained_val_auc(ckpt: Path, config: Path, common: list[str]) -> float:
     import torch
 
     from model import load_checkpoint
-    from model.config import load_config
+    from model.config_io import load_config
     from model.eval.validation import build_val_loader, validate
 
     loader, _ = build_val_loader(load_config(config, common))

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from model.config import Config, ConfigError
+from model.config_io import config_from_dict, config_to_dict, load_config, save_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 

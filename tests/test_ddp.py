@@ -17,7 +17,7 @@ LAUNCHER = textwrap.dedent("""
     import sys
     import torch
     import model.train.main as train
-    from model.config import load_config
+    from model.config_io import load_config
 
     dist = train.setup_distributed()
     torch.set_num_threads(1)

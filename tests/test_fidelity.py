@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import AugmentConfig, DataConfig, ModelConfig, SBIConfig, load_config
+from model.config import AugmentConfig, DataConfig, ModelConfig, SBIConfig
+from model.config_io import load_config
 from model.data.augment import sample_geometry
 from model.data.datasets import EvalDataset, TrainPairDataset
 from model.data.face_scale import REFERENCE_TEST_SCALE, eval_view, resolve_face_scale, training_face_scales
@@ -57,7 +58,7 @@ def test_default_pairs_match_the_reference_distribution(default_figures):
 def test_the_shipped_recipe_config_is_the_default_recipe():
     from pathlib import Path
 
-    from model.config import config_to_dict
+    from model.config_io import config_to_dict
 
     root = Path(__file__).resolve().parents[1] / "configs"
     a, b = config_to_dict(load_config(root / "laanet_sbi.yaml")), config_to_dict(load_config(None))
@@ -257,7 +258,7 @@ def test_ffpp_manifest_entry_is_c0_as_in_the_paper():
 
 
 def test_configs_of_older_checkpoints_still_load():
-    from model.config import config_from_dict, config_to_dict
+    from model.config_io import config_from_dict, config_to_dict
 
     old = config_to_dict(load_config(None))
     for section in ("sbi", "bi", "augment"):
@@ -306,7 +307,7 @@ def test_a_checkpoint_written_before_these_settings_existed_loads(tmp_path):
     """A checkpoint whose config predates the sbi/bi/augment sections and the backbone regularisation keys
     (the layout this code wrote until this round) rebuilds its network and its training config."""
     from model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-    from model.config import config_from_dict, config_to_dict
+    from model.config_io import config_from_dict, config_to_dict
 
     model = build_model(ModelConfig(backbone="tf_efficientnet_b0", input_size=64, head_conv=16))
     old = config_to_dict(load_config(None))

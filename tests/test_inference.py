@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from model import build_model, predict
-from model.config import load_config
+from model.config_io import load_config
 from model.data.datasets import EvalDataset, collate_eval
 from model.eval import inference, validation
 from tests.tiny import SIZE, write_split

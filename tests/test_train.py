@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.config import load_config
+from model.config_io import load_config
 from model.data.tensors import normalise_images
 from model.train.sam import SAM, bn_running_stats_frozen
 from model.train.schedule import WarmupLinearSchedule, backbone_frozen, warmup_linear_lr
@@ -467,7 +467,7 @@ def test_scaled_lr_reaches_the_schedule(shards, tmp_path):
 
 
 def test_checkpoints_of_the_per_process_batch_resume_as_they_were():
-    from model.config import config_from_dict, config_to_dict
+    from model.config_io import config_from_dict, config_to_dict
 
     stored = config_to_dict(load_config(None))
     del stored["train"]["batch_scope"], stored["optim"]["lr_scaling"]  # what a checkpoint of before holds

@@ -35,7 +35,7 @@ def preview_grid(dataset: TrainPairDataset, n: int, cell: int = 192) -> np.ndarr
 
 
 def _load_run_config(path: str | None, overrides: list[str]):
-    from model.config import load_config  # model.config imports this module
+    from model.config_io import load_config
 
     return load_config(path, overrides)
 

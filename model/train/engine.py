@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.checkpoint import restore_training_state, set_rng_state, training_state
-from model.config import Config, ConfigError, config_to_dict
+from model.config import Config, ConfigError
+from model.config_io import config_to_dict
 from model.data.datasets import EpochSampler, TrainPairDataset, collate_pairs
 from model.data.tensors import normalise_images
 from model.net.laanet import build_model, set_backbone_frozen

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import read_checkpoint, save_checkpoint
-from model.config import Config, ConfigError, config_from_dict, config_to_yaml, load_config, save_config
+from model.config import Config, ConfigError
+from model.config_io import config_from_dict, config_to_yaml, load_config, save_config
 from model.eval.validation import build_val_loader, validate
 from model.train.dist import Dist, gather_rng_states, setup_distributed, teardown_distributed
 from model.train.engine import (
