@@ -6,6 +6,7 @@ Thin wrappers: options are checked and turned into configs here, the work is in 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -76,73 +77,97 @@ def _check_dataset(manifest: Path, dataset: Optional[str]) -> None:
         load_manifest(manifest).entry(dataset)
 
 
+# Options of extract-frames.
+_INPUT = typer.Option(
+    None, "--input", "-i",
+    help="Ad-hoc mode instead of --dataset: a glob of videos (quote it: 'videos/*.mp4'), a file, or a folder "
+         "(its videos, recursively). Repeat it to put several inputs into one split.")
+_LABEL = typer.Option(
+    None, "--label", help="Ad-hoc mode: the label of the --input videos; one for all inputs, or one per "
+                          "--input in the same order.")
+_LABEL_FROM_FOLDER = typer.Option(
+    False, "--label-from-folder",
+    help="Ad-hoc mode: read each video's label from the folder names below its --input (and a folder "
+         "input's own name): real/, fake/, FF++'s original_sequences/ and manipulated_sequences/, "
+         "Celeb-DF's Celeb-real/ and Celeb-synthesis/ (docs/pipeline.md lists the words).")
+_FRAMES = typer.Option(None, "--frames", "-n", min=1,
+                       help="Frames per video (default: the manifest's value for the split; "
+                            "32 in ad-hoc mode).")
+_CROP_SIZE = typer.Option(None, "--crop-size", min=16,
+                          help="Side of the saved square crops in pixels (default: manifest, "
+                               "384).")
+_CROP_SCALE = typer.Option(None, "--crop-scale", min=1.0,
+                           help="Crop side / larger detector-box side (default: manifest, "
+                                "1.25).")
+_DETECTOR = typer.Option(Backend.mobilenet, "--detector",
+                         help="RetinaFace backend: mobilenet0.25 (weights shipped) or resnet50 "
+                              "(the paper's; weights downloaded when online or --detector-weights).")
+_DETECTOR_WEIGHTS = typer.Option(None, "--detector-weights",
+                                 help="Detector weights file (.onnx for mobilenet0.25; "
+                                      ".pth or the published .zip for resnet50).")
+_SCORE_THRESHOLD = typer.Option(0.5, "--score-threshold", min=0.0, max=1.0,
+                                help="Minimum detector confidence of a face.")
+_MAX_FACES = typer.Option(1, "--max-faces", min=1, help="Faces kept per frame (each is one crop).")
+_KEEP = typer.Option("score", "--keep", help="Which faces to keep first: score or area.")
+_MAX_SIDE = typer.Option(1280, "--max-side", min=0,
+                         help="Finest detection level: frames with a longer side are downscaled to it "
+                              "(0 = never).")
+_FACE_PX = typer.Option(DetectorConfig.face_px, "--face-px", min=0,
+                        help="Detection resolution follows the faces: the coarsest level (halving from "
+                             "--max-side, not below --min-side) where the kept faces are at least this "
+                             "many pixels (0 = one pass at --max-side).")
+_MIN_SIDE = typer.Option(DetectorConfig.min_side, "--min-side", min=16,
+                         help="Longer side of the coarsest detection level (with --face-px).")
+_BATCH_SIZE = typer.Option(None, "--batch-size", min=1,
+                           help="Frames per detector call (default: 1 on CPU, where it is "
+                                "fastest per core; 16 on a GPU).")
+_DEVICE = typer.Option("cpu", "--device", help="Device of the resnet50 backend (cpu, cuda, cuda:1).")
+_DECODE_THREADS = typer.Option(1, "--decode-threads", min=0,
+                               help="ffmpeg decoder threads per video (1 suits one worker per core; more "
+                                    "when workers are fewer than cores, e.g. with a GPU detector; 0 = "
+                                    "ffmpeg's choice).")
+_SHARD_SIZE = typer.Option(
+    None, "--shard-size", help="Upper bound of a shard's size (e.g. 1GB, 512MB, 2GiB; default: the manifest's "
+                               "shard_size, 1GiB); finished videos are packed into shards up to it (one Dask "
+                               "task per video either way).")
+_COMPRESSION = typer.Option(DEFAULT_COMPRESSION, "--compression",
+                            help=f"HDF5 compression of the crops: {', '.join(COMPRESSIONS)}, with "
+                                 f"':LEVEL' (0-9) for gzip and blosc-*, e.g. blosc-zstd:3.")
+_LIMIT = typer.Option(None, "--limit", min=1, help="Only the first N videos (quick tries).")
+_OVERWRITE = typer.Option(False, "--overwrite",
+                          help="Remove the split folder's shards, staged videos, index and failures log first "
+                               "and redo it (needed when settings or videos differ from those of its "
+                               "shards).")
+
+
 @app.command("extract-frames")
 def extract_frames(
     dataset: Optional[str] = _DATASET,
     split: str = _SPLIT,
     out: Path = _shards_root("Shards root: shards go to ROOT/DATASET/SPLIT; with --input, the folder that "
                              "receives the shards."),
-    input: Optional[List[str]] = typer.Option(
-        None, "--input", "-i",
-        help="Ad-hoc mode instead of --dataset: a glob of videos (quote it: 'videos/*.mp4'), a file, or a folder "
-             "(its videos, recursively). Repeat it to put several inputs into one split."),
-    label: Optional[List[Label]] = typer.Option(
-        None, "--label", help="Ad-hoc mode: the label of the --input videos; one for all inputs, or one per "
-                              "--input in the same order."),
-    label_from_folder: bool = typer.Option(
-        False, "--label-from-folder",
-        help="Ad-hoc mode: read each video's label from the folder names below its --input (and a folder "
-             "input's own name): real/, fake/, FF++'s original_sequences/ and manipulated_sequences/, "
-             "Celeb-DF's Celeb-real/ and Celeb-synthesis/ (docs/pipeline.md lists the words)."),
+    input: Optional[List[str]] = _INPUT,
+    label: Optional[List[Label]] = _LABEL,
+    label_from_folder: bool = _LABEL_FROM_FOLDER,
     manifest: Path = _MANIFEST,
-    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1,
-                                         help="Frames per video (default: the manifest's value for the split; "
-                                              "32 in ad-hoc mode)."),
-    crop_size: Optional[int] = typer.Option(None, "--crop-size", min=16,
-                                            help="Side of the saved square crops in pixels (default: manifest, "
-                                                 "384)."),
-    crop_scale: Optional[float] = typer.Option(None, "--crop-scale", min=1.0,
-                                               help="Crop side / larger detector-box side (default: manifest, "
-                                                    "1.25)."),
-    detector: Backend = typer.Option(Backend.mobilenet, "--detector",
-                                     help="RetinaFace backend: mobilenet0.25 (weights shipped) or resnet50 "
-                                          "(the paper's; weights downloaded when online or --detector-weights)."),
-    detector_weights: Optional[Path] = typer.Option(None, "--detector-weights",
-                                                    help="Detector weights file (.onnx for mobilenet0.25; "
-                                                         ".pth or the published .zip for resnet50)."),
-    score_threshold: float = typer.Option(0.5, "--score-threshold", min=0.0, max=1.0,
-                                          help="Minimum detector confidence of a face."),
-    max_faces: int = typer.Option(1, "--max-faces", min=1, help="Faces kept per frame (each is one crop)."),
-    keep: str = typer.Option("score", "--keep", help="Which faces to keep first: score or area."),
-    max_side: int = typer.Option(1280, "--max-side", min=0,
-                                 help="Finest detection level: frames with a longer side are downscaled to it "
-                                      "(0 = never)."),
-    face_px: int = typer.Option(DetectorConfig.face_px, "--face-px", min=0,
-                                help="Detection resolution follows the faces: the coarsest level (halving from "
-                                     "--max-side, not below --min-side) where the kept faces are at least this "
-                                     "many pixels (0 = one pass at --max-side)."),
-    min_side: int = typer.Option(DetectorConfig.min_side, "--min-side", min=16,
-                                 help="Longer side of the coarsest detection level (with --face-px)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
-                                             help="Frames per detector call (default: 1 on CPU, where it is "
-                                                  "fastest per core; 16 on a GPU)."),
-    device: str = typer.Option("cpu", "--device", help="Device of the resnet50 backend (cpu, cuda, cuda:1)."),
-    decode_threads: int = typer.Option(1, "--decode-threads", min=0,
-                                       help="ffmpeg decoder threads per video (1 suits one worker per core; more "
-                                            "when workers are fewer than cores, e.g. with a GPU detector; 0 = "
-                                            "ffmpeg's choice)."),
-    shard_size: Optional[str] = typer.Option(
-        None, "--shard-size", help="Upper bound of a shard's size (e.g. 1GB, 512MB, 2GiB; default: the manifest's "
-                                   "shard_size, 1GiB); finished videos are packed into shards up to it (one Dask "
-                                   "task per video either way)."),
-    compression: str = typer.Option(DEFAULT_COMPRESSION, "--compression",
-                                    help=f"HDF5 compression of the crops: {', '.join(COMPRESSIONS)}, with "
-                                         f"':LEVEL' (0-9) for gzip and blosc-*, e.g. blosc-zstd:3."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N videos (quick tries)."),
-    overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="Remove the split folder's shards, staged videos, index and failures log first "
-                                        "and redo it (needed when settings or videos differ from those of its "
-                                        "shards)."),
+    frames: Optional[int] = _FRAMES,
+    crop_size: Optional[int] = _CROP_SIZE,
+    crop_scale: Optional[float] = _CROP_SCALE,
+    detector: Backend = _DETECTOR,
+    detector_weights: Optional[Path] = _DETECTOR_WEIGHTS,
+    score_threshold: float = _SCORE_THRESHOLD,
+    max_faces: int = _MAX_FACES,
+    keep: str = _KEEP,
+    max_side: int = _MAX_SIDE,
+    face_px: int = _FACE_PX,
+    min_side: int = _MIN_SIDE,
+    batch_size: Optional[int] = _BATCH_SIZE,
+    device: str = _DEVICE,
+    decode_threads: int = _DECODE_THREADS,
+    shard_size: Optional[str] = _SHARD_SIZE,
+    compression: str = _COMPRESSION,
+    limit: Optional[int] = _LIMIT,
+    overwrite: bool = _OVERWRITE,
     workers: Optional[int] = _WORKERS,
     scheduler: Optional[str] = _SCHEDULER,
     scheduler_file: Optional[Path] = _SCHEDULER_FILE,
@@ -155,14 +180,53 @@ def extract_frames(
       python -m pipeline extract-frames --input mine/ --label-from-folder --out shards/mine   (mine/real, mine/fake)\n
       python -m pipeline extract-frames -i 'real/*.mp4' --label real -i 'fake/*.mp4' --label fake --out shards/mine
     """
-    from pipeline.adhoc import adhoc_items
-    from pipeline.listing import list_videos
-    from pipeline.manifest import load_manifest
-    from pipeline.runner import run_extract
     from pipeline.tasks import ExtractConfig, PipelineError
 
     if (dataset is None) == (not input):
         _fail("give either --dataset (with --split) or --input 'glob' (with --label or --label-from-folder)")
+    shard_bytes, compression = _checked_options(keep, shard_size, compression)
+    try:
+        src = _dataset_videos(manifest, dataset, split, frames) if dataset else \
+            _adhoc_videos(input, label, label_from_folder, frames)
+        items = src.items[:limit] if limit else src.items
+        if not dataset:
+            n_fake = sum(it.label for it in items)
+            typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
+        # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
+        items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
+        det = _detector_config(detector, detector_weights, score_threshold, max_faces, keep, max_side, face_px,
+                               min_side, batch_size, device)
+        cfg = ExtractConfig(crop_scale=crop_scale or src.crop_scale, crop_size=crop_size or src.crop_size,
+                            detector=det, compression=compression, on_error=on_error.value,
+                            manifest_hash=src.manifest_hash, source_root=src.root, decode_threads=decode_threads)
+        split_dir = _split_dir(Path(absolute(out)), dataset, split)
+        summary = _extract(items, split_dir, src.dataset, src.split, cfg,
+                           shard_bytes or src.shard_bytes or DEFAULT_SHARD_BYTES, workers, scheduler, scheduler_file,
+                           overwrite)
+    except (ManifestError, DetectorWeightsError, PipelineError, ShardError, ClusterError) as e:
+        _fail(str(e))
+    if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):
+        _fail(f"{summary.split_dir}: none of the {summary.n_planned} videos of this run could be read "
+              f"({summary.n_failures} failures logged in {summary.split_dir / 'failures.jsonl'})", 1)
+    if summary.failed_shards:
+        raise typer.Exit(1)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The videos of one extract-frames run and what their source (a manifest entry or --input) says of them."""
+    items: list
+    crop_size: int
+    crop_scale: float
+    shard_bytes: Optional[int]          # None: --shard-size or the default
+    manifest_hash: str
+    root: str                           # the folder the videos' relative paths start from
+    dataset: str                        # the names the index records
+    split: str
+
+
+def _checked_options(keep: str, shard_size: Optional[str], compression: str) -> tuple[Optional[int], str]:
+    """--keep, --shard-size (bytes; None when not given) and --compression, checked before any work."""
     if keep not in ("score", "area"):
         _fail(f"--keep: expected score or area, got {keep!r}")
     try:
@@ -173,61 +237,69 @@ def extract_frames(
         compression = check_compression(compression)
     except ValueError as e:
         _fail(f"--compression: {e}")
-    try:
-        if dataset:
-            m = load_manifest(manifest)
-            entry = m.entry(dataset)
-            items = list_videos(m, dataset, split)
-            if frames:
-                items = [type(it)(**{**it.__dict__, "n_frames": frames}) for it in items]
-            c_size, c_scale = crop_size or entry.crop.size, crop_scale or entry.crop.scale
-            shard_bytes = shard_bytes or entry.shard_bytes
-            mhash, root, ds_name, split_name = entry.hash, str(entry.root), dataset, split
-        else:
-            if label and label_from_folder:
-                _fail("give --label or --label-from-folder, not both")
-            if not label and not label_from_folder:
-                _fail("--input needs --label real|fake (one for all inputs or one per --input) or "
-                      "--label-from-folder")
-            labels = [None] * len(input) if label_from_folder else \
-                [1 if lab == Label.fake else 0 for lab in label]
-            items = adhoc_items(input, labels if len(labels) > 1 else labels[0], frames or 32)
-            c_size, c_scale = crop_size or 384, crop_scale or 1.25
-            mhash, ds_name, split_name = "", "adhoc", "test"
-            first = items[0]
-            root = str(Path(first.path).parents[len(Path(first.rel_path).parts) - 1])
-        if limit:
-            items = items[:limit]
-        if not dataset:
-            n_fake = sum(it.label for it in items)
-            typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
-        # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
-        items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
-        det = DetectorConfig(backend=detector.value, weights=absolute(detector_weights),
-                             score_threshold=score_threshold, max_faces=max_faces, keep=keep,
-                             max_side=max_side or None, face_px=face_px or None, min_side=min_side,
-                             batch_size=batch_size, device=device)
-        # Build the detector once here so a missing weight file fails before any worker starts.
-        from pipeline.faces import FaceDetector
-        FaceDetector(DetectorConfig(**det.__dict__))
-        cfg = ExtractConfig(crop_scale=c_scale, crop_size=c_size, detector=det, compression=compression,
-                            on_error=on_error.value, manifest_hash=mhash, source_root=root,
-                            decode_threads=decode_threads)
-        split_dir = _split_dir(Path(absolute(out)), dataset, split)
-        with dask_client(workers, scheduler, scheduler_file) as client:
-            if client is not None:
-                check_workers(client, split_dir, [("detector weights", det.weights)] if det.weights else [],
-                              ["detector"] if det.backend == "mobilenet0.25" and not det.weights else [],
-                              [it.path for it in items])
-            summary = run_extract(items, split_dir, ds_name, split_name, cfg, shard_bytes or DEFAULT_SHARD_BYTES,
-                                  workers, None, client=client, overwrite=overwrite)
-    except (ManifestError, DetectorWeightsError, PipelineError, ShardError, ClusterError) as e:
-        _fail(str(e))
-    if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):
-        _fail(f"{summary.split_dir}: none of the {summary.n_planned} videos of this run could be read "
-              f"({summary.n_failures} failures logged in {summary.split_dir / 'failures.jsonl'})", 1)
-    if summary.failed_shards:
-        raise typer.Exit(1)
+    return shard_bytes, compression
+
+
+def _dataset_videos(manifest: Path, dataset: str, split: str, frames: Optional[int]) -> _Source:
+    """The videos of a split of a manifest's dataset (``--frames`` replaces the manifest's frames per video)."""
+    from pipeline.listing import list_videos
+    from pipeline.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    entry = m.entry(dataset)
+    items = list_videos(m, dataset, split)
+    if frames:
+        items = [type(it)(**{**it.__dict__, "n_frames": frames}) for it in items]
+    return _Source(items, entry.crop.size, entry.crop.scale, entry.shard_bytes, entry.hash, str(entry.root), dataset,
+                   split)
+
+
+def _adhoc_videos(inputs: List[str], label: Optional[List[Label]], label_from_folder: bool, frames: Optional[int]
+                  ) -> _Source:
+    """The videos of the --input globs, files or folders, labelled by --label or by their folders' names."""
+    from pipeline.adhoc import adhoc_items
+
+    if label and label_from_folder:
+        _fail("give --label or --label-from-folder, not both")
+    if not label and not label_from_folder:
+        _fail("--input needs --label real|fake (one for all inputs or one per --input) or "
+              "--label-from-folder")
+    labels = [None] * len(inputs) if label_from_folder else \
+        [1 if lab == Label.fake else 0 for lab in label]
+    items = adhoc_items(inputs, labels if len(labels) > 1 else labels[0], frames or 32)
+    first = items[0]
+    root = str(Path(first.path).parents[len(Path(first.rel_path).parts) - 1])
+    return _Source(items, 384, 1.25, None, "", root, "adhoc", "test")
+
+
+def _detector_config(detector: Backend, weights: Optional[Path], score_threshold: float, max_faces: int, keep: str,
+                     max_side: int, face_px: int, min_side: int, batch_size: Optional[int], device: str
+                     ) -> DetectorConfig:
+    """The detector settings the options give (weights path made absolute for the workers)."""
+    from pipeline.faces import FaceDetector
+
+    det = DetectorConfig(backend=detector.value, weights=absolute(weights),
+                         score_threshold=score_threshold, max_faces=max_faces, keep=keep,
+                         max_side=max_side or None, face_px=face_px or None, min_side=min_side,
+                         batch_size=batch_size, device=device)
+    # Build the detector once here so a missing weight file fails before any worker starts.
+    FaceDetector(DetectorConfig(**det.__dict__))
+    return det
+
+
+def _extract(items: list, split_dir: Path, dataset: str, split: str, cfg, shard_bytes: int, workers: Optional[int],
+             scheduler: Optional[str], scheduler_file: Optional[Path], overwrite: bool):
+    """``run_extract`` on the cluster the options choose, once its workers are checked for this run."""
+    from pipeline.runner import run_extract
+
+    det = cfg.detector
+    with dask_client(workers, scheduler, scheduler_file) as client:
+        if client is not None:
+            check_workers(client, split_dir, [("detector weights", det.weights)] if det.weights else [],
+                          ["detector"] if det.backend == "mobilenet0.25" and not det.weights else [],
+                          [it.path for it in items])
+        return run_extract(items, split_dir, dataset, split, cfg, shard_bytes, workers, None, client=client,
+                           overwrite=overwrite)
 
 
 @app.command("cache-landmarks")
