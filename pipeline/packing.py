@@ -20,7 +20,7 @@ from pipeline.resume import free_shard_names, staged_path
 from pipeline.shard_index import summarize_shard, write_index
 from pipeline.shard_writer import pack_shard, stored_bytes
 from pipeline.shards import FAILURES_NAME, INDEX_NAME, STAGING_NAME, TMP_SUFFIX, ShardError, load_index, read_failures
-from pipeline.tasks import TaskResult, _committed
+from pipeline.tasks import TaskResult, committed_info
 
 
 @dataclass
@@ -38,8 +38,8 @@ class RunSummary:
     n_planned: int = 0                  # videos this run set out to read (extract-frames)
 
 
-def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_hash: str, homeless: list[dict]
-          ) -> list[str]:
+def pack_staged(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_hash: str, homeless: list[dict]
+                ) -> list[str]:
     """Pack the split's staged videos, in input order, into new shards of at most ``shard_bytes``; returns the
     ids of the videos that could not be packed (the run then exits non-zero; staged ones stay for the rerun).
 
@@ -54,7 +54,7 @@ def _pack(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, want_ha
         p = staged_path(split_dir, it.id)
         if not p.exists():
             continue
-        committed = _committed(p)
+        committed = committed_info(p)
         if committed is None or committed[0] != want_hash:
             p.unlink(missing_ok=True)
             why = ("its staged file cannot be read" if committed is None else
@@ -131,8 +131,10 @@ def rebuild_failures(split_dir: Path, shards: Sequence[str], extra: Sequence[dic
     return out
 
 
-def _finish(split_dir: Path, dataset: str, split: str, results: list[TaskResult], homeless: list[dict],
-            failed: list[str], skipped: int, t0: float, extra: dict | None = None) -> RunSummary:
+def finish_run(split_dir: Path, dataset: str, split: str, results: list[TaskResult], homeless: list[dict],
+               failed: list[str], skipped: int, t0: float, extra: dict | None = None) -> RunSummary:
+    """The end of every run: the failures log and ``index.json`` (``extra`` added to it) rebuilt from the split's
+    readable shards, and the run's summary, also printed as one line."""
     names = sorted(p.name for p in split_dir.glob("shard-*.h5"))
     done = []
     for n in names:

@@ -10,7 +10,7 @@ PROGRESS_TOPIC_PREFIX = "laanet-pipeline-progress-"  # + run id: one topic per r
 ProgressFn = Callable[[dict], None]
 
 
-class _ProgressBar:
+class ProgressBar:
     """tqdm over videos with frames/s in the postfix; fed by task events and results (thread-safe).
 
     Every event names its ``key`` (a video, or a block of a shard) and its ``group`` (the task's video or

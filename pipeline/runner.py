@@ -37,8 +37,8 @@ from pipeline.cluster import ClusterError, dask_client, quiet_client_log
 from pipeline.extract import failure
 from pipeline.lock import SplitBusy, split_lock
 from pipeline.manifest import VideoItem
-from pipeline.packing import RunSummary, _finish, _pack
-from pipeline.progress import PROGRESS_TOPIC_PREFIX, _ProgressBar
+from pipeline.packing import RunSummary, finish_run, pack_staged
+from pipeline.progress import PROGRESS_TOPIC_PREFIX, ProgressBar
 from pipeline.resume import PlanConflict, clear_split, plan_resume, settings_hash, staged_path, video_record
 from pipeline.shards import DEFAULT_SHARD_BYTES, INDEX_NAME, STAGING_NAME, ShardError, ShardReader, load_index
 from pipeline.tasks import (
@@ -47,12 +47,12 @@ from pipeline.tasks import (
     PipelineError,
     TaskResult,
     VideoJob,
-    _last_rows,
-    _part_videos,
     extract_one,
     extract_settings,
     landmark_part,
+    last_rows,
     part_ranges,
+    part_videos,
     probe_costs,
     write_landmarks,
 )
@@ -109,7 +109,7 @@ def _dask_client(workers: int | None, scheduler: str | None, client):
         yield c
 
 
-def _run_tasks(fn: Callable, tasks: list[_Task], bar: _ProgressBar, client, on_error: str, stage: str
+def _run_tasks(fn: Callable, tasks: list[_Task], bar: ProgressBar, client, on_error: str, stage: str
                ) -> tuple[list[TaskResult], list[dict], list[str]]:
     """Run ``fn(*task.args, progress)`` for every task, in this process (``client`` None) or on Dask.
 
@@ -259,15 +259,15 @@ def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, worke
         except _lost_scheduler_errors() as e:
             raise _lost(e) from None
         tasks = [_Task(j.item.id, j.item.path, (j, cfg), p) for j, p in zip(jobs, priorities)]
-        bar = _ProgressBar(len(jobs), f"extract-frames {dataset}/{split}")
+        bar = ProgressBar(len(jobs), f"extract-frames {dataset}/{split}")
         try:
             results, homeless, failed = _run_tasks(extract_one, tasks, bar, c, cfg.on_error, "task")
         finally:
             bar.close()
-    failed += _pack(split_dir, items, shard_bytes, settings_hash(settings), homeless)
-    summary = _finish(split_dir, dataset, split, results, homeless, failed, n_kept, t0,
-                      {"plan": {"settings": settings, "settings_hash": settings_hash(settings),
-                                "shard_bytes": shard_bytes}})
+    failed += pack_staged(split_dir, items, shard_bytes, settings_hash(settings), homeless)
+    summary = finish_run(split_dir, dataset, split, results, homeless, failed, n_kept, t0,
+                         {"plan": {"settings": settings, "settings_hash": settings_hash(settings),
+                                   "shard_bytes": shard_bytes}})
     summary.n_planned = len(jobs)
     return summary
 
@@ -306,12 +306,12 @@ def _run_landmarks(split_dir: Path, index: dict, cfg: LandmarkConfig, workers, s
     tasks = []
     for n in todo:
         with ShardReader(split_dir / n) as reader:
-            last_row, n_rows = _last_rows(reader.video, len(reader.videos)), len(reader)
+            last_row, n_rows = last_rows(reader.video, len(reader.videos)), len(reader)
         for a, b in part_ranges(n_rows, cfg.part_rows):
             tasks.append(_Task(f"{n}#{a}", str(split_dir / n), (str(split_dir / n), a, b, cfg),
-                               float(entries[n]["n_faces"]), _part_videos(last_row, a, b, n_rows)))
-    bar = _ProgressBar(sum(t.n_videos for t in tasks),
-                       f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops")
+                               float(entries[n]["n_faces"]), part_videos(last_row, a, b, n_rows)))
+    bar = ProgressBar(sum(t.n_videos for t in tasks),
+                      f"cache-landmarks {index.get('dataset')}/{index.get('split')}", "crops")
     with _dask_client(workers, scheduler, client) as c:
         try:
             parts, more, failed_parts = _run_tasks(landmark_part, tasks, bar, c, on_error, "landmarks")
@@ -336,5 +336,5 @@ def _run_landmarks(split_dir: Path, index: dict, cfg: LandmarkConfig, workers, s
         for m in res.messages:
             print(m, flush=True)
         results.append(res)
-    return _finish(split_dir, index.get("dataset", ""), index.get("split", ""), results, homeless + more,
-                   unreadable + failed, skipped, t0, {"plan": index["plan"]} if "plan" in index else None)
+    return finish_run(split_dir, index.get("dataset", ""), index.get("split", ""), results, homeless + more,
+                      unreadable + failed, skipped, t0, {"plan": index["plan"]} if "plan" in index else None)

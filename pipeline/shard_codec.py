@@ -15,7 +15,7 @@ DEFAULT_COMPRESSION = "blosc-zstd:3"
 COMPRESSIONS = ("none", "lzf", "gzip", "blosc-lz4", "blosc-lz4hc", "blosc-zstd")
 
 
-def _compression_kwargs(compression: str) -> dict[str, Any]:
+def compression_kwargs(compression: str) -> dict[str, Any]:
     """h5py ``create_dataset`` keyword arguments for a compression name: one of ``COMPRESSIONS``, optionally
     with a level, ``NAME:LEVEL`` (0-9; gzip and blosc-* only), e.g. ``blosc-zstd:3``."""
     def bad(why: str) -> ValueError:
@@ -46,11 +46,11 @@ def _compression_kwargs(compression: str) -> dict[str, Any]:
 
 def check_compression(compression: str) -> str:
     """``compression`` if it names a shard compression, else ``ValueError`` saying why (for CLI checks)."""
-    _compression_kwargs(compression)
+    compression_kwargs(compression)
     return compression
 
 
-def _ensure_filters_for(path: Path, f: h5py.File) -> None:
+def ensure_filters_for(path: Path, f: h5py.File) -> None:
     """Register hdf5plugin filters when a shard was written with Blosc (plain h5py lacks them)."""
     if str(f.attrs.get("compression", "")).startswith("blosc"):
         import hdf5plugin  # noqa: F401  (import registers the filters)

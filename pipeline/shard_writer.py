@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
-from pipeline.shard_codec import DEFAULT_COMPRESSION, _compression_kwargs, _ensure_filters_for
+from pipeline.shard_codec import DEFAULT_COMPRESSION, compression_kwargs, ensure_filters_for
 from pipeline.shards import (
     N_LANDMARKS,
     PER_FACE,
@@ -91,7 +91,7 @@ class ShardWriter:
         path: final shard path, e.g. ``shards/ffpp/train/shard-00000.h5``.
         crop_size: S, the side of the square crops.
         attrs: file attributes (see module docstring); ``schema_version`` and ``created`` are filled in.
-        compression: one of ``COMPRESSIONS``, optionally ``NAME:LEVEL`` (see ``_compression_kwargs``).
+        compression: one of ``COMPRESSIONS``, optionally ``NAME:LEVEL`` (see ``compression_kwargs``).
     """
 
     def __init__(self, path: str | os.PathLike, crop_size: int, attrs: dict | None = None,
@@ -107,7 +107,7 @@ class ShardWriter:
         self._finished = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         s = self.crop_size
-        comp = _compression_kwargs(compression)
+        comp = compression_kwargs(compression)
         # "x", not "w": "w" truncates an existing file before HDF5 takes its lock, so a name clash (never
         # expected with a uuid per attempt) must fail instead of destroying another attempt's file.
         self._f = h5py.File(self.tmp, "x")
@@ -365,7 +365,7 @@ def pack_shard(sources: Sequence[str | os.PathLike], path: str | os.PathLike) ->
     if not sources:
         raise ShardError(f"{path}: nothing to pack")
     with h5py.File(sources[0], "r") as first:  # one source open at a time: a shard may gather thousands
-        _ensure_filters_for(sources[0], first)
+        ensure_filters_for(sources[0], first)
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in first.attrs.items()}
         crop_size = int(first["faces"].shape[1])
     compression = str(attrs.get("compression", DEFAULT_COMPRESSION))

@@ -57,7 +57,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.shard_codec import _ensure_filters_for
+from pipeline.shard_codec import ensure_filters_for
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # 1: before per-shard plans and checksums (still readable; resume asks for --overwrite)
@@ -159,7 +159,7 @@ class ShardReader:
         except OSError as e:
             raise ShardError(f"{self.path}: not a readable HDF5 file ({e})") from e
         with f:
-            _ensure_filters_for(self.path, f)
+            ensure_filters_for(self.path, f)
             try:
                 self._load(f)
             except OSError as e:  # a checksum or decompression failure in one of the per-face tables

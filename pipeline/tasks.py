@@ -158,7 +158,7 @@ def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None =
     item, path = job.item, Path(job.staged)
     want = settings_hash(json.loads(cfg.settings)) if cfg.settings else ""
     if path.exists():
-        committed = _committed(path)
+        committed = committed_info(path)
         if committed is not None and committed[0] == want:
             return TaskResult(file=item.path, skipped=True, n_videos=committed[1], n_faces=committed[2])
         # Committed after this run's plan by an attempt of an earlier run with other settings (its worker
@@ -189,7 +189,7 @@ def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None =
     return result
 
 
-def _committed(path: Path) -> tuple[str, int, int] | None:
+def committed_info(path: Path) -> tuple[str, int, int] | None:
     """(settings_hash, videos, faces) of a committed file; None when it cannot be read."""
     import h5py
 
@@ -232,7 +232,7 @@ def part_ranges(n: int, part_rows: int) -> list[tuple[int, int]]:
     return [(a, min(n, a + part_rows)) for a in range(0, n, part_rows)] or [(0, 0)]
 
 
-def _last_rows(video: np.ndarray, n_videos: int) -> np.ndarray:
+def last_rows(video: np.ndarray, n_videos: int) -> np.ndarray:
     """Row of each video's last crop (-1 for a video without crops): progress counts it once that row is done."""
     last = np.full(n_videos, -1)
     if len(video):
@@ -256,7 +256,7 @@ def landmark_part(shard: str, start: int, stop: int, cfg: LandmarkConfig, progre
     pts = np.full((stop - start, 68, 2), np.nan, np.float32)
     ok = np.zeros(stop - start, bool)
     root = str(reader.attrs.get("source_root", ""))
-    last_row = _last_rows(reader.video, len(reader.videos))
+    last_row = last_rows(reader.video, len(reader.videos))
     result = TaskResult(file=path.name, n_faces=stop - start, n_frames=stop - start)
     for b0 in range(start, stop, cfg.block):
         b1 = min(stop, b0 + cfg.block)
@@ -273,12 +273,12 @@ def landmark_part(shard: str, start: int, stop: int, cfg: LandmarkConfig, progre
                       "frames": b1 - b0, "faces": b1 - b0})
     reader.close()
     result.part = LandmarkPart(start, stop, pts, ok, pred.model_sha256, pred.settings)
-    result.n_videos = _part_videos(last_row, start, stop, n)
+    result.n_videos = part_videos(last_row, start, stop, n)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _part_videos(last_row: np.ndarray, start: int, stop: int, n: int) -> int:
+def part_videos(last_row: np.ndarray, start: int, stop: int, n: int) -> int:
     """Videos a part completes: those whose last crop it holds, and for the last part the videos without crops."""
     return int(((last_row >= start) & (last_row < stop)).sum()) + (int((last_row < 0).sum()) if stop == n else 0)
 

@@ -557,7 +557,7 @@ def _flaky_task(marker: str, progress=None):
 
 
 def test_progress_counts_a_retried_video_once(tmp_path, dask_client):
-    from pipeline.progress import _ProgressBar
+    from pipeline.progress import ProgressBar as _ProgressBar
     from pipeline.runner import _run_tasks, _Task
 
     bar = _ProgressBar(1, "test")
@@ -570,7 +570,8 @@ def test_progress_counts_a_retried_video_once(tmp_path, dask_client):
 
 
 def test_two_runs_on_one_scheduler_use_their_own_progress_topics(tmp_path, dask_client):
-    from pipeline.progress import PROGRESS_TOPIC_PREFIX, _ProgressBar
+    from pipeline.progress import PROGRESS_TOPIC_PREFIX
+    from pipeline.progress import ProgressBar as _ProgressBar
     from pipeline.runner import _run_tasks, _Task
 
     topics = []
