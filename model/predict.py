@@ -258,6 +258,40 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _score_clip(path: Path, overlay: Path | None, model, detector, device, hm_range, sha: str,
+                args: argparse.Namespace) -> tuple[dict, Prediction | None]:
+    """The predictions.csv row of one clip and its Prediction (None when the clip could not be read); says the
+    verdict on stdout (unless --json) and why there is none on stderr."""
+    from tqdm import tqdm
+
+    from pipeline.cli_errors import one_line
+    from pipeline.video import VideoError
+
+    row = dict.fromkeys(CSV_COLUMNS, "") | {"path": str(path)}
+    try:
+        pred = predict(path, model, args.frames, args.flip, args.aggregate, args.face_scale, detector=detector,
+                       overlay=overlay, overlay_faces=args.overlay_faces, device=device, hm_range=hm_range)
+    except (VideoError, ValueError, OSError) as e:
+        row["error"] = one_line(e)
+        tqdm.write(f"model.predict: {row['error']}", file=sys.stderr)
+        return row, None
+    pred.checkpoint_sha256 = sha
+    row.update(frames_sampled=pred.n_sampled, faces_used=len(pred.face_logits),
+               frames_without_face=len(pred.no_face_frames), overlay=pred.overlay or "")
+    if pred.probability is None:
+        row["error"] = f"no face found in any of the {pred.n_sampled} sampled frames; no score"
+        tqdm.write(f"{path}: {row['error']}", file=sys.stderr)
+    else:
+        verdict = "FAKE" if pred.probability >= 0.5 else "REAL"
+        row.update(score=f"{pred.probability:.6f}", verdict=verdict)
+        if not args.json:  # results on stdout, messages and the bar on stderr
+            tqdm.write(f"{path}: fake probability {pred.probability:.4f} ({verdict} at 0.5) from "
+                       f"{len(pred.face_logits)} faces in {pred.n_sampled} frames"
+                       + (f" ({len(pred.no_face_frames)} without a face)" if pred.no_face_frames else ""),
+                       file=sys.stdout)
+    return row, pred
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.checkpoint is None:
@@ -281,9 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from model import load_checkpoint
-    from pipeline.cli_errors import one_line
     from pipeline.faces import FaceDetector, file_sha256
-    from pipeline.video import VideoError
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
@@ -302,30 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     names = overlay_names(clips)
     for path, name in zip(tqdm(clips, desc="predict", unit="clip", file=sys.stderr, dynamic_ncols=True), names):
         overlay = out / f"{name}_laanet.png" if args.overlay_faces > 0 else None
-        row = dict.fromkeys(CSV_COLUMNS, "") | {"path": str(path)}
-        try:
-            pred = predict(path, model, args.frames, args.flip, args.aggregate, args.face_scale, detector=detector,
-                           overlay=overlay, overlay_faces=args.overlay_faces, device=device, hm_range=hm_range)
-        except (VideoError, ValueError, OSError) as e:
+        row, pred = _score_clip(path, overlay, model, detector, device, hm_range, sha, args)
+        if pred is None:
             unreadable += 1
-            row["error"] = one_line(e)
-            tqdm.write(f"model.predict: {row['error']}", file=sys.stderr)
         else:
-            pred.checkpoint_sha256 = sha
             preds.append(pred)
-            row.update(frames_sampled=pred.n_sampled, faces_used=len(pred.face_logits),
-                       frames_without_face=len(pred.no_face_frames), overlay=pred.overlay or "")
-            if pred.probability is None:
-                row["error"] = f"no face found in any of the {pred.n_sampled} sampled frames; no score"
-                tqdm.write(f"{path}: {row['error']}", file=sys.stderr)
-            else:
-                verdict = "FAKE" if pred.probability >= 0.5 else "REAL"
-                row.update(score=f"{pred.probability:.6f}", verdict=verdict)
-                if not args.json:  # results on stdout, messages and the bar on stderr
-                    tqdm.write(f"{path}: fake probability {pred.probability:.4f} ({verdict} at 0.5) from "
-                               f"{len(pred.face_logits)} faces in {pred.n_sampled} frames"
-                               + (f" ({len(pred.no_face_frames)} without a face)" if pred.no_face_frames else ""),
-                               file=sys.stdout)
         rows.append(row)
         write_csv(csv_path, rows)  # after every clip: an interrupted run leaves the clips done so far
     write_csv(csv_path, rows)
