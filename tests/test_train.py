@@ -246,7 +246,7 @@ def test_backbone_frozen_then_trained_at_the_configured_epoch(shards, tmp_path, 
 
 
 def run_cli(argv: list[str]) -> Path:
-    from train import get_args_parser, main
+    from model.train.main import get_args_parser, main
 
     return main(get_args_parser().parse_args(argv))
 
@@ -333,7 +333,7 @@ def test_validation_falls_back_to_sbi_fakes_of_real_videos(shards, tmp_path):
 
 def _cli_error(argv) -> str:
     """The SystemExit message of ``train.py`` (what the user sees on stderr)."""
-    from train import cli
+    from model.train.main import cli
 
     with pytest.raises(SystemExit) as e:
         cli(argv)
@@ -543,7 +543,7 @@ def test_resume_and_checkpoint_folders_get_one_line_hints(shards, tmp_path):
 def test_print_config_prints_the_resolved_yaml_and_writes_nothing(shards, tmp_path, capsys):
     import yaml
 
-    from train import cli
+    from model.train.main import cli
 
     cli(["--config", DEMO_CONFIG, "--print-config", "--device", "cpu", "--workers", "3", "--out", str(tmp_path / "o"),
          "train.epochs=3"])
@@ -554,7 +554,7 @@ def test_print_config_prints_the_resolved_yaml_and_writes_nothing(shards, tmp_pa
 
 
 def test_dry_run_takes_one_step_and_writes_no_run_folder(shards, tmp_path, capsys):
-    from train import cli
+    from model.train.main import cli
 
     cli(["--config", DEMO_CONFIG, "--dry-run", *tiny_overrides(shards, tmp_path / "runs", "train.run_name=dry")])
     out = capsys.readouterr().out
