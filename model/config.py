@@ -9,6 +9,7 @@ the plain dicts stored in runs and checkpoints) is ``model.config_io``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -296,6 +297,10 @@ class ValConfig:
     # The AUC that selects best.pt: video-level (the reference), or frame-level, which still ranks epochs when
     # a small validation set (a few videos) puts every epoch's video AUC at 1.0.
     select: Literal["auc_video", "auc_frame"] = "auc_video"
+    # "" (default): faces as stored. "NAME:LEVEL" (a robustness perturbation of model.eval.perturb, level 1..5,
+    # e.g. "jpeg:4"): every validation face, real and pseudo-fake alike, is perturbed after synthesis, so selection
+    # can ask for a detector that still works on degraded video (the paper's quality-agnostic claim).
+    perturb: str = ""
 
 
 @dataclass
@@ -344,6 +349,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"optim.sam_rho must be > 0 when optim.sam is true, got {cfg.optim.sam_rho}")
     if cfg.train.freeze_backbone_epochs < 0:
         raise ConfigError(f"train.freeze_backbone_epochs must be >= 0, got {cfg.train.freeze_backbone_epochs}")
+    if cfg.val.perturb and not re.fullmatch(r"[a-z]+:[1-5]", cfg.val.perturb):
+        raise ConfigError(f"val.perturb must be '' or NAME:LEVEL with LEVEL 1..5 (e.g. jpeg:4), got {cfg.val.perturb!r}")
     if cfg.data.image_size != cfg.model.input_size:
         raise ConfigError(
             f"data.image_size ({cfg.data.image_size}) must equal model.input_size ({cfg.model.input_size})"

@@ -21,6 +21,7 @@ from model.data.datasets import EvalDataset, TrainPairDataset
 from model.data.face_scale import REFERENCE_TEST_SCALE, eval_view, resolve_face_scale, training_face_scales
 from model.data.pair_stats import compare, load_reference, pair_figures
 from model.data.sbi import random_margin, soften_mask
+from model.data.tensors import tensor_to_uint8
 from model.net.laanet import build_model
 from tests.face_fixtures import FULL_SETS, write_example_split
 
@@ -328,3 +329,26 @@ def test_a_checkpoint_written_before_these_settings_existed_loads(tmp_path):
     torch.testing.assert_close(loaded(x)["cls"], model(x)["cls"])
     cfg = config_from_dict(read_checkpoint(path)["config"])
     assert cfg.augment.enabled and cfg.val.fakes == "sbi" and cfg.data.sigma_rule == "reference"
+
+
+def test_validation_perturb_degrades_every_face_after_synthesis(tmp_path):
+    from model.config import ConfigError
+    from model.eval import perturb
+    from model.eval.validation import build_val_loader
+
+    split = write_example_split(tmp_path, 96, frames=2)
+    base = [f"val.shards=[{split}]", "val.num_workers=0", "data.image_size=96", "model.input_size=96", "val.batch_size=64"]
+    clean_loader, _ = build_val_loader(load_config(None, base))
+    loader, mode = build_val_loader(load_config(None, [*base, "val.perturb=jpeg:4"]))
+    assert "jpeg level 4 (20; val.perturb)" in mode
+    clean, degraded = next(iter(clean_loader)), next(iter(loader))
+    assert clean["video_id"] == degraded["video_id"] and any(v.endswith("/sbi") for v in degraded["video_id"])
+    # each face (real and pseudo-fake) is its clean self re-encoded as JPEG quality 20, with the validation seed
+    for i in (0, len(clean["video_id"]) - 1):
+        want = perturb.jpeg(tensor_to_uint8(clean["image"][i]), 20)
+        assert np.array_equal(tensor_to_uint8(degraded["image"][i]), want)
+    for bad in ("jpeg:9", "jpeg"):
+        with pytest.raises(ConfigError, match="val.perturb"):
+            load_config(None, [*base, f"val.perturb={bad}"])
+    with pytest.raises(ConfigError, match="unknown perturbation 'fog'"):
+        build_val_loader(load_config(None, [*base, "val.perturb=fog:2"]))

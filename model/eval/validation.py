@@ -8,6 +8,8 @@
   deepfake AUC.
 - ``real``: the fake videos of the validation shards (e.g. FF++ val's four manipulations), the
   deepfake-specific signal; it needs fake videos in ``val.shards``.
+``val.perturb`` (e.g. ``jpeg:4``) degrades every validation face after synthesis with one robustness
+perturbation (model.eval.perturb), for selecting on degraded video.
 Faces are shown at ``val.face_scale`` (default the reference's test geometry, as evaluation).
 Scoring is evaluation's (model.eval.inference): cls logit per frame, flip test as ``val.flip`` (on, as in
 evaluation), video score = sigmoid(mean frame logit).
@@ -18,10 +20,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from model.config import ConfigError
 from model.data.datasets import EvalDataset, collate_eval
 from model.data.face_scale import resolve_face_scale
+from model.eval import perturb
 from model.eval.inference import run_inference
 from model.eval.metrics import aggregate_videos, roc_auc
+from model.eval.robustness import PerturbCollate
 from pipeline.shards import ShardReader, shard_paths
 
 
@@ -58,10 +63,17 @@ def build_val_loader(cfg) -> tuple[DataLoader | None, str]:
         mode = f"{cfg.val.fakes.upper()} pseudo-fakes of the real videos (val.fakes={cfg.val.fakes}) in {where}"
     mode += (f", faces at {face_scale or 'the stored crop'}x the face box, flip test "
              f"{'on' if cfg.val.flip else 'off'} (val.flip)")
+    collate = collate_eval
+    if cfg.val.perturb:
+        name, level = cfg.val.perturb.split(":")
+        if name not in perturb.PARAMS:
+            raise ConfigError(f"val.perturb: unknown perturbation {name!r} (one of {', '.join(perturb.PARAMS)})")
+        collate = PerturbCollate(name, int(level), collate_eval)
+        mode += f", every face perturbed by {name} level {level} ({perturb.PARAMS[name][int(level) - 1]}; val.perturb)"
     if cfg.val.max_videos > 0:
         dataset = first_videos(dataset, cfg.val.max_videos)
     loader = DataLoader(dataset, batch_size=cfg.val.batch_size, shuffle=False, num_workers=cfg.val.num_workers,
-                        collate_fn=collate_eval)
+                        collate_fn=collate)
     return loader, mode
 
 
