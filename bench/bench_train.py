@@ -19,8 +19,9 @@ import time
 import torch
 
 from model.config_io import load_config
+from model.device import select_amp, select_device
 from model.net.laanet import build_model, set_backbone_frozen
-from model.train.dist import Dist, select_amp, select_device
+from model.train.dist import Dist
 from model.train.engine import Trainer, build_optimizer, train_step
 from model.train.losses import LAALoss
 from model.train.schedule import WarmupLinearSchedule
@@ -50,8 +51,8 @@ def make_trainer(args, sam: bool) -> Trainer:
                              f"optim.sam={str(sam).lower()}", f"train.device={args.device}", f"train.amp={args.amp}",
                              f"train.channels_last={str(args.channels_last).lower()}", "train.epochs=1"])
     dist = Dist()
-    device = select_device(cfg.train.device, dist)
-    amp_dtype, use_scaler = select_amp(cfg.train.amp, device)
+    device = select_device(cfg.train.device, dist.local_rank if dist.enabled else None, what="train.device")
+    amp_dtype, use_scaler = select_amp(cfg.train.amp, device, what="train.amp")
     model = build_model(cfg.model).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from model.checkpoint import rng_state
-from model.config import ConfigError
 
 
 @dataclass
@@ -60,31 +59,6 @@ def _attempt_store() -> torch.distributed.Store:
 def teardown_distributed(dist: Dist) -> None:
     if dist.enabled and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def select_device(name: str, dist: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist.enabled:
-        name = f"cuda:{dist.local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but no CUDA device is available")
-    return torch.device(name)
-
-
-def select_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler). auto: bf16 where supported, else fp16 + scaler, CPU off."""
-    if mode == "auto":
-        if device.type != "cuda":
-            return None, False
-        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if mode == "off":
-        return None, False
-    if mode == "bf16":
-        return torch.bfloat16, False
-    if device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs a CUDA device (use bf16 or off on CPU)")
-    return torch.float16, True
 
 
 def seed_everything(seed: int, rank: int, deterministic: bool) -> None:

@@ -21,8 +21,9 @@ from model.config import Config, ConfigError
 from model.config_io import config_to_dict
 from model.data.datasets import EpochSampler, TrainPairDataset, collate_pairs
 from model.data.tensors import normalise_images
+from model.device import autocast, select_amp, select_device
 from model.net.laanet import build_model, set_backbone_frozen
-from model.train.dist import Dist, seed_everything, select_amp, select_device
+from model.train.dist import Dist, seed_everything
 from model.train.log import RunLogger
 from model.train.losses import LAALoss
 from model.train.sam import SAM, bn_running_stats_frozen
@@ -171,7 +172,7 @@ def apply_freeze(t: Trainer, epoch: int) -> None:
 
 def forward_loss(t: Trainer, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward under autocast, losses in float32. Returns (total, {"cls","hm","cstency"})."""
-    ctx = torch.autocast(t.device.type, dtype=t.amp_dtype) if t.amp_dtype is not None else nullcontext()
+    ctx = autocast(t.device, t.amp_dtype)
     with ctx:
         outputs = t.net(batch["image"])
     outputs = {k: v.float() for k, v in outputs.items()}
@@ -334,8 +335,8 @@ def build_trainer(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_s
     """Device, AMP, seeds, data, model, optimiser, schedule and scaler for ``cfg``; restores
     ``resume_state`` (a last.pt dict) when given. No logging files are opened here."""
     dist = dist or Dist()
-    device = select_device(cfg.train.device, dist)
-    amp_dtype, use_scaler = select_amp(cfg.train.amp, device)
+    device = select_device(cfg.train.device, dist.local_rank if dist.enabled else None, what="train.device")
+    amp_dtype, use_scaler = select_amp(cfg.train.amp, device, what="train.amp")
     seed_everything(cfg.train.seed, dist.rank, cfg.train.deterministic)
     if cfg.train.threads > 0:
         # On a CPU shared with other jobs, fewer OpenMP threads avoid threads spinning while they wait
