@@ -264,7 +264,7 @@ def _score_clip(path: Path, overlay: Path | None, model, detector, device, hm_ra
     verdict on stdout (unless --json) and why there is none on stderr."""
     from tqdm import tqdm
 
-    from pipeline.cli_errors import one_line
+    from pipeline.errors import one_line
     from pipeline.video import VideoError
 
     row = dict.fromkeys(CSV_COLUMNS, "") | {"path": str(path)}

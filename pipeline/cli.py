@@ -407,7 +407,7 @@ def inspect(
 
 def main() -> None:
     """``python -m pipeline``: an unexpected failure is one line and exit code 1 (``LAANET_DEBUG=1``: traceback)."""
-    from pipeline.cli_errors import DEBUG_ENV, debugging, one_line
+    from pipeline.errors import DEBUG_ENV, debugging, one_line
 
     try:
         app()

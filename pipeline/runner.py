@@ -86,7 +86,7 @@ def _lost_scheduler_errors() -> tuple[type[BaseException], ...]:
 
 
 def _lost(e: BaseException) -> PipelineError:
-    from pipeline.cli_errors import one_line
+    from pipeline.errors import one_line
 
     reason = one_line(e) or type(e).__name__
     return PipelineError(f"lost the Dask scheduler ({type(e).__name__}: {reason}); committed videos are kept: "

@@ -43,7 +43,7 @@ from model.eval.protocol import (
 )
 from model.eval.report import HelpFormatter, build_report, clean_json, draw_overlays, write_frame_scores, write_scores
 from model.eval.robustness import run_robustness
-from pipeline.cli_errors import debugging, one_line
+from pipeline.errors import debugging, one_line
 from pipeline.faces import file_sha256
 from pipeline.shards import ShardError
 

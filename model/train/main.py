@@ -47,7 +47,7 @@ from model.train.engine import (
 )
 from model.train.log import RunLogger, plot_curves
 from model.train.schedule import batch_plan
-from pipeline.cli_errors import debugging, one_line
+from pipeline.errors import debugging, one_line
 from pipeline.shards import ShardError
 from pipeline.verify import verify_split
 
