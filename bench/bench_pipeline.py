@@ -80,21 +80,21 @@ def make_clip(src: Path, dst: Path, width: int, height: int, fill: float, second
     would hold a second, huge face). Cached: built once per ``dst``."""
     import ffmpeg
 
+    from pipeline.files import atomic_path
     from pipeline.video import ffmpeg_exe, probe
 
     if dst.is_file():
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     loops = max(0, math.ceil(seconds / max(probe(src).duration, 0.1)) - 1)
-    tmp = dst.with_suffix(".part.mp4")
-    (ffmpeg.input(str(src), stream_loop=loops).video
-     .filter("scale", int(width * fill), int(height * fill), force_original_aspect_ratio="decrease",
-             force_divisible_by=2)
-     .filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2")
-     .output(str(tmp), vcodec="libx264", crf=23, preset="veryfast", pix_fmt="yuv420p", t=seconds, an=None,
-             loglevel="error")
-     .overwrite_output().run(cmd=ffmpeg_exe()))
-    tmp.replace(dst)  # a cut-off encode never passes for a cached clip
+    with atomic_path(dst) as tmp:  # a cut-off encode never passes for a cached clip
+        (ffmpeg.input(str(src), stream_loop=loops).video
+         .filter("scale", int(width * fill), int(height * fill), force_original_aspect_ratio="decrease",
+                 force_divisible_by=2)
+         .filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2")
+         .output(str(tmp), format="mp4", vcodec="libx264", crf=23, preset="veryfast", pix_fmt="yuv420p",
+                 t=seconds, an=None, loglevel="error")
+         .overwrite_output().run(cmd=ffmpeg_exe()))
     return dst
 
 

@@ -180,8 +180,10 @@ def is_done(marker: Path, key: str) -> bool:
 
 
 def mark_done(marker: Path, key: str, **extra) -> None:
+    from pipeline.files import atomic_write
+
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"settings": key, **extra}))
+    atomic_write(marker, json.dumps({"settings": key, **extra}))
 
 
 def train_run(spec: RunSpec, config: Path, common: list[str], out: Path, log: Path) -> Path:

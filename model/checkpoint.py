@@ -17,7 +17,6 @@ plain Python containers/scalars are stored: files are read with ``torch.load(wei
 """
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 from pathlib import Path
@@ -28,22 +27,19 @@ import torch
 
 from model.config import ModelConfig
 from model.net.laanet import LAANet, build_model
+from pipeline.files import atomic_path
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (``path.tmp`` then rename): a killed run never leaves a
-    truncated checkpoint under the final name."""
+    """Write ``state`` to ``path`` atomically (``pipeline.files.atomic_path``: a temporary file beside it,
+    synced, then renamed): a killed run never leaves a truncated checkpoint under the final name."""
     path = Path(path)
     for key in ("model", "config"):
         if key not in state:
             raise ValueError(f"{path}: checkpoint state lacks '{key}' (has {sorted(state)})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from model.config import Config, ConfigError, validate_config
+from pipeline.files import atomic_write
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -253,5 +254,5 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (readable, and loadable again with :func:`load_config`)."""
-    Path(path).write_text(config_to_yaml(cfg))
+    """Write the resolved config as YAML (readable, and loadable again with :func:`load_config`), atomically."""
+    atomic_write(path, config_to_yaml(cfg))

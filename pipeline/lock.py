@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.files import atomic_write, leftover_temporaries
+
 LOCK_NAME = "pipeline.lock"
 HOLDER_NAME = "pipeline.lock.json"
 
@@ -60,9 +62,9 @@ def split_lock(split_dir: str | os.PathLike) -> Iterator[None]:
         me = {"host": socket.gethostname(), "pid": os.getpid(),
               "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
-        tmp = split_dir / (HOLDER_NAME + ".new")
-        tmp.write_text(json.dumps(me))
-        os.replace(tmp, split_dir / HOLDER_NAME)
+        for left in leftover_temporaries(split_dir / HOLDER_NAME):  # of a run killed while writing it
+            left.unlink(missing_ok=True)
+        atomic_write(split_dir / HOLDER_NAME, json.dumps(me))
         yield
     finally:
         (split_dir / HOLDER_NAME).unlink(missing_ok=True)

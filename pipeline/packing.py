@@ -8,18 +8,18 @@ have no file (a task that crashed: its video is redone next time). ``index.json`
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.extract import failure
+from pipeline.files import atomic_write, leftover_temporaries
 from pipeline.manifest import VideoItem
 from pipeline.resume import free_shard_names, staged_path
 from pipeline.shard_index import summarize_shard, write_index
 from pipeline.shard_writer import pack_shard, stored_bytes
-from pipeline.shards import FAILURES_NAME, INDEX_NAME, STAGING_NAME, TMP_SUFFIX, ShardError, load_index, read_failures
+from pipeline.shards import FAILURES_NAME, INDEX_NAME, STAGING_NAME, ShardError, load_index, read_failures
 from pipeline.tasks import TaskResult, committed_info
 
 
@@ -96,7 +96,7 @@ def pack_staged(split_dir: Path, items: Sequence[VideoItem], shard_bytes: int, w
 def rebuild_failures(split_dir: Path, shards: Sequence[str], extra: Sequence[dict] = ()) -> Path:
     """Write ``failures.jsonl`` from the rows stored in the split (shards in order, then staged videos), then
     ``extra`` (rows of this run without a file). Shards written before files stored their failures keep the
-    rows the old log has for their videos. Written to a temporary name and renamed."""
+    rows the old log has for their videos. Written atomically (``pipeline.files.atomic_write``)."""
     import h5py
 
     out = split_dir / FAILURES_NAME
@@ -125,10 +125,7 @@ def rebuild_failures(split_dir: Path, shards: Sequence[str], extra: Sequence[dic
     # next run drops that copy; until then its rows are the shard's, listed once.
     seen: set[str] = set()
     rows = [r for r in rows if not ((k := json.dumps(r, sort_keys=True)) in seen or seen.add(k))]
-    tmp = out.with_name(out.name + TMP_SUFFIX)
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def finish_run(split_dir: Path, dataset: str, split: str, results: list[TaskResult], homeless: list[dict],
@@ -144,6 +141,9 @@ def finish_run(split_dir: Path, dataset: str, split: str, results: list[TaskResu
         except (OSError, KeyError) as e:  # an index must list readable shards only; the shard is reported
             print(f"{split_dir / n}: left out of {INDEX_NAME}: unreadable ({e}); rerun extract-frames to redo it",
                   flush=True)
+    # Temporaries of a writer killed inside atomic_write; the caller holds the split's lock, so none is live.
+    for stale in leftover_temporaries(split_dir / FAILURES_NAME) + leftover_temporaries(split_dir / INDEX_NAME):
+        stale.unlink(missing_ok=True)
     rebuild_failures(split_dir, done, homeless)
     write_index(split_dir, dataset, split, done, extra)
     index = load_index(split_dir)

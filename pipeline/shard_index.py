@@ -11,7 +11,8 @@ from typing import Sequence
 
 import h5py
 
-from pipeline.shards import FAILURES_NAME, INDEX_NAME, SCHEMA_VERSION, TMP_SUFFIX, read_json_rows
+from pipeline.files import atomic_write
+from pipeline.shards import FAILURES_NAME, INDEX_NAME, SCHEMA_VERSION, read_json_rows
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def write_index(split_dir: str | os.PathLike, dataset: str, split: str,
                 shards: Sequence[str | os.PathLike] | None = None, extra: dict | None = None) -> Path:
     """Write ``index.json`` for the finished shards of ``split_dir`` (all ``*.h5`` when ``shards`` is None).
 
-    Written to a temporary name and renamed, so a reader never sees half an index.
+    Written atomically (``pipeline.files.atomic_write``), so a reader never sees half an index.
     """
     split_dir = Path(split_dir)
     files = sorted(split_dir.glob("*.h5")) if shards is None else [split_dir / Path(s).name for s in shards]
@@ -51,8 +52,4 @@ def write_index(split_dir: str | os.PathLike, dataset: str, split: str,
              "failures": FAILURES_NAME,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     index.update(extra or {})
-    out = split_dir / INDEX_NAME
-    tmp = out.with_name(out.name + TMP_SUFFIX)
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out)
-    return out
+    return atomic_write(split_dir / INDEX_NAME, json.dumps(index, indent=1))

@@ -512,6 +512,20 @@ def _job(d, item, cfg):
     return VideoJob(item, video_record(item), str(staged_path(d, item.id)))
 
 
+def test_leftover_temporaries_of_the_index_failures_log_and_lock_are_reported_then_removed(tmp_path,
+                                                                                           sample_videos_dir):
+    """A run killed inside pipeline.files.atomic_write leaves ``<name>.<pid>.tmp``: verify reports it, and the
+    next run of either stage (holding the split's lock) removes it."""
+    d = tmp_path / "out"
+    run_extract(_copies(tmp_path, sample_videos_dir, 1), d, "mine", "train", _cfg(), shard_bytes=1, workers=0)
+    left = [d / "index.json.4242.tmp", d / "failures.jsonl.4242.tmp", d / "pipeline.lock.json.4242.tmp"]
+    for p in left:
+        p.write_text('{"half')
+    assert sorted(p.split(": ")[0] for p in verify_split(d)) == sorted(map(str, left))
+    run_landmarks(d, LandmarkConfig(), workers=0)
+    assert not [p for p in left if p.exists()] and verify_split(d) == []
+
+
 def test_late_duplicate_attempt_cannot_replace_the_committed_video(tmp_path, sample_videos_dir, monkeypatch):
     """Attempt A starts, stalls (a frozen worker); attempt B of the same video runs and commits; A wakes up and
     finishes: B's file stays, byte for byte, and A's temporary file is gone."""

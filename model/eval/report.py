@@ -17,6 +17,7 @@ import numpy as np
 from model.data.tensors import tensor_to_uint8
 from model.eval import metrics
 from model.eval.inference import FrameResults, score_faces
+from pipeline.files import atomic_path
 
 # Columns of the main table: (key in the metrics dict, header, is a percentage).
 METRIC_COLUMNS = (
@@ -342,7 +343,7 @@ def draw_overlays(model, dataset, frames: FrameResults, videos, k: int, device, 
 def write_scores(path: Path, per_set: dict[str, tuple]) -> None:
     """scores.csv: one row per video (test set, video id, label, method, score = fake probability at full
     precision, so metrics recomputed from the file equal the report's, n_frames)."""
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["test_set", "video_id", "label", "method", "score", "n_frames"])
         for name, (_, videos) in per_set.items():
@@ -352,7 +353,7 @@ def write_scores(path: Path, per_set: dict[str, tuple]) -> None:
 
 def write_frame_scores(path: Path, per_set: dict[str, tuple]) -> None:
     """frame_scores.csv: one row per face (test set, video id, method, frame index, label, cls logit)."""
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["test_set", "video_id", "method", "frame_index", "label", "logit"])
         for name, (frames, _) in per_set.items():

@@ -10,6 +10,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from pipeline.files import atomic_path
+
 
 class RunLogger:
     """Append scalars to ``<run_dir>/metrics.csv`` and to TensorBoard under ``<run_dir>/tb``."""
@@ -34,15 +36,11 @@ class RunLogger:
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
 
     def _truncate(self, keep_until_step: int) -> None:
-        import os
-
         with open(self.csv_path, newline="") as f:
             rows = list(csv.reader(f))
         kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= keep_until_step]
-        tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
-        os.replace(tmp, self.csv_path)
 
     def log(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
