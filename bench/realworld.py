@@ -235,7 +235,7 @@ def evaluate_run(ckpt: Path, labelled: Path, out: Path, frames: int, workers: in
                  device: str, log: Path, threads: int = 0) -> Path:
     """``evaluate.py`` on the labelled clips; returns its ``scores.csv`` (reused when made by the same command
     from a checkpoint of the same content)."""
-    from pipeline.faces import file_sha256
+    from pipeline.files import file_sha256
 
     scores = out / "scores.csv"
     cmd = [sys.executable, "evaluate.py", "--checkpoint", str(ckpt), "--set", f"labelled={labelled}",

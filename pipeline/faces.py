@@ -14,8 +14,6 @@ and keypoint encoding (variances 0.1 / 0.2); anchors, decoding and NMS below are
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +21,8 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+
+from pipeline.files import file_sha256
 
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 STEPS = (8, 16, 32)
@@ -126,15 +126,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
         overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
         order = rest[overlap <= iou]
     return np.asarray(keep, np.int64)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file (recorded in shard attributes to tie crops to exact weights)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _OnnxMobileNet:

@@ -74,7 +74,7 @@ class LandmarkPredictor:
                  detect_size: int | None = 144, gray: bool = True):
         import dlib
 
-        from pipeline.faces import file_sha256
+        from pipeline.files import file_sha256
 
         self.model_path = resolve_model_path(model_path)
         self.detector = dlib.get_frontal_face_detector()
