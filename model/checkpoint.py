@@ -10,7 +10,7 @@ and, for a training checkpoint (`training_state`, read back by `restore_training
     step        optimiser steps done
     best_auc, val, history        model selection so far
     rng         one entry per rank: Python, NumPy, torch (and CUDA) RNG states (`rng_state`)
-    code_version                  `git describe` of the code that wrote it
+    code_version                  `git describe` of the code that wrote it (`pipeline.version.code_version`)
     world_size
 Converted reference checkpoints (model.convert) hold model, config and their provenance. Only tensors and
 plain Python containers/scalars are stored: files are read with ``torch.load(weights_only=True)``.
@@ -18,7 +18,6 @@ plain Python containers/scalars are stored: files are read with ``torch.load(wei
 from __future__ import annotations
 
 import random
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from model.config import ModelConfig
 from model.net.laanet import LAANet, build_model
 from pipeline.files import atomic_path
+from pipeline.version import code_version
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -41,16 +41,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return path
-
-
-def code_version() -> str:
-    """``git describe`` of the working tree, recorded in checkpoints ("unknown" outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def rng_state() -> dict:

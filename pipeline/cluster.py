@@ -23,7 +23,6 @@ logged in failures.jsonl.
 from __future__ import annotations
 
 import ast
-import hashlib
 import os
 import re
 import socket
@@ -33,6 +32,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
+
+from pipeline.version import code_hash, package_version
 
 # Compared between the client and every worker: what Dask needs to exchange tasks and results, and what the
 # stages compute with (a different decoder, detector runtime or HDF5 gives other crops or unreadable shards).
@@ -60,23 +61,6 @@ def absolute(path: str | os.PathLike | None) -> str | None:
     if path is None:
         return None
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
-
-
-def code_hash() -> str:
-    """Short SHA-256 of the pipeline package's source files: the client's and the workers' must match."""
-    h = hashlib.sha256()
-    for p in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
-
-
-def project_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("laanet")
-    except PackageNotFoundError:
-        return "not installed"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -292,14 +276,14 @@ def check_versions(client) -> None:
         raise ClusterError("the cluster's environment differs from this client's: "
                            + _short(list(bad), [", ".join(v) for v in bad.values()])
                            + " (install the same requirements.txt and project on every machine)")
-    mine = (project_version(), code_hash())
+    mine = (package_version(), code_hash())
     theirs = client.run(_worker_code, on_error="return")
     bad_addr, bad_what = [], []
     for addr, got in sorted(theirs.items()):
         if isinstance(got, BaseException):
             bad_addr.append(addr)
             bad_what.append(_import_problem(got))
-        elif got[1] != mine[1]:  # the code decides; the version is shown (a checkout reports "not installed")
+        elif got[1] != mine[1]:  # the code decides; the version is shown (a checkout reports "<version>+source")
             bad_addr.append(addr)
             bad_what.append(f"laanet {got[0]}, code {got[1]} (client: laanet {mine[0]}, code {mine[1]}; install "
                             f"this version of the project on every worker)")
@@ -308,7 +292,7 @@ def check_versions(client) -> None:
 
 
 def _worker_code() -> tuple[str, str]:
-    return project_version(), code_hash()
+    return package_version(), code_hash()
 
 
 def _import_problem(e: BaseException) -> str:

@@ -31,6 +31,7 @@ from pipeline.shards import (
     read_videos_table,
     unfinished,
 )
+from pipeline.version import package_version
 
 
 def commit_no_replace(tmp: Path, final: Path) -> Path:
@@ -123,7 +124,7 @@ class ShardWriter:
             f.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
                              chunks=(4096, *tail), fletcher32=True)
         base = {"schema_version": SCHEMA_VERSION, "crop_scale": 1.25, "crop_size": s, "detector": "unknown",
-                "detector_weights_sha256": "", "landmark_model_sha256": "", "landmark_detector": "", "package_version": _package_version(),
+                "detector_weights_sha256": "", "landmark_model_sha256": "", "landmark_detector": "", "package_version": package_version(),
                 "manifest_hash": "", "landmarks_done": False}
         base.update(attrs or {})
         base["crop_size"] = s
@@ -399,12 +400,3 @@ def pack_shard(sources: Sequence[str | os.PathLike], path: str | os.PathLike) ->
         writer.abort()
         writer.tmp.unlink(missing_ok=True)
         raise
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("laanet")
-    except PackageNotFoundError:
-        return "0.1.0+source"

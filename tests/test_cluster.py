@@ -309,5 +309,5 @@ def test_other_project_code_on_a_worker_is_one_line(thread_cluster, monkeypatch)
         cluster.check_versions(thread_cluster[1])
     msg = str(e.value)
     assert msg.startswith("workers cannot run this client's project code: worker inproc://") and "\n" not in msg
-    assert f"laanet 0.0.9, code ffffffffffff (client: laanet {cluster.project_version()}, code " \
+    assert f"laanet 0.0.9, code ffffffffffff (client: laanet {cluster.package_version()}, code " \
            f"{cluster.code_hash()}" in msg
