@@ -136,7 +136,7 @@ def baseline(items, out: Path, detector, predictor, crop_size: int) -> tuple[int
     """Per-frame reference-style preprocessing; returns (faces written, seconds)."""
     import cv2
 
-    from pipeline.faces import crop_face
+    from pipeline.crop import crop_face
     from pipeline.video import sample_indices
 
     out.mkdir(parents=True)
@@ -353,7 +353,7 @@ def detection_check(work: Path, n_frames: int) -> list[str]:
 
 def landmark_check() -> list[str]:
     """ms per crop and distance to dlib's own points on its example faces, per landmark-detection setting."""
-    from pipeline.faces import crop_face, crop_to_frame
+    from pipeline.crop import crop_face, crop_to_frame
     from pipeline.landmarks import LandmarkPredictor
     from tests.face_fixtures import FULL_SETS, example_faces
 

@@ -9,12 +9,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from pipeline.faces import FaceDetector, crop_face
+from pipeline.crop import CROP_SCALE, CROP_SIZE, crop_face
+from pipeline.faces import FaceDetector
 from pipeline.manifest import VideoItem
 from pipeline.video import VideoError, iter_frames, probe, sample_indices
-
-# The stored crop: a square of CROP_SCALE x the detector box's larger side, resized to CROP_SIZE pixels.
-CROP_SCALE, CROP_SIZE = 1.25, 384
 
 
 def detect_and_crop(frames: list[np.ndarray], indices: list[int], detector: FaceDetector, crop_scale: float,

@@ -1,4 +1,4 @@
-"""Face detection with RetinaFace (batched) and the 1.25x square face crop.
+"""Face detection with RetinaFace (batched); the square crop cut around a detected face is ``pipeline.crop``'s.
 
 Backends (``FaceDetector(backend=...)``):
 
@@ -344,53 +344,3 @@ class FaceDetector:
         order = order[:cfg.max_faces]
         return Detections(boxes[order].astype(np.float32), scores[order].astype(np.float32),
                           kps5[order].astype(np.float32))
-
-
-def square_crop_box(box: np.ndarray, scale: float = 1.25) -> np.ndarray:
-    """The square crop around a detector box: side = ``scale`` x the larger box side, same centre.
-
-    Args:
-        box: (4,) x1, y1, x2, y2 in frame pixels.
-    Returns:
-        (4,) float32 x1, y1, x2, y2 on whole pixels (the exact region ``crop_face`` takes).
-    """
-    x1, y1, x2, y2 = [float(v) for v in box]
-    side = max(1, int(round(scale * max(x2 - x1, y2 - y1))))
-    left = int(round((x1 + x2) / 2 - side / 2))
-    top = int(round((y1 + y2) / 2 - side / 2))
-    return np.array([left, top, left + side, top + side], np.float32)
-
-
-def crop_face(frame: np.ndarray, box: np.ndarray, scale: float = 1.25, size: int = 384
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Square crop of ``scale`` x the larger side of ``box``, resized to ``size``; black outside the frame.
-
-    Args:
-        frame: (H, W, 3) uint8 RGB. box: (4,) x1, y1, x2, y2 frame pixels.
-    Returns:
-        crop (size, size, 3) uint8 RGB; crop_box (4,) float32 the square region in frame pixels
-        (a crop pixel (u, v) maps to frame pixel crop_box[:2] + (u, v) * side / size).
-    """
-    cb = square_crop_box(box, scale)
-    left, top, right, bottom = (int(v) for v in cb)
-    side = right - left
-    h, w = frame.shape[:2]
-    canvas = np.zeros((side, side, 3), np.uint8)
-    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
-    if sx2 > sx1 and sy2 > sy1:
-        canvas[sy1 - top:sy2 - top, sx1 - left:sx2 - left] = frame[sy1:sy2, sx1:sx2]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    crop = cv2.resize(canvas, (size, size), interpolation=interp) if side != size else canvas
-    return crop, cb
-
-
-def crop_to_frame(points: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:
-    """Map (..., 2) crop-pixel points of a ``size`` crop back to frame pixels using its ``crop_box``."""
-    side = float(crop_box[2] - crop_box[0])
-    return points * (side / size) + crop_box[:2]
-
-
-def frame_to_crop(points: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarray:
-    """Map (..., 2) frame-pixel points into the pixels of a ``size`` crop taken at ``crop_box``."""
-    side = float(crop_box[2] - crop_box[0])
-    return (points - crop_box[:2]) * (size / side)

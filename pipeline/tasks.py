@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.extract import CROP_SCALE, CROP_SIZE, VideoFaces, extract_video, failure
+from pipeline.crop import CROP_SCALE, CROP_SIZE
+from pipeline.extract import VideoFaces, extract_video, failure
 from pipeline.faces import DetectorConfig, FaceDetector
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.manifest import VideoItem

@@ -3,16 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.faces import (
-    FaceDetector,
-    crop_face,
-    crop_to_frame,
-    decode,
-    frame_to_crop,
-    nms,
-    prior_boxes,
-    square_crop_box,
-)
+from pipeline.crop import crop_face, crop_to_frame, frame_to_crop, square_crop_box
+from pipeline.faces import FaceDetector, decode, nms, prior_boxes
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.video import VideoError, iter_frames, probe, read_frames, sample_frames, sample_indices, select_expr
 from tests.face_fixtures import FULL_SETS, example_faces
