@@ -197,13 +197,14 @@ def main() -> None:
     from distributed import Client, get_task_stream
 
     from pipeline.cluster import local_cluster
+    from pipeline.crop import CROP_SIZE
     from pipeline.faces import DetectorConfig
     from pipeline.tasks import ExtractConfig, preload_models
 
     load0 = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="bench_balance_"))
     scenarios = make_videos(root)
-    cfg = ExtractConfig(crop_size=384, detector=DetectorConfig())
+    cfg = ExtractConfig(crop_size=CROP_SIZE, detector=DetectorConfig())
     rows, timelines, packed = [], {}, None
     with local_cluster(2, dashboard_address=None) as cluster, Client(cluster) as client:
         workers = sorted(client.scheduler_info()["workers"])
@@ -226,7 +227,7 @@ def main() -> None:
                     shutil.rmtree(out)
         if packed is not None:
             bench_landmark_parts(client, packed.parent, root, workers, args.rounds)
-    print(f"{len(workers)} workers (1 thread each), {args.frames} frames per video, crops 384; "
+    print(f"{len(workers)} workers (1 thread each), {args.frames} frames per video, crops {cfg.crop_size}; "
           f"busy = task compute seconds from the task stream, wall = the whole call; load average "
           f"{load0:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores")
     print(f"{'scenario':<22} {'mode':<7} {'round':>5} {'wall s':>7} {'busy s per worker':>20} "

@@ -59,6 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.crop import CROP_SIZE
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_VIDEOS = REPO / "data" / "sample" / "videos"
 HDTF = REPO.parent / "shared" / "data" / "videos" / "hdtf"
@@ -117,7 +119,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="sample clips (copied --copies times) or the HD workload (re-encoded, cached in workdir)")
     p.add_argument("--copies", type=int, default=3, help="copies of each sample video (more work per run)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled per video")
-    p.add_argument("--crop-size", type=int, default=384)
+    p.add_argument("--crop-size", type=int, default=CROP_SIZE)
     p.add_argument("--reads", type=int, default=400, help="random reads per storage format")
     p.add_argument("--repeats", type=int, default=3, help="alternating baseline/pipeline rounds (median ratio)")
     p.add_argument("--skip-dask", action="store_true", help="only the single-process and read figures")
@@ -136,7 +138,7 @@ def baseline(items, out: Path, detector, predictor, crop_size: int) -> tuple[int
     """Per-frame reference-style preprocessing; returns (faces written, seconds)."""
     import cv2
 
-    from pipeline.crop import crop_face
+    from pipeline.crop import CROP_SCALE, crop_face
     from pipeline.video import sample_indices
 
     out.mkdir(parents=True)
@@ -159,7 +161,7 @@ def baseline(items, out: Path, detector, predictor, crop_size: int) -> tuple[int
             det = detector.detect([rgb])[0]  # one frame at a time
             if len(det) == 0:
                 continue
-            crop, cb = crop_face(rgb, det.boxes[0], 1.25, crop_size)
+            crop, cb = crop_face(rgb, det.boxes[0], CROP_SCALE, crop_size)
             stem = out / f"{it.id}_{i:05d}"
             cv2.imwrite(str(stem.with_suffix(".png")), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
             stem.with_suffix(".json").write_text(json.dumps(
@@ -353,12 +355,12 @@ def detection_check(work: Path, n_frames: int) -> list[str]:
 
 def landmark_check() -> list[str]:
     """ms per crop and distance to dlib's own points on its example faces, per landmark-detection setting."""
-    from pipeline.crop import crop_face, crop_to_frame
+    from pipeline.crop import CROP_SCALE, CROP_SIZE, crop_face, crop_to_frame
     from pipeline.landmarks import LandmarkPredictor
     from tests.face_fixtures import FULL_SETS, example_faces
 
     faces = list(example_faces(FULL_SETS))
-    crops = [(crop_face(img, box, 1.25, size), ref) for img, box, ref in faces for size in (256, 384)]
+    crops = [(crop_face(img, box, CROP_SCALE, size), ref) for img, box, ref in faces for size in (256, CROP_SIZE)]
     lines = [f"landmarks on dlib's {len(faces)} example faces x 2 crop sizes (1.25x crops of dlib's boxes), "
              f"distance to dlib's own points in image pixels:"]
     settings = [("baseline: dlib detector on the RGB crop as is", dict(detect_size=None, gray=False)),

@@ -501,6 +501,8 @@ def run_parallel(jobs: list, n: int) -> list:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from pipeline.crop import CROP_SIZE
+
     args = get_args_parser().parse_args(argv)
     t_start = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -528,7 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"clips: {len(train_clips)} train ({len({c.person for c in train_clips})} people), {len(val_clips)} "
           f"validation ({len({c.person for c in val_clips})} other people), {len(labelled)} labelled "
           f"({sum(c.label for c in labelled)} fake)")
-    crop = 384 if cuda else 256
+    crop = CROP_SIZE if cuda else 256  # the pipeline's stored crop for the paper-scale recipe
     t0 = time.perf_counter()
     shards = out / "shards"
     workers = min(cores, 8)

@@ -14,7 +14,7 @@ import numpy as np
 CROP_SCALE, CROP_SIZE = 1.25, 384
 
 
-def square_crop_box(box: np.ndarray, scale: float = 1.25) -> np.ndarray:
+def square_crop_box(box: np.ndarray, scale: float = CROP_SCALE) -> np.ndarray:
     """The square crop around a detector box: side = ``scale`` x the larger box side, same centre.
 
     Args:
@@ -29,7 +29,7 @@ def square_crop_box(box: np.ndarray, scale: float = 1.25) -> np.ndarray:
     return np.array([left, top, left + side, top + side], np.float32)
 
 
-def crop_face(frame: np.ndarray, box: np.ndarray, scale: float = 1.25, size: int = 384
+def crop_face(frame: np.ndarray, box: np.ndarray, scale: float = CROP_SCALE, size: int = CROP_SIZE
               ) -> tuple[np.ndarray, np.ndarray]:
     """Square crop of ``scale`` x the larger side of ``box``, resized to ``size``; black outside the frame.
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.crop import CROP_SCALE, CROP_SIZE
+
 SPLITS = ("train", "val", "test")
 KINDS = ("ffpp", "celebdf", "dfd", "dfdc", "dfdcp", "wilddeepfake", "list")
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
@@ -70,8 +72,8 @@ class VideoItem:
 
 @dataclass(frozen=True)
 class CropSettings:
-    scale: float = 1.25
-    size: int = 384
+    scale: float = CROP_SCALE
+    size: int = CROP_SIZE
 
 
 @dataclass(frozen=True)

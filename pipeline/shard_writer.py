@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
+from pipeline.crop import CROP_SCALE
 from pipeline.shard_codec import DEFAULT_COMPRESSION, compression_kwargs, ensure_filters_for
 from pipeline.shards import (
     N_LANDMARKS,
@@ -123,7 +124,7 @@ class ShardWriter:
                                   ("frame_index", (), np.int32), ("video", (), np.int32)):
             f.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
                              chunks=(4096, *tail), fletcher32=True)
-        base = {"schema_version": SCHEMA_VERSION, "crop_scale": 1.25, "crop_size": s, "detector": "unknown",
+        base = {"schema_version": SCHEMA_VERSION, "crop_scale": CROP_SCALE, "crop_size": s, "detector": "unknown",
                 "detector_weights_sha256": "", "landmark_model_sha256": "", "landmark_detector": "", "package_version": package_version(),
                 "manifest_hash": "", "landmarks_done": False}
         base.update(attrs or {})

@@ -12,9 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.config import AugmentConfig, SBIConfig
+from model.config import AugmentConfig, DataConfig, SBIConfig
 from model.data.augment import sample_geometry
 from model.data.sbi import random_margin
+from pipeline.crop import CROP_SCALE
 
 # The reference's test geometry: the 1.25x crop minus a 5-of-256 px margin per side, i.e. faces shown at
 # 1.20x the face box (the q95 edge of its training scales, `../shared/reference/sbi_distribution.json`).
@@ -55,8 +56,8 @@ def eval_view(face: np.ndarray, size: int, crop_scale: float, face_scale: float 
     return fit_face(face, None, size)[0]
 
 
-def training_face_scales(sbi_cfg: SBIConfig, augment_cfg: AugmentConfig | None, crop_scale: float = 1.25,
-                         size: int = 384, n: int = 20000, seed: int = 0) -> np.ndarray:
+def training_face_scales(sbi_cfg: SBIConfig, augment_cfg: AugmentConfig | None, crop_scale: float = CROP_SCALE,
+                         size: int = DataConfig.image_size, n: int = 20000, seed: int = 0) -> np.ndarray:
     """The face scales (training image side / face-box side) the training geometry produces: n draws of the
     SBI margin and the augmentation geometry exactly as TrainPairDataset makes them, (n,) float64."""
     rng = np.random.default_rng(seed)
@@ -68,7 +69,7 @@ def training_face_scales(sbi_cfg: SBIConfig, augment_cfg: AugmentConfig | None, 
 
 
 def resolve_face_scale(spec: float | str | None, sbi_cfg: SBIConfig | None = None,
-                       augment_cfg: AugmentConfig | None = None, crop_scale: float = 1.25) -> float | None:
+                       augment_cfg: AugmentConfig | None = None, crop_scale: float = CROP_SCALE) -> float | None:
     """"reference" -> REFERENCE_TEST_SCALE; "train-median" -> the median of `training_face_scales`;
     "crop" or None -> None (the whole stored crop); a number -> itself."""
     if spec is None or spec == "crop":

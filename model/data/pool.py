@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from pipeline.crop import CROP_SCALE
 from pipeline.shards import ShardReader, shard_paths
 
 
@@ -39,7 +40,7 @@ class ShardPool:
         if not self.readers:
             raise ValueError(f"no finished shards listed in {', '.join(map(str, split_dirs))}")
         # Face scale of each shard's stored crops (crop side / face-box side).
-        self.crop_scales = [float(r.attrs.get("crop_scale", 1.25)) for r in self.readers]
+        self.crop_scales = [float(r.attrs.get("crop_scale", CROP_SCALE)) for r in self.readers]
         self.max_open = int(max_open)
         self._lru: OrderedDict[int, None] = OrderedDict()  # shards this process opened, oldest first
         self._lru_pid = os.getpid()
