@@ -26,8 +26,17 @@ import torch
 
 from model.config import ModelConfig
 from model.net.laanet import LAANet, build_model
+from pipeline.errors import UserError
 from pipeline.files import atomic_path
 from pipeline.version import code_version
+
+
+class CheckpointError(UserError, ValueError):
+    """A file that is not a usable checkpoint (missing, unreadable, not LAA-Net, weights that do not fit)."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint at the path given."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -99,7 +108,7 @@ def restore_training_state(state: dict, *, model, optimizer, schedule, scaler) -
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file that ``path`` names; raises ValueError (one line) for a missing path, and for a
+    """The checkpoint file that ``path`` names; raises CheckpointError (one line) for a missing path, and for a
     folder (a run directory) with the checkpoints inside it, so that the user picks one."""
     path = Path(path)
     if path.is_file():
@@ -107,27 +116,27 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         inside = sorted(path.glob("*.pt")) or sorted(path.glob("*/*.pt"))
         if not inside:
-            raise ValueError(f"{path}: a folder with no checkpoint (*.pt) inside; give the checkpoint file")
+            raise CheckpointError(f"{path}: a folder with no checkpoint (*.pt) inside; give the checkpoint file")
         best = next((p for p in inside if p.name == "best.pt"), inside[0])
         others = ", ".join(str(p.relative_to(path)) for p in inside[:6]) + (" ..." if len(inside) > 6 else "")
-        raise ValueError(f"{path}: a folder, not a checkpoint; did you mean {best}? (inside: {others})")
-    raise ValueError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: a folder, not a checkpoint; did you mean {best}? (inside: {others})")
+    raise CheckpointNotFound(f"{path}: checkpoint not found")
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint dict (raises a one-line error naming the file otherwise)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise CheckpointNotFound(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: not a readable LAA-Net checkpoint ({type(err).__name__}: "
+        raise CheckpointError(f"{path}: not a readable LAA-Net checkpoint ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from err
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("config"), dict) \
             or not isinstance(ckpt["config"].get("model"), dict):
         found = f"a dict with keys {sorted(ckpt)[:10]}" if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path}: not an LAA-Net checkpoint (need 'model' and config['model']), found {found}"
+        raise CheckpointError(f"{path}: not an LAA-Net checkpoint (need 'model' and config['model']), found {found}"
                          + (" - a reference checkpoint? convert it with `python -m model.convert`"
                             if isinstance(ckpt, dict) and ("state_dict" in ckpt or "_conv_stem.weight" in ckpt)
                             else ""))
@@ -151,12 +160,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
               if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
     if differ:  # load_state_dict would raise a 40-line size-mismatch RuntimeError
         k, theirs, ours = differ[0]
-        raise ValueError(f"{path}: weights do not match config['model'] (another architecture, e.g. other "
+        raise CheckpointError(f"{path}: weights do not match config['model'] (another architecture, e.g. other "
                          f"head_conv or backbone?): {len(differ)} tensors differ in shape, first {k} {theirs} in "
                          f"the file vs {ours} built from its config")
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match config['model']: missing {missing[:5]}, "
+        raise CheckpointError(f"{path}: weights do not match config['model']: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     if isinstance(map_location, (str, torch.device)):
         model = model.to(map_location)

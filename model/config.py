@@ -13,10 +13,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pipeline.errors import UserError
+
 SECTIONS = ("model", "loss", "data", "sbi", "bi", "augment", "optim", "train", "val")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An unknown key, a wrong type or an invalid combination in a training config."""
 
 

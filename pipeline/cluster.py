@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from pipeline.errors import UserError
 from pipeline.version import code_hash, package_version
 
 # Compared between the client and every worker: what Dask needs to exchange tasks and results, and what the
@@ -47,7 +48,7 @@ MARKER_PREFIX = ".laanet-cluster-check-"
 SHOWN_WORKERS = 3            # workers named in full in a one-line error; the rest are counted
 
 
-class ClusterError(Exception):
+class ClusterError(UserError):
     """The cluster cannot run this job (unreachable, no workers, other environment, paths it cannot see).
 
     The message is one line that names the worker(s) and what is wrong."""

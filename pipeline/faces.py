@@ -22,6 +22,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from pipeline.errors import UserError
 from pipeline.files import file_sha256
 
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -34,7 +35,7 @@ RESNET50_URL = ("https://github.com/ternaus/retinaface/releases/download/0.01/"
 BACKENDS = ("mobilenet0.25", "resnet50")
 
 
-class DetectorWeightsError(Exception):
+class DetectorWeightsError(UserError):
     """Detector weights are missing or unusable; the message says how to get them."""
 
 

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 N_POINTS = 68
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
 
 
-class LandmarkModelError(Exception):
+class LandmarkModelError(UserError):
     """The 68-point model file cannot be found or loaded."""
 
 

@@ -18,13 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.errors import UserError
 from pipeline.files import atomic_write, leftover_temporaries
 
 LOCK_NAME = "pipeline.lock"
 HOLDER_NAME = "pipeline.lock.json"
 
 
-class SplitBusy(Exception):
+class SplitBusy(UserError):
     """Another run holds the split folder (message: one line naming the holder's host and pid)."""
 
 
@@ -53,7 +54,7 @@ def split_lock(split_dir: str | os.PathLike) -> Iterator[None]:
         lock.acquire()
     except Timeout:
         raise SplitBusy(f"{split_dir}: another run is writing this split ({_describe(_holder(split_dir))}); "
-                        f"wait for it or stop it, or give another --out") from None
+                        f"wait for it or stop it, or give another --shards-root") from None
     try:
         stale = _holder(split_dir)
         if stale:

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from pipeline.crop import CROP_SCALE, CROP_SIZE
+from pipeline.errors import UserError
 
 SPLITS = ("train", "val", "test")
 KINDS = ("ffpp", "celebdf", "dfd", "dfdc", "dfdcp", "wilddeepfake", "list")
@@ -44,7 +45,7 @@ FFPP_COMPRESSIONS = ("raw", "c23", "c40")
 FFPP_FAKE_SPLITS = ("val", "test")
 
 
-class ManifestError(Exception):
+class ManifestError(UserError):
     """The manifest (or a file it points to) is wrong; the message names the key and the expected form."""
 
 

@@ -27,11 +27,12 @@ from typing import Sequence
 
 import h5py
 
+from pipeline.errors import UserError
 from pipeline.manifest import VideoItem
 from pipeline.shards import FAILURES_NAME, INDEX_NAME, STAGING_NAME, TMP_SUFFIX, ShardError, read_json_rows
 
 
-class PlanConflict(Exception):
+class PlanConflict(UserError):
     """The split folder holds shards made for another plan (message: one line, what differs, what to do)."""
 
 

@@ -57,6 +57,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.errors import UserError
 from pipeline.shard_codec import ensure_filters_for
 
 SCHEMA_VERSION = 2
@@ -77,7 +78,7 @@ REQUIRED_ATTRS = ("schema_version", "crop_scale", "crop_size", "detector", "crea
 PER_FACE = ("faces", "boxes", "scores", "kps5", "crop_boxes", "frame_index", "video")
 
 
-class ShardError(Exception):
+class ShardError(UserError):
     """A shard or split folder is missing, unfinished or does not follow the schema (message names the file)."""
 
 

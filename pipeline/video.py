@@ -21,8 +21,10 @@ from typing import Iterator, Sequence
 import ffmpeg
 import numpy as np
 
+from pipeline.errors import UserError
 
-class VideoError(Exception):
+
+class VideoError(UserError):
     """A video cannot be probed or decoded; the message is one line naming the file and the reason."""
 
 

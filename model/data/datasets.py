@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from model.config import SIGMA_RULES, AugmentConfig, BIConfig, DataConfig, SBIConfig
+from model.config import SIGMA_RULES, AugmentConfig, BIConfig, ConfigError, DataConfig, SBIConfig
 from model.data.augment import apply_geometry, photometric_pair, sample_geometry, warp_box
 from model.data.bi import bi
 from model.data.bi_index import build_donor_table
@@ -30,6 +30,7 @@ from model.data.pool import ShardPool, video_key
 from model.data.sbi import sbi, sbi_fake_for_eval
 from model.data.targets import boundary, boundary_u8, make_targets
 from model.data.tensors import to_tensor
+from pipeline.shards import ShardError
 
 HEATMAP_STRIDE = 4
 
@@ -79,15 +80,15 @@ class TrainPairDataset(Dataset):
     def __init__(self, cfg: DataConfig, sbi_cfg: SBIConfig | None = None, bi_cfg: BIConfig | None = None,
                  augment_cfg: AugmentConfig | None = None):
         if cfg.image_size % HEATMAP_STRIDE:
-            raise ValueError(f"data.image_size must be a multiple of {HEATMAP_STRIDE}, got {cfg.image_size}")
+            raise ConfigError(f"data.image_size must be a multiple of {HEATMAP_STRIDE}, got {cfg.image_size}")
         if cfg.frames_per_video < 1:
-            raise ValueError(f"data.frames_per_video must be >= 1, got {cfg.frames_per_video}")
+            raise ConfigError(f"data.frames_per_video must be >= 1, got {cfg.frames_per_video}")
         if cfg.synthesis not in ("sbi", "bi"):
-            raise ValueError(f"data.synthesis must be 'sbi' or 'bi', got {cfg.synthesis!r}")
+            raise ConfigError(f"data.synthesis must be 'sbi' or 'bi', got {cfg.synthesis!r}")
         if cfg.target_mode not in ("reference", "paper"):
-            raise ValueError(f"data.target_mode must be 'reference' or 'paper', got {cfg.target_mode!r}")
+            raise ConfigError(f"data.target_mode must be 'reference' or 'paper', got {cfg.target_mode!r}")
         if cfg.sigma_rule not in SIGMA_RULES:
-            raise ValueError(f"data.sigma_rule must be one of {SIGMA_RULES}, got {cfg.sigma_rule!r}")
+            raise ConfigError(f"data.sigma_rule must be one of {SIGMA_RULES}, got {cfg.sigma_rule!r}")
         self.cfg = cfg
         self.sbi_cfg = sbi_cfg or SBIConfig()
         self.bi_cfg = bi_cfg or BIConfig()
@@ -113,7 +114,7 @@ class TrainPairDataset(Dataset):
                 continue
             self.videos.append(TrainVideo(video_key(row), si, rows[ok]))
         if not self.videos:
-            raise ValueError(f"{', '.join(cfg.shards)}: no real video with landmarks to train on "
+            raise ShardError(f"{', '.join(cfg.shards)}: no real video with landmarks to train on "
                              f"(skipped: {self.skipped}); run the landmark stage first")
         if any(self.skipped.values()):
             warnings.warn(f"TrainPairDataset: left out {self.skipped} in {', '.join(cfg.shards)}", stacklevel=2)
@@ -156,7 +157,7 @@ class TrainPairDataset(Dataset):
         table = build_donor_table(np.concatenate(lms), np.concatenate(vids), k=self.cfg.bi_neighbours,
                                   rng=np.random.default_rng([self.cfg.seed, 2]))
         if (table[:, 0] < 0).any():
-            raise ValueError("BI needs at least two videos with landmarks")
+            raise ShardError("BI needs at least two videos with landmarks")
         self._face_pos = {(int(s), int(r)): i for i, (s, r) in enumerate(faces_arr)}
         return faces_arr, table
 
@@ -173,7 +174,7 @@ class TrainPairDataset(Dataset):
         reader = self.shards.open(si)
         face, lm = reader.face(row), self.landmarks[si][row]
         if not np.isfinite(lm).all():
-            raise ValueError(f"{reader.path}: face {row} is marked landmark_ok but its landmarks are not finite")
+            raise ShardError(f"{reader.path}: face {row} is marked landmark_ok but its landmarks are not finite")
         return fit_face(face, lm, self.cfg.image_size)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
@@ -199,7 +200,7 @@ class TrainPairDataset(Dataset):
                 donor, donor_lm = self._read(dsi, drow)
                 pair = bi(face, lm, donor, donor_lm, rng, self.bi_cfg)
         except ValueError as e:
-            raise ValueError(f"{self.shards.readers[si].path}: face {row}: {e}") from e
+            raise ShardError(f"{self.shards.readers[si].path}: face {row}: {e}") from e
         out = self.cfg.image_size
         hm_size = out // HEATMAP_STRIDE
         size_in = pair.real.shape[0]
@@ -332,7 +333,7 @@ class EvalDataset(Dataset):
         self.shards.close()  # nothing open when workers fork
         table = build_donor_table(lms, vids, k=1)
         if (table[:, 0] < 0).any():
-            raise ValueError("synthetic_fakes='bi' needs at least two real videos with landmarks")
+            raise ShardError("synthetic_fakes='bi' needs at least two real videos with landmarks")
         return {faces[i]: faces[int(table[i, 0])] for i in range(len(faces))}
 
     def __len__(self) -> int:

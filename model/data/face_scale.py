@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.config import AugmentConfig, DataConfig, SBIConfig
+from model.config import AugmentConfig, ConfigError, DataConfig, SBIConfig
 from model.data.augment import sample_geometry
 from model.data.sbi import random_margin
 from pipeline.crop import CROP_SCALE
@@ -41,7 +41,7 @@ def view_fraction(crop_scale: float, face_scale: float | None) -> float:
         return 1.0
     frac = face_scale / crop_scale
     if not 0.1 < frac <= 1.0 + 1e-9:
-        raise ValueError(f"face scale {face_scale:.3f} needs a crop of at least that many face-box sides; "
+        raise ConfigError(f"face scale {face_scale:.3f} needs a crop of at least that many face-box sides; "
                          f"the shard's crops are {crop_scale:.3f}x")
     return frac
 
@@ -82,7 +82,7 @@ def resolve_face_scale(spec: float | str | None, sbi_cfg: SBIConfig | None = Non
         try:
             spec = float(spec)
         except ValueError:
-            raise ValueError(f"face scale must be 'reference', 'train-median', 'crop' or a number, got {spec!r}") from None
+            raise ConfigError(f"face scale must be 'reference', 'train-median', 'crop' or a number, got {spec!r}") from None
     return float(spec)
 
 

@@ -11,8 +11,9 @@ from collections import OrderedDict
 
 import numpy as np
 
+from model.config import ConfigError
 from pipeline.crop import CROP_SCALE
-from pipeline.shards import ShardReader, shard_paths
+from pipeline.shards import ShardError, ShardReader, shard_paths
 
 
 def video_key(row: dict) -> str:
@@ -33,12 +34,12 @@ class ShardPool:
 
     def __init__(self, split_dirs: list[str], max_open: int = 32):
         if not split_dirs:
-            raise ValueError("no shard folders given (data.shards is empty)")
+            raise ConfigError("no shard folders given (data.shards is empty)")
         if max_open < 1:
             raise ValueError(f"max_open must be >= 1, got {max_open}")
         self.readers = [ShardReader(p) for d in split_dirs for p in shard_paths(d)]
         if not self.readers:
-            raise ValueError(f"no finished shards listed in {', '.join(map(str, split_dirs))}")
+            raise ShardError(f"no finished shards listed in {', '.join(map(str, split_dirs))}")
         # Face scale of each shard's stored crops (crop side / face-box side).
         self.crop_scales = [float(r.attrs.get("crop_scale", CROP_SCALE)) for r in self.readers]
         self.max_open = int(max_open)

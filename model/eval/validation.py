@@ -52,7 +52,7 @@ def build_val_loader(cfg) -> tuple[DataLoader | None, str]:
     where = ", ".join(cfg.val.shards)
     if cfg.val.fakes == "real":
         if not has_fake_videos(cfg.val.shards):
-            raise ValueError(f"val.fakes is 'real' but {where} holds no fake video; use val.fakes=sbi")
+            raise ConfigError(f"val.fakes is 'real' but {where} holds no fake video; use val.fakes=sbi")
         dataset = EvalDataset(cfg.val.shards, cfg.data.image_size, frames_per_video=cfg.val.frames_per_video,
                               face_scale=face_scale)
         mode = f"real fakes (val.fakes=real) from {where}"

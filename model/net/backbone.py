@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.errors import UserError
+
 # Image size at which the reference's EfficientNet (lukemelas layout) fixes its static padding.
 REFERENCE_PAD_IMAGE_SIZE = {
     "tf_efficientnet_b0": 224,
@@ -83,6 +85,18 @@ class StaticPadConv2d(nn.Conv2d):
         return super().extra_repr() + f", fixed_pad={self.fixed_pad}"
 
 
+class WeightsError(UserError, ValueError):
+    """A backbone weights file that cannot be read or does not fit the backbone."""
+
+
+class WeightsNotFound(WeightsError, FileNotFoundError):
+    """No backbone weights file at the path given."""
+
+
+class PretrainedUnavailable(UserError, RuntimeError):
+    """Pretrained weights asked for by name that this machine cannot get (no package, no hub, no cache)."""
+
+
 def tf_same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TF "same" padding (before, after) of one spatial side of ``size`` pixels."""
     out = math.ceil(size / stride)
@@ -132,16 +146,16 @@ def map_efficientnet_keys(state: Mapping[str, torch.Tensor], body: nn.Module,
         if parts[0] == "_blocks":
             n = int(parts[1])
             if n >= len(flat):
-                raise ValueError(f"{source}: key {key} refers to block {n}, the backbone has {len(flat)}")
+                raise WeightsError(f"{source}: key {key} refers to block {n}, the backbone has {len(flat)}")
             s, i, blk = flat[n]
             table = _INVERTED_RESIDUAL if hasattr(blk, "conv_pwl") else _DEPTHWISE_SEPARABLE
             if parts[2] not in table:
-                raise ValueError(f"{source}: unknown EfficientNet block key {key}")
+                raise WeightsError(f"{source}: unknown EfficientNet block key {key}")
             out[f"blocks.{s}.{i}.{table[parts[2]]}.{'.'.join(parts[3:])}"] = value
         elif parts[0] in _STEM_HEAD:
             out[".".join([_STEM_HEAD[parts[0]], *parts[1:]])] = value
         else:
-            raise ValueError(f"{source}: unknown EfficientNet key {key}")
+            raise WeightsError(f"{source}: unknown EfficientNet key {key}")
     return out
 
 
@@ -149,7 +163,7 @@ def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     """Load a local backbone weights file (timm layout, or the lukemelas layout the reference used)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: backbone weights file not found")
+        raise WeightsNotFound(f"{path}: backbone weights file not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -159,7 +173,7 @@ def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
-        raise ValueError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+        raise WeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if "_conv_stem.weight" in state:  # lukemelas / reference layout
         state = map_efficientnet_keys(state, body, path)
@@ -170,7 +184,7 @@ def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     unexpected = sorted(set(state) - set(ours))
     wrong = [k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or wrong:
-        raise ValueError(f"{path}: does not match the backbone: {len(missing)} missing {missing[:3]}, "
+        raise WeightsError(f"{path}: does not match the backbone: {len(missing)} missing {missing[:3]}, "
                          f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of another shape "
                          f"{sorted(wrong)[:3]}")
     body.load_state_dict(state, strict=True)
@@ -178,7 +192,7 @@ def _load_backbone_weights(body: nn.Module, path: str | Path) -> None:
 
 def packaged_weights_file(name: str) -> Path | None:
     """The ImageNet weights file a pip package installs for backbone ``name`` (no tag), or None when ``name``
-    has no such package. Raises RuntimeError, naming the requirement, when the package is not installed."""
+    has no such package. Raises PretrainedUnavailable, naming the requirement, when the package is not installed."""
     if name not in PACKAGED_WEIGHTS:
         return None
     import importlib
@@ -187,13 +201,13 @@ def packaged_weights_file(name: str) -> Path | None:
     try:
         obj = importlib.import_module(module)
     except ImportError as err:
-        raise RuntimeError(f"pretrained weights for '{name}' come from the pip package {requirement}, which is "
+        raise PretrainedUnavailable(f"pretrained weights for '{name}' come from the pip package {requirement}, which is "
                            f"not installed (make install installs it)") from err
     for part in getter.split("."):
         obj = getattr(obj, part)
     path = Path(obj())
     if not path.is_file():
-        raise RuntimeError(f"{path}: the weights file of {requirement} is missing; reinstall the package")
+        raise PretrainedUnavailable(f"{path}: the weights file of {requirement} is missing; reinstall the package")
     return path
 
 
@@ -219,7 +233,7 @@ def _create_body(name: str, pretrained: bool, weights: str | Path | None, drop_p
     try:
         return timm.create_model(full, pretrained=True, **kw)
     except OSError as err:  # offline hub, no cache, no connection
-        raise RuntimeError(
+        raise PretrainedUnavailable(
             f"pretrained weights for '{full}' are not available offline ({type(err).__name__}). "
             f"Provide them as a local file with model.backbone_weights=PATH: "
             f"model.safetensors from the Hugging Face repo 'timm/{full}', or the reference's "

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from model.config import ModelConfig
-from model.net.backbone import Backbone
+from model.net.backbone import Backbone, WeightsNotFound
 from model.net.efpn import Decoder
 
 # Heads that give one value per image (global average pool + Linear); every other head is dense.
@@ -83,7 +83,7 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> LAANet:
     if isinstance(cfg, dict):
         cfg = ModelConfig.from_dict(cfg)
     if cfg.backbone_weights is not None and not Path(cfg.backbone_weights).is_file():
-        raise FileNotFoundError(f"{cfg.backbone_weights}: backbone weights file not found")
+        raise WeightsNotFound(f"{cfg.backbone_weights}: backbone weights file not found")
     return LAANet(cfg)
 
 

@@ -28,11 +28,12 @@ from model.train.log import RunLogger
 from model.train.losses import LAALoss
 from model.train.sam import SAM, bn_running_stats_frozen
 from model.train.schedule import BatchPlan, WarmupLinearSchedule, backbone_frozen, batch_plan
+from pipeline.errors import UserError
 
 log = logging.getLogger("train")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Raised when a training loss is NaN or inf; the message names the batch and the loss terms."""
 
 

@@ -119,7 +119,7 @@ class WarmupLinearSchedule:
         same step, and the old total is returned (None when unchanged): the LR jumps to the new curve."""
         step = int(state["last_step"])
         if step > self.total_steps:
-            raise ValueError(f"the run has done {step} optimiser steps, more than the {self.total_steps} this "
+            raise ConfigError(f"the run has done {step} optimiser steps, more than the {self.total_steps} this "
                              "schedule has (train.epochs smaller than the epochs already done?)")
         self.last_step = step
         self._apply()
