@@ -143,9 +143,9 @@ def prepare_split(videos: Path, clips: list[Clip], split_dir: Path, frames: int,
     labels = ["--label-from-folder"] if by_folder else ["--label", "real"]
     globs = [str(links / "*" / "*.mp4")] if by_folder else [str(links / "*.mp4")]
     inputs = [a for g in globs for a in ("--input", g)]
-    run([py, "-m", "pipeline", "extract-frames", *inputs, *labels, "--out", str(split_dir), "--frames", str(frames),
-         "--crop-size", str(crop), "--workers", str(workers)])
-    run([py, "-m", "pipeline", "cache-landmarks", "--out", str(split_dir), "--workers", str(workers)])
+    run([py, "-m", "pipeline", "extract-frames", *inputs, *labels, "--shards-root", str(split_dir),
+         "--frames", str(frames), "--crop-size", str(crop), "--dask-workers", str(workers)])
+    run([py, "-m", "pipeline", "cache-landmarks", "--shards-root", str(split_dir), "--dask-workers", str(workers)])
     if not prepared(split_dir, len(clips)):
         raise SystemExit(f"{split_dir}: the pipeline did not prepare all {len(clips)} clips "
                          f"(see {split_dir / 'failures.jsonl'})")
@@ -239,7 +239,7 @@ def evaluate_run(ckpt: Path, labelled: Path, out: Path, frames: int, workers: in
 
     scores = out / "scores.csv"
     cmd = [sys.executable, "evaluate.py", "--checkpoint", str(ckpt), "--set", f"labelled={labelled}",
-           "--frames", str(frames), "--workers", str(workers), "--overlays", str(overlays), "--device", device,
+           "--frames", str(frames), "--loader-workers", str(workers), "--overlays", str(overlays), "--device", device,
            "--out", str(out)]
     key = settings_hash([cmd[1:], file_sha256(ckpt)])
     if scores.is_file() and is_done(out / "done.json", key):

@@ -11,8 +11,7 @@ The reference stores a lukemelas-style EfficientNet (``_conv_stem``, ``_blocks.N
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from model.checkpoint import CheckpointError, CheckpointNotFound
 from model.net.backbone import map_efficientnet_keys
+from pipeline.errors import exit_status
+from pipeline.files import file_sha256
 
 # Reference decoder/head prefixes -> ours (first match wins).
 DECODER_PREFIXES = (
@@ -73,11 +75,11 @@ def unwrap_reference_state(obj: Any, source: str | Path) -> dict[str, torch.Tens
                 break
             obj = inner
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source}: not an LAA-Net reference checkpoint: found {_describe(found)}")
+        raise CheckpointError(f"{source}: not an LAA-Net reference checkpoint: found {_describe(found)}")
     state = {}
     for key, value in obj.items():
         if not isinstance(key, str) or not torch.is_tensor(value):
-            raise ValueError(f"{source}: not an LAA-Net reference checkpoint: found {_describe(found)} "
+            raise CheckpointError(f"{source}: not an LAA-Net reference checkpoint: found {_describe(found)} "
                              f"with a non-tensor entry {key!r}")
         while key.startswith("module."):
             key = key[len("module."):]
@@ -85,7 +87,7 @@ def unwrap_reference_state(obj: Any, source: str | Path) -> dict[str, torch.Tens
     needed = ("_conv_stem.weight", "_conv_head.weight", "deconv_1.0.0.weight", "deconv_4.1.weight")
     absent = [k for k in needed if k not in state]
     if absent:
-        raise ValueError(f"{source}: not an LAA-Net reference checkpoint (missing {absent}): "
+        raise CheckpointError(f"{source}: not an LAA-Net reference checkpoint (missing {absent}): "
                          f"found {_describe(found)}")
     return state
 
@@ -97,13 +99,13 @@ def infer_model_config(state: Mapping[str, torch.Tensor], source: str | Path = "
     n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
     shape = (state["_conv_stem.weight"].shape[0], n_blocks, state["_conv_head.weight"].shape[0])
     if shape not in EFFICIENTNET_BY_SHAPE:
-        raise ValueError(f"{source}: unknown EfficientNet (stem {shape[0]}, {shape[1]} blocks, head {shape[2]})")
+        raise CheckpointError(f"{source}: unknown EfficientNet (stem {shape[0]}, {shape[1]} blocks, head {shape[2]})")
     heads = {}
     for name, out_key in (("cls", "cls.5.weight"), ("hm", "hm.3.weight"), ("cstency", "cstency.3.weight")):
         if out_key in state:
             heads[name] = int(state[out_key].shape[0])
     if not heads:
-        raise ValueError(f"{source}: no cls/hm/cstency head found")
+        raise CheckpointError(f"{source}: no cls/hm/cstency head found")
     head_conv = int(state[f"{next(iter(heads))}.0.weight"].shape[0])
     # A fused level doubles the next conv's input channels (decoder width == skip width).
     skip_levels = []
@@ -129,7 +131,7 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module,
         if key.startswith(alias_from):
             twin = alias_to + key[len(alias_from):]
             if twin in state and not torch.equal(state[twin], value):
-                raise ValueError(f"{source}: {key} and {twin} differ, but they are one module in the reference")
+                raise CheckpointError(f"{source}: {key} and {twin} differ, but they are one module in the reference")
             continue
         rest[key] = value
     out = {f"backbone.body.{k}": v for k, v in map_efficientnet_keys(rest, model.backbone.body, source).items()}
@@ -138,30 +140,22 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module,
             continue
         target = next((new + key[len(old):] for old, new in DECODER_PREFIXES if key.startswith(old)), None)
         if target is None:
-            raise ValueError(f"{source}: unexpected key {key}")
+            raise CheckpointError(f"{source}: unexpected key {key}")
         out[target] = value
     out = {k: v for k, v in out.items() if not k.startswith("backbone.body.classifier.")}
     ours = model.state_dict()
     missing = sorted(set(ours) - set(out))
     unexpected = sorted(set(out) - set(ours))
     if missing or unexpected:
-        raise ValueError(f"{source}: keys do not match the network: missing {missing[:5]}, "
+        raise CheckpointError(f"{source}: keys do not match the network: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     for key, value in out.items():
         if tuple(value.shape) != tuple(ours[key].shape):
-            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the network expects "
+            raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, the network expects "
                              f"{tuple(ours[key].shape)}")
         if value.is_floating_point():
             out[key] = value.to(ours[key].dtype)
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def convert_reference(src: str | Path, dst: str | Path, trust_pickle: bool = False) -> Path:
@@ -171,17 +165,17 @@ def convert_reference(src: str | Path, dst: str | Path, trust_pickle: bool = Fal
 
     src = Path(src)
     if not src.is_file():
-        raise FileNotFoundError(f"{src}: file not found")
+        raise CheckpointNotFound(f"{src}: file not found")
     with open(src, "rb") as fh:
         head = fh.read(4)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive / legacy pickle
-        raise ValueError(f"{src}: not a PyTorch checkpoint (neither a torch.save archive nor a pickle; "
+        raise CheckpointError(f"{src}: not a PyTorch checkpoint (neither a torch.save archive nor a pickle; "
                          f"starts with {head!r})")
     try:
         obj = torch.load(src, map_location="cpu", weights_only=not trust_pickle)
     except Exception as err:
         hint = "" if trust_pickle else " (it may hold non-tensor objects: if you trust it, use --trust-pickle)"
-        raise ValueError(f"{src}: cannot be read by torch.load ({type(err).__name__}){hint}") from err
+        raise CheckpointError(f"{src}: cannot be read by torch.load ({type(err).__name__}){hint}") from err
     state = unwrap_reference_state(obj, src)
     cfg = infer_model_config(state, src)
     model = build_model(cfg)
@@ -193,31 +187,35 @@ def convert_reference(src: str | Path, dst: str | Path, trust_pickle: bool = Fal
         "config": {"model": cfg.to_dict()},
         "epoch": epoch,  # None: unknown
         "step": None,
-        "converted_from": {"file": src.name, "sha256": _sha256(src)},
+        "converted_from": {"file": src.name, "sha256": file_sha256(src)},
     })
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m model.convert", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  python -m model.convert downloads/laanet_sbi_reference.pth "
-               "runs/reference/best.pt\n"
-               "  python evaluate.py --checkpoint runs/reference/best.pt --dataset cdf2 --split test\n\n"
-               "The output is rebuilt with reference_padding=True (docs/model.md, docs/fidelity.md).")
+def main(argv: list[str] | None = None) -> int:
+    """``python -m model.convert``: exit status 0, 1 when the input is not a usable reference checkpoint (one
+    line naming it), 2 on a usage error."""
+    from model import cli as flags
+
+    parser = flags.parser(
+        "python -m model.convert", __doc__.split("\n\n")[0],
+        "examples:\n"
+        "  python -m model.convert downloads/laanet_sbi_reference.pth runs/reference/best.pt\n"
+        "  python evaluate.py --checkpoint runs/reference/best.pt --dataset cdf2 --split test\n\n"
+        "The output is rebuilt with reference_padding=True (docs/model.md, docs/fidelity.md).")
     parser.add_argument("reference", type=Path, help="checkpoint of the reference implementation (.pth)")
-    parser.add_argument("out", type=Path, help="where to write the converted checkpoint (.pt)")
+    parser.add_argument("out", type=Path, help="where this command writes the converted checkpoint (.pt)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow arbitrary pickled objects in the input (only for files you trust; default: "
                              "off, tensors and plain containers only)")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         out = convert_reference(args.reference, args.out, args.trust_pickle)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"wrote {out} (load with model.load_checkpoint)")
+        print(f"wrote {out} (load with model.load_checkpoint)")
+        return 0
+
+    return exit_status("model.convert", run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

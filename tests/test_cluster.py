@@ -150,10 +150,10 @@ def test_cli_relative_paths_on_a_cluster(tmp_path, monkeypatch, sample_videos_di
     monkeypatch.chdir(tmp_path)
     run = CliRunner().invoke
     r = run(app, ["extract-frames", "--input", "videos/*.mp4", "--label", "real", "--frames", "2", "--crop-size",
-                  "96", "--out", "shards", "--detector-weights", "det.onnx", "--scheduler", lc.scheduler_address])
+                  "96", "--shards-root", "shards", "--detector-weights", "det.onnx", "--scheduler", lc.scheduler_address])
     assert r.exit_code == 0, r.output
     assert "Dask: 1 workers" in r.output
-    r = run(app, ["cache-landmarks", "--out", "shards", "--scheduler-file", "sched.json"])
+    r = run(app, ["cache-landmarks", "--shards-root", "shards", "--scheduler-file", "sched.json"])
     assert r.exit_code == 0, r.output
     index = json.loads((tmp_path / "shards" / "index.json").read_text())
     assert index["n_videos"] == 1 and index["shards"][0]["landmarks"]
@@ -267,10 +267,10 @@ def test_separate_scheduler_and_workers_relative_out(separate_cluster, sample_vi
     (client_dir / "lm.dat").symlink_to(default_model_path())
     sched = os.path.relpath(c["file"], client_dir)
     r = _cli(["extract-frames", "--input", "videos/*.mp4", "--label", "real", "--frames", "3", "--crop-size", "96",
-              "--out", "out", "--detector-weights", "det.onnx", "--scheduler-file", sched], client_dir, c["env"])
+              "--shards-root", "out", "--detector-weights", "det.onnx", "--scheduler-file", sched], client_dir, c["env"])
     assert r.returncode == 0, r.stderr
     assert "Dask: 2 workers" in r.stdout
-    r = _cli(["cache-landmarks", "--out", "out", "--landmark-model", "lm.dat", "--scheduler-file", sched],
+    r = _cli(["cache-landmarks", "--shards-root", "out", "--landmark-model", "lm.dat", "--scheduler-file", sched],
              client_dir, c["env"])
     assert r.returncode == 0, r.stderr
     index = json.loads((client_dir / "out" / "index.json").read_text())
@@ -293,9 +293,9 @@ def test_worker_without_the_project_stops_the_run(separate_cluster, sample_video
     client_dir = c["tmp"] / "client_cwd"
     (client_dir / "videos").mkdir(parents=True)
     shutil.copy(sample_videos_dir / "carphone_pristine.mp4", client_dir / "videos" / "a.mp4")
-    r = _cli(["extract-frames", "--input", "videos/*.mp4", "--label", "real", "--frames", "2", "--out", "out",
+    r = _cli(["extract-frames", "--input", "videos/*.mp4", "--label", "real", "--frames", "2", "--shards-root", "out",
               "--scheduler-file", str(c["file"])], client_dir, c["env"])
-    assert r.returncode == 2
+    assert r.returncode == 1
     err = r.stderr.strip()
     assert "\n" not in err and err.startswith("error: workers cannot run this client's project code: worker tcp://")
     assert "cannot import the project" in err

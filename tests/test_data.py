@@ -227,6 +227,6 @@ def test_paper_targets_and_no_augmentation(split_dir):
 
 
 def test_preview_reports_a_folder_without_shards_in_one_line(tmp_path, capsys):
-    assert main(["preview", "--shards", str(tmp_path), "--out", str(tmp_path / "g.png")]) == 2
+    assert main(["preview", "--shards", str(tmp_path), "--out", str(tmp_path / "g.png")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("preview: ") and str(tmp_path) in err and len(err.strip().splitlines()) == 1

@@ -57,7 +57,7 @@ def test_end_to_end_writes_every_output(setup, tmp_path):
     out = tmp_path / "eval"
     summary = evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "toy", "--shards-root", str(root),
                                   "--frames", "2", "--perturb", "jpeg", "--overlays", "2",
-                                  "--workers", "0", "--batch-size", "4", "--out", str(out)))
+                                  "--loader-workers", "0", "--batch-size", "4", "--out", str(out)))
     for name in ("metrics.json", "scores.csv", "frame_scores.csv", "report.md", "roc.png", "pr.png",
                  "robustness.png", "overlays/toy_test_confident_fakes.png", "overlays/toy_test_confident_reals.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -102,7 +102,7 @@ def test_several_datasets_one_table_and_consistent_scores(setup, tmp_path):
     out = tmp_path / "eval2"
     evaluate.main(_args("--checkpoint", str(ckpt), "--dataset", "toy", "other", "--shards-root", str(root),
                         "--frames", "0", "--no-flip", "--aggregate", "prob-mean", "--overlays", "0",
-                        "--workers", "0", "--out", str(out)))
+                        "--loader-workers", "0", "--out", str(out)))
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["test_sets"]) == ["toy/test", "other/test"]
     assert metrics["test_sets"]["other/test"]["protocol"]["flip_test"] is False
@@ -196,7 +196,7 @@ def test_synthetic_sbi_fakes_on_real_only_shards(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "eval"
     evaluate.main(_args("--checkpoint", str(ckpt), "--shards", str(d), "--synthetic-fakes", "sbi",
-                        "--overlays", "1", "--workers", "0", "--out", str(out)))
+                        "--overlays", "1", "--loader-workers", "0", "--out", str(out)))
     res = json.loads((out / "metrics.json").read_text())["test_sets"]["realonly/test"]
     assert res["protocol"]["fakes"] == "synthetic (sbi)"
     assert res["protocol"]["real faces without landmarks (no synthetic fake)"] == 0
@@ -223,7 +223,7 @@ def test_end_to_end_on_shards_from_the_sample_videos(repo_root, tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "eval"
     evaluate.main(_args("--checkpoint", str(ckpt), "--shards", str(split_dir), "--synthetic-fakes", "sbi",
-                        "--frames", "4", "--overlays", "2", "--workers", "0", "--batch-size", "4",
+                        "--frames", "4", "--overlays", "2", "--loader-workers", "0", "--batch-size", "4",
                         "--out", str(out)))
     for name in ("metrics.json", "scores.csv", "frame_scores.csv", "report.md", "roc.png", "pr.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -250,7 +250,7 @@ def test_corrupt_shard_and_wrong_architecture_are_one_line(setup, tmp_path):
         flip_chunk_bytes(bad / "other" / "test" / "shard-00000.h5", "faces", row)
     with pytest.raises(SystemExit) as e:
         evaluate.cli(["--checkpoint", str(ckpt), "--dataset", "other", "--shards-root", str(bad),
-                      "--out", str(tmp_path / "o"), "--workers", "0"])
+                      "--out", str(tmp_path / "o"), "--loader-workers", "0"])
     msg = str(e.value.code)
     assert msg.startswith("evaluate.py: ") and "shard-00000.h5: dataset 'faces' row" in msg and "\n" not in msg
     # weights of head_conv=8 under a config that says 16: another architecture
@@ -269,7 +269,7 @@ def test_corrupt_shard_and_wrong_architecture_are_one_line(setup, tmp_path):
     import cv2
 
     cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
-    assert predict_main([str(img), "--checkpoint", str(other)]) == 2
+    assert predict_main([str(img), "--checkpoint", str(other)]) == 1
 
 
 def _write_folder(d, dataset, videos, faces_per_video, seed):
@@ -303,7 +303,7 @@ def test_two_folders_as_one_set_match_sklearn_auc(setup, own_folders, tmp_path, 
                       ("merge", ["--shards", str(real), str(fake), "--merge"])):
         out = tmp_path / how
         summary = evaluate.main(_args("--checkpoint", str(ckpt), *argv, "--frames", "0", "--overlays", "2",
-                                      "--workers", "0", "--out", str(out)))
+                                      "--loader-workers", "0", "--out", str(out)))
         (name,) = summary["test_sets"]
         res = summary["test_sets"][name]
         with open(out / "scores.csv") as f:
@@ -325,7 +325,7 @@ def test_frames_cap_is_reported_as_scored(setup, own_folders, tmp_path):
     _, ckpt = setup
     real, fake = own_folders
     summary = evaluate.main(_args("--checkpoint", str(ckpt), "--set", f"mine={real},{fake}", "--frames", "2",
-                                  "--overlays", "0", "--workers", "0", "--all-metrics", "--out", str(tmp_path)))
+                                  "--overlays", "0", "--loader-workers", "0", "--all-metrics", "--out", str(tmp_path)))
     p = summary["test_sets"]["mine"]["protocol"]
     assert p["frames_per_video"] == {"median": 2, "min": 1, "max": 2} and p["frames_per_video_requested"] == 2
     assert "frame AUC" in (tmp_path / "report.md").read_text()
@@ -335,7 +335,7 @@ def test_single_class_sets_are_refused(setup, own_folders, tmp_path, capsys):
     _, ckpt = setup
     real, fake = own_folders
     with pytest.raises(SystemExit) as e:
-        evaluate.cli(["--checkpoint", str(ckpt), "--shards", str(real), str(fake), "--workers", "0",
+        evaluate.cli(["--checkpoint", str(ckpt), "--shards", str(real), str(fake), "--loader-workers", "0",
                       "--out", str(tmp_path / "a")])
     msg = str(e.value.code)
     assert msg.startswith("evaluate.py: nothing could be evaluated") and "\n" not in msg
@@ -344,7 +344,7 @@ def test_single_class_sets_are_refused(setup, own_folders, tmp_path, capsys):
     assert not (tmp_path / "a" / "report.md").exists()
     # One refused set among good ones: the others are evaluated and the report says what was left out.
     summary = evaluate.main(_args("--checkpoint", str(ckpt), "--set", f"mine={real},{fake}", "--set",
-                                  f"reals={real}", "--overlays", "0", "--workers", "0", "--out", str(tmp_path / "b")))
+                                  f"reals={real}", "--overlays", "0", "--loader-workers", "0", "--out", str(tmp_path / "b")))
     assert list(summary["test_sets"]) == ["mine"] and "reals" in summary["not_evaluated"]
     assert "only real videos" in (tmp_path / "b" / "report.md").read_text().split("## Not evaluated")[1]
     assert "reals: only real videos (3)" in capsys.readouterr().err
@@ -355,7 +355,7 @@ def test_the_same_video_in_two_merged_folders_is_refused(setup, own_folders, tmp
     real, fake = own_folders
     with pytest.raises(SystemExit) as e:
         evaluate.cli(["--checkpoint", str(ckpt), "--set", f"twice={real},{real},{fake}", "--overlays", "0",
-                      "--workers", "0", "--out", str(tmp_path)])
+                      "--loader-workers", "0", "--out", str(tmp_path)])
     assert "twice: video adhoc/original/r0 is stored twice" in str(e.value.code)
 
 

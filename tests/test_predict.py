@@ -65,7 +65,7 @@ def test_no_face_is_reported_not_guessed(tiny_checkpoint, tmp_path, capsys):
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 90, np.uint8))
     rc = predict.main([str(blank), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
-    assert rc == 3
+    assert rc == 1
     err = capsys.readouterr().err
     assert "no face found" in err and "blank.png" in err
     assert not list((tmp_path / "o").glob("*.png"))
@@ -76,11 +76,11 @@ def test_refuses_without_checkpoint(tmp_path, capsys):
     img.write_bytes(b"")
     assert predict.main([str(img)]) == 2
     assert "refusing to score with untrained weights" in capsys.readouterr().err
-    assert predict.main([str(img), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert predict.main([str(img), "--checkpoint", str(tmp_path / "missing.pt")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage" * 10)
-    assert predict.main([str(img), "--checkpoint", str(corrupt)]) == 2
+    assert predict.main([str(img), "--checkpoint", str(corrupt)]) == 1
     err = capsys.readouterr().err.strip()
     assert "corrupt.pt" in err and len(err.splitlines()) == 1
 
@@ -88,7 +88,7 @@ def test_refuses_without_checkpoint(tmp_path, capsys):
 def test_unreadable_input_gives_one_line_error(tiny_checkpoint, tmp_path, capsys):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")
-    assert predict.main([str(bad), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")]) == 2
+    assert predict.main([str(bad), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")]) == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if "broken.mp4" in ln]
     assert len(err) == 1 and err[0].startswith("model.predict: ") and "Traceback" not in err[0]
 
@@ -179,5 +179,5 @@ def test_expand_inputs_one_level_or_recursive(tmp_path):
 def test_checkpoint_folder_names_the_checkpoints_inside(tiny_checkpoint, tmp_path, capsys):
     img = tmp_path / "x.png"
     img.write_bytes(b"")
-    assert predict.main([str(img), "--checkpoint", str(tiny_checkpoint.parent)]) == 2
+    assert predict.main([str(img), "--checkpoint", str(tiny_checkpoint.parent)]) == 1
     assert f"did you mean {tiny_checkpoint}?" in capsys.readouterr().err

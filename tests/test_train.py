@@ -545,7 +545,7 @@ def test_print_config_prints_the_resolved_yaml_and_writes_nothing(shards, tmp_pa
 
     from model.train.main import cli
 
-    cli(["--config", DEMO_CONFIG, "--print-config", "--device", "cpu", "--workers", "3", "--out", str(tmp_path / "o"),
+    cli(["--config", DEMO_CONFIG, "--print-config", "--device", "cpu", "--loader-workers", "3", "--out", str(tmp_path / "o"),
          "train.epochs=3"])
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["train"]["epochs"] == 3 and cfg["train"]["num_workers"] == 3 and cfg["train"]["device"] == "cpu"

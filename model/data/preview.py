@@ -12,7 +12,8 @@ import numpy as np
 
 from model.data.datasets import TrainPairDataset
 from model.data.face_scale import face_scale_report
-from pipeline.shards import ShardError
+from pipeline.crop import CROP_SCALE
+from pipeline.errors import exit_status
 
 
 def preview_grid(dataset: TrainPairDataset, n: int, cell: int = 192) -> np.ndarray:
@@ -40,34 +41,50 @@ def _load_run_config(path: str | None, overrides: list[str]):
     return load_config(path, overrides)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.data", description=__doc__.splitlines()[0])
+EXAMPLES = """examples:
+  python -m model preview --shards shards/sample/train --out out/preview.png -n 6
+  python -m model preview --shards shards/ffpp/train --config configs/laanet_sbi.yaml --out out/ffpp_pairs.png
+  python -m model face-scale --config configs/laanet_sbi.yaml --png out/face_scale.png
+"""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    from model import cli as flags
+
+    parser = flags.parser("python -m model.data", __doc__.splitlines()[0], EXAMPLES)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("preview", help="write a PNG grid of training pairs and their targets")
+    p = sub.add_parser("preview", help="write a PNG grid of training pairs and their targets",
+                       formatter_class=flags.HelpFormatter)
     p.add_argument("--shards", nargs="+", required=True, help="split folder(s) with index.json")
-    p.add_argument("--out", required=True, help="output PNG path")
+    p.add_argument("--out", required=True, help="the PNG this command writes")
     p.add_argument("-n", type=int, default=6, help="number of samples (rows)")
     p.add_argument("--config", help="training config whose data/sbi/bi/augment settings to use (default: defaults)")
-    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--epoch", type=int, default=0, help="the epoch whose frame draw to show")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. augment.enabled=false")
-    f = sub.add_parser("face-scale", help="print the training face-scale distribution beside evaluation's")
+    f = sub.add_parser("face-scale", help="print the training face-scale distribution beside evaluation's",
+                       formatter_class=flags.HelpFormatter)
     f.add_argument("--config", help="training config (default: the defaults, i.e. the paper recipe)")
-    f.add_argument("--crop-scale", type=float, default=1.25, help="face scale of the stored crops")
+    f.add_argument("--crop-scale", type=float, default=CROP_SCALE, help="face scale of the stored crops")
     f.add_argument("--png", help="also write a histogram PNG")
     f.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    args = parser.parse_args(argv)
-    try:
-        cfg = _load_run_config(args.config, args.overrides)
-        if args.command == "face-scale":
-            print(face_scale_report(cfg, args.crop_scale, args.png))
-            return 0
-        cfg.data.shards = list(args.shards)
-        ds = TrainPairDataset(cfg.data, cfg.sbi, cfg.bi, cfg.augment)
-        ds.set_epoch(args.epoch)
-        grid = preview_grid(ds, args.n)
-    except (ValueError, ShardError) as e:
-        print(f"{args.command}: {e}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m model preview|face-scale``: exit status 0, 1 on a data or config problem (one line), 2 on usage."""
+    args = get_args_parser().parse_args(argv)
+    return exit_status(args.command, _run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = _load_run_config(args.config, args.overrides)
+    if args.command == "face-scale":
+        print(face_scale_report(cfg, args.crop_scale, args.png))
+        return 0
+    cfg.data.shards = list(args.shards)
+    ds = TrainPairDataset(cfg.data, cfg.sbi, cfg.bi, cfg.augment)
+    ds.set_epoch(args.epoch)
+    grid = preview_grid(ds, args.n)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), grid[..., ::-1]):

@@ -8,37 +8,27 @@ or autocast in the given dtype on CUDA.
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-
-def _autocast(device: torch.device, amp: torch.dtype | bool | None):
-    """Autocast context: bf16 for amp=True, the dtype given, or none (also on CPU for amp=True)."""
-    if amp is None or amp is False:
-        return nullcontext()
-    if amp is True:
-        if device.type != "cuda":
-            return nullcontext()
-        amp = torch.bfloat16
-    return torch.autocast(device.type, dtype=amp)
+from model.device import autocast
 
 
 def score_faces(model, images: torch.Tensor, flip: bool = True, want_heatmap: bool = False,
-                amp: torch.dtype | bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                amp: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Forward pass for scoring, optionally with the flip test.
 
     Args:
         model: LAA-Net in eval mode. images: (B, 3, S, S) float tensor in [-1, 1] on the model's device.
         flip: also run the horizontally mirrored images and average the logits.
         want_heatmap: also return the hm logits (the flip-test mean when flip).
-        amp: True = bf16 autocast on CUDA only; a dtype = autocast in it; None/False = float32.
+        amp: the autocast dtype (model.device.select_amp), or None for float32.
     Returns:
         (cls logits (B,), hm logits (B, 1, S/4, S/4) or None), float32 tensors.
     """
-    with torch.inference_mode(), _autocast(images.device, amp):
+    with torch.inference_mode(), autocast(images.device, amp):
         x = torch.cat([images, images.flip(-1)]) if flip else images
         out = model(x, heads=("cls", "hm") if want_heatmap else ("cls",))
         cls = out["cls"].float().reshape(len(x), -1)[:, 0]
@@ -70,7 +60,7 @@ class FrameResults:
     hm_peak: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def run_inference(model, loader, device: torch.device, flip: bool = True, amp: torch.dtype | bool | None = None,
+def run_inference(model, loader, device: torch.device, flip: bool = True, amp: torch.dtype | None = None,
                   channels_last: bool = False, hm_peak: bool = False, desc: str | None = None,
                   total: int | None = None) -> FrameResults:
     """Score every face of `loader` (batches of collate_eval) with `score_faces`; a progress bar on stderr
@@ -129,7 +119,7 @@ def choose_batch_size(image_size: int, flip: bool, device, requested: int = 0) -
 
 
 def run_dataset(model, dataset, batch_size: int, device, flip: bool, collate, workers: int, desc: str,
-                amp: bool = False) -> FrameResults:
+                amp: torch.dtype | None = None) -> FrameResults:
     """`run_inference` over a DataLoader of ``dataset`` (evaluation's settings), with a progress bar."""
     from torch.utils.data import DataLoader
 

@@ -6,11 +6,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from pipeline.errors import UserError
 
-class EvaluationError(ValueError):
+
+class EvaluationError(UserError, ValueError):
     """A test set or option that cannot be evaluated; evaluate.py prints it as one line."""
 
 
@@ -31,6 +34,38 @@ DATASET_VARIANTS = {
 
 
 _COMPRESSION_RE = re.compile(r"(?:^|[/_\-])(c0|c23|c40|raw)(?:$|[/_\-])")
+
+
+@dataclass(frozen=True)
+class TestSetSpec:
+    """Which test sets to build (evaluate.py's --dataset/--split/--shards-root, --shards [--merge], --set)."""
+
+    datasets: tuple[str, ...] = ()
+    split: str = "test"
+    shards_root: str = "shards"
+    shards: tuple[str, ...] = ()
+    merge: bool = False
+    sets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How every test set is scored; stored in its protocol. ``amp`` is the autocast dtype (None: float32)."""
+
+    checkpoint: str = ""
+    frames: int = 32
+    flip: bool = True
+    aggregate: str = "logit-mean"
+    synthetic_fakes: str | None = None
+    compression: str | None = None
+    manifest: str | None = None
+    loader_workers: int = 0
+    amp: Any = None
+
+    @property
+    def precision(self) -> str:
+        names = {"torch.bfloat16": "bf16 autocast", "torch.float16": "fp16 autocast"}
+        return "float32" if self.amp is None else names.get(str(self.amp), f"{self.amp} autocast")
 
 
 @dataclass
@@ -74,21 +109,21 @@ def parse_set(spec: str) -> tuple[str, list[Path]]:
     return name.strip(), folders
 
 
-def resolve_test_sets(args) -> list[TestSet]:
+def resolve_test_sets(spec: TestSetSpec) -> list[TestSet]:
     """The test sets of a run, each a list of split folders that must hold an index.json:
 
     ``--dataset`` names (each ``--shards-root/NAME/--split`` is one set), ``--shards`` folders (each one set,
     or all of them one set with ``--merge``) and ``--set NAME=DIR,DIR`` (those folders as one set).
     """
-    sets = [_folder_set(f"{name}/{args.split}", [Path(args.shards_root) / name / args.split])
-            for name in args.dataset]
-    shards = [Path(d) for d in args.shards]
-    if getattr(args, "merge", False) and shards:
+    sets = [_folder_set(f"{name}/{spec.split}", [Path(spec.shards_root) / name / spec.split])
+            for name in spec.datasets]
+    shards = [Path(d) for d in spec.shards]
+    if spec.merge and shards:
         sets.append(_folder_set(None, shards))
     else:
         sets += [_folder_set(None, [d]) for d in shards]
-    for spec in getattr(args, "set", None) or []:
-        sets.append(_folder_set(*parse_set(spec)))
+    for one in spec.sets:
+        sets.append(_folder_set(*parse_set(one)))
     names = [s.name for s in sets]
     for s in sets:
         if names.count(s.name) > 1:  # two ad-hoc folders with the same index names: fall back to the paths
@@ -235,7 +270,7 @@ def protocol_line(p: dict) -> str:
             f"faces={p.get('face_scale', '?')} ckpt sha256={p['checkpoint_sha256'][:12]}")
 
 
-def build_protocol(ts: TestSet, args, image_size: int, sha: str, device) -> dict:
+def build_protocol(ts: TestSet, scoring: Scoring, image_size: int, sha: str) -> dict:
     """Everything a test set's numbers depend on, stored and printed next to them.
 
     ``frames_per_video`` is filled in by the caller from the faces actually scored (`faces_per_video`), and
@@ -248,22 +283,21 @@ def build_protocol(ts: TestSet, args, image_size: int, sha: str, device) -> dict
         "split": ts.split,
         "folders": ", ".join(str(d) for d in ts.split_dirs),
         "videos": "?",
-        "compression": resolve_compression(args.compression, getattr(args, "manifest", None), prep["datasets"],
-                                           prep["paths"]),
+        "compression": resolve_compression(scoring.compression, scoring.manifest, prep["datasets"], prep["paths"]),
         "frames_per_video": prep["faces_stored"],
         "frames_per_video_stored": prep["faces_stored"],
-        "frames_per_video_requested": args.frames or "all stored",
-        "flip_test": bool(args.flip),
-        "aggregation": args.aggregate,
+        "frames_per_video_requested": scoring.frames or "all stored",
+        "flip_test": bool(scoring.flip),
+        "aggregation": scoring.aggregate,
         "score": "cls head",
-        "fakes": f"synthetic ({args.synthetic_fakes})" if args.synthetic_fakes else "dataset",
+        "fakes": f"synthetic ({scoring.synthetic_fakes})" if scoring.synthetic_fakes else "dataset",
         "input_size": image_size,
         "crop_scale": prep["crop_scale"],
         "detector": prep["detector"],
         "sampled_frames_without_face": prep["sampled_frames_without_face"],
         "videos_without_faces (not scored)": prep["videos_without_faces"],
         "pipeline_failures_by_stage": prep["pipeline_failures"],
-        "precision": "bf16 autocast" if (args.amp and device.type == "cuda") else "float32",
-        "checkpoint": str(args.checkpoint),
+        "precision": scoring.precision,
+        "checkpoint": str(scoring.checkpoint),
         "checkpoint_sha256": sha,
     }

@@ -5,7 +5,6 @@ text or PNG files. Matplotlib runs on the non-interactive Agg backend (no displa
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from dataclasses import dataclass
@@ -31,18 +30,6 @@ METRIC_COLUMNS = (
     ("frame_auc", "frame AUC", True),
     ("frame_ap", "frame AP", True),
 )
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help of evaluate.py and model.predict: examples kept as written, "(default: X)" after every flag whose
-    help does not already say it (flags that are off or empty by default say nothing)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" not in text and action.default not in (None, False, [], argparse.SUPPRESS) \
-                and action.option_strings:
-            text += " (default: %(default)s)"
-        return text
 
 
 def _pyplot():
@@ -191,19 +178,6 @@ def plot_robustness(robustness: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def parse_hm_range(spec: str) -> tuple[float, float] | None:
-    """``--hm-range``: "image" (None: each heatmap from its own min to max) or "LO,HI" probabilities."""
-    if spec == "image":
-        return None
-    try:
-        lo, hi = (float(x) for x in spec.split(","))
-    except ValueError:
-        raise ValueError(f"--hm-range {spec!r}: expected 'image' or LO,HI, e.g. 0,1") from None
-    if not 0.0 <= lo < hi <= 1.0:
-        raise ValueError(f"--hm-range {spec!r}: need 0 <= LO < HI <= 1 (heatmap probabilities)")
-    return lo, hi
-
-
 def heatmap_range(heatmap: np.ndarray, fixed: tuple[float, float] | None) -> tuple[float, float]:
     """The colour range of one heatmap: ``fixed``, or its own min and max."""
     return fixed if fixed is not None else (float(np.min(heatmap)), float(np.max(heatmap)))
@@ -319,7 +293,7 @@ def pick_overlay_faces(frames: FrameResults, videos, k: int) -> dict[str, list[t
 
 
 def draw_overlays(model, dataset, frames: FrameResults, videos, k: int, device, flip: bool, out_dir: Path,
-                  prefix: str, amp: bool = False, hm_range: tuple[float, float] | None = None) -> list[Path]:
+                  prefix: str, amp=None, hm_range: tuple[float, float] | None = None) -> list[Path]:
     """Heatmap overlay sheets for one test set (colours: ``hm_range`` or per image); returns the PNGs written."""
     import torch
 

@@ -6,6 +6,7 @@ from model.data.tensors import tensor_to_uint8, to_tensor
 from model.eval import perturb
 from model.eval.inference import run_dataset
 from model.eval.metrics import compute_metrics
+from model.eval.protocol import Scoring
 
 
 class PerturbCollate:
@@ -26,8 +27,8 @@ class PerturbCollate:
         return self.collate(items)
 
 
-def run_robustness(model, dataset, perturbations: list[str], clean_auc: float, batch_size: int, device, args,
-                   name: str) -> dict:
+def run_robustness(model, dataset, perturbations: list[str], clean_auc: float, batch_size: int, device,
+                   scoring: Scoring, name: str) -> dict:
     """Video AUC of every perturbation type at every level: one full pass over ``dataset`` each.
 
     Returns ``{"clean": auc, "perturbations": {type: [auc level 1..5]}, "details": {type: [per-level dicts]}}``.
@@ -36,10 +37,10 @@ def run_robustness(model, dataset, perturbations: list[str], clean_auc: float, b
     for kind in perturbations:
         aucs, details = [], []
         for level in perturb.LEVELS:
-            frames = run_dataset(model, dataset, batch_size, device, args.flip,
-                                   PerturbCollate(kind, level, collate_eval), args.workers,
-                                   desc=f"{name} {kind} L{level}", amp=args.amp)
-            m, _, _ = compute_metrics(frames, args.aggregate)
+            frames = run_dataset(model, dataset, batch_size, device, scoring.flip,
+                                 PerturbCollate(kind, level, collate_eval), scoring.loader_workers,
+                                 desc=f"{name} {kind} L{level}", amp=scoring.amp)
+            m, _, _ = compute_metrics(frames, scoring.aggregate)
             aucs.append(m["auc"])
             details.append({"level": level, "param": perturb.PARAMS[kind][level - 1], "auc": m["auc"],
                             "ap": m["ap"], "acc": m["acc"], "frame_auc": m["frame_auc"]})

@@ -30,9 +30,11 @@ from pathlib import Path
 
 import torch
 
+from model import cli as flags
 from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import Config, ConfigError
 from model.config_io import config_from_dict, config_to_yaml, load_config, save_config
+from model.device import AMP_MODES, DEVICES_HELP
 from model.eval.validation import build_val_loader, validate
 from model.train.dist import Dist, gather_rng_states, setup_distributed, teardown_distributed
 from model.train.engine import (
@@ -47,7 +49,8 @@ from model.train.engine import (
 )
 from model.train.log import RunLogger, plot_curves
 from model.train.schedule import batch_plan
-from pipeline.errors import debugging, one_line
+from pipeline.errors import UserError, user_errors
+from pipeline.files import atomic_write
 from pipeline.shards import ShardError
 from pipeline.verify import verify_split
 
@@ -73,18 +76,8 @@ LRs follow the linear scaling rule from optim.lr_base_batch_pairs (8). See docs/
 """
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after every flag's help (where there is one to show), the examples kept as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False) or action.nargs == "*":
-            return action.help
-        return super()._get_help_string(action)
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description="Train LAA-Net on HDF5 shards.",
-                                epilog=EXAMPLES, formatter_class=_HelpFormatter)
+    p = flags.parser("train.py", "Train LAA-Net on HDF5 shards.", EXAMPLES)
     p.add_argument("--config", type=Path, default=None,
                    help="experiment YAML (configs/*.yaml); with --resume RUN not needed (the run's stored config is used)")
     p.add_argument("--resume", default=None, metavar="RUN|last.pt|auto",
@@ -96,11 +89,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-shards", action="store_true",
                    help="read every chunk of every data and val shard first (checksums) and stop on any problem; "
                         "without it a shard is checked when opened and a corrupt crop stops the run when read")
-    p.add_argument("--device", default=None, help="shortcut for train.device=... (auto, cpu, cuda, cuda:N)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="shortcut for train.num_workers=N (DataLoader workers per process)")
+    p.add_argument("--device", default=None, help=f"shortcut for train.device=... ({DEVICES_HELP})")
+    p.add_argument("--amp", default=None, choices=AMP_MODES, help="shortcut for train.amp=... (autocast precision)")
+    flags.add_loader_workers(p, None, "per training process (shortcut for train.num_workers=N)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="shortcut for train.out_dir=DIR (the folder that holds run folders)")
+                   help="shortcut for train.out_dir=DIR: this command writes its run folder into DIR")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit (no data read, nothing written)")
     p.add_argument("--dry-run", action="store_true",
@@ -112,9 +105,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:
-    """The positional overrides, then those of --device, --workers and --out (which win)."""
+    """The positional overrides, then those of --device, --amp, --loader-workers and --out (which win)."""
     extra = [f"train.device={args.device}"] * (args.device is not None)
-    extra += [f"train.num_workers={args.workers}"] * (args.workers is not None)
+    extra += [f"train.amp={args.amp}"] * (args.amp is not None)
+    extra += [f"train.num_workers={args.loader_workers}"] * (args.loader_workers is not None)
     extra += [f"train.out_dir={args.out}"] * (args.out is not None)
     return list(args.overrides) + extra
 
@@ -212,9 +206,10 @@ def main(args: argparse.Namespace) -> Path | None:
         fresh = not run_dir.exists()
         try:
             train(cfg, run_dir, dist, resume_state=resume_state, stop_after_epochs=args.stop_after_epochs)
-        except (ConfigError, ShardError, ValueError):
-            # A run that failed on its config or data before its first checkpoint leaves no folder behind.
-            if fresh and dist.is_main and not (run_dir / "last.pt").exists():
+        except UserError as err:
+            # A run that failed on its config or data before its first checkpoint leaves no folder behind; after
+            # any other error (a non-finite loss included) the folder stays for inspection.
+            if fresh and dist.is_main and not (run_dir / "last.pt").exists() and not isinstance(err, NonFiniteLossError):
                 remove_run_dir(run_dir)
             raise
     finally:
@@ -284,17 +279,14 @@ def remove_run_dir(run_dir: Path) -> None:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``python train.py``: config, data and checkpoint errors end as one line (``LAANET_DEBUG=1``: traceback).
+    """``python train.py``: config, data and checkpoint errors (UserError) end as one line and exit 1
+    (``LAANET_DEBUG=1``: traceback); anything else keeps its traceback.
 
     Under torchrun a config error, the same on every rank, is printed by rank 0 only."""
-    try:
-        main(get_args_parser().parse_args(argv))
-    except (ConfigError, NonFiniteLossError, ShardError, ValueError, FileNotFoundError) as err:
-        if debugging():
-            raise
-        if isinstance(err, ConfigError) and int(os.environ.get("RANK", "0")) != 0:
-            raise SystemExit(1) from None
-        raise SystemExit(f"train.py: {one_line(err)}") from None
+    args = get_args_parser().parse_args(argv)
+    other_rank = int(os.environ.get("RANK", "0")) != 0
+    with user_errors("train.py", quiet=lambda err: isinstance(err, ConfigError) and other_rank):
+        main(args)
 
 
 # --------------------------------------------------------------------------- setup
@@ -409,7 +401,7 @@ def run_epoch_end(t: Trainer, stats: dict[str, float], val_loader, val_mode: str
         if improved:
             save_checkpoint(t.run_dir / "best.pt", state)
             log.info(f"best.pt: {metric} {t.best_auc:.4f} at epoch {t.epoch + 1}")
-        (t.run_dir / "history.json").write_text(json.dumps(t.history, indent=1))
+        atomic_write(t.run_dir / "history.json", json.dumps(t.history, indent=1))
     if t.dist.enabled:
         torch.distributed.barrier()
 
