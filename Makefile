@@ -35,7 +35,7 @@ SCHEDULER_FILE ?=
 CONFIG     ?= configs/laanet_sbi.yaml
 CKPT       ?=
 
-DASK_OPTS  := $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
+DASK_OPTS  := $(if $(WORKERS),--dask-workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
               $(if $(SCHEDULER_FILE),--scheduler-file $(SCHEDULER_FILE))
 
 
@@ -91,12 +91,12 @@ evaluate: $(STAMP)
 
 demo: $(STAMP)
 	@mkdir -p $(DEMO_OUT) && date +%s > $(DEMO_OUT)/.started
-	$(PY) -m pipeline extract-frames --dataset sample --split train --out $(DEMO_OUT)/shards
-	$(PY) -m pipeline cache-landmarks --dataset sample --split train --out $(DEMO_OUT)/shards
-	$(PY) -m pipeline extract-frames --dataset sample --split val --out $(DEMO_OUT)/shards
-	$(PY) -m pipeline cache-landmarks --dataset sample --split val --out $(DEMO_OUT)/shards
-	$(PY) -m pipeline extract-frames --dataset sample --split test --out $(DEMO_OUT)/shards
-	$(PY) -m pipeline cache-landmarks --dataset sample --split test --out $(DEMO_OUT)/shards
+	$(PY) -m pipeline extract-frames --dataset sample --split train --shards-root $(DEMO_OUT)/shards
+	$(PY) -m pipeline cache-landmarks --dataset sample --split train --shards-root $(DEMO_OUT)/shards
+	$(PY) -m pipeline extract-frames --dataset sample --split val --shards-root $(DEMO_OUT)/shards
+	$(PY) -m pipeline cache-landmarks --dataset sample --split val --shards-root $(DEMO_OUT)/shards
+	$(PY) -m pipeline extract-frames --dataset sample --split test --shards-root $(DEMO_OUT)/shards
+	$(PY) -m pipeline cache-landmarks --dataset sample --split test --shards-root $(DEMO_OUT)/shards
 	$(PY) -m pipeline inspect $(DEMO_OUT)/shards/sample/train --png $(DEMO_OUT)/sample_train.png
 	rm -rf $(DEMO_OUT)/runs/demo_cpu
 	$(PY) train.py --config configs/demo_cpu.yaml train.out_dir=$(DEMO_OUT)/runs \
@@ -104,7 +104,7 @@ demo: $(STAMP)
 	$(PY) -m model.data preview --shards $(DEMO_OUT)/shards/sample/train --config configs/demo_cpu.yaml \
 		--out $(DEMO_OUT)/eval/training_pairs.png
 	$(PY) evaluate.py --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt --shards $(DEMO_OUT)/shards/sample/test \
-		--synthetic-fakes sbi --frames 8 --workers 1 --training-preview $(DEMO_OUT)/eval/training_pairs.png \
+		--synthetic-fakes sbi --frames 8 --loader-workers 1 --training-preview $(DEMO_OUT)/eval/training_pairs.png \
 		--out $(DEMO_OUT)/eval
 	$(PY) -m model.predict data/sample/videos --checkpoint $(DEMO_OUT)/runs/demo_cpu/best.pt \
 		--frames 8 --out $(DEMO_OUT)/predict
