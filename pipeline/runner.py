@@ -42,11 +42,13 @@ from pipeline.progress import PROGRESS_TOPIC_PREFIX, ProgressBar
 from pipeline.resume import PlanConflict, clear_split, plan_resume, settings_hash, staged_path, video_record
 from pipeline.shards import DEFAULT_SHARD_BYTES, INDEX_NAME, STAGING_NAME, ShardError, ShardReader, load_index
 from pipeline.tasks import (
+    ErrorPolicy,
     ExtractConfig,
     LandmarkConfig,
     PipelineError,
     TaskResult,
     VideoJob,
+    error_policy,
     extract_one,
     extract_settings,
     landmark_part,
@@ -109,13 +111,14 @@ def _dask_client(workers: int | None, scheduler: str | None, client):
         yield c
 
 
-def _run_tasks(fn: Callable, tasks: list[_Task], bar: ProgressBar, client, on_error: str, stage: str
+def _run_tasks(fn: Callable, tasks: list[_Task], bar: ProgressBar, client, on_error: str | ErrorPolicy, stage: str
                ) -> tuple[list[TaskResult], list[dict], list[str]]:
     """Run ``fn(*task.args, progress)`` for every task, in this process (``client`` None) or on Dask.
 
     Returns the results, the failure rows of tasks that failed as a whole (they have no file to live in:
     their video or shard is redone by the next run) and the names of those tasks.
     """
+    on_error = error_policy(on_error)
     results: list[TaskResult] = []
     homeless: list[dict] = []
     failed: list[str] = []
@@ -125,8 +128,7 @@ def _run_tasks(fn: Callable, tasks: list[_Task], bar: ProgressBar, client, on_er
             if isinstance(exc, PipelineError):
                 raise exc
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            if on_error == "raise":
-                raise PipelineError(f"{task.file}: {stage}: task failed ({reason})")
+            on_error(f"{task.file}: {stage}: task failed ({reason})")
             bar.write(f"{task.file}: {stage}: task failed ({reason})")
             homeless.append(failure(task.file, stage, f"task failed ({reason})"))
             failed.append(task.name)
@@ -159,7 +161,7 @@ def _run_tasks(fn: Callable, tasks: list[_Task], bar: ProgressBar, client, on_er
         # so priorities alone would let the first-listed short videos start before a long one listed last.
         tasks = sorted(tasks, key=lambda t: -t.priority)
         futures = {client.submit(_remote, fn, topic, *task.args, key=f"{fn.__name__}-{topic[-8:]}-{task.name}",
-                                 priority=task.priority, retries=0 if on_error == "raise" else 1, pure=False): task
+                                 priority=task.priority, retries=on_error.retries, pure=False): task
                    for task in tasks}
         for fut in as_completed(futures):
             task = futures[fut]
@@ -273,7 +275,7 @@ def _run_extract(items, split_dir: Path, dataset, split, cfg, shard_bytes, worke
 
 
 def run_landmarks(split_dir: str | os.PathLike, cfg: LandmarkConfig, workers: int | None = None,
-                  scheduler: str | None = None, on_error: str = "skip", client=None) -> RunSummary:
+                  scheduler: str | None = None, on_error: str | ErrorPolicy = "skip", client=None) -> RunSummary:
     """Landmark stage over every finished shard of ``split_dir``; resumes; rewrites index.json last."""
     split_dir = Path(split_dir).absolute()  # workers resolve a relative path in their own folders
     try:

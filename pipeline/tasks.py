@@ -38,6 +38,33 @@ class PipelineError(UserError):
     """A run cannot go on (``on_error="raise"`` and a video failed, the scheduler was lost, ...); one line."""
 
 
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What a failed video or task does to the run (``--on-error``): a handler called with the failure's one-line
+    message once the failure is logged. ``skip`` returns (the run goes on, the failure stays in
+    failures.jsonl, and a crashed task is retried once on Dask); ``raise`` stops the run with the message."""
+
+    name: str
+    stops: bool
+    retries: int
+
+    def __call__(self, message: str) -> None:
+        if self.stops:
+            raise PipelineError(message)
+
+
+ERROR_POLICIES = {"skip": ErrorPolicy("skip", stops=False, retries=1), "raise": ErrorPolicy("raise", stops=True, retries=0)}
+
+
+def error_policy(on_error: str | ErrorPolicy) -> ErrorPolicy:
+    """The handler of an ``--on-error`` value (or the handler itself)."""
+    if isinstance(on_error, ErrorPolicy):
+        return on_error
+    if on_error not in ERROR_POLICIES:
+        raise ValueError(f"on_error must be one of {', '.join(ERROR_POLICIES)}, got {on_error!r}")
+    return ERROR_POLICIES[on_error]
+
+
 @dataclass
 class ExtractConfig:
     """Settings of the frames stage (the CLI fills it from options and the manifest)."""
@@ -45,7 +72,7 @@ class ExtractConfig:
     crop_size: int = CROP_SIZE
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     compression: str = DEFAULT_COMPRESSION
-    on_error: str = "skip"              # "skip": log and go on; "raise": stop at the first failed video
+    on_error: str = "skip"              # the ErrorPolicy by name (error_policy): "skip" logs and goes on, "raise" stops
     manifest_hash: str = ""
     source_root: str = ""
     decode_threads: int = 1             # ffmpeg threads per video (one worker process per core); 0 = ffmpeg's choice
@@ -169,8 +196,8 @@ def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None =
     _limit_threads()
     detector = _detector(json.dumps(asdict(cfg.detector), sort_keys=True))
     v = extract_video(item, detector, cfg.crop_scale, cfg.crop_size, cfg.decode_threads)
-    if v.row is None and cfg.on_error == "raise":
-        raise PipelineError(f"{item.path}: {v.failures[0]['reason']}")
+    if v.row is None:
+        error_policy(cfg.on_error)(f"{item.path}: {v.failures[0]['reason']}")
     result = TaskResult(file=item.path, failures=v.failures, messages=_video_messages(item.path, v),
                         n_frames=v.n_decoded, n_videos=int(v.row is not None), n_faces=len(v.faces))
     w = ShardWriter(path, cfg.crop_size, _file_attrs(cfg, detector), cfg.compression, planned=[job.planned])

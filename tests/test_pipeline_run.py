@@ -841,3 +841,15 @@ def test_landmark_parts_spread_one_shard_over_tasks_and_a_failed_part_leaves_it_
     np.testing.assert_array_equal(a.read("landmark_ok"), b.read("landmark_ok"))
     assert [r for r in _failures(d) if r["stage"] == "landmarks"] == \
         [r for r in _failures(ref) if r["stage"] == "landmarks"]
+
+
+def test_on_error_is_a_handler():
+    from pipeline.tasks import ERROR_POLICIES, PipelineError, error_policy
+
+    skip, stop = error_policy("skip"), error_policy("raise")
+    assert skip("a.mp4: unreadable") is None and skip.retries == 1 and error_policy(skip) is skip
+    with pytest.raises(PipelineError, match="a.mp4: unreadable"):
+        stop("a.mp4: unreadable")
+    assert stop.retries == 0 and set(ERROR_POLICIES) == {"skip", "raise"}
+    with pytest.raises(ValueError, match="on_error must be one of skip, raise"):
+        error_policy("ignore")
