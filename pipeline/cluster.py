@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.version import code_hash, package_version
 
 # Compared between the client and every worker: what Dask needs to exchange tasks and results, and what the
@@ -135,7 +135,7 @@ def make_client(workers: int | None, scheduler: str | None = None, scheduler_fil
         except ClusterError:
             raise
         except (OSError, TimeoutError, ValueError) as e:
-            raise ClusterError(f"cannot reach the Dask scheduler at {where}: {_one_line(e)}") from None
+            raise ClusterError(f"cannot reach the Dask scheduler at {where}: {one_line(e, with_type=True)}") from None
         try:
             if not client.scheduler_info().get("workers"):
                 print(f"Dask: waiting up to {wait_for_workers:.0f} s for a worker to join {where}", flush=True)
@@ -221,11 +221,6 @@ def _print_cluster(client) -> None:
           flush=True)
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Checks.
 
@@ -308,7 +303,7 @@ def _import_problem(e: BaseException) -> str:
             reason = wrapped.group(1)
         return (f"cannot import the project ({reason}): install it where the worker runs (pip install "
                 f"<repository>, or make install and start the worker with .venv/bin/python)")
-    return f"check failed ({_one_line(e)})"
+    return f"check failed ({one_line(e, with_type=True)})"
 
 
 def _file_size(path: str) -> int | None:
@@ -380,7 +375,7 @@ def _probe(out_dir: str, marker_name: str, token: str, files: list, packaged: li
             with tempfile.NamedTemporaryFile(dir=out, prefix=MARKER_PREFIX):
                 pass
         except OSError as e:
-            problems.append(f"cannot write into the output folder {out} ({_one_line(e)})")
+            problems.append(f"cannot write into the output folder {out} ({one_line(e, with_type=True)})")
     for what, path, size in files:
         got = _file_size(path)
         if got is None:
@@ -400,7 +395,7 @@ def _probe(out_dir: str, marker_name: str, token: str, files: list, packaged: li
             if _file_size(str(path)) is None:
                 problems.append(f"no packaged {name} model {path}")
         except Exception as e:  # noqa: BLE001  (reported to the client as this worker's problem)
-            problems.append(f"packaged {name} model: {_one_line(e)}")
+            problems.append(f"packaged {name} model: {one_line(e, with_type=True)}")
     missing = [p for p, s in videos if _file_size(p) != s]
     if missing:
         problems.append(f"{len(missing)} of {len(videos)} sampled input videos missing or different "

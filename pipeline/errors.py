@@ -30,8 +30,8 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false")
 
 
-def one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line.
+def one_line(err: BaseException, with_type: bool = False) -> str:
+    """The message of ``err`` on one line (``with_type``: after its type's name, e.g. ``OSError: ...``).
 
     An error raised in a DataLoader worker comes back as "Caught X in DataLoader worker process 0.
     Original Traceback ...": its last line is the original ``module.X: message``, which is what is kept.
@@ -40,7 +40,10 @@ def one_line(err: BaseException) -> str:
     if "Original Traceback" in text:
         last = [ln for ln in text.splitlines() if ln.strip()][-1]
         text = re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
-    return " ".join(text.split())
+    text = " ".join(text.split())
+    if with_type:
+        return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text
 
 
 @contextmanager
