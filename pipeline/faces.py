@@ -22,7 +22,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.files import file_sha256
 
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -172,8 +172,7 @@ class _TorchResNet50:
             warnings.simplefilter("ignore", UserWarning)
             self.net = RetinaFace(name="Resnet50", pretrained=False, in_channels=256, out_channels=256,
                                   return_layers={"layer2": 1, "layer3": 2, "layer4": 3})
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        self.net.load_state_dict(state)
+        self.net.load_state_dict(_resnet50_weights(state, self.weights_path, self.net.state_dict()))
         self.net.eval().to(self.device)
         self.mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
         self.std = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -196,16 +195,20 @@ def _resnet50_state_dict(weights: str | None) -> tuple[dict, Path]:
         path = Path(weights)
         if not path.is_file():
             raise DetectorWeightsError(f"{path}: RetinaFace ResNet-50 weights file not found")
-        if path.suffix == ".zip":
-            import zipfile
+        try:
+            if path.suffix == ".zip":
+                import zipfile
 
-            with zipfile.ZipFile(path) as z:
-                member = next(n for n in z.namelist() if not n.endswith("/"))
-                cache = Path(torch.hub.get_dir()) / "checkpoints"
-                cache.mkdir(parents=True, exist_ok=True)
-                z.extract(member, cache)
-                path = cache / member
-        return torch.load(path, map_location="cpu", weights_only=True), path
+                with zipfile.ZipFile(path) as z:
+                    member = next(n for n in z.namelist() if not n.endswith("/"))
+                    cache = Path(torch.hub.get_dir()) / "checkpoints"
+                    cache.mkdir(parents=True, exist_ok=True)
+                    z.extract(member, cache)
+                    path = cache / member
+            return torch.load(path, map_location="cpu", weights_only=True), path
+        except Exception as e:  # any unreadable file: one line naming it (re-raised)
+            raise DetectorWeightsError(f"{path}: not a RetinaFace ResNet-50 weights file (.pth, or the published "
+                                       f".zip holding one): {one_line(e, with_type=True)}") from e
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     cached = cache / Path(RESNET50_URL).name
     try:
@@ -217,6 +220,21 @@ def _resnet50_state_dict(weights: str | None) -> tuple[dict, Path]:
             f"On a machine with internet, download {RESNET50_URL}, copy it here and pass "
             f"--detector-weights PATH (the .zip or the .pth inside it)") from e
     return state, cached
+
+
+def _resnet50_weights(state, path: Path, expected: dict) -> dict:
+    """``state`` (a loaded weights file) as the network's state dict; a file that is not one is one line naming it."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise DetectorWeightsError(f"{path}: not a RetinaFace ResNet-50 state dict (found {type(state).__name__})")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state)
+                   if getattr(state[k], "shape", None) != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise DetectorWeightsError(f"{path}: not RetinaFace ResNet-50 weights: {len(missing)} of its {len(expected)} "
+                                   f"tensors missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. "
+                                   f"{unexpected[:2]}), {len(wrong)} of another shape")
+    return state
 
 
 class FaceDetector:

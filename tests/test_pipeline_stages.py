@@ -1,4 +1,6 @@
 """Stage functions on their own: frame sampling/decoding, RetinaFace decoding and crops, dlib landmarks."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -202,6 +204,25 @@ def test_resnet50_offline_error(tmp_path):
 
     with pytest.raises(DetectorWeightsError, match="weights file not found"):
         FaceDetector(backend="resnet50", weights=str(tmp_path / "missing.pth"))
+
+
+def test_resnet50_with_a_wrong_weights_file_names_the_file(tmp_path):
+    """Fault matrix: --detector resnet50 --detector-weights junk.onnx gave `KeyError: 174812789` (or hundreds of
+    missing keys) without naming the file."""
+    import torch
+
+    from pipeline.faces import DetectorWeightsError
+
+    onnx = Path(__file__).resolve().parents[1] / "pipeline" / "weights"
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(next(onnx.glob("*.onnx")).read_bytes()[:4096])
+    with pytest.raises(DetectorWeightsError, match=r"junk.onnx: not a RetinaFace ResNet-50 weights file"):
+        FaceDetector(backend="resnet50", weights=str(junk))
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(DetectorWeightsError, match=r"other.pth: not RetinaFace ResNet-50 weights: \d+ of its \d+ "
+                                                   r"tensors missing"):
+        FaceDetector(backend="resnet50", weights=str(other))
 
 
 def test_landmarks_regression_dlib_examples(predictor):
