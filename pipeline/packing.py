@@ -129,23 +129,33 @@ def rebuild_failures(split_dir: Path, shards: Sequence[str], extra: Sequence[dic
 
 
 def finish_run(split_dir: Path, dataset: str, split: str, results: list[TaskResult], homeless: list[dict],
-               failed: list[str], skipped: int, t0: float, extra: dict | None = None) -> RunSummary:
+               failed: list[str], skipped: int, t0: float, extra: dict | None = None,
+               listed: dict[str, dict] | None = None) -> RunSummary:
     """The end of every run: the failures log and ``index.json`` (``extra`` added to it) rebuilt from the split's
-    readable shards, and the run's summary, also printed as one line."""
+    readable shards, and the run's summary, also printed as one line.
+
+    ``listed``: the entries of the index the run started from (the landmark stage). A listed shard that cannot
+    be read stays listed as it was, so training and evaluation refuse it by name instead of silently using
+    fewer videos; without ``listed`` (frames stage) it is left out and its videos are redone by the next run."""
     names = sorted(p.name for p in split_dir.glob("shard-*.h5"))
-    done = []
+    done, kept = [], []
     for n in names:
         try:
             summarize_shard(split_dir / n)
             done.append(n)
-        except (OSError, KeyError) as e:  # an index must list readable shards only; the shard is reported
-            print(f"{split_dir / n}: left out of {INDEX_NAME}: unreadable ({e}); rerun extract-frames to redo it",
-                  flush=True)
+        except (OSError, KeyError) as e:
+            if listed and n in listed:
+                kept.append(listed[n])
+                print(f"{split_dir / n}: unreadable ({e}); still listed in {INDEX_NAME}, so training and "
+                      f"evaluation refuse it: redo the split with extract-frames --overwrite", flush=True)
+            else:  # an index lists readable shards only; the next extract-frames run redoes its videos
+                print(f"{split_dir / n}: left out of {INDEX_NAME}: unreadable ({e}); rerun extract-frames to redo "
+                      f"it", flush=True)
     # Temporaries of a writer killed inside atomic_write; the caller holds the split's lock, so none is live.
     for stale in leftover_temporaries(split_dir / FAILURES_NAME) + leftover_temporaries(split_dir / INDEX_NAME):
         stale.unlink(missing_ok=True)
     rebuild_failures(split_dir, done, homeless)
-    write_index(split_dir, dataset, split, done, extra)
+    write_index(split_dir, dataset, split, done, extra, kept)
     index = load_index(split_dir)
     n_fail = sum(len(r.failures) for r in results) + len(homeless)
     summary = RunSummary(split_dir=split_dir, shards=done, n_faces=index["n_faces"], n_videos=index["n_videos"],

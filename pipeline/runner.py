@@ -339,4 +339,5 @@ def _run_landmarks(split_dir: Path, index: dict, cfg: LandmarkConfig, workers, s
             print(m, flush=True)
         results.append(res)
     return finish_run(split_dir, index.get("dataset", ""), index.get("split", ""), results, homeless + more,
-                      unreadable + failed, skipped, t0, {"plan": index["plan"]} if "plan" in index else None)
+                      unreadable + failed, skipped, t0, {"plan": index["plan"]} if "plan" in index else None,
+                      listed=entries)

@@ -38,17 +38,19 @@ def summarize_shard(path: Path) -> ShardSummary:
 
 
 def write_index(split_dir: str | os.PathLike, dataset: str, split: str,
-                shards: Sequence[str | os.PathLike] | None = None, extra: dict | None = None) -> Path:
-    """Write ``index.json`` for the finished shards of ``split_dir`` (all ``*.h5`` when ``shards`` is None).
+                shards: Sequence[str | os.PathLike] | None = None, extra: dict | None = None,
+                kept: Sequence[dict] = ()) -> Path:
+    """Write ``index.json`` for the finished shards of ``split_dir`` (all ``*.h5`` when ``shards`` is None), plus
+    the ``kept`` entries of an earlier index as they were (shards that can no longer be read: still listed, so
+    that readers refuse them by name instead of silently using fewer videos).
 
     Written atomically (``pipeline.files.atomic_write``), so a reader never sees half an index.
     """
     split_dir = Path(split_dir)
     files = sorted(split_dir.glob("*.h5")) if shards is None else [split_dir / Path(s).name for s in shards]
-    summaries = [summarize_shard(p) for p in files]
-    index = {"schema": SCHEMA_VERSION, "dataset": dataset, "split": split,
-             "shards": [s.entry() for s in summaries],
-             "n_faces": sum(s.n_faces for s in summaries), "n_videos": sum(s.n_videos for s in summaries),
+    entries = sorted([summarize_shard(p).entry() for p in files] + list(kept), key=lambda e: e["file"])
+    index = {"schema": SCHEMA_VERSION, "dataset": dataset, "split": split, "shards": entries,
+             "n_faces": sum(e["n_faces"] for e in entries), "n_videos": sum(e["n_videos"] for e in entries),
              "failures": FAILURES_NAME,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     index.update(extra or {})

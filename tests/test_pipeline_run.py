@@ -853,3 +853,30 @@ def test_on_error_is_a_handler():
     assert stop.retries == 0 and set(ERROR_POLICIES) == {"skip", "raise"}
     with pytest.raises(ValueError, match="on_error must be one of skip, raise"):
         error_policy("ignore")
+
+
+def test_landmark_stage_keeps_a_truncated_shard_listed_so_readers_refuse_it(tmp_path):
+    """Fault matrix: `truncate -s 50% shard; cache-landmarks` dropped the shard from index.json, after which training
+    and evaluation used 2 of 4 videos without a word. The shard stays listed; the stage fails; readers refuse it."""
+    from model.data.datasets import EvalDataset
+    from pipeline.runner import run_landmarks
+    from pipeline.shard_index import write_index
+    from pipeline.shard_writer import write_shard
+    from pipeline.shards import ShardError, load_index
+    from pipeline.tasks import LandmarkConfig
+
+    split = tmp_path / "toy" / "test"
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        write_shard(split / f"shard-0000{k}.h5", rng.integers(0, 255, (4, 64, 64, 3), dtype=np.uint8),
+                    videos=[{"id": f"v{k}{j}", "label": 0} for j in range(2)], video=np.repeat(np.arange(2), 2))
+    write_index(split, "toy", "test")
+    victim = split / "shard-00001.h5"
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+    summary = run_landmarks(split, LandmarkConfig(), workers=0)
+    assert summary.failed_shards == ["shard-00001.h5"]
+    index = load_index(split)
+    assert [s["file"] for s in index["shards"]] == ["shard-00000.h5", "shard-00001.h5"] and index["n_videos"] == 4
+    with pytest.raises(ShardError, match="shard-00001.h5"):
+        EvalDataset([str(split)], 64)
