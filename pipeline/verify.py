@@ -35,13 +35,27 @@ def _check_chunks(path: Path, ds: h5py.Dataset) -> list[str]:
         try:
             ds[start:stop]
         except OSError as e:
-            reason = str(e).split(";")[0].strip() or type(e).__name__
+            reason = _reason(e)
             if bad and bad[-1][1] == start:
                 bad[-1] = (bad[-1][0], stop, bad[-1][2])
             else:
                 bad.append((start, stop, reason))
     return [f"{path}: dataset {ds.name.lstrip('/')!r} rows {a}-{b - 1} unreadable ({why}); the shard is corrupt: "
             f"rerun extract-frames to redo it" for a, b, why in bad]
+
+
+def _reason(e: BaseException) -> str:
+    return str(e).split(";")[0].strip() or type(e).__name__
+
+
+def _whole(path: Path, ds: h5py.Dataset, out: list[str]) -> np.ndarray | None:
+    """All of a (small) dataset, or None after adding the problem (a corrupt chunk) to ``out``."""
+    try:
+        return ds[()]
+    except OSError as e:
+        out.append(f"{path}: dataset {ds.name.lstrip('/')!r} unreadable ({_reason(e)}); the shard is corrupt: "
+                   f"rerun extract-frames to redo it")
+        return None
 
 
 def verify_shard(path: Path, expected: dict | None = None, deep: bool = True) -> list[str]:
@@ -53,10 +67,11 @@ def verify_shard(path: Path, expected: dict | None = None, deep: bool = True) ->
     """
     try:
         r = ShardReader(path)
-    except ShardError as e:
-        return [str(e)]
+        n = len(r)
+    except (ShardError, OSError) as e:
+        return [str(e) if isinstance(e, ShardError) else f"{path}: unreadable ({_reason(e)}); the shard is corrupt: "
+                                                          f"rerun extract-frames to redo it"]
     out = []
-    n = len(r)
     with h5py.File(path, "r") as f:
         for name in PER_FACE:
             if f[name].shape[0] != n:
@@ -65,10 +80,11 @@ def verify_shard(path: Path, expected: dict | None = None, deep: bool = True) ->
         if f["faces"].shape[1:] != (s, s, 3) or f["faces"].dtype != np.uint8:
             out.append(f"{path}: faces {f['faces'].shape} {f['faces'].dtype}, expected (N, S, S, 3) uint8")
         for name in ("boxes", "scores", "kps5", "crop_boxes"):
-            if not np.isfinite(f[name][()]).all():
+            values = _whole(path, f[name], out)
+            if values is not None and not np.isfinite(values).all():
                 out.append(f"{path}: {name} has non-finite values")
-        if r.has_landmarks:
-            lm = f["landmarks"][()]
+        lm = _whole(path, f["landmarks"], out) if r.has_landmarks else None
+        if lm is not None:
             finite = np.isfinite(lm).all(axis=(1, 2))
             if (finite != r.landmark_ok).any():
                 out.append(f"{path}: landmarks finite at {int((finite != r.landmark_ok).sum())} rows that "

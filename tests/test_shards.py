@@ -200,6 +200,24 @@ def test_verify_finds_flipped_bytes_in_a_crop_chunk(tmp_path, compression):
     assert len(problems) == 1 and "shard-00000.h5" in problems[0] and "'faces' rows 4-4" in problems[0], problems
 
 
+def test_verify_names_a_corrupt_landmarks_chunk_and_checks_the_other_shards(tmp_path):
+    """Fault matrix: a corrupt landmarks chunk crashed verify with `error: OSError: ...` naming no shard, before
+    the other shards were checked (train.py --verify-shards printed a traceback)."""
+    from pipeline.verify import verify_split
+
+    faces, lms = _arrays(n=6, s=32)
+    d = tmp_path / "split"
+    first = write_shard(d / "shard-00000.h5", faces, landmarks=lms)
+    second = write_shard(d / "shard-00001.h5", faces, landmarks=lms)
+    write_index(d, "toy", "train")
+    flip_chunk_bytes(first, "landmarks", 0)
+    flip_chunk_bytes(second, "faces", 5)
+    problems = verify_split(d)
+    assert any("shard-00000.h5: dataset 'landmarks'" in p and "corrupt" in p for p in problems), problems
+    assert any("shard-00001.h5: dataset 'faces' rows 5-5" in p for p in problems), problems
+    assert all("\n" not in p for p in problems)
+
+
 def test_reader_names_file_and_row_of_a_corrupt_crop(tmp_path):
     faces, lms = _arrays(n=4, s=16)
     p = write_shard(tmp_path / "shard-00000.h5", faces, landmarks=lms)
