@@ -40,8 +40,9 @@ def _walk_videos(top: str) -> list[str]:
             continue
         seen.add(real)
         dirs.sort()  # the first link to a folder, in name order, names its files
-        files += [os.path.join(root, n) for n in names
-                  if os.path.splitext(n)[1].lower() in VIDEO_SUFFIXES and os.path.isfile(os.path.join(root, n))]
+        # A dangling link named like a video is kept: its task fails with a line and a failures row, not silence.
+        files += [os.path.join(root, n) for n in names if os.path.splitext(n)[1].lower() in VIDEO_SUFFIXES
+                  and (os.path.isfile(os.path.join(root, n)) or os.path.islink(os.path.join(root, n)))]
     return sorted(files)
 
 

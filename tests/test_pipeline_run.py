@@ -880,3 +880,22 @@ def test_landmark_stage_keeps_a_truncated_shard_listed_so_readers_refuse_it(tmp_
     assert [s["file"] for s in index["shards"]] == ["shard-00000.h5", "shard-00001.h5"] and index["n_videos"] == 4
     with pytest.raises(ShardError, match="shard-00001.h5"):
         EvalDataset([str(split)], 64)
+
+
+def test_a_dangling_symlink_in_an_input_folder_is_a_failure_row_not_silence(tmp_path, sample_videos_dir, capsys):
+    """Fault matrix: a dangling symlink in an input folder was skipped without a line or a failures row."""
+    from pipeline.adhoc import adhoc_items
+    from pipeline.shards import FAILURES_NAME
+
+    mine = tmp_path / "mine" / "real"
+    mine.mkdir(parents=True)
+    shutil.copy(sample_videos_dir / "carphone_pristine.mp4", mine / "a.mp4")
+    (mine / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    items = adhoc_items(str(tmp_path / "mine"), None, 2)
+    assert sorted(Path(it.path).name for it in items) == ["a.mp4", "gone.mp4"]
+    out = tmp_path / "out"
+    summary = run_extract(items, out, "adhoc", "test", _cfg(), workers=0)
+    assert summary.n_videos == 1
+    rows = [json.loads(line) for line in (out / FAILURES_NAME).read_text().splitlines()]
+    assert any(r["file"].endswith("gone.mp4") for r in rows), rows
+    assert "gone.mp4" in capsys.readouterr().out
