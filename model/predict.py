@@ -146,31 +146,34 @@ def write_overlay(path: Path, crops: np.ndarray, heatmaps: np.ndarray | None, lo
 
 
 def _is_frame_folder(folder: Path) -> bool:
-    from pipeline.video import IMAGE_SUFFIXES
+    """A folder of frame images (one clip): it holds images and no video (a folder with both is a collection)."""
+    from pipeline.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-    return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+    suffixes = {p.suffix.lower() for p in folder.iterdir() if p.is_file()}
+    return bool(suffixes & set(IMAGE_SUFFIXES)) and not suffixes & set(VIDEO_SUFFIXES)
 
 
 def expand_inputs(paths: list[str | Path], recursive: bool = False) -> tuple[list[Path], list[Path], int]:
     """The clips to score from the command line's files and folders: (clips, missing paths, files skipped).
 
-    A file is a clip (video or image). A folder that directly holds images is one clip (the frames of one
-    video). Any other folder is a collection: its video files and its sub-folders that hold images; with
-    ``recursive``, also everything below its other sub-folders. Files of other types in a collection are
-    skipped (counted). Order: as given, folders sorted by name; a clip named twice is scored once.
+    A file is a clip (video or image). A folder that holds images and no video is one clip (the frames of one
+    video). Any other folder is a collection, scanned one level deep: its video files, its frame folders, and
+    the videos and frame folders of its sub-folders (e.g. ``real/`` and ``fake/``); with ``recursive``, every
+    level below. Other files in a collection (images beside videos included) are skipped and counted. Order: as
+    given, folders sorted by name; a clip named twice is scored once.
     """
     from pipeline.video import VIDEO_SUFFIXES
 
     clips, missing, skipped = [], [], 0
 
-    def scan(folder: Path) -> None:
+    def scan(folder: Path, levels: int) -> None:
         nonlocal skipped
         for p in sorted(folder.iterdir()):
             if p.is_dir():
                 if _is_frame_folder(p):
                     clips.append(p)
-                elif recursive:
-                    scan(p)
+                elif levels > 0 or recursive:
+                    scan(p, levels - 1)
             elif p.suffix.lower() in VIDEO_SUFFIXES:
                 clips.append(p)
             else:
@@ -181,7 +184,7 @@ def expand_inputs(paths: list[str | Path], recursive: bool = False) -> tuple[lis
         if not p.exists():
             missing.append(p)
         elif p.is_dir() and not _is_frame_folder(p):
-            scan(p)
+            scan(p, 1)
         else:
             clips.append(p)
     return list(dict.fromkeys(clips)), missing, skipped

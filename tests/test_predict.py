@@ -181,3 +181,36 @@ def test_checkpoint_folder_names_the_checkpoints_inside(tiny_checkpoint, tmp_pat
     img.write_bytes(b"")
     assert predict.main([str(img), "--checkpoint", str(tiny_checkpoint.parent)]) == 1
     assert f"did you mean {tiny_checkpoint}?" in capsys.readouterr().err
+
+
+def test_missing_detector_weights_are_one_line_not_a_traceback(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Fault matrix: model.predict printed a traceback when the shipped RetinaFace weights were missing
+    (extract-frames gave one line for the same case)."""
+    import cv2
+
+    import pipeline.faces
+
+    monkeypatch.setattr(pipeline.faces, "MOBILENET_ONNX", tmp_path / "gone.onnx")
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), np.full((64, 64, 3), 90, np.uint8))
+    assert predict.main([str(img), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("model.predict: ") and "gone.onnx" in err[0], err
+
+
+def test_a_folder_with_videos_and_an_image_is_a_collection_and_real_fake_folders_are_found(tmp_path):
+    """Fault matrix: a folder holding videos and one image was scored as one image sequence, its videos never
+    mentioned; the README's real/ + fake/ layout needed --recursive."""
+    from model.predict import expand_inputs
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("a.mp4", "b.mp4", "cover.png"):
+        (mixed / name).write_bytes(b"")
+    clips, _, skipped = expand_inputs([mixed])
+    assert clips == [mixed / "a.mp4", mixed / "b.mp4"] and skipped == 1
+    mine = tmp_path / "mine"
+    for sub in ("real", "fake"):
+        (mine / sub).mkdir(parents=True)
+        (mine / sub / f"{sub}1.mp4").write_bytes(b"")
+    assert expand_inputs([mine])[0] == [mine / "fake" / "fake1.mp4", mine / "real" / "real1.mp4"]
