@@ -227,6 +227,27 @@ def test_pretrained_offline_names_the_file_to_provide(monkeypatch):
         build_model({**SMALL, "pretrained": True})
 
 
+def test_pretrained_without_a_network_fails_in_seconds_naming_the_key(monkeypatch):
+    """Fault matrix: model.pretrained=true offline (HF_HUB_OFFLINE unset) spent ~60 s in hub retries, then printed
+    a traceback whose advice named a --backbone-weights flag train.py does not have."""
+    import time
+
+    from model.net.backbone import PretrainedUnavailable
+    from pipeline.errors import UserError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")  # nothing listens there: refused at once
+    t0 = time.perf_counter()
+    with pytest.raises(PretrainedUnavailable) as e:
+        build_model({**SMALL, "pretrained": True})
+    assert time.perf_counter() - t0 < 10 and isinstance(e.value, UserError)
+    msg = str(e.value)
+    assert "model.backbone_weights=PATH" in msg and "huggingface.co/timm/tf_efficientnet_b0" in msg
+    assert "--backbone-weights" not in msg and "\n" not in msg
+
+
 def test_backbone_weights_from_local_file(small_model, tmp_path):
     state = {k: v.clone() for k, v in small_model.backbone.body.state_dict().items()}
     state["classifier.weight"] = torch.zeros(1000, 1280)  # timm files carry the ImageNet classifier

@@ -230,14 +230,44 @@ def _create_body(name: str, pretrained: bool, weights: str | Path | None, drop_p
         return body
     arch, _, tag = name.partition(".")
     full = f"{arch}.{tag or DEFAULT_PRETRAINED_TAG.get(arch, '')}".rstrip(".")
+    advice = (f"Provide them as a local file with the config key model.backbone_weights=PATH (e.g. "
+              f"train.py ... model.backbone_weights=PATH): model.safetensors from https://huggingface.co/timm/{full}, "
+              f"or the reference's lukemelas-style .pth; or set model.pretrained=false.")
+    if not _hub_reachable(f"timm/{full}"):  # fail in seconds, not after the hub client's minute of retries
+        raise PretrainedUnavailable(f"pretrained weights for '{full}' are not cached and huggingface.co cannot be "
+                                    f"reached. {advice}")
     try:
         return timm.create_model(full, pretrained=True, **kw)
     except OSError as err:  # offline hub, no cache, no connection
         raise PretrainedUnavailable(
-            f"pretrained weights for '{full}' are not available offline ({type(err).__name__}). "
-            f"Provide them as a local file with model.backbone_weights=PATH: "
-            f"model.safetensors from the Hugging Face repo 'timm/{full}', or the reference's "
-            f"lukemelas-style .pth; or set pretrained=False.") from err
+            f"pretrained weights for '{full}' are not available offline ({type(err).__name__}). {advice}") from err
+
+
+def _hub_reachable(repo_id: str, timeout: float = 3.0) -> bool:
+    """True when the Hugging Face hub can serve ``repo_id``'s weights: they are in the local cache, or the hub
+    answers a TCP connection within ``timeout`` seconds (and HF_HUB_OFFLINE is not set)."""
+    import os
+    import socket
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo_id, filename), str):
+                return True
+    except ImportError:
+        return True  # no hub client: timm reports what it can
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy knows: let the hub client try
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], int(host.split(":")[1]) if ":" in host else 443),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 class Backbone(nn.Module):
