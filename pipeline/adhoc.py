@@ -69,12 +69,24 @@ def _expand_input(pattern: str) -> list[tuple[str, str]]:
     return [(os.path.abspath(p), base) for p in paths]
 
 
+def method_from_folders(folders: Sequence[str]) -> str | None:
+    """The manipulation method of a fake video from its folders: the folder right below the first one that says
+    fake (``fake/Deepfakes/x.mp4``, ``manipulated_sequences/Face2Face/c23/videos/x.mp4``); None without one."""
+    for i, name in enumerate(folders):
+        if label_from_folders([name]) == 1:
+            return folders[i + 1] if i + 1 < len(folders) else None
+    return None
+
+
 def adhoc_items(pattern: str | Sequence[str], label: int | None | Sequence[int | None], n_frames: int,
-                dataset: str = "adhoc", split: str = "test") -> list[VideoItem]:
+                dataset: str = "adhoc", split: str = "test", method: str | None = None) -> list[VideoItem]:
     """Videos of one ad-hoc split from one or more inputs, each a glob (``'videos/*.mp4'``), a file or a folder
     (its video files, recursively), with one label per input (0 real, 1 fake). A label of None reads it from the
     folder names between the input and the file, and for a folder input its own name too (``label_from_folders``:
     ``mine/real/a.mp4``, ``mine/fake/b.mp4``, FF++'s ``original_sequences``/``manipulated_sequences``).
+
+    A fake video's method is ``method`` when given, else the folder below its fake folder (``fake/<method>/``,
+    ``method_from_folders``), else "unknown"; real videos are "original".
 
     Ids are paths relative to the inputs' common folder, without suffix. Files that do not exist are kept as
     items (they fail later with a logged, named error); an input that matches nothing is an error, and so is a
@@ -85,26 +97,27 @@ def adhoc_items(pattern: str | Sequence[str], label: int | None | Sequence[int |
     if len(labels) != len(patterns):
         raise ManifestError(f"{len(patterns)} --input but {len(labels)} --label: give one --label for all "
                             f"inputs, one per --input (in order), or --label-from-folder")
-    found: list[tuple[str, int]] = []
+    found: list[tuple[str, int, str]] = []
     for pat, lab in zip(patterns, labels):
         for path, base in _expand_input(pat):
+            rel_parts = Path(os.path.relpath(path, base)).parts[:-1]
             if lab is None:
-                rel_parts = Path(os.path.relpath(path, base)).parts[:-1]
                 lab_f = label_from_folders(rel_parts)
                 if lab_f is None:
                     raise ManifestError(f"{path}: no folder between {base} and the file says real or fake "
                                         f"(e.g. real/, fake/, original_sequences/); give --label for this input")
-                found.append((path, lab_f))
             else:
-                found.append((path, int(lab)))
+                lab_f = int(lab)
+            kind = "original" if lab_f == 0 else (method or method_from_folders(rel_parts) or "unknown")
+            found.append((path, lab_f, kind))
     seen_paths: set[str] = set()
-    found = [(p, lab) for p, lab in found if not (p in seen_paths or seen_paths.add(p))]
-    common = os.path.commonpath([p for p, _ in found]) if len(found) > 1 else os.path.dirname(found[0][0])
-    if len(found) > 1 and common in {p for p, _ in found}:
+    found = [f for f in found if not (f[0] in seen_paths or seen_paths.add(f[0]))]
+    common = os.path.commonpath([p for p, _, _ in found]) if len(found) > 1 else os.path.dirname(found[0][0])
+    if len(found) > 1 and common in {p for p, _, _ in found}:
         common = os.path.dirname(common)
     items = []
     seen: dict[str, int] = {}
-    for p, lab in found:
+    for p, lab, kind in found:
         rel = os.path.relpath(p, common)
         vid = str(Path(rel).with_suffix(""))
         if vid in seen:
@@ -113,6 +126,6 @@ def adhoc_items(pattern: str | Sequence[str], label: int | None | Sequence[int |
         else:
             seen[vid] = 0
         items.append(VideoItem(id=vid, path=p, rel_path=rel, label=lab, split=split,
-                               dataset=dataset, method="original" if lab == 0 else "unknown",
+                               dataset=dataset, method=kind,
                                n_frames=n_frames))
     return items

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -184,12 +185,18 @@ _OVERWRITE = typer.Option(False, "--overwrite",
 @_reports_user_errors
 def extract_frames(
     dataset: Optional[str] = _DATASET,
-    split: str = _SPLIT,
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="Split: train, val or test (default: train; "
+                                                                   "with --input: test)."),
     shards_root: Path = _shards_root("Where shards live: this command writes ROOT/DATASET/SPLIT; with --input, "
                                      "ROOT itself is the folder that receives the shards."),
     input: Optional[List[str]] = _INPUT,
     label: Optional[List[Label]] = _LABEL,
     label_from_folder: bool = _LABEL_FROM_FOLDER,
+    name: str = typer.Option("adhoc", "--name", help="Ad-hoc mode: the dataset name the shards and reports give the "
+                                                     "--input videos."),
+    method: Optional[str] = typer.Option(None, "--method", help="Ad-hoc mode: the manipulation method of the fake "
+                                                                "videos (default: the folder below their fake/ "
+                                                                "folder, e.g. fake/Deepfakes/, else unknown)."),
     manifest: Path = _MANIFEST,
     frames: Optional[int] = _FRAMES,
     crop_size: Optional[int] = _CROP_SIZE,
@@ -230,12 +237,17 @@ def extract_frames(
     if (dataset is None) == (not input):
         _usage("give either --dataset (with --split) or --input 'glob' (with --label or --label-from-folder)")
     shard_bytes, compression = _checked_options(keep, shard_size, compression)
-    src = _dataset_videos(manifest, dataset, split, frames) if dataset else \
-        _adhoc_videos(input, label, label_from_folder, frames)
+    if dataset and (method or name != "adhoc"):
+        _usage("--name and --method describe --input videos; a --dataset takes them from the manifest")
+    src = _dataset_videos(manifest, dataset, split or "train", frames) if dataset else \
+        _adhoc_videos(input, label, label_from_folder, frames, name, split or "test", method)
     items = src.items[:limit] if limit else src.items
     if not dataset:
         n_fake = sum(it.label for it in items)
-        typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake")
+        methods = Counter(it.method for it in items if it.label)
+        typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake"
+                   + (f" ({', '.join(f'{m} {n}' for m, n in sorted(methods.items()))})" if methods else "")
+                   + f", stored as dataset {src.dataset!r}, split {src.split!r}")
     # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
     items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
     det = _detector_config(detector, detector_weights, score_threshold, max_faces, keep, max_side, face_px,
@@ -243,7 +255,7 @@ def extract_frames(
     cfg = ExtractConfig(crop_scale=crop_scale or src.crop_scale, crop_size=crop_size or src.crop_size,
                         detector=det, compression=compression, on_error=on_error.value,
                         manifest_hash=src.manifest_hash, source_root=src.root, decode_threads=decode_threads)
-    split_dir = _split_dir(Path(absolute(out)), dataset, split)
+    split_dir = _split_dir(Path(absolute(out)), dataset, src.split)
     summary = _extract(items, split_dir, src.dataset, src.split, cfg,
                        shard_bytes or src.shard_bytes or DEFAULT_SHARD_BYTES, workers, scheduler, scheduler_file,
                        overwrite)
@@ -294,8 +306,8 @@ def _dataset_videos(manifest: Path, dataset: str, split: str, frames: Optional[i
                    split)
 
 
-def _adhoc_videos(inputs: List[str], label: Optional[List[Label]], label_from_folder: bool, frames: Optional[int]
-                  ) -> _Source:
+def _adhoc_videos(inputs: List[str], label: Optional[List[Label]], label_from_folder: bool, frames: Optional[int],
+                  name: str = "adhoc", split: str = "test", method: Optional[str] = None) -> _Source:
     """The videos of the --input globs, files or folders, labelled by --label or by their folders' names."""
     from pipeline.adhoc import adhoc_items
 
@@ -309,10 +321,10 @@ def _adhoc_videos(inputs: List[str], label: Optional[List[Label]], label_from_fo
                f"in the same order")
     labels = [None] * len(inputs) if label_from_folder else \
         [1 if lab == Label.fake else 0 for lab in label]
-    items = adhoc_items(inputs, labels if len(labels) > 1 else labels[0], frames or 32)
+    items = adhoc_items(inputs, labels if len(labels) > 1 else labels[0], frames or 32, name, split, method)
     first = items[0]
     root = str(Path(first.path).parents[len(Path(first.rel_path).parts) - 1])
-    return _Source(items, CROP_SIZE, CROP_SCALE, None, "", root, "adhoc", "test")
+    return _Source(items, CROP_SIZE, CROP_SCALE, None, "", root, name, split)
 
 
 def _detector_config(detector: Backend, weights: Optional[Path], score_threshold: float, max_faces: int, keep: str,

@@ -88,3 +88,27 @@ def test_cache_landmarks_and_verify_take_the_manifest(tmp_path):
     assert r.exit_code == 2 and "datasets.nosuch: no such dataset" in r.output
     r = CliRunner().invoke(app, ["verify", "--dataset", "sample", "--split", "val", "--shards-root", str(tmp_path)])
     assert r.exit_code == 1 and str(tmp_path / "sample" / "val") in r.output
+
+
+def test_your_own_training_split_has_a_name_a_split_and_methods(sample_videos_dir, tmp_path):
+    """--name and --split name an ad-hoc set (they were ignored: every set was adhoc/test), and fake/<method>/
+    folders or --method give the method (it was always "unknown")."""
+    mine = tmp_path / "mine"
+    for rel in ("real/a.mp4", "fake/Deepfakes/b.mp4", "fake/Face2Face/c.mp4"):
+        (mine / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample_videos_dir / "carphone_pristine.mp4", mine / rel)
+    out = tmp_path / "shards" / "mine" / "train"
+    printed = _invoke(["extract-frames", "--input", str(mine), "--label-from-folder", "--name", "mine", "--split",
+                       "train", "--shards-root", str(out), "--frames", "1", "--crop-size", "64", "--dask-workers", "0"])
+    assert "(Deepfakes 1, Face2Face 1), stored as dataset 'mine', split 'train'" in printed
+    rows = {row["id"]: row for p in shard_paths(out) for row in ShardReader(p).videos}
+    assert {k: (r["dataset"], r["split"], r["method"]) for k, r in rows.items()} == {
+        "real/a": ("mine", "train", "original"), "fake/Deepfakes/b": ("mine", "train", "Deepfakes"),
+        "fake/Face2Face/c": ("mine", "train", "Face2Face")}
+    index = json.loads((out / "index.json").read_text())
+    assert (index["dataset"], index["split"]) == ("mine", "train")
+    other = tmp_path / "other"
+    _invoke(["extract-frames", "-i", str(mine / "fake" / "Deepfakes"), "--label", "fake", "--method", "MyGAN",
+             "--shards-root", str(other), "--frames", "1", "--crop-size", "64", "--dask-workers", "0"])
+    assert [r["method"] for p in shard_paths(other) for r in ShardReader(p).videos] == ["MyGAN"]
+    assert json.loads((other / "index.json").read_text())["split"] == "test"
