@@ -564,6 +564,17 @@ def test_dry_run_takes_one_step_and_writes_no_run_folder(shards, tmp_path, capsy
     assert not (tmp_path / "runs").exists()
 
 
+def test_fake_videos_in_training_shards_are_reported(tmp_path, capsys):
+    """Fake videos in data.shards are left out (the recipe trains on real videos and their pseudo-fakes); the
+    dry run and train.log say so instead of leaving them out silently."""
+    from model.train.main import cli
+
+    mixed = {"train": write_split(tmp_path / "toy" / "train", n_videos=3, frames=4, seed=0, fake_videos=2)}
+    cli(["--config", DEMO_CONFIG, "--dry-run", *tiny_overrides(mixed, tmp_path / "runs", "train.run_name=mixed")])
+    assert "training data: 3 real videos with landmarks; 2 fake videos in the shards are left out" in \
+        capsys.readouterr().out
+
+
 def write_sharded_split(split_dir: Path, n_shards: int, videos_per_shard: int, frames: int) -> Path:
     """A split of ``n_shards`` shards of distinct real videos (+ index)."""
     rng = np.random.default_rng(7)

@@ -226,6 +226,20 @@ def print_config_of(args: argparse.Namespace) -> Config:
     return resolve_run(args, single)[0]
 
 
+def training_data_line(dataset) -> str:
+    """What the run trains on, and what its shards hold that it leaves out (fake videos: the recipe synthesises
+    its fakes from real videos only; frames without landmarks cannot be blended)."""
+    s = dataset.skipped
+    line = f"training data: {len(dataset.videos)} real videos with landmarks"
+    if s.get("fake_videos"):
+        line += (f"; {s['fake_videos']} fake videos in the shards are left out (the recipe trains on real videos "
+                 f"and their pseudo-fakes only)")
+    if s.get("videos_without_landmarks") or s.get("frames_without_landmarks"):
+        line += (f"; left out for lack of landmarks: {s.get('videos_without_landmarks', 0)} videos, "
+                 f"{s.get('frames_without_landmarks', 0)} frames")
+    return line
+
+
 def dry_run(cfg: Config, dist: Dist, resume_state: dict | None = None) -> None:
     """Build data and model as a run would, take one optimiser step, print what it cost; write nothing."""
     import resource
@@ -256,6 +270,7 @@ def dry_run(cfg: Config, dist: Dist, resume_state: dict | None = None) -> None:
               f"SAM={'on' if t.sam else 'off'}): {len(dataset)} pairs/epoch, {t.steps_per_epoch} steps/epoch "
               f"x {cfg.train.epochs} epochs; {n_params / 1e6:.2f} M parameters")
         print(t.plan.describe(cfg, dist.world_size))
+        print(training_data_line(dataset))
         print(f"build (data + model) {t_build:.2f} s; first batch {t_batch:.2f} s; one step {t_step:.2f} s "
               f"({2 * t.plan.per_process / t_step:.2f} images/s per process, first step: includes warm-up); "
               f"loss {terms['loss']:.4g}; {mem}")
@@ -349,6 +364,7 @@ def train(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_state: di
         # drops that run's rows: keep_until_step=0 keeps none.
         t.logger = RunLogger(run_dir, keep_until_step=t.step if resume_state is not None else 0)
         log.info(t.plan.describe(cfg, dist.world_size))
+        log.info(training_data_line(dataset))
     val_loader, val_mode = build_val_loader(cfg) if dist.is_main and cfg.val.every > 0 else (None, "off")
     log.info(f"run {run_dir}: {len(dataset)} pairs/epoch, {t.steps_per_epoch} steps/epoch x {cfg.train.epochs} "
              f"epochs, {dist.world_size} process(es) on {t.device}, amp={t.amp_dtype}, "
