@@ -153,7 +153,12 @@ def model_config_from_checkpoint(ckpt: dict[str, Any]) -> ModelConfig:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LAANet:
     """Rebuild LAA-Net from a checkpoint file alone and return it in eval mode."""
-    ckpt = read_checkpoint(path, map_location)
+    return model_from_checkpoint(read_checkpoint(path, map_location), path, map_location)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path, map_location: str | torch.device = "cpu"
+                          ) -> LAANet:
+    """LAA-Net rebuilt from a checkpoint dict (``read_checkpoint``'s) in eval mode; ``path`` names it in errors."""
     model = build_model(model_config_from_checkpoint(ckpt))
     own = model.state_dict()
     differ = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in ckpt["model"].items()

@@ -243,11 +243,7 @@ def extract_frames(
         _adhoc_videos(input, label, label_from_folder, frames, name, split or "test", method)
     items = src.items[:limit] if limit else src.items
     if not dataset:
-        n_fake = sum(it.label for it in items)
-        methods = Counter(it.method for it in items if it.label)
-        typer.echo(f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake"
-                   + (f" ({', '.join(f'{m} {n}' for m, n in sorted(methods.items()))})" if methods else "")
-                   + f", stored as dataset {src.dataset!r}, split {src.split!r}")
+        typer.echo(_adhoc_line(items, src))
     # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
     items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
     det = _detector_config(detector, detector_weights, score_threshold, max_faces, keep, max_side, face_px,
@@ -304,6 +300,14 @@ def _dataset_videos(manifest: Path, dataset: str, split: str, frames: Optional[i
         items = [type(it)(**{**it.__dict__, "n_frames": frames}) for it in items]
     return _Source(items, entry.crop.size, entry.crop.scale, entry.shard_bytes, entry.hash, str(entry.root), dataset,
                    split)
+
+
+def _adhoc_line(items: list, src: _Source) -> str:
+    n_fake = sum(it.label for it in items)
+    methods = Counter(it.method for it in items if it.label)
+    return (f"ad-hoc input: {len(items)} videos, {len(items) - n_fake} real and {n_fake} fake"
+            + (f" ({', '.join(f'{m} {n}' for m, n in sorted(methods.items()))})" if methods else "")
+            + f", stored as dataset {src.dataset!r}, split {src.split!r}")
 
 
 def _adhoc_videos(inputs: List[str], label: Optional[List[Label]], label_from_folder: bool, frames: Optional[int],

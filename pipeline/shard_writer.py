@@ -282,7 +282,8 @@ def write_shard(path: str | os.PathLike, faces: np.ndarray, videos: Sequence[dic
                 landmarks: np.ndarray | None = None, landmark_ok: np.ndarray | None = None,
                 boxes: np.ndarray | None = None, scores: np.ndarray | None = None, kps5: np.ndarray | None = None,
                 crop_boxes: np.ndarray | None = None, no_face: np.ndarray | None = None,
-                attrs: dict | None = None, compression: str = DEFAULT_COMPRESSION) -> Path:
+                attrs: dict | None = None, compression: str = DEFAULT_COMPRESSION,
+                planned: Sequence[dict] | None = None) -> Path:
     """Write a complete shard from in-memory arrays (for tests and small tools); atomic like the pipeline.
 
     Only ``faces`` is required; everything else gets a plausible default so tests can build a shard in one
@@ -298,6 +299,7 @@ def write_shard(path: str | os.PathLike, faces: np.ndarray, videos: Sequence[dic
         landmarks: (N, 68, 2) float32 crop pixels or None. landmark_ok: (N,) bool or None.
         boxes, crop_boxes: (N, 4); scores: (N,); kps5: (N, 5, 2); no_face: (K, 2) int (video row, frame).
         attrs: extra file attributes (e.g. ``{"detector": "synthetic"}``).
+        planned: rows of the ``planned`` table (id, path, size, mtime of each source video), or None.
 
     Example::
 
@@ -328,7 +330,7 @@ def write_shard(path: str | os.PathLike, faces: np.ndarray, videos: Sequence[dic
         landmark_ok = np.isfinite(np.asarray(landmarks, np.float32)).all(axis=(1, 2))
     base_attrs = {"detector": "synthetic"}
     base_attrs.update(attrs or {})
-    writer = ShardWriter(path, s, base_attrs, compression)
+    writer = ShardWriter(path, s, base_attrs, compression, planned=planned)
     try:
         for v, row in enumerate(videos):
             full = {"id": f"synthetic/{v:03d}", "path": f"synthetic/{v:03d}.mp4", "label": 0, "method": "original",

@@ -399,3 +399,39 @@ def test_overlay_sheet_scales_each_heatmap_and_cuts_long_names_from_the_left(tmp
     path = tmp_path / "sheet.png"
     save_overlay_sheet([OverlayItem(face, hm, "label fake", "x" * 200 + "_end f3")], path, "t")
     assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_report_names_the_model_and_warns_when_test_videos_were_trained_on(tmp_path, capsys):
+    """report.md and metrics.json say which model (backbone, input, epoch, step, config hash, training data), and a
+    test set holding videos of the checkpoint's training shards (the same file, or a copy: name and size) warns."""
+    rng = np.random.default_rng(3)
+    train_dir, test_dir = tmp_path / "mine" / "train", tmp_path / "mine" / "test"
+    write_shard(train_dir / "shard-00000.h5", rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8),
+                planned=[{"id": "a", "path": "/data/clips/real/a.mp4", "size": 1234, "mtime": 0}],
+                attrs={"settings_hash": "t"})
+    write_index(train_dir, "mine", "train")
+    rows = [{"id": "real/a", "label": 0, "method": "original"}, {"id": "fake/b", "label": 1, "method": "X"}]
+    write_shard(test_dir / "shard-00000.h5", rng.integers(0, 256, (6, SIZE, SIZE, 3), dtype=np.uint8), videos=rows,
+                video=np.repeat([0, 1], 3), planned=[{"id": "real/a", "path": "/copy/real/a.mp4", "size": 1234},
+                                                     {"id": "fake/b", "path": "/copy/fake/b.mp4", "size": 99}],
+                attrs={"settings_hash": "t"})
+    write_index(test_dir, "mine", "test")
+    from model.net.laanet import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"backbone": "test_efficientnet", "input_size": SIZE, "head_conv": 8})
+    ckpt = save_checkpoint(tmp_path / "trained.pt", {
+        "model": model.state_dict(), "epoch": 7, "step": 420,
+        "config": {"model": model.config.to_dict(), "data": {"shards": [str(train_dir)]}}})
+    out = tmp_path / "eval"
+    evaluate.main(_args("--checkpoint", str(ckpt), "--shards", str(test_dir), "--frames", "2", "--overlays", "0",
+                        "--loader-workers", "0", "--out", str(out)))
+    err = capsys.readouterr().err
+    assert "WARNING: mine/test: 1 test videos are also in the checkpoint's training shards" in err
+    card = json.loads((out / "metrics.json").read_text())["model"]
+    assert (card["backbone"], card["input_size"], card["epoch"], card["step"]) == ("test_efficientnet", SIZE, 7, 420)
+    assert card["training_data"] == [{"folder": str(train_dir), "dataset": "mine", "split": "train", "videos": 1}]
+    assert len(card["config_hash"]) == 16
+    report = (out / "report.md").read_text()
+    assert "## Model" in report and "test_efficientnet" in report and "epoch, step | 7, 420" in report
+    assert "WARNING test videos in the training shards" in report

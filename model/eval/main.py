@@ -24,12 +24,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model import cli as flags
-from model import load_checkpoint
-from model.checkpoint import resolve_checkpoint
+from model.checkpoint import model_from_checkpoint, read_checkpoint, resolve_checkpoint
 from model.data.datasets import EvalDataset, collate_eval
 from model.data.face_scale import resolve_face_scale
 from model.device import select_amp, select_device
 from model.eval import perturb, report
+from model.eval.card import card_line, model_card, training_overlap
 from model.eval.inference import choose_batch_size, run_dataset
 from model.eval.metrics import compute_metrics
 from model.eval.protocol import (
@@ -146,8 +146,11 @@ def main(args: argparse.Namespace) -> dict:
     scoring = Scoring(checkpoint=str(args.checkpoint), frames=args.frames, flip=args.flip, aggregate=args.aggregate,
                       synthetic_fakes=args.synthetic_fakes, compression=args.compression, manifest=args.manifest,
                       loader_workers=args.loader_workers, amp=amp)
-    model = load_checkpoint(ckpt_path, map_location="cpu").to(device).eval()
+    ckpt = read_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path).to(device).eval()
     sha = file_sha256(ckpt_path)
+    card = model_card(ckpt, ckpt_path, sha)
+    print(card_line(card), file=sys.stderr)
     batch_size = choose_batch_size(int(model.config.input_size), args.flip, device, args.batch_size)
     print(f"checkpoint {ckpt_path} sha256={sha[:12]} input {model.config.input_size}px on {device} "
           f"({scoring.precision}), batch {batch_size}{' (flip test: x2 images)' if args.flip else ''}", file=sys.stderr)
@@ -159,6 +162,10 @@ def main(args: argparse.Namespace) -> dict:
             print(f"evaluate.py: {reason}; not evaluated", file=sys.stderr)
             refused[ts.name] = reason
             continue
+        if seen := training_overlap(ckpt.get("config") or {}, ts.split_dirs):
+            ts.protocol["WARNING test videos in the training shards"] = f"{len(seen)} (e.g. {seen[0]})"
+            print(f"evaluate.py: WARNING: {ts.name}: {len(seen)} test videos are also in the checkpoint's "
+                  f"training shards (e.g. {seen[0]})", file=sys.stderr)
         t0 = time.perf_counter()
         frames = run_dataset(model, dataset, batch_size, device, args.flip, collate_eval, args.loader_workers,
                              desc=ts.name, amp=amp)
@@ -176,7 +183,7 @@ def main(args: argparse.Namespace) -> dict:
             results[ts.name]["robustness"] = robustness[ts.name]
     if not results:
         raise EvaluationError("nothing could be evaluated: " + " | ".join(refused.values()))
-    return _write_outputs(out, args, results, per_set, curves, robustness, overlays, refused, preview)
+    return _write_outputs(out, args, card, results, per_set, curves, robustness, overlays, refused, preview)
 
 
 def _test_dataset(ts: TestSet, scoring: Scoring, args: argparse.Namespace, image_size: int, sha: str
@@ -216,7 +223,7 @@ def _overlays(model, dataset, frames, videos, name: str, device, args, amp, out:
                          amp=amp, hm_range=args.hm_range)
 
 
-def _write_outputs(out: Path, args, results, per_set, curves, robustness, overlays, refused, preview) -> dict:
+def _write_outputs(out: Path, args, card, results, per_set, curves, robustness, overlays, refused, preview) -> dict:
     """metrics.json, scores.csv, frame_scores.csv, report.md and the figures; returns the summary."""
     report.plot_curves(curves, out / "roc.png", out / "pr.png")
     if robustness:
@@ -227,10 +234,11 @@ def _write_outputs(out: Path, args, results, per_set, curves, robustness, overla
     write_scores(out / "scores.csv", per_set)
     write_frame_scores(out / "frame_scores.csv", per_set)
     summary = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-               "metric_definitions": METRIC_DEFINITIONS, "test_sets": results, "not_evaluated": refused}
+               "model": card, "metric_definitions": METRIC_DEFINITIONS, "test_sets": results,
+               "not_evaluated": refused}
     atomic_write(out / "metrics.json", json.dumps(clean_json(summary), indent=1))
     md = build_report(results, robustness, overlays, out, all_metrics=args.all_metrics, refused=refused,
-                      training_preview=preview)
+                      training_preview=preview, card=card)
     atomic_write(out / "report.md", md)
     print("\n" + md)
     print(f"report: {out / 'report.md'} (metrics.json, scores.csv, roc.png, pr.png"

@@ -350,7 +350,8 @@ def clean_json(obj):
 
 
 def build_report(results: dict, robustness: dict, overlay_paths: list[Path], out: Path, all_metrics: bool = False,
-                 refused: dict[str, str] | None = None, training_preview: Path | None = None) -> str:
+                 refused: dict[str, str] | None = None, training_preview: Path | None = None,
+                 card: dict | None = None) -> str:
     """report.md: results table (video level unless marked), per-method breakdown, sets not evaluated and why,
     protocol, curves, robustness, overlays and (``training_preview``, a PNG under ``out``) the training pairs."""
     entries = []
@@ -372,6 +373,10 @@ def build_report(results: dict, robustness: dict, overlay_paths: list[Path], out
         metrics_table(entries, all_metrics),
         f"\n{note} Rows `set / Method` hold the real videos and that method's fakes.\n",
     ]
+    if card is not None:
+        from model.eval.card import card_markdown
+
+        parts += ["\n## Model\n", card_markdown(card)]
     if refused:
         parts += ["\n## Not evaluated\n"] + [f"- {reason}\n" for reason in refused.values()]
     parts += [
