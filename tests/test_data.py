@@ -173,7 +173,21 @@ def test_preview_command_writes_a_png(split_dir, tmp_path):
         assert main(["preview", "--shards", str(split_dir), "--out", str(out), "-n", "2",
                      f"data.image_size={SIZE}", f"model.input_size={SIZE}"]) == 0
     grid = cv2.imread(str(out))
-    assert grid is not None and grid.shape[1] == 6 * 192 and grid.shape[0] > 2 * 192
+    assert grid is not None and grid.shape[1] == 6 * 192 + 40 and grid.shape[0] > 2 * 192  # + the colour bar
+
+
+def test_preview_rows_spread_over_the_videos(split_dir):
+    """The preview drew the first N pairs, so every row was the same video; now one row per video first."""
+    from model.config import DataConfig
+    from model.data.preview import spread_indices
+
+    with pytest.warns(UserWarning):
+        ds = TrainPairDataset(DataConfig(shards=[str(split_dir)], image_size=SIZE, frames_per_video=2))
+    n_videos = len(ds.videos)
+    picks = spread_indices(ds, n_videos)
+    assert len({ds.items[i].video for i in picks}) == n_videos
+    more = spread_indices(ds, n_videos + 1)
+    assert len(more) == n_videos + 1 and len(set(more)) == len(more)
 
 
 def test_pair_shortcuts_equal_processing_the_whole_fake():

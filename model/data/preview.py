@@ -16,23 +16,57 @@ from pipeline.crop import CROP_SCALE
 from pipeline.errors import exit_status
 
 
+def spread_indices(dataset: TrainPairDataset, n: int) -> list[int]:
+    """``n`` pair indices spread over the videos: the first frame of every k-th video (one row per video while
+    there are enough videos), then further frames of the same videos."""
+    first: dict[int, list[int]] = {}
+    for i, item in enumerate(dataset.items):
+        first.setdefault(item.video, []).append(i)
+    videos = list(first)
+    if not videos:
+        return []
+    picks = [first[v][0] for v in (videos[int(j)] for j in np.linspace(0, len(videos) - 1, min(n, len(videos))))]
+    extra = [i for v in videos for i in first[v][1:]]
+    return list(dict.fromkeys(picks + extra[: max(0, n - len(picks))]))[:n]
+
+
+def _colour_bar(height: int, width: int = 18) -> np.ndarray:
+    """A vertical INFERNO bar (1 at the top, 0 at the bottom) with its end values."""
+    ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(width, 1)
+    bar = cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO)[..., ::-1]
+    out = np.full((height, width + 22, 3), 255, np.uint8)
+    out[:, :width] = bar
+    for text, y in (("1", 12), ("0", height - 4)):
+        cv2.putText(out, text, (width + 4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
 def preview_grid(dataset: TrainPairDataset, n: int, cell: int = 192) -> np.ndarray:
-    """uint8 RGB grid, one row per sample: real | fake | mask | boundary | heatmap | consistency."""
+    """uint8 RGB grid, one row per sample spread over the videos (``spread_indices``): real | fake | mask |
+    boundary | heatmap | consistency, each row captioned with its video, frame, hull type and blend ratio, and a
+    colour bar for the maps (all in [0, 1])."""
     def gray(m: np.ndarray) -> np.ndarray:
         g = cv2.resize((np.clip(m, 0, 1) * 255).astype(np.uint8), (cell, cell), interpolation=cv2.INTER_NEAREST)
         return cv2.applyColorMap(g, cv2.COLORMAP_INFERNO)[..., ::-1]
 
     rows = []
-    for i in range(min(n, len(dataset))):
+    for i in spread_indices(dataset, n):
         p = dataset[i]
         tiles = [cv2.resize(p["real"], (cell, cell), interpolation=cv2.INTER_AREA),
                  cv2.resize(p["fake"], (cell, cell), interpolation=cv2.INTER_AREA)]
         tiles += [gray(p[k]) for k in ("mask", "boundary", "heatmap", "consistency")]
-        rows.append(np.concatenate(tiles, 1))
-    header = np.full((28, rows[0].shape[1], 3), 255, np.uint8)
+        caption = np.full((20, cell * len(tiles), 3), 255, np.uint8)
+        ratio = f"{p['ratio']:.2f}" if isinstance(p.get("ratio"), (int, float)) else str(p.get("ratio"))
+        cv2.putText(caption, f"{p['video_id']}  frame {p['frame_index']}  hull {p['kind']}  blend ratio {ratio}",
+                    (6, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        rows += [caption, np.concatenate(tiles, 1)]
+    header = np.full((28, cell * 6, 3), 255, np.uint8)
     for j, name in enumerate(("real", "fake", "mask M", "boundary B", "heatmap H", "consistency C")):
         cv2.putText(header, name, (j * cell + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([header] + rows, 0)
+    grid = np.concatenate([header] + rows, 0)
+    bar = np.full((grid.shape[0], 40, 3), 255, np.uint8)
+    bar[28:28 + cell] = _colour_bar(cell)
+    return np.concatenate([grid, bar], 1)
 
 
 def _load_run_config(path: str | None, overrides: list[str]):
@@ -90,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     if not cv2.imwrite(str(out), grid[..., ::-1]):
         print(f"{out}: could not write the PNG", file=sys.stderr)
         return 1
-    print(f"{out}: {min(args.n, len(ds))} samples of {len(ds)} ({len(ds.videos)} videos, epoch {args.epoch}, "
+    print(f"{out}: {len(spread_indices(ds, args.n))} samples of {len(ds)} ({len(ds.videos)} videos, epoch {args.epoch}, "
           f"skipped {ds.skipped})")
     return 0
 
