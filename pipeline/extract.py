@@ -23,6 +23,11 @@ def detect_and_crop(frames: list[np.ndarray], indices: list[int], detector: Face
         yield i, det, [crop_face(frame, det.boxes[k], crop_scale, crop_size) for k in range(len(det))]
 
 
+# Faces whose detector box is smaller than this (its larger side, in frame pixels) are far below what the
+# detector and the landmark model handle well: their crops are upscaled more than ~8x to CROP_SIZE.
+MIN_FACE_PX = 48
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -33,6 +38,16 @@ def failure(file: str, stage: str, reason: str, frame_index: int | None = None) 
     if frame_index is not None:
         row["frame_index"] = int(frame_index)
     return row
+
+
+def _small_face_warning(path: str, boxes: list[np.ndarray]) -> list[dict]:
+    """One warning row when faces are smaller than MIN_FACE_PX (their crops are heavily upscaled)."""
+    sides = [float(max(b[2] - b[0], b[3] - b[1])) for b in boxes]
+    small = [x for x in sides if x < MIN_FACE_PX]
+    if not small:
+        return []
+    return [failure(path, "faces", f"warning: {len(small)} of {len(sides)} faces are smaller than {MIN_FACE_PX} px "
+                                   f"(smallest {min(small):.0f} px): their crops are upscaled from very few pixels")]
 
 
 @dataclass
@@ -73,6 +88,9 @@ def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = C
         fails.append(failure(item.path, "decode", f"damaged or truncated stream, {info.n_frames} readable frames "
                                                   f"({info.damage})"))
     wanted = sample_indices(info.n_frames, item.n_frames, item.segment)
+    if len(wanted) < item.n_frames:
+        fails.append(failure(item.path, "frames", f"warning: {len(wanted)} of the {item.n_frames} requested frames "
+                                                  f"(the video has {info.n_frames} in its segment)"))
     batch_idx: list[int] = []
     batch: list[np.ndarray] = []
     n_decoded = 0
@@ -107,6 +125,7 @@ def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = C
     if batch:
         flush()
     n = len(faces)
+    fails += _small_face_warning(item.path, boxes)
     return VideoFaces(row=row,
                       faces=np.stack(faces) if n else np.zeros((0, s, s, 3), np.uint8),
                       frame_index=np.asarray(fidx, np.int32), boxes=np.asarray(boxes, np.float32).reshape(n, 4),

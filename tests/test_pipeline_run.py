@@ -899,3 +899,26 @@ def test_a_dangling_symlink_in_an_input_folder_is_a_failure_row_not_silence(tmp_
     rows = [json.loads(line) for line in (out / FAILURES_NAME).read_text().splitlines()]
     assert any(r["file"].endswith("gone.mp4") for r in rows), rows
     assert "gone.mp4" in capsys.readouterr().out
+
+
+def test_fewer_frames_than_requested_and_tiny_faces_are_warned_about(tmp_path, sample_videos_dir, capsys):
+    """Fault matrix: a 1-frame video gave 1 crop of 8 requested without a line; faces far below the detector's
+    useful size passed without a warning. Each is now a console line and a failures row."""
+    from pipeline.extract import MIN_FACE_PX, _small_face_warning
+    from pipeline.manifest import VideoItem
+    from pipeline.shards import FAILURES_NAME
+
+    one = tmp_path / "in" / "one.mp4"
+    one.parent.mkdir()
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(sample_videos_dir / "carphone_pristine.mp4"),
+                    "-frames:v", "1", str(one)], check=True)
+    items = [VideoItem(id="one", path=str(one), rel_path="one.mp4", label=0, split="test", dataset="adhoc",
+                       method="original", n_frames=8)]
+    run_extract(items, tmp_path / "out", "adhoc", "test", _cfg(), workers=0)
+    rows = [json.loads(line) for line in (tmp_path / "out" / FAILURES_NAME).read_text().splitlines()]
+    assert any(r["stage"] == "frames" and r["reason"].startswith("warning: 1 of the 8 requested frames")
+               for r in rows), rows
+    assert "1 of the 8 requested frames" in capsys.readouterr().out
+    (row,) = _small_face_warning("v.mp4", [np.array([10, 10, 27, 30]), np.array([0, 0, 200, 220])])
+    assert row["stage"] == "faces" and f"1 of 2 faces are smaller than {MIN_FACE_PX} px (smallest 20 px)" in row["reason"]
+    assert _small_face_warning("v.mp4", [np.array([0, 0, 200, 220])]) == []
