@@ -62,7 +62,9 @@ def _expand_input(pattern: str) -> list[tuple[str, str]]:
     if not paths:
         if any(c in pattern for c in "*?["):
             raise ManifestError(f"--input {pattern!r}: no file matches")
-        paths = [expanded]  # a single named file: the pipeline reports it (and logs it) if it is missing
+        if not os.path.lexists(expanded):  # a typo, before any work (a dangling link is kept: its task logs it)
+            raise ManifestError(f"--input {pattern!r}: no such file or folder")
+        paths = [expanded]
     # A glob's labels are read from the folders below its fixed part ('data/*/x.mp4' -> below data/).
     fixed = re.split(r"[*?\[]", expanded, maxsplit=1)[0]
     base = os.path.abspath(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed) or ".")
@@ -88,9 +90,9 @@ def adhoc_items(pattern: str | Sequence[str], label: int | None | Sequence[int |
     A fake video's method is ``method`` when given, else the folder below its fake folder (``fake/<method>/``,
     ``method_from_folders``), else "unknown"; real videos are "original".
 
-    Ids are paths relative to the inputs' common folder, without suffix. Files that do not exist are kept as
-    items (they fail later with a logged, named error); an input that matches nothing is an error, and so is a
-    video whose folders name no label.
+    Ids are paths relative to the inputs' common folder, without suffix. An input that does not exist or matches
+    nothing is an error, and so is a video whose folders name no label; a dangling link is kept as an item (it
+    fails later with a logged, named error).
     """
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     labels = list(label) if isinstance(label, (list, tuple)) else [label] * len(patterns)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -77,6 +78,18 @@ def _usage(msg: str) -> None:
     """A command line that cannot be run as given: one line, exit status 2."""
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(EXIT_USAGE)
+
+
+@contextmanager
+def _before_any_work():
+    """Checks of what the command line names (inputs, manifest entry, weights, landmark model, a split's index):
+    a UserError here means the command cannot be run as given, a usage error (exit status 2)."""
+    try:
+        yield
+    except UserError as e:
+        if debugging():
+            raise
+        _usage(one_line(e))
 
 
 def _reports_user_errors(command):
@@ -239,15 +252,16 @@ def extract_frames(
     shard_bytes, compression = _checked_options(keep, shard_size, compression)
     if dataset and (method or name != "adhoc"):
         _usage("--name and --method describe --input videos; a --dataset takes them from the manifest")
-    src = _dataset_videos(manifest, dataset, split or "train", frames) if dataset else \
-        _adhoc_videos(input, label, label_from_folder, frames, name, split or "test", method)
+    with _before_any_work():
+        src = _dataset_videos(manifest, dataset, split or "train", frames) if dataset else \
+            _adhoc_videos(input, label, label_from_folder, frames, name, split or "test", method)
+        det = _detector_config(detector, detector_weights, score_threshold, max_faces, keep, max_side, face_px,
+                               min_side, batch_size, device)
     items = src.items[:limit] if limit else src.items
     if not dataset:
         typer.echo(_adhoc_line(items, src))
     # Every path a worker opens is absolute: a relative one would be resolved in each worker's own folder.
     items = [type(it)(**{**it.__dict__, "path": absolute(it.path)}) for it in items]
-    det = _detector_config(detector, detector_weights, score_threshold, max_faces, keep, max_side, face_px,
-                           min_side, batch_size, device)
     cfg = ExtractConfig(crop_scale=crop_scale or src.crop_scale, crop_size=crop_size or src.crop_size,
                         detector=det, compression=compression, on_error=on_error.value,
                         manifest_hash=src.manifest_hash, source_root=src.root, decode_threads=decode_threads)
@@ -397,13 +411,14 @@ def cache_landmarks(
 
     out = _renamed(old_out, "--out", "--shards-root", shards_root)
     workers = _renamed(old_workers, "--workers", "--dask-workers", workers)
-    _check_dataset(manifest, dataset)
-    model_path = absolute(landmark_model)  # absolute: a relative path would be resolved on each worker
-    resolve_model_path(model_path)  # fail on a missing model before any worker starts
-    cfg = LandmarkConfig(model_path=model_path, upsample=upsample)
-    split_dir = _split_dir(Path(absolute(out)), dataset, split)
-    if not (split_dir / INDEX_NAME).is_file():
-        raise PipelineError(f"{split_dir}: run extract-frames first (no {INDEX_NAME})")
+    with _before_any_work():
+        _check_dataset(manifest, dataset)
+        model_path = absolute(landmark_model)  # absolute: a relative path would be resolved on each worker
+        resolve_model_path(model_path)  # fail on a missing model before any worker starts
+        cfg = LandmarkConfig(model_path=model_path, upsample=upsample)
+        split_dir = _split_dir(Path(absolute(out)), dataset, split)
+        if not (split_dir / INDEX_NAME).is_file():
+            raise PipelineError(f"{split_dir}: run extract-frames first (no {INDEX_NAME})")
     with dask_client(workers, scheduler, scheduler_file) as client:
         if client is not None:
             check_workers(client, split_dir, [("landmark model", model_path)] if model_path else [],

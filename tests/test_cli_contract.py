@@ -138,7 +138,7 @@ def test_old_spellings_still_work_with_one_deprecation_line(old, new, where, cap
 def test_pipeline_old_workers_spelling_prints_one_line(tmp_path):
     r = CliRunner().invoke(app, ["cache-landmarks", "--shards-root", str(tmp_path), "--workers", "0"])
     assert "--workers is deprecated and will be removed; use --dask-workers" in r.output
-    assert r.exit_code == 1 and "run extract-frames first" in r.output
+    assert r.exit_code == 2 and "run extract-frames first" in r.output
 
 
 def test_usage_errors_exit_2_and_failures_exit_1(tmp_path):

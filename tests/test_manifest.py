@@ -190,7 +190,8 @@ def test_adhoc_items(tmp_path):
     assert items[0].rel_path == "a/x.mp4" and items[0].n_frames == 8
     with pytest.raises(ManifestError, match="no file matches"):
         adhoc_items(str(tmp_path / "*.avi"), 0, 8)
-    assert adhoc_items(str(tmp_path / "missing.mp4"), 0, 8)[0].id == "missing"
+    with pytest.raises(ManifestError, match="missing.mp4': no such file or folder"):  # fails up front now
+        adhoc_items(str(tmp_path / "missing.mp4"), 0, 8)
 
 
 def test_adhoc_label_from_folder_and_several_inputs(tmp_path):

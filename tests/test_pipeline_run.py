@@ -449,7 +449,8 @@ def test_image_folder_bad_and_truncated_jpeg_skip_their_frame_only(tmp_path, sam
 
 def test_run_where_every_input_fails_exits_non_zero(tmp_path):
     out = tmp_path / "out"
-    r = _run_cli(["extract-frames", "--input", str(tmp_path / "nonexist.mp4"), "--label", "real", "--shards-root", str(out),
+    (tmp_path / "empty.mp4").write_bytes(b"")  # exists, cannot be read (a missing --input stops up front)
+    r = _run_cli(["extract-frames", "--input", str(tmp_path / "empty.mp4"), "--label", "real", "--shards-root", str(out),
                   "--dask-workers", "0"])
     assert r.returncode == 1 and "none of the 1 videos of this run could be read" in r.stderr, r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
@@ -922,3 +923,17 @@ def test_fewer_frames_than_requested_and_tiny_faces_are_warned_about(tmp_path, s
     (row,) = _small_face_warning("v.mp4", [np.array([10, 10, 27, 30]), np.array([0, 0, 200, 220])])
     assert row["stage"] == "faces" and f"1 of 2 faces are smaller than {MIN_FACE_PX} px (smallest 20 px)" in row["reason"]
     assert _small_face_warning("v.mp4", [np.array([0, 0, 200, 220])]) == []
+
+
+def test_a_wrong_input_path_fails_up_front_naming_it(tmp_path):
+    """Fault matrix: a wrong --input path said "no folder says real or fake" (--label-from-folder) or wrote an empty
+    split and exited 1 (--label), where a glob that matches nothing failed up front."""
+    from pipeline.adhoc import adhoc_items
+    from pipeline.manifest import ManifestError
+
+    for label in (None, 0):
+        with pytest.raises(ManifestError, match=r"--input '.*nowhere/clips': no such file or folder"):
+            adhoc_items(str(tmp_path / "nowhere" / "clips"), label, 8)
+    r = _run_cli(["extract-frames", "--input", str(tmp_path / "typo.mp4"), "--label", "real", "--shards-root",
+                  str(tmp_path / "out"), "--dask-workers", "0"])
+    assert r.returncode == 2 and "typo.mp4': no such file or folder" in r.stderr and not (tmp_path / "out").exists()
