@@ -112,3 +112,44 @@ def test_your_own_training_split_has_a_name_a_split_and_methods(sample_videos_di
              "--shards-root", str(other), "--frames", "1", "--crop-size", "64", "--dask-workers", "0"])
     assert [r["method"] for p in shard_paths(other) for r in ShardReader(p).videos] == ["MyGAN"]
     assert json.loads((other / "index.json").read_text())["split"] == "test"
+
+
+@pytest.mark.slow
+def test_own_videos_train_and_evaluate_per_method(sample_videos_dir, tmp_path, capsys):
+    """The README's path for one's own videos, on the shipped clips: folders of clips -> train, val and test shards
+    (named, split, methods from fake/<method>/) -> the shipped CPU recipe (a tiny network here) -> evaluate with
+    per-method rows and a report that names the model."""
+    from model.train.main import cli as train_cli
+
+    clips = {"train/a.mp4": "carphone_pristine.mp4", "train/b.mp4": "short_hamilton_clip.mp4",
+             "val/c.mp4": "carphone_pristine.mp4", "test/real/r.mp4": "short_hamilton_clip.mp4",
+             "test/fake/Deepfakes/f.mp4": "carphone_pristine.mp4", "test/fake/Face2Face/g.mp4": "carphone_pristine.mp4"}
+    mine = tmp_path / "mine"
+    for rel, clip in clips.items():
+        (mine / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample_videos_dir / clip, mine / rel)
+    shards = tmp_path / "shards" / "mine"
+    common = ["--frames", "4", "--crop-size", "96", "--dask-workers", "0", "--name", "mine"]
+    for split in ("train", "val"):
+        _invoke(["extract-frames", "--input", str(mine / split), "--label", "real", "--split", split,
+                 "--shards-root", str(shards / split), *common])
+    _invoke(["extract-frames", "--input", str(mine / "test"), "--label-from-folder", "--split", "test",
+             "--shards-root", str(shards / "test"), *common])
+    for split in ("train", "val", "test"):
+        _invoke(["cache-landmarks", "--shards-root", str(shards / split), "--dask-workers", "0"])
+    tiny = ["model.backbone=test_efficientnet", "model.pretrained=false", "model.input_size=64", "data.image_size=64",
+            "model.head_conv=16", "train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_pairs=2",
+            "optim.lr_base_batch_pairs=2", "train.num_workers=0", "val.num_workers=0", "train.freeze_backbone_epochs=0",
+            "data.frames_per_video=2", "val.frames_per_video=2", "train.channels_last=false"]
+    train_cli(["--config", "configs/laanet_lite0_cpu.yaml", f"data.shards=[{shards / 'train'}]",
+               f"val.shards=[{shards / 'val'}]", f"train.out_dir={tmp_path / 'runs'}", "train.run_name=mine", *tiny])
+    assert (tmp_path / "runs" / "mine" / "best.pt").is_file()
+    assert "training data: 2 real videos with landmarks" in (tmp_path / "runs" / "mine" / "train.log").read_text()
+    out = tmp_path / "eval"
+    summary = evaluate.main(evaluate.get_args_parser().parse_args(
+        ["--checkpoint", str(tmp_path / "runs" / "mine" / "best.pt"), "--shards", str(shards / "test"),
+         "--frames", "2", "--overlays", "0", "--loader-workers", "0", "--out", str(out)]))
+    (name, res), = summary["test_sets"].items()
+    assert name == "mine/test" and set(res["per_method"]) == {"Deepfakes", "Face2Face"}
+    assert summary["model"]["training_data"][0]["videos"] == 2 and summary["model"]["epoch"] is not None
+    assert "## Model" in (out / "report.md").read_text()
