@@ -227,7 +227,7 @@ Inputs: video files, images, a folder of frame images (one clip), or folders of 
 frame folders; --recursive: all levels below). Writes OUT/predictions.csv (path, score, verdict, faces used,
 frames sampled, frames without a face, overlay, error) and one overlay PNG per clip. A clip that fails
 (unreadable, no face) gets a row with the reason and the run goes on. Exit status: 0 when at least one clip was
-scored; 1 when none was (or the checkpoint is unusable); 2 on a usage error.
+scored (--strict: when every clip was); 1 when none was (or the checkpoint is unusable); 2 on a usage error.
 """
 
 
@@ -257,6 +257,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(stated on its colour bar), LO,HI a fixed range of probabilities, e.g. 0,1")
     flags.add_device_options(p, "off", "autocast precision of the network (off: float32)")
     p.add_argument("--json", action="store_true", help="print the full results as JSON (a list, one per clip)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when any clip could not be scored (by default: 0 when at least one was)")
     return p
 
 
@@ -353,6 +355,10 @@ def _run(args: argparse.Namespace) -> int:
           f"{f', {skipped} other files skipped' if skipped else ''}); flip test {'on' if args.flip else 'off'}, "
           f"{args.aggregate}, checkpoint sha256 {sha[:12]}; {csv_path}"
           + (f", overlays in {out}" if args.overlay_faces > 0 and scored else ""), file=sys.stderr)
+    if args.strict and scored < len(rows):
+        print(f"model.predict: {len(rows) - scored} of {len(rows)} clips not scored (--strict); see {csv_path}",
+              file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK if scored else EXIT_FAILURE
 
 

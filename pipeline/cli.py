@@ -229,6 +229,9 @@ def extract_frames(
     compression: str = _COMPRESSION,
     limit: Optional[int] = _LIMIT,
     overwrite: bool = _OVERWRITE,
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when any video of the run could not be read (by "
+                                                        "default a run that read some videos exits 0; the others "
+                                                        "are in failures.jsonl)."),
     workers: Optional[int] = _WORKERS,
     scheduler: Optional[str] = _SCHEDULER,
     scheduler_file: Optional[Path] = _SCHEDULER_FILE,
@@ -243,7 +246,7 @@ def extract_frames(
       python -m pipeline extract-frames --input mine/ --label-from-folder --shards-root shards/mine   (mine/real, mine/fake)\n
       python -m pipeline extract-frames -i 'real/*.mp4' --label real -i 'fake/*.mp4' --label fake --shards-root shards/mine
     """
-    from pipeline.tasks import ExtractConfig, PipelineError
+    from pipeline.tasks import ExtractConfig
 
     out = _renamed(old_out, "--out", "--shards-root", shards_root)
     workers = _renamed(old_workers, "--workers", "--dask-workers", workers)
@@ -269,11 +272,22 @@ def extract_frames(
     summary = _extract(items, split_dir, src.dataset, src.split, cfg,
                        shard_bytes or src.shard_bytes or DEFAULT_SHARD_BYTES, workers, scheduler, scheduler_file,
                        overwrite)
+    _check_run(summary, strict)
+
+
+def _check_run(summary, strict: bool) -> None:
+    """A run that read no video, or (``--strict``) not every video, or left a shard unfinished, fails."""
+    from pipeline.tasks import PipelineError
+
+    log = summary.split_dir / "failures.jsonl"
     if summary.n_videos == 0 or (summary.n_planned and not summary.n_new_videos):
         raise PipelineError(f"{summary.split_dir}: none of the {summary.n_planned} videos of this run could be read "
-                            f"({summary.n_failures} failures logged in {summary.split_dir / 'failures.jsonl'})")
+                            f"({summary.n_failures} failures logged in {log})")
+    if strict and summary.n_new_videos < summary.n_planned:
+        raise PipelineError(f"{summary.split_dir}: {summary.n_planned - summary.n_new_videos} of the "
+                            f"{summary.n_planned} videos of this run could not be read (--strict; see {log})")
     if summary.failed_shards:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @dataclass(frozen=True)

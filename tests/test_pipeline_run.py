@@ -937,3 +937,12 @@ def test_a_wrong_input_path_fails_up_front_naming_it(tmp_path):
     r = _run_cli(["extract-frames", "--input", str(tmp_path / "typo.mp4"), "--label", "real", "--shards-root",
                   str(tmp_path / "out"), "--dask-workers", "0"])
     assert r.returncode == 2 and "typo.mp4': no such file or folder" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_strict_makes_dropped_videos_visible_to_scripts(tmp_path, bad_dir):
+    """Scripts could not see dropped videos: a run that read some videos exits 0. --strict exits 1 naming how many."""
+    args = ["extract-frames", "--input", str(bad_dir / "good.mp4"), "--input", str(bad_dir / "zero.mp4"), "--label",
+            "real", "--frames", "2", "--crop-size", "64", "--dask-workers", "0"]
+    assert _run_cli([*args, "--shards-root", str(tmp_path / "a")]).returncode == 0
+    r = _run_cli([*args, "--shards-root", str(tmp_path / "b"), "--strict"])
+    assert r.returncode == 1 and "1 of the 2 videos of this run could not be read (--strict" in r.stderr, r.stderr

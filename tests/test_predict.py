@@ -214,3 +214,12 @@ def test_a_folder_with_videos_and_an_image_is_a_collection_and_real_fake_folders
         (mine / sub).mkdir(parents=True)
         (mine / sub / f"{sub}1.mp4").write_bytes(b"")
     assert expand_inputs([mine])[0] == [mine / "fake" / "fake1.mp4", mine / "real" / "real1.mp4"]
+
+
+def test_strict_exits_1_when_any_clip_is_not_scored(tiny_checkpoint, sample_videos_dir, tmp_path, capsys):
+    video = sample_videos_dir / "carphone_pristine.mp4"
+    args = [str(video), str(tmp_path / "missing.mp4"), "--checkpoint", str(tiny_checkpoint), "--frames", "2",
+            "--overlay-faces", "0", "--out", str(tmp_path / "o")]
+    assert predict.main(args) == 0
+    assert predict.main([*args, "--strict"]) == 1
+    assert "1 of 2 clips not scored (--strict)" in capsys.readouterr().err
