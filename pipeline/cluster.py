@@ -104,13 +104,16 @@ def local_cluster(n_workers: int, dashboard_address: str | None = ":0"):
     18 % more CPU time per face. The workers here start without it; their memory stays bounded by one
     video's crops (see the benchmark's peak RSS per worker). For a cluster you start yourself, set
     ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in its Dask config for the same.
+
+    The workers' own log shows CRITICAL only: a failed task is reported by the run as one line and a failures
+    row, not also as Dask's multi-line "Compute Failed" dump per task and retry.
     """
     import dask
     from distributed import LocalCluster
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                            dashboard_address=dashboard_address, silence_logs=40)
+                            dashboard_address=dashboard_address, silence_logs=50)
 
 
 def make_client(workers: int | None, scheduler: str | None = None, scheduler_file: str | os.PathLike | None = None,

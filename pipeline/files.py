@@ -14,15 +14,42 @@ removes it.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.errors import UserError
+
 HASH_CHUNK = 1 << 20
 TMP_SUFFIX = ".tmp"
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(UserError, OSError):
+    """A write failed because the device (or the user's quota) is full; the message names the folder."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An OSError of a full device or quota (h5py keeps the errno in its message only)."""
+    return isinstance(e, OSError) and (e.errno in FULL_ERRNOS or "No space left on device" in str(e)
+                                       or "Disk quota exceeded" in str(e))
+
+
+def disk_full(folder: str | os.PathLike) -> DiskFull:
+    """The one-line error for a full device under ``folder``, with the space left there."""
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    err = DiskFull(f"{folder}: no space left on the device ({free}); free some space or write somewhere else, "
+                   f"then rerun (finished work is kept)")
+    err.errno = errno.ENOSPC
+    return err
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -49,8 +76,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(e) and not isinstance(e, DiskFull):
+            raise disk_full(path.parent) from e
         raise
     _fsync_dir(path.parent)
 

@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 
 from pipeline.cluster import ClusterError, dask_client, quiet_client_log
 from pipeline.extract import failure
+from pipeline.files import is_disk_full
 from pipeline.lock import SplitBusy, split_lock
 from pipeline.manifest import VideoItem
 from pipeline.packing import RunSummary, finish_run, pack_staged
@@ -127,7 +128,8 @@ def _run_tasks(fn: Callable, tasks: list[_Task], bar: ProgressBar, client, on_er
         if exc is not None:
             if isinstance(exc, PipelineError):
                 raise exc
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            reason = "no space left on the device" if is_disk_full(exc) else \
+                f"{type(exc).__name__}: {exc}".splitlines()[0]
             on_error(f"{task.file}: {stage}: task failed ({reason})")
             bar.write(f"{task.file}: {stage}: task failed ({reason})")
             homeless.append(failure(task.file, stage, f"task failed ({reason})"))

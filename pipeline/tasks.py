@@ -11,6 +11,9 @@ never shipped through the task graph. ``pipeline.runner`` schedules these bodies
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import json
 import os
 import time
@@ -25,6 +28,7 @@ from pipeline.crop import CROP_SCALE, CROP_SIZE
 from pipeline.errors import UserError
 from pipeline.extract import VideoFaces, extract_video, failure
 from pipeline.faces import DetectorConfig, FaceDetector
+from pipeline.files import is_disk_full
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.manifest import VideoItem
 from pipeline.progress import ProgressFn
@@ -166,6 +170,35 @@ def _limit_threads() -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    _quiet_h5py_teardown()
+
+
+def _quiet_h5py_teardown() -> None:
+    """After a failed write (a full disk), h5py's objects report the same error again while they are freed:
+    "Exception ignored in: h5py._objects.ObjectID.__dealloc__" with a traceback, a dozen per task. The task's
+    own failure is already one line and a failures row; those echoes are dropped, other ones kept."""
+    import sys
+
+    if getattr(sys.unraisablehook, "_laanet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if "h5py" in repr(unraisable.object) or "h5py" in str(getattr(unraisable, "err_msg", "")):
+            return
+        previous(unraisable)
+
+    def excepthook(kind, value, tb):  # Cython prints the traceback of an unraisable error through excepthook
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None and "h5py" in tb.tb_frame.f_code.co_filename and "_dealloc" in tb.tb_frame.f_code.co_name:
+            return
+        previous_excepthook(kind, value, tb)
+
+    previous_excepthook = sys.excepthook
+    hook._laanet = True
+    sys.unraisablehook = hook
+    sys.excepthook = excepthook
 
 
 def _file_attrs(cfg: ExtractConfig, detector: FaceDetector) -> dict:
@@ -208,8 +241,13 @@ def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None =
         w.finish()
     except AlreadyCommitted:
         result.duplicate = True
-    except BaseException:
-        w.abort()
+    except BaseException as e:
+        if is_disk_full(e):  # h5py repeats the write error while its objects are freed: once is enough
+            with contextlib.redirect_stderr(io.StringIO()):
+                w.abort()
+                gc.collect()
+        else:
+            w.abort()
         w.tmp.unlink(missing_ok=True)
         raise
     if progress:

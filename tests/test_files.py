@@ -50,3 +50,22 @@ def test_file_sha256_hashes_the_bytes_in_chunks(tmp_path):
     data = os.urandom(files.HASH_CHUNK * 2 + 5)
     p.write_bytes(data)
     assert files.file_sha256(p) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, monkeypatch):
+    """Fault matrix: a full disk ended with "No space left on device" naming no path."""
+    import errno
+    from pathlib import Path
+
+    from pipeline.errors import UserError
+    from pipeline.files import DiskFull, atomic_write
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(DiskFull) as e:
+        atomic_write(tmp_path / "index.json", "{}")
+    assert isinstance(e.value, UserError) and e.value.errno == errno.ENOSPC
+    assert str(e.value).startswith(f"{tmp_path}: no space left on the device (") and "\n" not in str(e.value)
+    assert not list(tmp_path.iterdir())

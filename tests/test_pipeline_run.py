@@ -946,3 +946,25 @@ def test_strict_makes_dropped_videos_visible_to_scripts(tmp_path, bad_dir):
     assert _run_cli([*args, "--shards-root", str(tmp_path / "a")]).returncode == 0
     r = _run_cli([*args, "--shards-root", str(tmp_path / "b"), "--strict"])
     assert r.returncode == 1 and "1 of the 2 videos of this run could not be read (--strict" in r.stderr, r.stderr
+
+
+def test_full_disk_during_a_run_is_one_line_per_video_and_one_at_the_end(tmp_path, sample_videos_dir):
+    """Fault matrix: on a full disk each failed task printed a multi-line Dask dump and the final line named no
+    path. Run on a real 300 KiB tmpfs where the machine allows mounting one (root), else skipped."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        for k in range(3):
+            shutil.copy(sample_videos_dir / "carphone_pristine.mp4", tmp_path / f"v{k}.mp4")
+        r = _run_cli(["extract-frames", "--input", str(tmp_path / "v*.mp4"), "--label", "real", "--frames", "8",
+                      "--shards-root", str(mnt / "out"), "--dask-workers", "2"], timeout=300)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+    assert r.returncode == 1
+    assert r.stdout.count("task failed (no space left on the device)") == 3, r.stdout
+    err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip() and "video/s" not in ln
+           and "s/video" not in ln and not ln.startswith("extract-frames")]
+    assert len(err) == 1 and err[0].startswith(f"error: {mnt / 'out'}: no space left on the device"), r.stderr
