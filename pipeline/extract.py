@@ -82,7 +82,8 @@ def extract_video(item: VideoItem, detector: FaceDetector, crop_scale: float = C
                           [failure(item.path, "decode", str(e).split(": ", 1)[-1])])
     row = {"id": item.id, "path": item.rel_path, "label": item.label, "method": item.method,
            "source": item.source, "target": item.target, "fps": info.fps, "n_frames": info.n_frames,
-           "width": info.width, "height": info.height, "split": item.split, "dataset": item.dataset}
+           "width": info.width, "height": info.height, "split": item.split, "dataset": item.dataset,
+           "pixel_aspect": info.sar or "1:1"}
     if info.damage:
         # Frames are sampled among those that can be read; the damage is logged, not hidden.
         fails.append(failure(item.path, "decode", f"damaged or truncated stream, {info.n_frames} readable frames "

@@ -136,7 +136,8 @@ def extract_settings(cfg: ExtractConfig, items: Sequence[VideoItem]) -> dict:
     settings = {"crop_scale": cfg.crop_scale, "crop_size": cfg.crop_size, "compression": cfg.compression,
                 "detector": d.backend, "detector_weights": d.weights or "", "score_threshold": d.score_threshold,
                 "max_faces": d.max_faces, "keep": d.keep, "max_side": d.max_side,
-                "frames": sorted({it.n_frames for it in items}), "segment": sorted({tuple(it.segment) for it in items})}
+                "frames": sorted({it.n_frames for it in items}), "segment": sorted({tuple(it.segment) for it in items}),
+                "pixels": "display"}  # non-square pixels decoded at the display aspect (before: the stored size)
     if d.face_px:  # only then: --face-px 0 is the single pass at max_side that shards made before levels record
         settings.update(face_px=d.face_px, min_side=d.min_side)
     return json.loads(json.dumps(settings))  # tuples -> lists: equal to what a shard's JSON attribute gives back
@@ -288,6 +289,9 @@ def _video_messages(path: str, v: VideoFaces) -> list[str]:
     """One console line per problem of a video (per-frame failures summarised)."""
     msgs = [f"{f['file']}: {f['stage']}: {f['reason']}" + (f" (frame {f['frame_index']})" if "frame_index" in f else "")
             for f in v.failures if "frame_index" not in f or f["stage"] == "decode"]
+    if v.row is not None and v.row.get("pixel_aspect", "1:1") != "1:1":
+        msgs.append(f"{path}: decode: non-square pixels (aspect {v.row['pixel_aspect']}): frames decoded at the "
+                    f"display size {v.row['width']}x{v.row['height']} (recorded in the shard's videos table)")
     if v.no_face:
         shown = ", ".join(str(i) for i in v.no_face[:8]) + (", ..." if len(v.no_face) > 8 else "")
         msgs.append(f"{path}: faces: no face in {len(v.no_face)} of {v.n_decoded} sampled frames (frames {shown})")

@@ -58,12 +58,15 @@ class VideoInfo:
     rotation: int
     codec: str
     damage: str = ""   # non-empty when ffmpeg reported a truncated or corrupt stream (its message)
+    sar: str = ""      # the pixel aspect ratio ("128:117") of a stream whose pixels are not square: its frames are
+                       # decoded at the display size (width x height above), so faces are not stretched
 
 
 _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<codec>\w+).*?, (?P<w>\d{2,5})x(?P<h>\d{2,5})[, \[]")
 _FPS_RE = re.compile(r"(?P<fps>[\d.]+) (fps|tbr)")
 _DUR_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 _ROT_RE = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
+_SAR_RE = re.compile(r"\[SAR (\d+):(\d+) DAR")
 _FRAMES_RE = re.compile(r"frame=\s*(\d+)")
 _DAMAGE_RE = re.compile(r"^.*(partial file|corrupt input packet|Truncating packet|moov atom not found|"
                         r"Invalid data found).*$", re.MULTILINE)
@@ -159,6 +162,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     rot_m = _ROT_RE.search(err)
     rotation = int(round(float(rot_m.group(1) or rot_m.group(2)))) % 360 if rot_m else 0
     w, h = int(m.group("w")), int(m.group("h"))
+    sar_m = _SAR_RE.search(stream_line)
+    sar = ""
+    if sar_m and int(sar_m.group(1)) > 0 and int(sar_m.group(2)) > 0 and sar_m.group(1) != sar_m.group(2):
+        sar = f"{sar_m.group(1)}:{sar_m.group(2)}"
+        w = max(2, int(round(w * int(sar_m.group(1)) / int(sar_m.group(2)) / 2)) * 2)  # the display width
     if rotation in (90, 270):
         w, h = h, w
     if n_frames == 0:
@@ -166,7 +174,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     dmg = _DAMAGE_RE.search(err)
     damage = re.sub(r"^\[[^]]*\]\s*", "", dmg.group(0).strip()) if dmg else ""
     return VideoInfo(path=path, width=w, height=h, fps=fps, n_frames=n_frames, duration=duration,
-                     rotation=rotation, codec=m.group("codec"), damage=damage)
+                     rotation=rotation, codec=m.group("codec"), damage=damage, sar=sar)
 
 
 def sample_indices(n_frames: int, n: int, segment: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
@@ -239,8 +247,10 @@ def iter_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo
         return
     expr = select_expr(idx)
     in_opts = {"threads": threads} if threads else {}
-    stream = (ffmpeg.input(path, **in_opts)
-              .video.filter("select", expr)
+    video = ffmpeg.input(path, **in_opts).video.filter("select", expr)
+    if info.sar:  # non-square pixels: decode at the display size, so faces are not stretched
+        video = video.filter("scale", info.width, info.height).filter("setsar", 1)
+    stream = (video
               .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", loglevel="error"))
     proc = stream.run_async(cmd=ffmpeg_exe(), pipe_stdout=True, pipe_stderr=True, quiet=True)
     frame_bytes = info.width * info.height * 3

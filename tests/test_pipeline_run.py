@@ -968,3 +968,16 @@ def test_full_disk_during_a_run_is_one_line_per_video_and_one_at_the_end(tmp_pat
     err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip() and "video/s" not in ln
            and "s/video" not in ln and not ln.startswith("extract-frames")]
     assert len(err) == 1 and err[0].startswith(f"error: {mnt / 'out'}: no space left on the device"), r.stderr
+
+
+def test_non_square_pixels_are_cropped_at_the_display_aspect_and_said(tmp_path, sample_videos_dir, capsys):
+    """Fault matrix: non-square pixels gave stretched crops without a word. carphone_pristine.mp4 stores 176x144
+    pixels of aspect 128:117: its frames are decoded at 192x144, a line says so, and the videos table records it."""
+    from pipeline.manifest import VideoItem
+
+    items = [VideoItem(id="c", path=str(sample_videos_dir / "carphone_pristine.mp4"), rel_path="c.mp4", label=0,
+                       split="test", dataset="adhoc", method="original", n_frames=2)]
+    run_extract(items, tmp_path / "out", "adhoc", "test", _cfg(), workers=0)
+    assert "non-square pixels (aspect 128:117): frames decoded at the display size 192x144" in capsys.readouterr().out
+    (row,) = ShardReader(shard_paths(tmp_path / "out")[0]).videos
+    assert (row["pixel_aspect"], row["width"], row["height"]) == ("128:117", 192, 144)

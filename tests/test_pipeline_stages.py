@@ -44,16 +44,20 @@ def test_select_expr_balanced():
 
 
 def test_probe_and_decode_match_opencv(sample_videos_dir):
+    """carphone_pristine.mp4 stores 176x144 pixels of aspect 128:117 (QCIF): frames come at the display size
+    192x144, so faces are not stretched (OpenCV's storage-size frames are resized to compare)."""
     p = sample_videos_dir / "carphone_pristine.mp4"
     info = probe(p)
-    assert (info.width, info.height, info.n_frames) == (176, 144, 120) and abs(info.fps - 29.97) < 0.01
+    assert (info.width, info.height, info.n_frames, info.sar) == (192, 144, 120, "128:117")
+    assert abs(info.fps - 29.97) < 0.01
     idx, frames = sample_frames(p, 5)
-    assert frames.shape == (5, 144, 176, 3) and frames.dtype == np.uint8
+    assert frames.shape == (5, 144, 192, 3) and frames.dtype == np.uint8
     cap = cv2.VideoCapture(str(p))
     ref = []
     for _ in range(idx[-1] + 1):
         ok, f = cap.read()
-        ref.append(f[:, :, ::-1])
+        assert f.shape[:2] == (144, 176)
+        ref.append(cv2.resize(f, (192, 144), interpolation=cv2.INTER_CUBIC)[:, :, ::-1])
     for i, f in zip(idx, frames):  # the same frame, decoded by another decoder
         assert np.abs(ref[i].astype(int) - f).mean() < 2.0
     assert [i for i, _ in iter_frames(p, [7, 3, 3])] == [3, 7]
@@ -129,8 +133,9 @@ def test_detector_on_sample_clips(detector, sample_videos_dir):
 
 def test_detector_downscales_large_frames(detector, sample_videos_dir):
     _, frames = sample_frames(sample_videos_dir / "carphone_pristine.mp4", 1)
-    big = cv2.resize(frames[0], (176 * 4, 144 * 4), interpolation=cv2.INTER_CUBIC)
-    small = FaceDetector(max_side=176).detect([big])[0]
+    h, w = frames[0].shape[:2]
+    big = cv2.resize(frames[0], (w * 4, h * 4), interpolation=cv2.INTER_CUBIC)
+    small = FaceDetector(max_side=w).detect([big])[0]
     ref = detector.detect([frames[0]])[0]
     np.testing.assert_allclose(small.boxes[0] / 4, ref.boxes[0], atol=3)
 
@@ -184,7 +189,7 @@ def test_detection_keeps_small_face_in_large_frame(sample_videos_dir):
     canvas = []
     for f in frames:
         c = np.zeros((1080, 1920, 3), np.uint8)
-        c[468:612, 872:1048] = f
+        c[468:612, 864:1056] = f  # the clip's 192x144 display-size frames
         canvas.append(c)
     det = FaceDetector()
     seen = _Inputs(det)
@@ -194,7 +199,7 @@ def test_detection_keeps_small_face_in_large_frame(sample_videos_dir):
     for g, f in zip(got, full):
         assert len(g) == len(f) == 1
         side = max(f.boxes[0, 2] - f.boxes[0, 0], f.boxes[0, 3] - f.boxes[0, 1])
-        assert 872 < f.boxes[0, 0] < f.boxes[0, 2] < 1048 and 40 < side < 90
+        assert 864 < f.boxes[0, 0] < f.boxes[0, 2] < 1056 and 40 < side < 90
         assert _iou(g.boxes[0], f.boxes[0]) > 0.75 and np.abs(g.boxes[0] - f.boxes[0]).max() < 0.15 * side
     assert sum(len(d) for d in FaceDetector(max_side=640, face_px=None).detect(canvas)) < len(canvas)
 
@@ -279,7 +284,7 @@ def test_image_sequence_folder(tmp_path, sample_videos_dir):
     for k, f in enumerate(frames):
         cv2.imwrite(str(tmp_path / f"{k * 5}.png"), f[:, :, ::-1])  # 0, 5, 10: natural order, not 0, 10, 5
     info = probe(tmp_path)
-    assert (info.n_frames, info.width, info.height, info.codec) == (3, 176, 144, "images")
+    assert (info.n_frames, info.width, info.height, info.codec) == (3, 192, 144, "images")  # display-size frames
     got = read_frames(tmp_path, [0, 1, 2], info)
     np.testing.assert_array_equal(got, frames)
     (tmp_path / "x.txt").write_text("ignored")
@@ -298,9 +303,9 @@ def test_rotated_video_decodes_in_display_orientation(tmp_path, sample_videos_di
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90", "-i",
                     str(sample_videos_dir / "carphone_pristine.mp4"), "-c", "copy", str(rot)], check=True)
     info = probe(rot)
-    assert (info.rotation, info.width, info.height, info.n_frames) == (90, 144, 176, 120)
+    assert (info.rotation, info.width, info.height, info.n_frames) == (90, 144, 192, 120)  # display size, turned
     _, frames = sample_frames(rot, 2)
-    assert frames.shape == (2, 176, 144, 3)
+    assert frames.shape == (2, 192, 144, 3)
 
 
 def test_audio_only_file_is_reported_as_no_video_stream(tmp_path):
