@@ -13,9 +13,10 @@ Parts, each in its own time box (a part that runs out says so in the table and t
    uninterrupted run (max abs difference stated).
 3. **eval**: the evaluation scorer's faces/s with and without the flip test at batch 32 and 64, and its frame and
    video scores on the device against the CPU scorer's on the same faces.
-4. **detectors**: RetinaFace MobileNet-0.25 (ONNX Runtime, CPU) and ResNet-50 (torch, on the device; random weights
-   unless ``--detector-weights`` names the published file) frames/s at 640 and 1280 px, and the ResNet-50 outputs
-   on the device against CPU.
+4. **detectors**: RetinaFace MobileNet-0.25 (ONNX Runtime, which runs it on CPU here) and ResNet-50 (torch, on the
+   device; random weights unless ``--detector-weights`` names the published file) frames/s at 640 and 1280 px in one
+   pass and with the pipeline's detection levels, and the ResNet-50 outputs on the device against CPU (with random
+   weights boxes mean nothing, so the raw outputs are compared).
 5. **loader**: training pairs/s from the DataLoader with 1, 2, 4 and all cores' workers, next to the train step's
    pairs/s: how many cores keep the GPU fed.
 Output: ``OUT/gpu_check.md`` (the table, also printed) and ``OUT/gpu_check.json`` (device, driver, torch and CUDA
@@ -254,6 +255,13 @@ def part_detectors(s: Setting, clock: Clock, work: Path, weights: str | None) ->
             det.detect(big)
             rows.append({"backend": backend, "device": device, "frame": f"{side}x{h}",
                          "frames_per_s": len(big) / (time.perf_counter() - t0)})
+        clock.check()  # the pipeline's default: detection levels that follow the faces (face_px), one batch
+        det = FaceDetector(backend="resnet50", weights=weights, device=s.device, batch_size=len(big))
+        det.detect(big[:1])
+        t0 = time.perf_counter()
+        det.detect(big)
+        rows.append({"backend": "resnet50 (levels)", "device": s.device, "frame": f"{side}x{h}",
+                     "frames_per_s": len(big) / (time.perf_counter() - t0)})
     clock.check()
     out = {"rows": rows, "resnet50_weights": weight_note}
     if s.device != "cpu":

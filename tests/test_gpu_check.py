@@ -29,7 +29,7 @@ def test_cpu_quick_path_runs_every_part(tmp_path):
     assert parts["ddp"]["equal"] and parts["ddp"]["backend"] == "gloo" and parts["ddp"]["killed_after_epoch"] >= 1
     assert parts["eval"]["equal"] and {(r["flip"], r["batch"]) for r in parts["eval"]["rows"]} == \
         {(False, 32), (False, 64), (True, 32), (True, 64)}
-    assert {r["backend"] for r in parts["detectors"]["rows"]} == {"mobilenet0.25", "resnet50"}
+    assert {r["backend"] for r in parts["detectors"]["rows"]} == {"mobilenet0.25", "resnet50", "resnet50 (levels)"}
     assert all(r["pairs_per_s"] > 0 for r in parts["loader"]["rows"])
     assert result["environment"]["torch"] == torch.__version__
     md = (tmp_path / "gpu_check.md").read_text()
