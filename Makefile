@@ -53,8 +53,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	# retinaface-pytorch pins torch 1.9 in its metadata; its code runs on current torch.
 	$(PY) -m pip install --quiet --no-deps retinaface-pytorch==0.0.8
-	# The project itself, editable: laanet-* commands, and Dask workers started from .venv (any folder) import it.
-	$(PY) -m pip install --quiet --no-deps -e .
+	# The project itself, editable: laanet-* commands, and Dask workers started from .venv (any folder) import it;
+	# with its cluster extra (dask-jobqueue, pinned in pyproject.toml); everything else is already pinned above.
+	$(PY) -m pip install --quiet -e ".[cluster]"
 	touch $(STAMP)
 
 lint: $(STAMP)

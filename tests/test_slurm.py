@@ -73,3 +73,43 @@ def test_sbatch_scheduler_file_recipe_gives_the_shards_of_a_local_run(slurm, tmp
         np.testing.assert_array_equal(a[k][0], b[k][0])
         np.testing.assert_allclose(a[k][1], b[k][1], equal_nan=True)
     assert re.search(r"Dask: [12] workers at tcp://", log), log[-2000:]  # the stages ran on the job's workers
+
+
+@pytest.mark.slow
+def test_dask_jobqueue_recipe_survives_a_cancelled_worker_job(slurm, tmp_path, sample_videos_dir):
+    """docs/pipeline.md "SLURM, jobs on demand": the slurm_prep.py script as written, sized for this cluster (this
+    partition, no account, 1-core jobs, at most 2), with ``adapt``: worker jobs come and go as sbatch jobs, one is
+    cancelled with scancel mid-run, and the run still ends with every video in the shards."""
+    import time
+
+    pytest.importorskip("dask_jobqueue")
+    from pipeline.shards import ShardReader, shard_paths
+    from pipeline.verify import verify_split
+
+    script = _block(PIPELINE_DOC, "#### SLURM, jobs on demand", "python")
+    for doc, here in (('queue="cpu", account="myaccount",', 'queue="debug",'),
+                      ('cores=16, processes=16, memory="64GB",', 'cores=1, processes=1, memory="1GB",'),
+                      ("maximum_jobs=20", "maximum_jobs=2")):
+        assert doc in script, doc
+        script = script.replace(doc, here)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "slurm_prep.py").write_text(script)
+    shutil.copy(REPO / "data_manifest.yaml", job / "data_manifest.yaml")
+    env = {**slurm.env, "SAMPLE_ROOT": str(sample_videos_dir), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "python"), "slurm_prep.py", "sample", "val", "--frames",
+                             "8"], cwd=job, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cancelled, deadline = None, time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        running = slurm.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], check=False).stdout.split()
+        if cancelled is None and running and (job / "shards" / "sample" / "val").is_dir():
+            cancelled = running[0]
+            slurm.run(["scancel", cancelled])
+        time.sleep(0.3)
+    out = proc.communicate(timeout=max(1, deadline - time.time()))[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert cancelled is not None, "no worker job was running to cancel"
+    split = job / "shards" / "sample" / "val"
+    assert verify_split(split) == []
+    assert sorted(r["id"] for p in shard_paths(split) for r in ShardReader(p).videos) == \
+        ["carphone_pristine", "short_hamilton_clip"]
