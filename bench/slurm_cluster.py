@@ -53,15 +53,17 @@ class LocalSlurm:
 
     def __init__(self, nodes: int = 2, cpus: int = 2, memory_mb: int = 4000):
         self.nodes, self.cpus, self.memory_mb = nodes, cpus, memory_mb
+        self.names = [f"n{i}" for i in range(1, nodes + 1)]
         self.dir = Path(tempfile.mkdtemp(prefix="laanet-slurm-"))
         self.procs: list[subprocess.Popen] = []
         self.env = dict(os.environ, SLURM_CONF=str(self.dir / "slurm.conf"))
+        self.hosts_line = f"127.0.0.1 {' '.join(self.names)}  # laanet-slurm {self.dir}\n"
 
     # ------------------------------------------------------------------------------------------- setup
     def _conf(self) -> str:
         d = self.dir
-        nodes = "\n".join(f"NodeName=n{i} NodeHostname=localhost NodeAddr=127.0.0.1 Port={_free_port()} "
-                          f"CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN" for i in range(1, self.nodes + 1))
+        nodes = "\n".join(f"NodeName={n} NodeHostname=localhost NodeAddr=127.0.0.1 Port={_free_port()} "
+                          f"CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN" for n in self.names)
         return f"""ClusterName=laanet
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={_free_port()}
@@ -86,12 +88,20 @@ MpiDefault=none
 JobRequeue=1
 KillWait=5
 {nodes}
-PartitionName=debug Nodes=n[1-{self.nodes}] Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+PartitionName=debug Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
 
+    def _hosts(self, add: bool) -> None:
+        """The node names resolve to this machine (an /etc/hosts line while the cluster runs), so jobs that contact
+        their first node by name, as torchrun's rendezvous does, work as on a real cluster."""
+        hosts = Path("/etc/hosts")
+        lines = [ln for ln in hosts.read_text().splitlines(keepends=True) if ln != self.hosts_line]
+        hosts.write_text("".join(lines) + (self.hosts_line if add else ""))
+
     def __enter__(self) -> "LocalSlurm":
+        self._hosts(add=True)
         d = self.dir
-        for sub in ("munge", "state", "log", *(f"spool/n{i}" for i in range(1, self.nodes + 1))):
+        for sub in ("munge", "state", "log", *(f"spool/{n}" for n in self.names)):
             (d / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(d / "munge", 0o700)
         subprocess.run(["mungekey", "-c", "-f", "-k", str(d / "munge" / "munge.key")], check=True,
@@ -103,8 +113,8 @@ PartitionName=debug Nodes=n[1-{self.nodes}] Default=YES MaxTime=INFINITE State=U
         (d / "slurm.conf").write_text(self._conf())
         self.procs.append(subprocess.Popen(["slurmctld", "-D", "-c"], env=self.env, stdout=subprocess.DEVNULL,
                                            stderr=subprocess.DEVNULL))
-        for i in range(1, self.nodes + 1):
-            self.procs.append(subprocess.Popen(["slurmd", "-D", "-N", f"n{i}"], env=self.env,
+        for n in self.names:
+            self.procs.append(subprocess.Popen(["slurmd", "-D", "-N", n], env=self.env,
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self._wait_idle()
         return self
@@ -134,6 +144,7 @@ PartitionName=debug Nodes=n[1-{self.nodes}] Default=YES MaxTime=INFINITE State=U
                 os.kill(int(pid.read_text().strip()), 15)
             except (OSError, ValueError):
                 pass
+        self._hosts(add=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------- use
