@@ -11,9 +11,6 @@ never shipped through the task graph. ``pipeline.runner`` schedules these bodies
 """
 from __future__ import annotations
 
-import contextlib
-import gc
-import io
 import json
 import os
 import time
@@ -28,7 +25,6 @@ from pipeline.crop import CROP_SCALE, CROP_SIZE
 from pipeline.errors import UserError
 from pipeline.extract import VideoFaces, extract_video, failure
 from pipeline.faces import DetectorConfig, FaceDetector
-from pipeline.files import is_disk_full
 from pipeline.landmarks import LandmarkPredictor
 from pipeline.manifest import VideoItem
 from pipeline.progress import ProgressFn
@@ -242,13 +238,8 @@ def extract_one(job: VideoJob, cfg: ExtractConfig, progress: ProgressFn | None =
         w.finish()
     except AlreadyCommitted:
         result.duplicate = True
-    except BaseException as e:
-        if is_disk_full(e):  # h5py repeats the write error while its objects are freed: once is enough
-            with contextlib.redirect_stderr(io.StringIO()):
-                w.abort()
-                gc.collect()
-        else:
-            w.abort()
+    except BaseException:
+        w.abort()
         w.tmp.unlink(missing_ok=True)
         raise
     if progress:
