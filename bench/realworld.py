@@ -43,6 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.resume import settings_hash
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEOS = REPO.parent / "shared" / "data" / "videos"
 TRAIN_FOLDERS = ("talking_heads", "hdtf")
@@ -160,10 +162,6 @@ class RunSpec:
     variant: str  # "untrained", "cls_only" or "laanet"
     seed: int
     overrides: tuple[str, ...] = ()
-
-
-def settings_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resolved_config(config: Path, overrides: list[str]) -> dict:

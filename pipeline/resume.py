@@ -57,7 +57,8 @@ def video_record(item: VideoItem) -> dict:
     return {"id": item.id, "path": str(item.path), "size": int(size), "mtime": round(float(mtime), 6)}
 
 
-def settings_hash(settings: dict) -> str:
+def settings_hash(settings: dict | list) -> str:
+    """16 hex digits of the SHA-256 of ``settings`` as sorted JSON (the key of a stage's settings)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

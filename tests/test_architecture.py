@@ -263,7 +263,6 @@ def test_files_are_replaced_only_through_pipeline_files():
 SHA256_ALLOWED = {
     ("pipeline/resume.py", "settings_hash"): "hashes the JSON of a run's settings, not a file",
     ("pipeline/manifest.py", "DatasetEntry.hash"): "hashes the JSON of a manifest entry, not a file",
-    ("bench/realworld.py", "settings_hash"): "hashes the JSON of a benchmark stage's settings, not a file",
 }
 
 
