@@ -118,12 +118,13 @@ def _check_dataset(manifest: Path, dataset: Optional[str]) -> None:
 def _manifest_entry(manifest: Path, dataset: str):
     """(manifest, its entry of ``dataset``): a broken manifest is a failure (exit 1), a --dataset it does not define
     a usage error (exit 2)."""
-    from pipeline.manifest import load_manifest
+    from pipeline.manifest import ManifestError, load_manifest
 
     m = load_manifest(manifest)
-    if dataset not in m.datasets:
-        _usage(f"{m.path}: datasets.{dataset}: no such dataset; defined: {', '.join(sorted(m.datasets))}")
-    return m, m.datasets[dataset]
+    try:
+        return m, m.entry(dataset)
+    except ManifestError as e:
+        _usage(one_line(e))
 
 
 @app.command("extract-frames")

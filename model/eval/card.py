@@ -39,11 +39,11 @@ def model_card(ckpt: dict, path: str | Path, sha256: str) -> dict:
 
 
 def _shard_folder(folder: str) -> dict:
-    from pipeline.shards import ShardError, load_index
+    from pipeline.shards import load_index
 
     try:
         index = load_index(folder)
-    except (ShardError, OSError, UserError):
+    except (OSError, UserError):  # ShardError is a UserError
         return {"folder": folder, "videos": "not readable here"}
     return {"folder": folder, "dataset": index.get("dataset", "?"), "split": index.get("split", "?"),
             "videos": index.get("n_videos", "?")}
