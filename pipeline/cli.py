@@ -77,15 +77,22 @@ def _usage(msg: str) -> None:
 
 
 @contextmanager
-def _before_any_work():
-    """Checks of what the command line names (inputs, manifest entry, weights, landmark model, a split's index):
-    a UserError here means the command cannot be run as given, a usage error (exit status 2)."""
+def _user_errors(status: int):
+    """A UserError becomes ``error: <one line>`` and exit ``status`` (``LAANET_DEBUG=1``: its traceback); any other
+    exception keeps its traceback."""
     try:
         yield
     except UserError as e:
         if debugging():
             raise
-        _usage(one_line(e))
+        typer.echo(f"error: {one_line(e)}", err=True)
+        raise typer.Exit(status) from None
+
+
+def _before_any_work():
+    """Checks of what the command line names (inputs, manifest entry, weights, landmark model, a split's index):
+    a UserError here means the command cannot be run as given, a usage error (exit status 2)."""
+    return _user_errors(EXIT_USAGE)
 
 
 def _reports_user_errors(command):
@@ -94,13 +101,8 @@ def _reports_user_errors(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
-        try:
+        with _user_errors(EXIT_FAILURE):
             return command(*args, **kwargs)
-        except UserError as e:
-            if debugging():
-                raise
-            typer.echo(f"error: {one_line(e)}", err=True)
-            raise typer.Exit(EXIT_FAILURE) from None
 
     return run
 
