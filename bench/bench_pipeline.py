@@ -90,10 +90,13 @@ def make_clip(src: Path, dst: Path, width: int, height: int, fill: float, second
     dst.parent.mkdir(parents=True, exist_ok=True)
     loops = max(0, math.ceil(seconds / max(probe(src).duration, 0.1)) - 1)
     with atomic_path(dst) as tmp:  # a cut-off encode never passes for a cached clip
+        # Square pixels, as real datasets' 640x480 / 1280x720 / 1920x1080 videos have: a source with non-square
+        # pixels (the carphone clip, 128:117) is first brought to its display aspect.
         (ffmpeg.input(str(src), stream_loop=loops).video
+         .filter("scale", "trunc(iw*sar/2)*2", "ih").filter("setsar", 1)
          .filter("scale", int(width * fill), int(height * fill), force_original_aspect_ratio="decrease",
                  force_divisible_by=2)
-         .filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2")
+         .filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2").filter("setsar", 1)
          .output(str(tmp), format="mp4", vcodec="libx264", crf=23, preset="veryfast", pix_fmt="yuv420p",
                  t=seconds, an=None, loglevel="error")
          .overwrite_output().run(cmd=ffmpeg_exe()))
@@ -107,7 +110,7 @@ def hd_videos(work: Path, specs=None) -> list[Path]:
     for name, src, w, h, fill, secs in specs or HD_SPECS:
         if not src.is_file():
             name, src, fill = name.rsplit("_", 1)[0] + "_hamilton", SAMPLE_VIDEOS / "short_hamilton_clip.mp4", 1.0
-        out.append(make_clip(src, work / "hd" / f"{name}.mp4", w, h, fill, secs))
+        out.append(make_clip(src, work / "hd" / f"{name}_sq.mp4", w, h, fill, secs))  # _sq: square-pixel clips
     return sorted(set(out), key=out.index)
 
 
