@@ -301,6 +301,30 @@ def test_best_checkpoint_follows_the_selection_metric(shards, tmp_path, metric):
     assert f"best.pt: {metric}" in (run / "train.log").read_text()
 
 
+def test_val_perturb_selects_and_the_bench_revalidates_the_same(shards, tmp_path):
+    """A run trained with val.perturb logs the degraded validation per epoch; bench.val_perturb, which
+    validates finished runs again under a perturbation, gives best.pt the same AUC from the run's config."""
+    from bench.val_perturb import main as revalidate
+    from bench.val_perturb import validate_run
+
+    common = tiny_overrides(shards, tmp_path, "train.epochs=2", "train.freeze_backbone_epochs=0",
+                            "train.max_steps_per_epoch=2", f"val.shards=[{shards['val']}]", "val.every=1",
+                            "val.num_workers=0", "val.fakes=sbi", "val.perturb=jpeg:4", "train.run_name=deg")
+    run = run_cli(["--config", DEMO_CONFIG, *common])
+    history = json.loads((run / "history.json").read_text())
+    best = torch.load(run / "best.pt", weights_only=True)
+    row = validate_run(run, "jpeg:4", "best")
+    assert row["epoch"] == best["epoch"]
+    assert row["auc_frame"] == pytest.approx(history[best["epoch"] - 1]["val_auc_frame"], abs=1e-9)
+    clean = validate_run(run, "", "last")
+    assert clean["n_frames"] == row["n_frames"] and clean["epoch"] == 2
+    out = tmp_path / "val.jsonl"
+    revalidate([str(run), "--perturb", "jpeg:4", "blur:3", "--checkpoint", "last", "--json", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["perturb"] for r in rows] == ["jpeg:4", "blur:3"] and all(r["epoch"] == 2 for r in rows)
+    assert rows[0]["auc_frame"] == pytest.approx(history[-1]["val_auc_frame"], abs=1e-9)
+
+
 def test_sam_second_pass_updates_bn_statistics_only_when_asked(shards, tmp_path):
     """optim.sam_bn_update (default, the reference) updates BN running statistics in both SAM passes; off,
     only the first pass does. The weight update itself does not depend on it (same gradients)."""
