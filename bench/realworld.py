@@ -397,6 +397,11 @@ def write_clip_scores(results: dict[str, dict], path: Path) -> None:
             w.writerow([file, c.label, c.dataset, c.method, *[repr(row.get(n, float("nan"))) for n in names]])
 
 
+def val_note(summary: dict) -> str:
+    """", every face jpeg:4" when the runs validate (and select) on degraded faces (val.perturb), else ""."""
+    return f", every face {summary['val_perturb']}" if summary.get("val_perturb") else ""
+
+
 def build_report(summary: dict, out: Path) -> str:
     res = summary["runs"]
     rows = list(next(iter(res.values()))["metrics"])
@@ -415,7 +420,7 @@ def build_report(summary: dict, out: Path) -> str:
         f"Recipe: `{summary['config']}` (every change from `configs/laanet_sbi.yaml` is commented there), "
         f"`{' '.join(summary['common_overrides'])}`.", "",
         "## Video-level AUC and AP, all labelled clips (95 % bootstrap interval)", "",
-        "| run | AUC | AP | selected epoch | val frame AUC (SBI, held-out people) | train min |",
+        f"| run | AUC | AP | selected epoch | val frame AUC (SBI, held-out people{val_note(summary)}) | train min |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in res.items():
@@ -625,6 +630,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": str(Path(config).resolve().relative_to(REPO)) if Path(config).resolve().is_relative_to(REPO)
         else str(config),
         "common_overrides": common, "quick": args.quick,
+        "val_perturb": resolved_config(config, common)["val"]["perturb"],
         "protocol": f"{frames} evenly spaced faces per clip, flip test, video score = sigmoid of the mean "
                     "frame logit (evaluate.py defaults), cls head only",
         "data": {"train_clips": len(train_clips), "train_people": len({c.person for c in train_clips}),
