@@ -8,8 +8,9 @@ pseudo-fakes and flip test), only with ``val.perturb`` set, on ``best.pt`` or ``
     python -m bench.val_perturb out/realworld/laanet out/realworld/cls_only --perturb jpeg:4
     python -m bench.val_perturb RUN ... --perturb jpeg:4 blur:3 --checkpoint last --json val.json
 
-Prints one line per run and perturbation (frame and video AUC, the epoch of the checkpoint) and, with
-``--json``, appends the same rows as JSON lines. A run trained with ``val.perturb`` already logs this per
+Prints one line per run and perturbation (frame and video AUC, the epoch of the checkpoint); ``--json``
+appends the same rows as JSON lines and ``--png`` plots frame AUC against the perturbations, one line per run
+(``none`` validates the clean faces, as a baseline in the same run). A run trained with ``val.perturb`` already logs this per
 epoch in its history.json.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from model.eval.validation import build_val_loader, validate
 def validate_run(run_dir: Path, perturb: str, checkpoint: str = "best", threads: int = 1) -> dict:
     """Frame and video AUC of ``run_dir/<checkpoint>.pt`` on the run's own SBI validation under ``perturb``."""
     torch.set_num_threads(threads)
+    perturb = "" if perturb == "none" else perturb
     cfg = load_config(run_dir / "config.yaml", [f"val.perturb={perturb}", "val.num_workers=0"])
     loader, mode = build_val_loader(cfg)
     if loader is None:
@@ -37,17 +39,44 @@ def validate_run(run_dir: Path, perturb: str, checkpoint: str = "best", threads:
     model = model_from_checkpoint(state, path)
     res = validate(model, loader, torch.device("cpu"), flip=cfg.val.flip)
     return {"run": str(run_dir), "checkpoint": checkpoint, "epoch": int(state.get("epoch", 0)),
-            "perturb": perturb, **res}
+            "perturb": perturb or "none", **res}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Frame AUC per perturbation (x, in the order given), one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["perturb"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 2), 3.6))
+    for run in dict.fromkeys(r["run"] for r in rows):
+        mine = {r["perturb"]: r for r in rows if r["run"] == run}
+        ax.plot(range(len(names)), [mine[n]["auc_frame"] if n in mine else float("nan") for n in names],
+                marker="o", label=f"{Path(run).name} ({mine[next(iter(mine))]['checkpoint']}.pt)")
+    ax.set_xticks(range(len(names)), names)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_ylabel("frame AUC, held-out people vs their SBI fakes")
+    ax.set_title("SBI validation with every face degraded (val.perturb)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="training run folders (config.yaml, best.pt, last.pt)")
-    p.add_argument("--perturb", nargs="+", default=["jpeg:4"], help="NAME:LEVEL, as val.perturb (default jpeg:4)")
+    p.add_argument("--perturb", nargs="+", default=["jpeg:4"],
+                   help="NAME:LEVEL as val.perturb, or none for clean faces (default jpeg:4)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--json", type=Path, help="append one JSON line per run and perturbation")
+    p.add_argument("--png", type=Path, help="plot frame AUC against the perturbations, one line per run")
     args = p.parse_args(argv)
+    rows = []
     for run_dir in args.runs:
         for perturb in args.perturb:
             row = validate_run(run_dir, perturb, args.checkpoint, args.threads)
@@ -56,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
+            rows.append(row)
+    if args.png:
+        plot(rows, args.png)
+        print(f"plot: {args.png}")
 
 
 if __name__ == "__main__":

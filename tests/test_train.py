@@ -316,12 +316,15 @@ def test_val_perturb_selects_and_the_bench_revalidates_the_same(shards, tmp_path
     row = validate_run(run, "jpeg:4", "best")
     assert row["epoch"] == best["epoch"]
     assert row["auc_frame"] == pytest.approx(history[best["epoch"] - 1]["val_auc_frame"], abs=1e-9)
-    clean = validate_run(run, "", "last")
+    clean = validate_run(run, "none", "last")
     assert clean["n_frames"] == row["n_frames"] and clean["epoch"] == 2
     out = tmp_path / "val.jsonl"
-    revalidate([str(run), "--perturb", "jpeg:4", "blur:3", "--checkpoint", "last", "--json", str(out)])
+    revalidate([str(run), "--perturb", "jpeg:4", "none", "--checkpoint", "last", "--json", str(out),
+                "--png", str(tmp_path / "val.png")])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["perturb"] for r in rows] == ["jpeg:4", "blur:3"] and all(r["epoch"] == 2 for r in rows)
+    assert [r["perturb"] for r in rows] == ["jpeg:4", "none"] and all(r["epoch"] == 2 for r in rows)
+    assert rows[1]["auc_frame"] == pytest.approx(clean["auc_frame"], abs=1e-9)
+    assert (tmp_path / "val.png").read_bytes()[:4] == b"\x89PNG"
     assert rows[0]["auc_frame"] == pytest.approx(history[-1]["val_auc_frame"], abs=1e-9)
 
 
