@@ -10,13 +10,16 @@ pseudo-fakes and flip test), only with ``val.perturb`` set, on ``best.pt`` or ``
 
 Prints one line per run and perturbation (frame and video AUC, the epoch of the checkpoint); ``--json``
 appends the same rows as JSON lines and ``--png`` plots frame AUC against the perturbations, one line per run
-(``none`` validates the clean faces, as a baseline in the same run). A run trained with ``val.perturb`` already logs this per
-epoch in its history.json.
+(``none`` validates the clean faces, as a baseline in the same run). A run that cannot be validated (no
+config.yaml, an unreadable checkpoint, an unknown perturbation) gets one line and the others still run; the
+exit status is then 1. A run trained with ``val.perturb`` already logs this per epoch in its history.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -24,22 +27,26 @@ import torch
 from model.checkpoint import model_from_checkpoint, read_checkpoint
 from model.config_io import load_config
 from model.eval.validation import build_val_loader, validate
+from pipeline.errors import UserError, one_line
 
 
-def validate_run(run_dir: Path, perturb: str, checkpoint: str = "best", threads: int = 1) -> dict:
-    """Frame and video AUC of ``run_dir/<checkpoint>.pt`` on the run's own SBI validation under ``perturb``."""
-    torch.set_num_threads(threads)
-    perturb = "" if perturb == "none" else perturb
-    cfg = load_config(run_dir / "config.yaml", [f"val.perturb={perturb}", "val.num_workers=0"])
-    loader, mode = build_val_loader(cfg)
-    if loader is None:
-        raise SystemExit(f"{run_dir}: the run has no validation shards ({mode})")
-    path = run_dir / f"{checkpoint}.pt"
-    state = read_checkpoint(path)
-    model = model_from_checkpoint(state, path)
-    res = validate(model, loader, torch.device("cpu"), flip=cfg.val.flip)
-    return {"run": str(run_dir), "checkpoint": checkpoint, "epoch": int(state.get("epoch", 0)),
-            "perturb": perturb or "none", **res}
+def validate_run(run_dir: Path, perturbs: list[str], checkpoint: str = "best") -> Iterator[dict]:
+    """Frame and video AUC of ``run_dir/<checkpoint>.pt`` on the run's own SBI validation, one row per
+    perturbation (``none``: clean faces) as each is done; the checkpoint is read once."""
+    model, state = None, {}
+    for perturb in perturbs:
+        perturb = "" if perturb == "none" else perturb
+        cfg = load_config(run_dir / "config.yaml", [f"val.perturb={perturb}", "val.num_workers=0"])
+        loader, mode = build_val_loader(cfg)
+        if loader is None:
+            raise UserError(f"{run_dir}: the run has no validation shards ({mode})")
+        if model is None:
+            path = run_dir / f"{checkpoint}.pt"
+            state = read_checkpoint(path)
+            model = model_from_checkpoint(state, path)
+        res = validate(model, loader, torch.device("cpu"), flip=cfg.val.flip)
+        yield {"run": str(run_dir), "checkpoint": checkpoint, "epoch": int(state.get("epoch", 0)),
+               "perturb": perturb or "none", **res}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -76,20 +83,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="append one JSON line per run and perturbation")
     p.add_argument("--png", type=Path, help="plot frame AUC against the perturbations, one line per run")
     args = p.parse_args(argv)
-    rows = []
+    torch.set_num_threads(args.threads)
+    rows, failed = [], []
     for run_dir in args.runs:
-        for perturb in args.perturb:
-            row = validate_run(run_dir, perturb, args.checkpoint, args.threads)
-            print(f"{run_dir} {args.checkpoint}.pt (epoch {row['epoch']}) {perturb}: "
-                  f"auc_frame={row['auc_frame']:.4f} auc_video={row['auc_video']:.4f}", flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            rows.append(row)
-    if args.png:
+        try:
+            for row in validate_run(run_dir, args.perturb, args.checkpoint):
+                print(f"{run_dir} {args.checkpoint}.pt (epoch {row['epoch']}) {row['perturb']}: "
+                      f"auc_frame={row['auc_frame']:.4f} auc_video={row['auc_video']:.4f}", flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                rows.append(row)
+        except UserError as err:  # one line, and the other runs still validate
+            print(f"{run_dir}: not validated: {one_line(err)}", file=sys.stderr, flush=True)
+            failed.append(run_dir)
+    if args.png and rows:
         plot(rows, args.png)
         print(f"plot: {args.png}")
-
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(args.runs)} runs not validated: {', '.join(map(str, failed))}")
 
 if __name__ == "__main__":
     main()

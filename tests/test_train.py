@@ -301,7 +301,7 @@ def test_best_checkpoint_follows_the_selection_metric(shards, tmp_path, metric):
     assert f"best.pt: {metric}" in (run / "train.log").read_text()
 
 
-def test_val_perturb_selects_and_the_bench_revalidates_the_same(shards, tmp_path):
+def test_val_perturb_selects_and_the_bench_revalidates_the_same(shards, tmp_path, capsys):
     """A run trained with val.perturb logs the degraded validation per epoch; bench.val_perturb, which
     validates finished runs again under a perturbation, gives best.pt the same AUC from the run's config."""
     from bench.val_perturb import main as revalidate
@@ -313,10 +313,10 @@ def test_val_perturb_selects_and_the_bench_revalidates_the_same(shards, tmp_path
     run = run_cli(["--config", DEMO_CONFIG, *common])
     history = json.loads((run / "history.json").read_text())
     best = torch.load(run / "best.pt", weights_only=True)
-    row = validate_run(run, "jpeg:4", "best")
+    (row,) = validate_run(run, ["jpeg:4"], "best")
     assert row["epoch"] == best["epoch"]
     assert row["auc_frame"] == pytest.approx(history[best["epoch"] - 1]["val_auc_frame"], abs=1e-9)
-    clean = validate_run(run, "none", "last")
+    (clean,) = validate_run(run, ["none"], "last")
     assert clean["n_frames"] == row["n_frames"] and clean["epoch"] == 2
     out = tmp_path / "val.jsonl"
     revalidate([str(run), "--perturb", "jpeg:4", "none", "--checkpoint", "last", "--json", str(out),
@@ -325,6 +325,12 @@ def test_val_perturb_selects_and_the_bench_revalidates_the_same(shards, tmp_path
     assert [r["perturb"] for r in rows] == ["jpeg:4", "none"] and all(r["epoch"] == 2 for r in rows)
     assert rows[1]["auc_frame"] == pytest.approx(clean["auc_frame"], abs=1e-9)
     assert (tmp_path / "val.png").read_bytes()[:4] == b"\x89PNG"
+    # a run that cannot be validated gets one line; the others still are, and the exit status says so
+    with pytest.raises(SystemExit, match="1 of 2 runs not validated: .*missing"):
+        revalidate([str(tmp_path / "missing"), str(run), "--perturb", "none", "--checkpoint", "last",
+                    "--json", str(out)])
+    assert "config file not found" in capsys.readouterr().err
+    assert json.loads(out.read_text().splitlines()[-1])["auc_frame"] == pytest.approx(rows[1]["auc_frame"], abs=1e-9)
     assert rows[0]["auc_frame"] == pytest.approx(history[-1]["val_auc_frame"], abs=1e-9)
 
 
