@@ -286,6 +286,22 @@ def test_cli_run_validates_checkpoints_and_resumes_exactly(shards, tmp_path):
     assert set(net(torch.zeros(1, 3, SIZE, SIZE))) == {"cls", "hm", "cstency"}
 
 
+def test_validation_schedule_does_not_change_the_trained_weights(shards, tmp_path):
+    """Validating every epoch, every second epoch or never trains the same network: validation runs on a
+    forked RNG, so val.every and val.frames_per_video are free to trade selection detail for time."""
+    common = tiny_overrides(shards, tmp_path, "train.epochs=2", "train.freeze_backbone_epochs=0",
+                            "train.max_steps_per_epoch=2", "model.dropout=0.3", "train.deterministic=true",
+                            f"val.shards=[{shards['val']}]", "val.num_workers=0", "val.fakes=sbi")
+    runs = {every: run_cli(["--config", DEMO_CONFIG, *common, f"val.every={every}", f"train.run_name=v{every}"])
+            for every in (1, 2, 0)}
+    history = json.loads((runs[2] / "history.json").read_text())
+    assert ["val_auc_frame" in h for h in history] == [False, True]
+    states = {every: torch.load(run / "last.pt", weights_only=True)["model"] for every, run in runs.items()}
+    for k, v in states[0].items():
+        for every in (1, 2):
+            torch.testing.assert_close(states[every][k], v, rtol=0, atol=0, msg=f"val.every={every}: {k}")
+
+
 @pytest.mark.parametrize("metric", ["auc_frame", "auc_video"])
 def test_best_checkpoint_follows_the_selection_metric(shards, tmp_path, metric):
     """best.pt holds the first epoch with the highest val.select AUC (frame- or video-level)."""

@@ -390,9 +390,13 @@ def run_epoch_end(t: Trainer, stats: dict[str, float], val_loader, val_mode: str
     replica_diff = check_replicas(t) if t.cfg.train.check_replicas else 0.0
     val = None
     if val_loader is not None and (t.epoch + 1) % t.cfg.val.every == 0:
-        val = validate(t.model, val_loader, t.device, t.amp_dtype, t.cfg.train.channels_last, t.cfg.val.flip)
+        # On a forked RNG: the loader's seed draw would otherwise shift every later random draw, so how
+        # often, and on how many frames, a run validates would change the weights it trains.
+        cuda = [t.device] if t.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            val = validate(t.model, val_loader, t.device, t.amp_dtype, t.cfg.train.channels_last, t.cfg.val.flip)
         val["mode"] = val_mode
-    rng = gather_rng_states(t.dist)  # after validation, which draws from the RNG too (loader seeds)
+    rng = gather_rng_states(t.dist)
     record = {"epoch": t.epoch + 1, "step": t.step, **{f"train_{k}": v for k, v in stats.items()},
               "replica_max_abs_diff": replica_diff}
     if val is not None:
