@@ -9,8 +9,9 @@ code detect a real deepfake?" end to end, through the project's own commands:
    clips (``videos/labelled/{real,fake}``: FF++ c40, DFD, DFDC) into ``DIR/shards/labelled``.
 2. **train** (``train.py --config configs/laanet_lite0_cpu.yaml``): LAA-Net with two seeds, and the cls-only
    ablation (SBI's plain classifier: same backbone, data and steps) with the same seeds. The checkpoint of
-   each run is selected on SBI pseudo-fakes of the held-out people (real data only, as the paper does);
-   the labelled clips are never looked at before the final evaluation.
+   each run is selected on SBI pseudo-fakes of the held-out people (real data only, as the paper does;
+   on CPU every second epoch, 16 frames per video, as the recipe says); the labelled clips are never looked
+   at before the final evaluation.
 3. **evaluate** (``evaluate.py``, 32 frames per clip, flip test) every selected checkpoint, and the untrained
    network (ImageNet backbone, random heads) as the chance baseline, on the labelled clips.
 4. **report**: ``DIR/report.md`` with video-level AUC and AP overall, per dataset and per method, each with a
@@ -555,9 +556,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- 2. train
     # Ten validation people: their video AUC reaches 1.0 within epochs, the frame AUC still ranks them.
-    common = [f"data.shards=[{train_dir}]", f"val.shards=[{val_dir}]", f"val.frames_per_video={frames}",
-              f"train.device={args.device}", "val.num_workers=0", "val.select=auc_frame"]
-    if not cuda:
+    common = [f"data.shards=[{train_dir}]", f"val.shards=[{val_dir}]", f"train.device={args.device}",
+              "val.num_workers=0", "val.select=auc_frame"]
+    if cuda:  # validation costs little on a GPU: all the frames the clips were prepared with
+        common += [f"val.frames_per_video={frames}"]
+    else:  # the CPU recipe's val.every and val.frames_per_video keep the run inside its time
         common += ["train.threads=1", "train.num_workers=1"]
     if args.quick:
         common += ["train.epochs=2", "train.max_steps_per_epoch=12", "train.freeze_backbone_epochs=1"]
