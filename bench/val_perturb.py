@@ -8,7 +8,8 @@ pseudo-fakes and flip test), only with ``val.perturb`` set, on ``best.pt`` or ``
     python -m bench.val_perturb out/realworld/laanet out/realworld/cls_only --perturb jpeg:4
     python -m bench.val_perturb RUN ... --perturb jpeg:4 blur:3 --checkpoint last --json val.json
 
-Prints one line per run and perturbation (frame and video AUC, the epoch of the checkpoint); ``--json``
+Prints one line per run and perturbation (frame and video AUC, the mean fake probability of the real and of
+the fake faces, which says whether a perturbation hides fakes or frames reals; the epoch of the checkpoint); ``--json``
 appends the same rows as JSON lines and ``--png`` plots frame AUC against the perturbations, one line per run
 (``none`` validates the clean faces, as a baseline in the same run). A run that cannot be validated (no
 config.yaml, an unreadable checkpoint, an unknown perturbation) gets one line and the others still run; the
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for row in validate_run(run_dir, args.perturb, args.checkpoint):
                 print(f"{run_dir} {args.checkpoint}.pt (epoch {row['epoch']}) {row['perturb']}: "
-                      f"auc_frame={row['auc_frame']:.4f} auc_video={row['auc_video']:.4f}", flush=True)
+                      f"auc_frame={row['auc_frame']:.4f} auc_video={row['auc_video']:.4f} "
+                      f"p_fake(real)={row['p_fake_real']:.3f} p_fake(fake)={row['p_fake_fake']:.3f}", flush=True)
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps(row) + "\n")

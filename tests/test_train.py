@@ -334,6 +334,9 @@ def test_val_perturb_selects_and_the_bench_revalidates_the_same(shards, tmp_path
     assert row["auc_frame"] == pytest.approx(history[best["epoch"] - 1]["val_auc_frame"], abs=1e-9)
     (clean,) = validate_run(run, ["none"], "last")
     assert clean["n_frames"] == row["n_frames"] and clean["epoch"] == 2
+    for r in (row, clean):  # the mean fake probability of the real and of the fake faces
+        assert 0.0 < r["p_fake_real"] < 1.0 and 0.0 < r["p_fake_fake"] < 1.0
+        assert r["p_fake_real"] != r["p_fake_fake"]
     out = tmp_path / "val.jsonl"
     revalidate([str(run), "--perturb", "jpeg:4", "none", "--checkpoint", "last", "--json", str(out),
                 "--png", str(tmp_path / "val.png")])

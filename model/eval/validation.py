@@ -16,6 +16,7 @@ evaluation), video score = sigmoid(mean frame logit).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -97,9 +98,11 @@ def first_videos(dataset: EvalDataset, max_videos: int) -> Subset:
 def validate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False, flip: bool = True) -> dict[str, float]:
     """Score every validation frame with the evaluation scorer (`model.eval.inference`, flip test as
-    ``val.flip``); returns ``auc_video``, ``auc_frame``, ``n_videos``, ``n_frames`` and, when the model has
-    a heatmap head, ``auc_frame_hm_peak`` (frame score = max heatmap logit; a diagnostic, selection uses
-    the cls head as evaluation does). The model is left in eval mode; the caller puts it back in train mode.
+    ``val.flip``); returns ``auc_video``, ``auc_frame``, ``n_videos``, ``n_frames``, ``p_fake_real`` and
+    ``p_fake_fake`` (the mean fake probability of the real and of the fake frames: which side a degraded
+    validation moves) and, when the model has a heatmap head, ``auc_frame_hm_peak`` (frame score = max
+    heatmap logit; a diagnostic, selection uses the cls head as evaluation does). The model is left in eval
+    mode; the caller puts it back in train mode.
     """
     has_hm = "hm" in getattr(model, "heads", {})
     frames = run_inference(model, loader, device, flip=flip, amp=amp_dtype, channels_last=channels_last,
@@ -111,6 +114,10 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dty
         "n_videos": float(len(videos.label)),
         "n_frames": float(len(frames.logits)),
     }
+    prob = 1.0 / (1.0 + np.exp(-frames.logits.astype(np.float64)))
+    for name, label in (("p_fake_real", 0), ("p_fake_fake", 1)):
+        side = prob[frames.labels == label]
+        out[name] = float(side.mean()) if len(side) else float("nan")
     if len(frames.hm_peak):
         out["auc_frame_hm_peak"] = roc_auc(frames.labels, frames.hm_peak)
     return out
