@@ -80,6 +80,27 @@ def test_metrics_rows_and_intervals():
 
 
 @pytest.mark.slow
+def test_resampled_metrics_equal_the_one_by_one_metrics_with_ties():
+    """The bootstrap scores all resamples at once; each one equals AUC and AP of its resampled clips computed
+    alone (scikit-learn), ties between reals and fakes included."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(13), np.ones(41)].astype(int)
+    scores = np.round(rng.random(54) + 0.3 * labels, 1)  # one decimal: many ties
+    real, fake = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    counts, expected = np.zeros((40, 54)), []
+    for b in range(40):
+        idx = np.concatenate([rng.choice(real, real.size), rng.choice(fake, fake.size)])
+        np.add.at(counts[b], idx, 1.0)
+        expected.append(rw.auc_ap(labels[idx], scores[idx]))
+    auc, ap = rw.resampled_auc_ap(labels, scores, counts)
+    np.testing.assert_allclose(np.c_[auc, ap], np.array(expected), rtol=0, atol=1e-12)
+    ci = rw.bootstrap_ci(labels, scores, 500)
+    full_auc, full_ap = rw.auc_ap(labels, scores)
+    assert ci["auc"][0] < full_auc < ci["auc"][1] and ci["ap"][0] < full_ap < ci["ap"][1]
+
+
 def test_realworld_command_end_to_end(tmp_path, sample_videos_dir):
     """The whole command on the sample clips with a tiny network: prepare, train both variants, evaluate,
     and the report, figures, per-clip scores and the selected checkpoint where the interface says."""
