@@ -293,13 +293,12 @@ def test_validation_schedule_does_not_change_the_trained_weights(shards, tmp_pat
                             "train.max_steps_per_epoch=2", "model.dropout=0.3", "train.deterministic=true",
                             f"val.shards=[{shards['val']}]", "val.num_workers=0", "val.fakes=sbi")
     runs = {every: run_cli(["--config", DEMO_CONFIG, *common, f"val.every={every}", f"train.run_name=v{every}"])
-            for every in (1, 2, 0)}
-    history = json.loads((runs[2] / "history.json").read_text())
-    assert ["val_auc_frame" in h for h in history] == [False, True]
+            for every in (1, 0)}
+    history = json.loads((runs[1] / "history.json").read_text())
+    assert ["val_auc_frame" in h for h in history] == [True, True]
     states = {every: torch.load(run / "last.pt", weights_only=True)["model"] for every, run in runs.items()}
     for k, v in states[0].items():
-        for every in (1, 2):
-            torch.testing.assert_close(states[every][k], v, rtol=0, atol=0, msg=f"val.every={every}: {k}")
+        torch.testing.assert_close(states[1][k], v, rtol=0, atol=0, msg=k)
 
 
 @pytest.mark.parametrize("metric", ["auc_frame", "auc_video"])
