@@ -392,9 +392,11 @@ def plot_selection(runs: dict[str, Path], path: Path) -> None:
         h = val_history(run_dir)
         if not h:
             continue
-        ep = [r["epoch"] for r in h]
-        a1.plot(ep, [r.get("val_auc_frame", float("nan")) for r in h], marker="o", ms=3, label=name)
-        a2.plot(ep, [r.get("train_loss_cls", float("nan")) for r in h], marker="o", ms=3, label=name)
+        validated = [r for r in h if "val_auc_frame" in r]  # val.every > 1 validates some epochs only
+        a1.plot([r["epoch"] for r in validated], [r["val_auc_frame"] for r in validated], marker="o", ms=3,
+                label=name)
+        a2.plot([r["epoch"] for r in h], [r.get("train_loss_cls", float("nan")) for r in h], marker="o", ms=3,
+                label=name)
     a1.set_title("selection: frame AUC, held-out people vs their SBI fakes", fontsize=9)
     a2.set_title("training cls loss (BCE, 0.693 = chance)", fontsize=9)
     for a in (a1, a2):
