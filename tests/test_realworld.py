@@ -101,6 +101,7 @@ def test_resampled_metrics_equal_the_one_by_one_metrics_with_ties():
     assert ci["auc"][0] < full_auc < ci["auc"][1] and ci["ap"][0] < full_ap < ci["ap"][1]
 
 
+@pytest.mark.slow  # about 66 s: the whole command on the sample clips (make test-all, CI)
 def test_realworld_command_end_to_end(tmp_path, sample_videos_dir):
     """The whole command on the sample clips with a tiny network: prepare, train both variants, evaluate,
     and the report, figures, per-clip scores and the selected checkpoint where the interface says."""
