@@ -291,7 +291,7 @@ class ValConfig:
     frames_per_video: int = 8
     batch_size: int = 32
     num_workers: int = 2
-    every: int = 1  # epochs between validations; 0 disables validation
+    every: int = 1  # epochs between validations (the last epoch always validates); 0 disables validation
     fakes: Literal["sbi", "bi", "real"] = "sbi"
     face_scale: float | Literal["reference", "train-median", "crop"] = "reference"
     flip: bool = True  # flip test, as evaluation scores (the log says which protocol selected best.pt)

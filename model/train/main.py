@@ -389,7 +389,8 @@ def run_epoch_end(t: Trainer, stats: dict[str, float], val_loader, val_mode: str
     """Validate (rank 0), log, write last.pt and, when the selection AUC (val.select) improved, best.pt."""
     replica_diff = check_replicas(t) if t.cfg.train.check_replicas else 0.0
     val = None
-    if val_loader is not None and (t.epoch + 1) % t.cfg.val.every == 0:
+    last_epoch = t.epoch + 1 == t.cfg.train.epochs  # always validated: best.pt exists and may be the end
+    if val_loader is not None and ((t.epoch + 1) % t.cfg.val.every == 0 or last_epoch):
         # On a forked RNG: the loader's seed draw would otherwise shift every later random draw, so how
         # often, and on how many frames, a run validates would change the weights it trains.
         cuda = [t.device] if t.device.type == "cuda" else []
