@@ -26,7 +26,7 @@ from model.data.datasets import EvalDataset, collate_eval
 from model.data.face_scale import resolve_face_scale
 from model.eval import perturb
 from model.eval.inference import run_inference
-from model.eval.metrics import aggregate_videos, roc_auc
+from model.eval.metrics import aggregate_videos, roc_auc, sigmoid
 from model.eval.robustness import PerturbCollate
 from pipeline.shards import ShardReader, shard_paths
 
@@ -114,7 +114,7 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dty
         "n_videos": float(len(videos.label)),
         "n_frames": float(len(frames.logits)),
     }
-    prob = 1.0 / (1.0 + np.exp(-frames.logits.astype(np.float64)))
+    prob = sigmoid(frames.logits)
     for name, label in (("p_fake_real", 0), ("p_fake_fake", 1)):
         side = prob[frames.labels == label]
         out[name] = float(side.mean()) if len(side) else float("nan")
