@@ -16,7 +16,6 @@ evaluation), video score = sigmoid(mean frame logit).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
