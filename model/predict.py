@@ -319,7 +319,7 @@ def _run(args: argparse.Namespace) -> int:
     from model import load_checkpoint
     from model.checkpoint import resolve_checkpoint
     from model.data.face_scale import resolve_face_scale
-    from model.device import select_amp, select_device
+    from model.device import keep_freed_memory, select_amp, select_device
     from pipeline.faces import FaceDetector
     from pipeline.files import file_sha256
 
@@ -330,6 +330,7 @@ def _run(args: argparse.Namespace) -> int:
                          f"{'' if args.recursive else ' (sub-folders are scanned one level deep; --recursive: all)'}")
     device = select_device(args.device)
     amp, _ = select_amp(args.amp, device)
+    keep_freed_memory()
     model = load_checkpoint(ckpt, map_location="cpu").to(device).eval()
     sha = file_sha256(ckpt)
     face_scale = resolve_face_scale(args.face_scale, crop_scale=STORED_CROP_SCALE)

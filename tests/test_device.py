@@ -1,9 +1,16 @@
 """model.device: the one place --device and --amp become a torch device and an autocast dtype."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from model.config import ConfigError
 from model.device import AMP_MODES, autocast, select_amp, select_device
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_auto_and_cpu_devices():
@@ -45,3 +52,34 @@ def test_autocast_runs_bf16_on_cpu_and_nothing_for_float32():
 @pytest.mark.gpu
 def test_fp16_on_cuda_needs_a_scaler():
     assert select_amp("fp16", torch.device("cuda")) == (torch.float16, True)
+
+
+FAULTS_SCRIPT = """
+import resource, torch, timm
+from model.device import keep_freed_memory
+applied = keep_freed_memory()
+torch.set_num_threads(1)
+net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+x = torch.randn(4, 3, 224, 224)
+with torch.inference_mode():
+    net(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    net(x)
+    net(x)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_keep_freed_memory_stops_the_page_faults_of_each_forward_pass():
+    """Freed activations stay with the process: with glibc's defaults two CPU forward passes of Lite0 fault
+    their activations in again page by page (tens of thousands of faults); with the tuning the heap keeps
+    them, and LAANET_MALLOC_TUNING=0 turns it off."""
+    def faults(tuning: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, check=True,
+                             env={**os.environ, "LAANET_MALLOC_TUNING": tuning}, cwd=REPO).stdout.split()
+        return out[0], int(out[1])
+    applied_on, on = faults("1")
+    applied_off, off = faults("0")
+    assert (applied_on, applied_off) == ("True", "False")
+    assert off > 10_000 and on < off / 10, (on, off)

@@ -27,7 +27,7 @@ from model import cli as flags
 from model.checkpoint import model_from_checkpoint, read_checkpoint, resolve_checkpoint
 from model.data.datasets import EvalDataset, collate_eval
 from model.data.face_scale import resolve_face_scale
-from model.device import select_amp, select_device
+from model.device import keep_freed_memory, select_amp, select_device
 from model.eval import perturb, report
 from model.eval.card import card_line, model_card, training_overlap
 from model.eval.inference import choose_batch_size, run_dataset
@@ -143,6 +143,7 @@ def main(args: argparse.Namespace) -> dict:
 
     device = select_device(args.device)
     amp, _ = select_amp(args.amp, device)
+    keep_freed_memory()
     scoring = Scoring(checkpoint=str(args.checkpoint), frames=args.frames, flip=args.flip, aggregate=args.aggregate,
                       synthetic_fakes=args.synthetic_fakes, compression=args.compression, manifest=args.manifest,
                       loader_workers=args.loader_workers, amp=amp)

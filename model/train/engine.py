@@ -21,7 +21,7 @@ from model.config import Config, ConfigError
 from model.config_io import config_to_dict
 from model.data.datasets import EpochSampler, TrainPairDataset, collate_pairs
 from model.data.tensors import normalise_images
-from model.device import autocast, select_amp, select_device
+from model.device import autocast, keep_freed_memory, select_amp, select_device
 from model.net.laanet import build_model, set_backbone_frozen
 from model.train.dist import Dist, seed_everything
 from model.train.log import RunLogger
@@ -339,6 +339,7 @@ def build_trainer(cfg: Config, run_dir: Path, dist: Dist | None = None, resume_s
     device = select_device(cfg.train.device, dist.local_rank if dist.enabled else None, what="train.device")
     amp_dtype, use_scaler = select_amp(cfg.train.amp, device, what="train.amp")
     seed_everything(cfg.train.seed, dist.rank, cfg.train.deterministic)
+    keep_freed_memory()
     if cfg.train.threads > 0:
         # On a CPU shared with other jobs, fewer OpenMP threads avoid threads spinning while they wait
         # for a core (measured: one thread made small steps ~50x faster than two on a busy 2-core box).
