@@ -57,9 +57,11 @@ def main(args) -> None:
     import torch
 
     from model import build_model
+    from model.device import keep_freed_memory
     from model.eval.inference import choose_batch_size
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    keep_freed_memory()  # as evaluate.py (LAANET_MALLOC_TUNING=0 measures glibc's defaults)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

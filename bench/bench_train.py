@@ -19,7 +19,7 @@ import time
 import torch
 
 from model.config_io import load_config
-from model.device import select_amp, select_device
+from model.device import keep_freed_memory, select_amp, select_device
 from model.net.laanet import build_model, set_backbone_frozen
 from model.train.dist import Dist
 from model.train.engine import Trainer, build_optimizer, train_step
@@ -101,6 +101,7 @@ def main() -> None:
     args = p.parse_args()
 
     torch.manual_seed(0)
+    keep_freed_memory()  # as train.py (LAANET_MALLOC_TUNING=0 measures glibc's defaults)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     images = 2 * args.batch_pairs
