@@ -208,6 +208,11 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.3, 1.5)
     noise_p: float = 0.0                             # paper lists it; reference SBI path: off
     noise_std: tuple[float, float] = (2.0, 10.0)     # in uint8 levels
+    # Resolution: downscale (area) by a factor drawn in downscale_factor, JPEG (when drawn) at that size,
+    # upscale back (bilinear): a face that was small in a compressed video, magnified by the crop. In neither
+    # the paper nor the reference: off by default (a CPU-recipe trial, configs/laanet_lite0_cpu.yaml).
+    downscale_p: float = 0.0
+    downscale_factor: tuple[float, float] = (1.5, 3.0)
 
     def __post_init__(self) -> None:
         if self.crop_mode not in ("shift", "zoom"):
@@ -218,6 +223,8 @@ class AugmentConfig:
             raise ValueError(f"augment.crop_max must be in [0, 0.5), got {self.crop_max}")
         if not 0.0 <= self.scale_limit < 1.0:
             raise ValueError(f"augment.scale_limit must be in [0, 1), got {self.scale_limit}")
+        if not 1.0 <= self.downscale_factor[0] <= self.downscale_factor[1]:
+            raise ValueError(f"augment.downscale_factor must be [lo, hi] with 1 <= lo <= hi, got {self.downscale_factor}")
 
 
 @dataclass

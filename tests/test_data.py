@@ -221,6 +221,39 @@ def test_pair_shortcuts_equal_processing_the_whole_fake():
     assert resized > 0
 
 
+def test_downscale_compresses_at_the_small_size_and_leaves_the_default_stream_alone():
+    """The resolution step shrinks the image, JPEG-codes it at that size and enlarges it back, for the real and
+    the (whole) fake alike; switched off, it draws nothing, so default pairs are the ones they were."""
+    import cv2
+
+    from model.config import AugmentConfig
+    from model.data.augment import PhotometricDraw, _jpeg, apply_photometric, draw_photometric, photometric_pair
+
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = apply_photometric(img, PhotometricDraw(downscale=2.0, jpeg_quality=30))
+    expect = cv2.resize(_jpeg(cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA), 30), (64, 64),
+                        interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(out, expect)
+    assert out.astype(float).std() < 0.7 * img.astype(float).std()        # the pixel-level detail is gone
+
+    fake = img.copy()
+    fake[20:40, 20:40] = 255 - fake[20:40, 20:40]
+    cfg = AugmentConfig(downscale_p=1.0, jpeg_p=1.0)
+    real_out, fake_out, applied = photometric_pair(img, fake, (20, 20, 40, 40), np.random.default_rng(3), cfg)
+    draw = draw_photometric(np.random.default_rng(3), cfg, 64)
+    assert "Downscale" in applied and np.array_equal(fake_out, apply_photometric(fake, draw))
+    assert np.array_equal(real_out, apply_photometric(img, draw))
+
+    def state_after(c):
+        rng = np.random.default_rng(7)
+        draw_photometric(rng, c, 64)
+        return rng.random()
+    assert state_after(AugmentConfig()) != state_after(AugmentConfig(downscale_p=1e-12))
+    assert state_after(AugmentConfig()) == state_after(AugmentConfig(downscale_factor=(2.0, 2.0)))
+    with pytest.raises(ValueError, match="downscale_factor"):
+        AugmentConfig(downscale_factor=(0.5, 2.0))
+
+
 def test_eval_synthetic_bi_fakes_use_another_video(split_dir):
     with pytest.warns(UserWarning, match="no landmarks"):
         ds = EvalDataset([str(split_dir)], SIZE, synthetic_fakes="bi")

@@ -5,7 +5,8 @@ After synthesis (SBI step 7 gives a margin crop), every pair goes through (confi
    {random crop, random scale 0.85..1.15, random erasing} picked uniformly;
 2. colour, ONE draw shared by real and fake: RGB shift +-20, hue/sat/value +-0.3, brightness/contrast +-0.3
    (p 0.3 each), JPEG quality 40..100 (p 0.5). Gaussian noise and blur are in the paper's list but switched
-   off in the reference's SBI path: they are options here, off by default.
+   off in the reference's SBI path: they are options here, off by default. So is a resolution step (in neither
+   the paper nor the reference): downscale, JPEG at the small size, upscale back.
 Rates and ranges are the ones measured on the reference (`../shared/reference/sbi_distribution.json`,
 "augmentation"); the reference's quirks are switches: its random crop keeps the scale and shifts the window
 to the corner, padding black (`crop_mode: shift`; `zoom` resizes the window instead), and its random scale
@@ -193,12 +194,13 @@ class PhotometricDraw:
     blur_sigma: float | None = None
     noise: tuple[float, int, int] | None = None   # std (levels, sign included), bank row and column offsets
     jpeg_quality: int | None = None
+    downscale: float | None = None                # factor; JPEG then runs at the reduced size
 
     @property
     def applied(self) -> tuple[str, ...]:
         names = (("RGBShift", self.rgb_shift), ("HueSaturationValue", self.hsv),
                  ("RandomBrightnessContrast", self.brightness_contrast), ("GaussianBlur", self.blur_sigma),
-                 ("GaussNoise", self.noise), ("ImageCompression", self.jpeg_quality))
+                 ("GaussNoise", self.noise), ("ImageCompression", self.jpeg_quality), ("Downscale", self.downscale))
         return tuple(n for n, v in names if v is not None)
 
 
@@ -219,6 +221,9 @@ def draw_photometric(rng: np.random.Generator, cfg: AugmentConfig, size: int) ->
         d.noise = (std, oy, ox)
     if rng.random() < cfg.jpeg_p:
         d.jpeg_quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+    # Drawn only when enabled, so the default stream (and every default pair) stays as it was.
+    if cfg.downscale_p > 0 and rng.random() < cfg.downscale_p:
+        d.downscale = float(rng.uniform(*cfg.downscale_factor))
     return d
 
 
@@ -226,7 +231,8 @@ def apply_photometric(img: np.ndarray, draw: PhotometricDraw, full_size: int | N
                       origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Apply a draw to a uint8 (h, w, 3) image that is the window at `origin` (x, y) of a full_size image:
     RGB shift, HSV, brightness/contrast, blur, the bank noise (the window's own part of the full image's
-    field), JPEG (OpenCV's codec), in that order."""
+    field), JPEG (OpenCV's codec), in that order. A downscale draw needs the whole image (origin (0, 0)): it
+    shrinks the image before the JPEG step and enlarges it back after."""
     out = img
     if draw.rgb_shift is not None:
         out = colour.apply_rgb_shift(out, draw.rgb_shift)
@@ -242,8 +248,16 @@ def apply_photometric(img: np.ndarray, draw: PhotometricDraw, full_size: int | N
         bank = noise_bank(full_size or h)
         y, x = oy + origin[1], ox + origin[0]
         out = cv2.addWeighted(out, 1.0, bank[y:y + h, x:x + w], std, 0.0, dtype=cv2.CV_8U)
+    if draw.downscale is not None:
+        if origin != (0, 0) or (full_size is not None and full_size != out.shape[0]):
+            raise ValueError("a downscale draw applies to whole images only")
+        h, w = out.shape[:2]
+        small = (max(1, round(w / draw.downscale)), max(1, round(h / draw.downscale)))
+        out = cv2.resize(out, small, interpolation=cv2.INTER_AREA)
     if draw.jpeg_quality is not None:
         out = _jpeg(out, draw.jpeg_quality)
+    if draw.downscale is not None:
+        out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
     return out
 
 
@@ -282,6 +296,8 @@ def photometric_pair(real: np.ndarray, fake: np.ndarray, box: tuple[int, int, in
     real_out = apply_photometric(real, draw)
     if box[2] <= box[0] or box[3] <= box[1]:
         return real_out, real_out.copy(), draw.applied
+    if draw.downscale is not None:              # resampling spreads every pixel: process the fake whole
+        return real_out, apply_photometric(fake, draw), draw.applied
     x0, y0, x1, y1 = _grow_aligned(box, _GRID, size)               # where the processed fake may differ
     # What those pixels depend on; columns snapped to 64 px so that OpenCV's vectorised loops split every row
     # of the window into the same chunks as the whole image (colour conversions round differently in
