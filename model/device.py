@@ -44,10 +44,11 @@ def keep_freed_memory() -> bool:
 
     With glibc's defaults, every activation of a CPU forward pass above the (adaptive) mmap threshold is
     mmapped and unmapped, and the top of the heap is trimmed after each large free, so each batch faults its
-    memory in again page by page: evaluating the Lite0 recipe on 432 faces spent 32 s in the kernel against
-    42 s computing (18 M page faults). Mapping below 32 MB from the heap, never trimming below 2 GB and growing
-    the heap 1 GB at a time makes the same evaluation 1.7x faster (41 s -> 24 s, 1.4 M page faults) and a
-    training step ~10 % faster, at the same peak memory. Process-wide and numerically neutral (where tensors
+    memory in again page by page: evaluating the Lite0 recipe on 432 faces spent 38.7 s in the kernel against
+    54.9 s computing (17.7 M page faults). Mapping below 32 MB from the heap, never trimming below 2 GB and
+    growing the heap 1 GB at a time makes the same evaluation 1.6x faster (52.8 s -> 32.3 s wall, 0.41 M page
+    faults), for a peak RSS of 1.97 GB against 1.76 GB (docs/evaluation.md, "Throughput"); a training step
+    alone moves within the machine's noise (docs/training.md). Process-wide and numerically neutral (where tensors
     live, not what they hold); forked workers inherit it. A no-op off glibc, or with LAANET_MALLOC_TUNING=0.
     """
     if os.environ.get(MALLOC_ENV, "1") == "0" or not sys.platform.startswith("linux"):
