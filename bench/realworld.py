@@ -599,23 +599,33 @@ def main(argv: list[str] | None = None) -> dict:
 
         for spec in specs:
             shutil.rmtree(out / spec.name, ignore_errors=True)
-    t0 = time.perf_counter()
-    print(f"training {len(specs)} runs, {jobs} at a time (logs: {logs}/<run>.log)", flush=True)
-    ckpts = run_parallel([lambda s=s: train_run(s, config, common, out, logs / f"{s.name}.log") for s in specs], jobs)
-    train_min = (time.perf_counter() - t0) / 60
+    # ---- 3. evaluate (the labelled clips are looked at only here): each run in its slot as soon as it is
+    # trained: the slot a finished run frees evaluates it while the other run still trains, instead of idling
     untrained = RunSpec("untrained", "untrained", 0)
-    ckpts = [write_untrained(config, common, out / "untrained" / "untrained.pt"), *ckpts]
-    specs = [untrained, *specs]
-
-    # ---- 3. evaluate (the labelled clips are looked at only here)
-    t0 = time.perf_counter()
+    untrained_ckpt = write_untrained(config, common, out / "untrained" / "untrained.pt")
     eval_workers = 0 if not cuda else min(cores, 8)
-    eval_jobs = 1 if cuda else min(cores, len(specs))
-    scores = run_parallel([lambda s=s, c=c: evaluate_run(
-        c, test_dir, out / s.name / "eval", frames, eval_workers, 6 if s.name == "laanet" else 0, args.device,
-        logs / f"{s.name}_eval.log", 0 if cuda else max(1, cores // eval_jobs)) for s, c in zip(specs, ckpts)],
-        eval_jobs)
-    eval_min = (time.perf_counter() - t0) / 60
+    eval_threads = 0 if cuda else max(1, cores // jobs)
+
+    def train_and_evaluate(spec: RunSpec) -> tuple[Path, Path, float]:
+        ckpt = untrained_ckpt if spec.variant == "untrained" else train_run(
+            spec, config, common, out, logs / f"{spec.name}.log")
+        t = time.perf_counter()
+        scores = evaluate_run(ckpt, test_dir, out / spec.name / "eval", frames, eval_workers,
+                              6 if spec.name == "laanet" else 0, args.device, logs / f"{spec.name}_eval.log",
+                              eval_threads)
+        return ckpt, scores, (time.perf_counter() - t) / 60
+
+    t0 = time.perf_counter()
+    print(f"training and evaluating {len(specs)} runs and the untrained network, {jobs} at a time "
+          f"(logs: {logs}/<run>.log, <run>_eval.log)", flush=True)
+    # the untrained network last: its evaluation fills the slot the first finished run frees at the end
+    done_runs = run_parallel([lambda s=s: train_and_evaluate(s) for s in [*specs, untrained]], jobs)
+    train_eval_min = (time.perf_counter() - t0) / 60
+    specs = [untrained, *specs]
+    done_runs = [done_runs[-1], *done_runs[:-1]]
+    ckpts = [c for c, _, _ in done_runs]
+    scores = [s for _, s, _ in done_runs]
+    eval_minutes = {spec.name: m for spec, (_, _, m) in zip(specs, done_runs)}
 
     # ---- 4. report
     from model.checkpoint import read_checkpoint
@@ -633,6 +643,7 @@ def main(argv: list[str] | None = None) -> dict:
             "val_auc_frame": float((state.get("val") or {}).get("auc_frame", float("nan")))
             if spec.variant != "untrained" else float("nan"),
             "train_minutes": json.loads(done.read_text()).get("minutes", 0.0) if done.is_file() else 0.0,
+            "eval_minutes": eval_minutes[spec.name],
             "metrics": metrics_of(scored, 200 if args.quick else args.bootstrap),
         }
         results[spec.name]["metrics"] = summary_runs[spec.name]["metrics"]
@@ -666,7 +677,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "val_clips": len(val_clips), "val_people": len({c.person for c in val_clips}),
                  "val_people_names": sorted({c.person for c in val_clips}),
                  "labelled_real": sum(1 - c.label for c in labelled), "labelled_fake": sum(c.label for c in labelled)},
-        "minutes": {"prepare": prep_min, "train": train_min, "evaluate": eval_min,
+        "minutes": {"prepare": prep_min, "train_and_evaluate": train_eval_min,
                     "total": (time.perf_counter() - t_start) / 60},
         "headline": "laanet", "runs": summary_runs, "seed_means": seed_means,
         "overlays": [str(p.relative_to(out)) for p in overlays],
