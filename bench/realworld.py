@@ -696,8 +696,10 @@ def untrained_val_auc(ckpt: Path, config: Path, common: list[str]) -> float:
 
     from model import load_checkpoint
     from model.config_io import load_config
+    from model.device import keep_freed_memory
     from model.eval.validation import build_val_loader, validate
 
+    keep_freed_memory()
     loader, _ = build_val_loader(load_config(config, common))
     torch.manual_seed(0)
     return float(validate(load_checkpoint(ckpt), loader, torch.device("cpu"))["auc_frame"])

@@ -27,6 +27,7 @@ import torch
 
 from model.checkpoint import model_from_checkpoint, read_checkpoint
 from model.config_io import load_config
+from model.device import keep_freed_memory
 from model.eval.validation import build_val_loader, validate
 from pipeline.errors import UserError, one_line
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--png", type=Path, help="plot frame AUC against the perturbations, one line per run")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # else each forward pass faults its freed activations in again (model/device.py)
     rows, failed = [], []
     for run_dir in args.runs:
         try:
