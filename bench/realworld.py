@@ -13,7 +13,8 @@ code detect a real deepfake?" end to end, through the project's own commands:
    on CPU every second epoch, 16 frames per video, as the recipe says); the labelled clips are never looked
    at before the final evaluation.
 3. **evaluate** (``evaluate.py``, 32 frames per clip, flip test) every selected checkpoint, and the untrained
-   network (ImageNet backbone, random heads) as the chance baseline, on the labelled clips.
+   network (ImageNet backbone, random heads) as the chance baseline, on the labelled clips; each run in its
+   slot as soon as it is trained, the untrained network last.
 4. **report**: ``DIR/report.md`` with video-level AUC and AP overall, per dataset and per method, each with a
    bootstrap 95 % interval; ``DIR/summary.json`` (every figure); ``DIR/roc.png``; ``DIR/scores.csv`` (per-clip
    scores of every run at full precision); heatmap overlays of the best and worst clips (evaluate.py's, in
