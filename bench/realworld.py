@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> dict:
         for spec in specs:
             shutil.rmtree(out / spec.name, ignore_errors=True)
     # ---- 3. evaluate (the labelled clips are looked at only here): each run in its slot as soon as it is
-    # trained: the slot a finished run frees evaluates it while the other run still trains, instead of idling
+    # trained, so a finished run's core evaluates it while the other run still trains
     untrained = RunSpec("untrained", "untrained", 0)
     untrained_ckpt = write_untrained(config, common, out / "untrained" / "untrained.pt")
     eval_workers = 0 if not cuda else min(cores, 8)
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     print(f"training and evaluating {len(specs)} runs and the untrained network, {jobs} at a time "
           f"(logs: {logs}/<run>.log, <run>_eval.log)", flush=True)
-    # the untrained network last: its evaluation fills the slot the first finished run frees at the end
+    # the untrained network last, so that no training waits for its evaluation
     done_runs = run_parallel([lambda s=s: train_and_evaluate(s) for s in [*specs, untrained]], jobs)
     train_eval_min = (time.perf_counter() - t0) / 60
     specs = [untrained, *specs]
