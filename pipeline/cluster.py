@@ -351,8 +351,11 @@ def check_workers(client, out_dir: str | os.PathLike, files: Sequence[tuple[str,
                            on_error="return")
     finally:
         marker.unlink(missing_ok=True)
-    bad_addr, bad_what = [], []
+    bad_addr, bad_what, lost = [], [], []
     for addr, got in sorted(found.items()):
+        if _left_during_check(got):  # e.g. its batch job was cancelled: not a worker that lacks anything
+            lost.append(addr)
+            continue
         problems = [_import_problem(got)] if isinstance(got, BaseException) else got["problems"]
         if problems:
             host = "" if isinstance(got, BaseException) else f" on {got['host']}"
@@ -361,6 +364,19 @@ def check_workers(client, out_dir: str | os.PathLike, files: Sequence[tuple[str,
     if bad_addr:
         raise ClusterError("workers cannot run this job: " + _short(bad_addr, bad_what)
                            + " (workers need the same paths as the client: a shared disk mounted at the same place)")
+    if lost:
+        if len(lost) == len(found):
+            raise ClusterError(f"no worker answered the check: {', '.join(lost)} left the cluster during it")
+        print(f"Dask: {len(lost)} worker(s) left during the check, their work goes to the others: {', '.join(lost)}",
+              flush=True)
+
+
+def _left_during_check(got) -> bool:
+    """True when a worker's answer to ``client.run`` is the error of a connection that closed or timed out: the
+    worker left the cluster (its job was cancelled or preempted) while the check ran."""
+    from distributed.comm.core import CommClosedError
+
+    return isinstance(got, (CommClosedError, ConnectionError, TimeoutError))
 
 
 def _probe(out_dir: str, marker_name: str, token: str, files: list, packaged: list, videos: list) -> dict:

@@ -177,6 +177,29 @@ def test_check_workers_stops_before_any_work(tmp_path, thread_cluster):
     check_workers(client, out, [], ["detector", "landmarks"], [])  # all there: no error
 
 
+def test_check_workers_skips_a_worker_that_leaves_during_the_check(tmp_path, capsys):
+    """A worker whose connection closes while it is being checked (its batch job was cancelled) has left: the
+    run goes on with the others, and stops with one line only when none answered."""
+    from distributed.comm.core import CommClosedError
+
+    class Client:  # what client.run(..., on_error="return") gives when one worker's job is cancelled mid-check
+        def __init__(self, answers):
+            self.answers = answers
+
+        def run(self, *args, on_error):
+            assert on_error == "return"
+            return self.answers
+
+    ok = {"host": "node1", "problems": []}
+    gone = CommClosedError("in <TCP (closed) Scheduler Broadcast>: Stream is closed")
+    check_workers(Client({"tcp://a:1": ok, "tcp://b:2": gone}), tmp_path / "out")
+    assert "1 worker(s) left during the check" in capsys.readouterr().out
+    with pytest.raises(ClusterError, match=r"^no worker answered the check: tcp://b:2 left the cluster during it$"):
+        check_workers(Client({"tcp://b:2": gone}), tmp_path / "out")
+    with pytest.raises(ClusterError, match="workers cannot run this job: worker tcp://a:1"):  # a real failure still
+        check_workers(Client({"tcp://a:1": RuntimeError("boom"), "tcp://b:2": gone}), tmp_path / "out")
+
+
 def test_check_versions_passes_on_one_environment(thread_cluster):
     cluster.check_versions(thread_cluster[1])
 
