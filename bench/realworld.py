@@ -620,20 +620,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"training and evaluating {len(specs)} runs and the untrained network, {jobs} at a time "
           f"(logs: {logs}/<run>.log, <run>_eval.log)", flush=True)
     # the untrained network last, so that no training waits for its evaluation
-    done_runs = run_parallel([lambda s=s: train_and_evaluate(s) for s in [*specs, untrained]], jobs)
+    order = [*specs, untrained]
+    finished = dict(zip((s.name for s in order), run_parallel([lambda s=s: train_and_evaluate(s) for s in order],
+                                                               jobs)))
     train_eval_min = (time.perf_counter() - t0) / 60
-    specs = [untrained, *specs]
-    done_runs = [done_runs[-1], *done_runs[:-1]]
-    ckpts = [c for c, _, _ in done_runs]
-    scores = [s for _, s, _ in done_runs]
-    eval_minutes = {spec.name: m for spec, (_, _, m) in zip(specs, done_runs)}
+    specs = [untrained, *specs]  # the table's order
 
     # ---- 4. report
     from model.checkpoint import read_checkpoint
 
     by_file = {c.file: c for c in labelled}
     results, summary_runs = {}, {}
-    for spec, ckpt, sc in zip(specs, ckpts, scores):
+    for spec in specs:
+        ckpt, sc, eval_min = finished[spec.name]
         scored = read_scores(sc, by_file)
         state = read_checkpoint(ckpt)
         results[spec.name] = {"variant": spec.variant, "scored": scored}
@@ -644,12 +643,12 @@ def main(argv: list[str] | None = None) -> dict:
             "val_auc_frame": float((state.get("val") or {}).get("auc_frame", float("nan")))
             if spec.variant != "untrained" else float("nan"),
             "train_minutes": json.loads(done.read_text()).get("minutes", 0.0) if done.is_file() else 0.0,
-            "eval_minutes": eval_minutes[spec.name],
+            "eval_minutes": eval_min,
             "metrics": metrics_of(scored, 200 if args.quick else args.bootstrap),
         }
         results[spec.name]["metrics"] = summary_runs[spec.name]["metrics"]
     if "untrained" in summary_runs:  # its validation AUC, for the table: measured like the others'
-        summary_runs["untrained"]["val_auc_frame"] = untrained_val_auc(ckpts[0], config, common)
+        summary_runs["untrained"]["val_auc_frame"] = untrained_val_auc(untrained_ckpt, config, common)
     seed_means = {}
     for variant in ("laanet", "cls_only"):
         ms = [r["metrics"]["all"] for r in summary_runs.values() if r["variant"] == variant]
